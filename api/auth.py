@@ -1,0 +1,175 @@
+"""Bearer-token authentication: PyJWT against the trusted issuers (JWKS) and the dev issuer.
+
+Only `iss`, `aud`, `exp`, signature and the claims API.md names are trusted. JWKS documents are
+fetched with `requests` and cached; a token naming an unknown `kid` refreshes the cache once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from consent.model import Actor
+from consent.scopes import parse_scopes
+from ehcp_record.config import DEV_ISSUER, Settings
+from ehcp_record.context import Caller
+from ehcp_record.errors import FhirError
+from ehcp_record.signing import load_or_create_private_key
+
+ROLES = frozenset({"parent", "young-person", "la", "school", "health", "social-care", "auditor", "system"})
+PROFESSIONAL_ROLES = frozenset({"la", "school", "health", "social-care", "system"})
+ALGORITHMS = ["RS256", "ES256", "EdDSA"]
+JWKS_TTL_SECONDS = 300
+_LEEWAY_SECONDS = 30
+
+
+def unauthorized(message: str) -> FhirError:
+    return FhirError(401, "login", message, headers={"WWW-Authenticate": 'Bearer realm="ehcp-record", error="invalid_token"'})
+
+
+@dataclass
+class JwksCache:
+    """JWKS per issuer, fetched over HTTPS with retries and cached for a few minutes."""
+
+    session: requests.Session = field(default_factory=lambda: _retrying_session())
+    _keys: dict[str, tuple[float, jwt.PyJWKSet]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def key_for(self, jwks_uri: str, kid: str | None) -> Any:
+        for refresh in (False, True):
+            jwks = self._get(jwks_uri, refresh)
+            for key in jwks.keys:
+                if kid is None or key.key_id == kid:
+                    return key.key
+        raise unauthorized("the token's signing key is not in its issuer's JWKS")
+
+    def _get(self, jwks_uri: str, refresh: bool) -> jwt.PyJWKSet:
+        with self._lock:
+            cached = self._keys.get(jwks_uri)
+            if cached and not refresh and time.monotonic() - cached[0] < JWKS_TTL_SECONDS:
+                return cached[1]
+        try:
+            response = self.session.get(jwks_uri, timeout=5)
+            response.raise_for_status()
+            jwks = jwt.PyJWKSet.from_dict(response.json())
+        except (requests.RequestException, ValueError, jwt.PyJWTError):
+            if cached:
+                return cached[1]
+            raise FhirError(503, "exception", "the token issuer's keys could not be fetched; try again shortly") from None
+        with self._lock:
+            self._keys[jwks_uri] = (time.monotonic(), jwks)
+        return jwks
+
+
+def _retrying_session() -> requests.Session:
+    session = requests.Session()
+    retry = Retry(total=2, backoff_factor=0.2, status_forcelist=(502, 503, 504), allowed_methods=("GET",))
+    session.mount("https://", HTTPAdapter(max_retries=retry))
+    session.mount("http://", HTTPAdapter(max_retries=retry))
+    return session
+
+
+class TokenVerifier:
+    def __init__(self, settings: Settings, jwks: JwksCache | None = None) -> None:
+        self.settings = settings
+        self.jwks = jwks or JwksCache()
+        self.issuers = {i.iss: i for i in settings.trusted_issuers}
+        self.dev_key = load_or_create_private_key(settings.dev_key_path) if settings.dev_issuer else None
+
+    def caller(self, authorization: str | None, ip: str, user_agent: str, request_id: str) -> Caller:
+        claims = self.verify(_bearer(authorization))
+        return Caller(actor=_actor(claims), scopes=parse_scopes(claims.get("scope")), issuer=claims["iss"],
+                      ip=ip, user_agent=user_agent, request_id=request_id)
+
+    def verify(self, token: str) -> dict:
+        try:
+            header = jwt.get_unverified_header(token)
+            issuer = jwt.decode(token, options={"verify_signature": False}).get("iss")
+        except jwt.PyJWTError:
+            raise unauthorized("the bearer token is not a well-formed JWT") from None
+        key = self._key(issuer, header)
+        try:
+            return jwt.decode(
+                token, key, algorithms=ALGORITHMS, audience=self.settings.audience, issuer=issuer,
+                leeway=_LEEWAY_SECONDS, options={"require": ["exp", "iss", "aud", "sub"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise unauthorized("the bearer token has expired") from None
+        except jwt.InvalidAudienceError:
+            raise unauthorized("the bearer token is for another audience") from None
+        except jwt.PyJWTError as exc:
+            raise unauthorized(f"the bearer token was refused: {exc}") from None
+
+    def _key(self, issuer: object, header: dict) -> Any:
+        if issuer == DEV_ISSUER and self.dev_key is not None:
+            return self.dev_key.public_key()
+        trusted = self.issuers.get(issuer) if isinstance(issuer, str) else None
+        if trusted is None:
+            raise unauthorized("the token's issuer is not trusted here")
+        return self.jwks.key_for(trusted.jwks_uri, header.get("kid"))
+
+
+def _bearer(authorization: str | None) -> str:
+    if not authorization:
+        raise unauthorized("this endpoint needs Authorization: Bearer <token>")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip() or len(token) > 8192:
+        raise unauthorized("the Authorization header must be 'Bearer <token>'")
+    return token.strip()
+
+
+def _actor(claims: dict) -> Actor:
+    role = claims.get("role")
+    if role not in ROLES:
+        raise unauthorized(f"the token's role must be one of {', '.join(sorted(ROLES))}")
+    organization = _optional_reference(claims, "organization")
+    if role in PROFESSIONAL_ROLES - {"system"} and not organization:
+        raise unauthorized(f"a '{role}' token must name its organization")
+    return Actor(role=role, sub=str(claims["sub"]), fhir_user=_optional_reference(claims, "fhirUser"),
+                 organization=organization, patient=_optional_reference(claims, "patient"))
+
+
+def _optional_reference(claims: dict, name: str) -> str | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 200:
+        raise unauthorized(f"the token's '{name}' claim must be a reference string")
+    if name == "patient" and "/" not in value:
+        return f"Patient/{value}"
+    return "/".join(value.rstrip("/").split("/")[-2:]) if "/" in value else value
+
+
+def issue_dev_token(settings: Settings, role: str, fhir_user: str | None = None, organization: str | None = None,
+                    patient: str | None = None, scope: str | None = None, ttl: int = 3600, sub: str | None = None) -> str:
+    """A JWT signed by the dev key in the data dir (`ehcp-record token`); never trusted in production."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(sorted(ROLES))}")
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "iss": DEV_ISSUER, "aud": settings.audience, "sub": sub or fhir_user or organization or role,
+        "iat": now, "exp": now + ttl, "role": role, "scope": scope or default_scope(role, patient),
+    }
+    for name, value in (("fhirUser", fhir_user), ("organization", organization), ("patient", patient)):
+        if value:
+            claims[name] = value
+    key = load_or_create_private_key(settings.dev_key_path)
+    return jwt.encode(claims, key, algorithm="EdDSA")
+
+
+def default_scope(role: str, patient: str | None = None) -> str:
+    """SMART v2 scopes typical of each kind of client; a launch patient confines a family app."""
+    if role in ("parent", "young-person") and patient:
+        return "patient/*.cruds"
+    if role == "system":
+        return "system/*.cruds"
+    if role == "auditor":
+        return "user/*.rs"
+    return "user/*.cruds"

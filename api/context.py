@@ -1,0 +1,31 @@
+"""Per-request accessors: the services hung off the app, and the authenticated caller."""
+
+from __future__ import annotations
+
+import uuid
+
+from flask import current_app, g, request
+
+from ehcp_record.context import Caller
+from ehcp_record.wiring import Services
+
+
+def services() -> Services:
+    return current_app.extensions["ehcp"]
+
+
+def caller() -> Caller:
+    """The verified caller; 401 with WWW-Authenticate when the token is missing or bad."""
+    if "caller" not in g:
+        g.caller = services().verifier.caller(
+            request.headers.get("Authorization"), request.remote_addr or "",
+            request.headers.get("User-Agent", ""), request_id(),
+        )
+    return g.caller
+
+
+def request_id() -> str:
+    if "request_id" not in g:
+        supplied = request.headers.get("X-Request-ID", "")
+        g.request_id = supplied if 0 < len(supplied) <= 64 and supplied.isprintable() else uuid.uuid4().hex
+    return g.request_id

@@ -1,0 +1,113 @@
+"""FHIR-over-HTTP mapping: bodies in, resources out, ETags, Prefer, limits. No rules live here."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Response, request
+
+from ehcp_record.errors import FhirError, invalid, outcome_of
+from ehcp_record.fhir_dates import instant
+from ehcp_record.repository import Version
+
+FHIR_JSON = "application/fhir+json"
+_ACCEPTED_BODY_TYPES = ("application/fhir+json", "application/json")
+
+
+def fhir_response(body: dict, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    response = Response(text, status=status, mimetype=FHIR_JSON)
+    response.headers["Content-Type"] = f"{FHIR_JSON}; charset=utf-8"
+    for key, value in (headers or {}).items():
+        response.headers[key] = value
+    return response
+
+
+def error_response(error: FhirError) -> Response:
+    return fhir_response(outcome_of(error), error.status, error.headers)
+
+
+def version_headers(version: Version, location: bool = False) -> dict[str, str]:
+    headers = {"ETag": f'W/"{version.vid}"', "Last-Modified": _http_date(version)}
+    if location:
+        headers["Location"] = f"{request.script_root}/fhir/{version.type}/{version.id}/_history/{version.vid}"
+    return headers
+
+
+def _http_date(version: Version) -> str:
+    return version.updated.strftime("%a, %d %b %Y %H:%M:%S GMT")
+
+
+def json_body() -> Any:
+    """The request body as JSON, after the content-type and size checks."""
+    content_type = (request.mimetype or "").lower()
+    if content_type not in _ACCEPTED_BODY_TYPES:
+        raise FhirError(415, "not-supported", f"send {FHIR_JSON} (or application/json), not '{content_type or 'nothing'}'")
+    raw = request.get_data(cache=False)
+    if not raw:
+        raise invalid("the request has no body", "required")
+    try:
+        return json.loads(raw, parse_constant=_no_constants)
+    except (ValueError, RecursionError) as exc:
+        raise invalid(f"the body is not valid JSON: {str(exc)[:120]}", "structure") from None
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in FHIR JSON")
+
+
+def if_match() -> int | None:
+    value = request.headers.get("If-Match")
+    if value is None:
+        return None
+    digits = value.strip().removeprefix("W/").strip('"')
+    if not digits.isdigit() or len(digits) > 9:
+        raise invalid("If-Match must be an ETag such as W/\"3\"", "invalid")
+    return int(digits)
+
+
+def prefer_return() -> str:
+    for part in request.headers.get("Prefer", "").split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == "return" and value.strip('"') in ("minimal", "representation", "OperationOutcome"):
+            return value.strip('"')
+    return "representation"
+
+
+def write_response(version: Version, created: bool, resource: dict) -> Response:
+    """201/200 honouring Prefer: return=minimal | representation | OperationOutcome."""
+    status = 201 if created else 200
+    headers = version_headers(version, location=True)
+    preference = prefer_return()
+    if preference == "minimal":
+        response = Response(status=status)
+        response.headers.extend(headers)
+        return response
+    if preference == "OperationOutcome":
+        outcome = {"resourceType": "OperationOutcome", "issue": [{
+            "severity": "information", "code": "informational",
+            "diagnostics": f"{version.type}/{version.id} {'created' if created else 'updated'} at version {version.vid}",
+        }]}
+        return fhir_response(outcome, status, headers)
+    return fhir_response(resource, status, headers)
+
+
+def query_pairs() -> list[tuple[str, str]]:
+    """Search parameters from the query string, or the form body of POST _search."""
+    pairs = list(request.args.items(multi=True))
+    if request.method == "POST":
+        if request.mimetype != "application/x-www-form-urlencoded":
+            raise FhirError(415, "not-supported", "POST _search takes application/x-www-form-urlencoded")
+        pairs += list(request.form.items(multi=True))
+    return pairs
+
+
+def bundle_link(path: str, pairs: list[tuple[str, str]]) -> str:
+    from urllib.parse import urlencode
+    base = request.host_url.rstrip("/") + path
+    return f"{base}?{urlencode(pairs)}" if pairs else base
+
+
+def meta_instant(version: Version) -> str:
+    return instant(version.updated)

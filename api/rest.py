@@ -1,0 +1,109 @@
+"""The FHIR REST interactions (API.md "Resource interactions"): thin mapping onto the service."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response
+
+from api.context import caller, services
+from api.http import bundle_link, fhir_response, if_match, json_body, query_pairs, version_headers, write_response
+from ehcp_record import bundles
+from ehcp_record.errors import FhirError, not_supported
+from ehcp_record.fhir_model import require_served_type
+from ehcp_record.search import DEFAULT_COUNT, MAX_COUNT
+
+bp = Blueprint("fhir_rest", __name__, url_prefix="/fhir")
+
+
+@bp.post("")
+def transaction_or_batch() -> Response:
+    return fhir_response(bundles.process(services().records, caller(), json_body()))
+
+
+@bp.get("/<resource_type>")
+@bp.post("/<resource_type>/_search")
+def search(resource_type: str) -> Response:
+    require_served_type(resource_type)
+    result = services().search(caller(), resource_type, query_pairs())
+    return fhir_response(_searchset(resource_type, result))
+
+
+def _searchset(resource_type: str, result) -> dict:
+    query = result.query
+    path = f"/fhir/{resource_type}"
+    base_pairs = query.without_paging()
+    links = [{"relation": "self", "url": bundle_link(path, query.echo)}]
+    if query.offset + query.count < result.total and query.count:
+        links.append({"relation": "next", "url": bundle_link(path, base_pairs + [
+            ("_count", str(query.count)), ("_offset", str(query.offset + query.count))])})
+    if query.offset > 0:
+        previous = max(query.offset - query.count, 0)
+        links.append({"relation": "previous", "url": bundle_link(path, base_pairs + [
+            ("_count", str(query.count)), ("_offset", str(previous))])})
+    entries = [_entry(r, "match") for r in result.matches] + [_entry(r, "include") for r in result.included]
+    return {"resourceType": "Bundle", "type": "searchset", "total": result.total, "link": links, "entry": entries}
+
+
+def _entry(resource: dict, mode: str) -> dict:
+    return {"fullUrl": bundle_link(f"/fhir/{resource['resourceType']}/{resource['id']}", []),
+            "resource": resource, "search": {"mode": mode}}
+
+
+@bp.post("/<resource_type>")
+def create(resource_type: str) -> Response:
+    require_served_type(resource_type)
+    from flask import request
+    version, created = services().records.create(caller(), json_body(), resource_type,
+                                                 request.headers.get("If-None-Exist"))
+    return write_response(version, created, version.resource)
+
+
+@bp.get("/<resource_type>/<resource_id>")
+def read(resource_type: str, resource_id: str) -> Response:
+    require_served_type(resource_type)
+    version, shown = services().read(caller(), resource_type, resource_id)
+    return fhir_response(shown, 200, version_headers(version))
+
+
+@bp.put("/<resource_type>/<resource_id>")
+def update(resource_type: str, resource_id: str) -> Response:
+    require_served_type(resource_type)
+    version, created = services().records.update(caller(), json_body(), resource_type, resource_id, if_match())
+    return write_response(version, created, version.resource)
+
+
+@bp.delete("/<resource_type>/<resource_id>")
+def delete(resource_type: str, resource_id: str) -> Response:
+    require_served_type(resource_type)
+    raise not_supported("statutory records are never deleted through the API", 405)
+
+
+@bp.get("/<resource_type>/<resource_id>/_history")
+def history(resource_type: str, resource_id: str) -> Response:
+    require_served_type(resource_type)
+    from flask import request
+    count = min(_int_arg(request.args.get("_count"), DEFAULT_COUNT), MAX_COUNT)
+    offset = _int_arg(request.args.get("_offset"), 0)
+    total, versions = services().records.history(caller(), resource_type, resource_id, offset, count)
+    entries = [{
+        "fullUrl": bundle_link(f"/fhir/{resource_type}/{resource_id}", []), "resource": shown,
+        "request": {"method": "POST" if v.vid == 1 else "PUT",
+                    "url": resource_type if v.vid == 1 else f"{resource_type}/{resource_id}"},
+        "response": {"status": "201 Created" if v.vid == 1 else "200 OK", "etag": f'W/"{v.vid}"',
+                     "lastModified": shown.get("meta", {}).get("lastUpdated")},
+    } for v, shown in versions]
+    return fhir_response({"resourceType": "Bundle", "type": "history", "total": total, "entry": entries})
+
+
+@bp.get("/<resource_type>/<resource_id>/_history/<vid>")
+def vread(resource_type: str, resource_id: str, vid: str) -> Response:
+    require_served_type(resource_type)
+    version, shown = services().vread(caller(), resource_type, resource_id, vid)
+    return fhir_response(shown, 200, version_headers(version))
+
+
+def _int_arg(value: str | None, default: int) -> int:
+    if value is None:
+        return default
+    if not value.isdigit() or len(value) > 6:
+        raise FhirError(400, "invalid", f"'{value[:20]}' is not a whole number")
+    return int(value)

@@ -1,0 +1,114 @@
+"""`ehcp-record`: serve the API, mint dev tokens, verify audit chains."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from ehcp_record.config import Settings, load_settings
+from ehcp_record.mongod import EmbeddedMongo
+
+log = logging.getLogger("ehcp_record")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.handler(args) or 0)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ehcp-record", description="EHCP Record FHIR server")
+    commands = parser.add_subparsers()
+    serve = commands.add_parser("serve", help="run the API on gunicorn (embedded mongod unless EHCP_MONGODB_URI)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--workers", type=int, default=max(2, (os.cpu_count() or 1) * 2))
+    serve.add_argument("--threads", type=int, default=4)
+    serve.set_defaults(handler=_serve)
+    token = commands.add_parser("token", help="print a dev JWT signed by the key in the data dir")
+    token.add_argument("--role", required=True)
+    token.add_argument("--fhir-user")
+    token.add_argument("--organization")
+    token.add_argument("--patient")
+    token.add_argument("--scope")
+    token.add_argument("--sub")
+    token.add_argument("--ttl", type=int, default=3600)
+    token.set_defaults(handler=_token)
+    audit = commands.add_parser("audit", help="audit chain tools")
+    audit_commands = audit.add_subparsers()
+    verify = audit_commands.add_parser("verify", help="verify every chain (exit 0) or report the first bad entry (exit 1)")
+    verify.add_argument("--record")
+    verify.set_defaults(handler=_audit_verify)
+    return parser
+
+
+@contextlib.contextmanager
+def database(settings: Settings) -> Iterator[Settings]:
+    """The configured database, or the embedded mongod started for the duration."""
+    if settings.mongodb_uri:
+        yield settings
+        return
+    mongo = EmbeddedMongo(settings.data_dir.resolve()).start()
+    try:
+        from dataclasses import replace
+
+        os.environ["EHCP_MONGODB_URI"] = mongo.uri
+        yield replace(settings, mongodb_uri=mongo.uri)
+    finally:
+        mongo.stop()
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ehcp_record.server import run_gunicorn
+
+    settings = load_settings({"base_url": f"http://{args.host}:{args.port}/fhir"})
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with database(settings) as ready:
+        os.environ["EHCP_BASE_URL"] = ready.base_url
+        run_gunicorn(ready, args.host, args.port, args.workers, args.threads)
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from api.auth import issue_dev_token
+
+    settings = load_settings()
+    if not settings.dev_issuer:
+        print("the dev issuer is off in this environment", file=sys.stderr)
+        return 2
+    print(issue_dev_token(settings, args.role, args.fhir_user, args.organization, args.patient, args.scope,
+                          args.ttl, args.sub))
+    return 0
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    from ehcp_record.audit_verify import verify_all
+
+    settings = load_settings()
+    with database(settings) as ready:
+        from ehcp_record.repository import Repository
+
+        repo = Repository.connect(ready.mongodb_uri or "", ready.database)
+        try:
+            ok, lines = verify_all(repo, ready, args.record)
+        finally:
+            repo.close()
+    for line in lines:
+        print(line)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

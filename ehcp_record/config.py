@@ -1,0 +1,126 @@
+"""Configuration from the environment (or a test mapping), checked by a marshmallow schema.
+
+Environment variables: EHCP_MONGODB_URI (unset -> the embedded mongod), EHCP_DATABASE,
+EHCP_DATA_DIR (default ./var), EHCP_ENV (production turns the dev issuer off), EHCP_BASE_URL,
+EHCP_AUDIENCE, EHCP_TRUSTED_ISSUERS (JSON list of {"iss", "jwks_uri"}), EHCP_DEV_ISSUER (1/0),
+EHCP_TRUST_LIST (JSON list of other deployments for transfer), EHCP_ORGANIZATION.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate
+
+DEV_ISSUER = "urn:ehcp-record:dev-issuer"
+PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+
+
+class ConfigError(ValueError):
+    """Configuration that cannot work; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class TrustedIssuer:
+    iss: str
+    jwks_uri: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    mongodb_uri: str | None = None
+    database: str = "ehcp_record"
+    data_dir: Path = Path("var")
+    env: str = "local"
+    base_url: str = "http://127.0.0.1:8080/fhir"
+    audience: str = "ehcp-record"
+    trusted_issuers: tuple[TrustedIssuer, ...] = ()
+    dev_issuer: bool = True
+    trust_list: tuple[dict, ...] = ()
+    organization: str | None = None
+    max_body_bytes: int = 1024 * 1024
+    max_binary_bytes: int = 100 * 1024 * 1024
+    max_query_bytes: int = 8 * 1024
+    profiles_dir: Path = PROFILES_DIR
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dev_key_path(self) -> Path:
+        return self.data_dir / "keys" / "dev-issuer.pem"
+
+    @property
+    def signing_key_path(self) -> Path:
+        return self.data_dir / "keys" / "server-signing.pem"
+
+
+class _IssuerSchema(Schema):
+    iss = fields.String(required=True, validate=validate.Length(min=1))
+    jwks_uri = fields.Url(required=True, schemes={"https", "http"}, require_tld=False)
+
+    @post_load
+    def make(self, data: dict, **_: Any) -> TrustedIssuer:
+        return TrustedIssuer(**data)
+
+
+class _SettingsSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    mongodb_uri = fields.String(load_default=None, allow_none=True)
+    database = fields.String(load_default="ehcp_record", validate=validate.Regexp(r"^[A-Za-z0-9_-]{1,60}$"))
+    data_dir = fields.String(load_default="var")
+    env = fields.String(load_default="local", validate=validate.OneOf(["local", "test", "production"]))
+    base_url = fields.String(load_default="http://127.0.0.1:8080/fhir")
+    audience = fields.String(load_default="ehcp-record")
+    trusted_issuers = fields.List(fields.Nested(_IssuerSchema), load_default=list)
+    dev_issuer = fields.Boolean(load_default=None, allow_none=True)
+    trust_list = fields.List(fields.Dict(), load_default=list)
+    organization = fields.String(load_default=None, allow_none=True)
+
+    @post_load
+    def make(self, data: dict, **_: Any) -> Settings:
+        dev = data.pop("dev_issuer")
+        if dev is None:
+            dev = data["env"] != "production"
+        if dev and data["env"] == "production":
+            raise ValidationError("the dev issuer cannot be trusted in production", "dev_issuer")
+        return Settings(
+            data_dir=Path(data.pop("data_dir")), trusted_issuers=tuple(data.pop("trusted_issuers")),
+            trust_list=tuple(data.pop("trust_list")), dev_issuer=dev, **data,
+        )
+
+
+_ENV = {
+    "mongodb_uri": "EHCP_MONGODB_URI", "database": "EHCP_DATABASE", "data_dir": "EHCP_DATA_DIR",
+    "env": "EHCP_ENV", "base_url": "EHCP_BASE_URL", "audience": "EHCP_AUDIENCE",
+    "trusted_issuers": "EHCP_TRUSTED_ISSUERS", "dev_issuer": "EHCP_DEV_ISSUER",
+    "trust_list": "EHCP_TRUST_LIST", "organization": "EHCP_ORGANIZATION",
+}
+_JSON_KEYS = {"trusted_issuers", "trust_list"}
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from the environment, overridden by an explicit mapping (tests)."""
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    for key, variable in _ENV.items():
+        if variable in environ and environ[variable] != "":
+            raw[key] = _decode(key, environ[variable])
+    raw.update(overrides or {})
+    try:
+        return _SettingsSchema().load(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {exc.messages}") from None
+
+
+def _decode(key: str, value: str) -> Any:
+    if key not in _JSON_KEYS:
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        raise ConfigError(f"{_ENV[key]} must be JSON") from None

@@ -1,0 +1,82 @@
+"""FHIR date/dateTime/instant values as the UTC range of time they denote.
+
+FHIR search compares ranges, not points (R4 search §3.1.1.5.6 "date"): `2026` means the whole
+year, `2026-03` the whole month. Both indexed values and search values become [lo, hi).
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from datetime import datetime, timedelta, timezone
+
+_PATTERN = re.compile(
+    r"^(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2})"
+    r"(?:T(?P<H>\d{2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?:\.(?P<f>\d{1,9}))?)?"
+    r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?$"
+)
+MIN = datetime(1, 1, 1, tzinfo=timezone.utc)
+MAX = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc)
+
+
+class DateFormatError(ValueError):
+    """The text is not a FHIR date, dateTime or instant."""
+
+
+def parse_range(text: str) -> tuple[datetime, datetime]:
+    """Return the half-open UTC range [lo, hi) that a FHIR date/dateTime value covers."""
+    match = _PATTERN.match(text)
+    if not match:
+        raise DateFormatError(f"'{text}' is not a FHIR date (YYYY, YYYY-MM, YYYY-MM-DD or a dateTime)")
+    parts = match.groupdict()
+    try:
+        return _range(parts)
+    except ValueError as exc:
+        raise DateFormatError(f"'{text}' is not a real date: {exc}") from None
+
+
+def _range(p: dict) -> tuple[datetime, datetime]:
+    year = int(p["y"])
+    tz = _zone(p["tz"])
+    if p["m"] is None:
+        lo = datetime(year, 1, 1, tzinfo=tz)
+        return _utc(lo), _utc(datetime(year + 1, 1, 1, tzinfo=tz)) if year < 9999 else MAX
+    month = int(p["m"])
+    if p["d"] is None:
+        lo = datetime(year, month, 1, tzinfo=tz)
+        days = calendar.monthrange(year, month)[1]
+        return _utc(lo), _utc(lo + timedelta(days=days))
+    day = datetime(year, month, int(p["d"]), tzinfo=tz)
+    if p["H"] is None:
+        return _utc(day), _utc(day + timedelta(days=1))
+    if p["tz"] is None:
+        raise ValueError("a time must carry a time zone (Z or +hh:mm)")
+    if p["S"] is None:
+        lo = day.replace(hour=int(p["H"]), minute=int(p["M"]))
+        return _utc(lo), _utc(lo + timedelta(minutes=1))
+    lo = day.replace(hour=int(p["H"]), minute=int(p["M"]), second=int(p["S"]))
+    if p["f"] is None:
+        return _utc(lo), _utc(lo + timedelta(seconds=1))
+    micros = int((p["f"] + "000000")[:6])
+    lo = lo.replace(microsecond=micros)
+    return _utc(lo), _utc(lo + timedelta(microseconds=1))
+
+
+def _zone(text: str | None) -> timezone:
+    if text is None or text == "Z":
+        return timezone.utc
+    sign = 1 if text[0] == "+" else -1
+    hours, minutes = int(text[1:3]), int(text[4:6])
+    if hours > 14 or minutes > 59:
+        raise ValueError("time zone offset out of range")
+    return timezone(sign * timedelta(hours=hours, minutes=minutes))
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(timezone.utc)
+
+
+def instant(value: datetime) -> str:
+    """A FHIR instant with milliseconds in UTC, the form used for meta.lastUpdated."""
+    value = value.astimezone(timezone.utc)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"

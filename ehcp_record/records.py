@@ -1,0 +1,297 @@
+"""The record service: FHIR interactions with the record's rules applied on every path.
+
+HTTP -> api (parse, authenticate) -> here (load, consent decision, custody, parental-input
+gate, validation) -> repository (one transaction: version + history + audit) -> api.
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Callable, Protocol
+
+from consent.sections import section_of
+from ehcp_record import audit, audit_chain, write_rules
+from ehcp_record.access import AccessPolicy
+from ehcp_record.compartment import Compartment
+from ehcp_record.context import Caller
+from ehcp_record.errors import FhirError, invalid, not_found, precondition_failed, precondition_required, unprocessable
+from ehcp_record.fhir_dates import instant
+from ehcp_record.fhir_model import STORED_TYPES, parse_resource
+from ehcp_record.identifiers import identifier_problems
+from ehcp_record.repository import AuditAppend, Repository, Version, VersionWrite, utc_now
+from ehcp_record.search import SearchQuery, SearchRegistry, parse_search
+
+_ID_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.")
+
+
+class WriteGate(Protocol):
+    """Checks a direct write against the parental-input gate (issued plans change only by $issue)."""
+
+    def check_direct_write(self, write: VersionWrite) -> None: ...
+
+
+class ResourceValidator(Protocol):
+    def check(self, resource: dict) -> None: ...
+
+
+@dataclass
+class PreparedWrite:
+    write: VersionWrite
+    record_change: dict | None
+    operation: str
+    consent_ids: tuple[str, ...]
+    created: bool
+    caller: Caller
+
+    def audit_entry(self, at: datetime) -> AuditAppend:
+        action = "create" if self.created else "update"
+        entry = audit.body(self.caller, action, "permit", at, self.operation,
+                           [audit.version_ref(_version_of(self.write))], self.consent_ids)
+        return AuditAppend(audit.chain_of(self.write.record), entry)
+
+
+@dataclass
+class SearchResult:
+    total: int
+    matches: list[dict]
+    included: list[dict]
+    query: SearchQuery
+
+
+@dataclass
+class RecordService:
+    repo: Repository
+    registry: SearchRegistry
+    compartment: Compartment
+    access: AccessPolicy
+    validator: ResourceValidator | None = None
+    gate: WriteGate | None = None
+    clock: Callable[[], datetime] = utc_now
+
+    # --- reads --------------------------------------------------------------------------
+
+    def read(self, caller: Caller, resource_type: str, resource_id: str) -> tuple[Version, dict]:
+        return self._read_one(caller, resource_type, self.repo.read(resource_type, resource_id), "read",
+                              f"{resource_type}/{resource_id}")
+
+    def vread(self, caller: Caller, resource_type: str, resource_id: str, vid: str) -> tuple[Version, dict]:
+        if not vid.isdigit() or len(vid) > 9:
+            raise not_found(f"{resource_type}/{resource_id}/_history/{vid[:12]}")
+        version = self.repo.read_version(resource_type, resource_id, int(vid))
+        return self._read_one(caller, resource_type, version, "vread", f"{resource_type}/{resource_id}/_history/{vid}")
+
+    def _read_one(self, caller: Caller, resource_type: str, version: Version | None, action: str,
+                  label: str) -> tuple[Version, dict]:
+        self.access.require_scope(caller, resource_type, "r")
+        if version is None:
+            raise not_found(label)
+        self.access.confine_to_launch_patient(caller, resource_type, "r", version.record)
+        shown, decision = self.access.visible(caller, version)
+        now = self.clock()
+        consent_ids = decision.consent_ids if decision else ()
+        if shown is None:
+            reason = decision.reasons[0] if decision and decision.reasons else "not visible to this caller"
+            self.repo.append_audit([audit.refusal(caller, action, version.record, now, reason, label, consent_ids)])
+            raise not_found(label)
+        self.repo.append_audit(audit.for_versions(caller, action, [version], now, consent_ids))
+        return version, shown
+
+    def history(self, caller: Caller, resource_type: str, resource_id: str, offset: int, count: int
+                ) -> tuple[int, list[tuple[Version, dict]]]:
+        current, _ = self._read_one_silently(caller, resource_type, resource_id)
+        total, versions = self.repo.history_of(resource_type, resource_id, offset, count)
+        shown = []
+        for version in versions:
+            visible, _ = self.access.visible(caller, version)
+            if visible is not None:
+                shown.append((version, visible))
+        self.repo.append_audit(audit.for_versions(caller, "history", [v for v, _ in shown], self.clock()))
+        return total, shown
+
+    def _read_one_silently(self, caller: Caller, resource_type: str, resource_id: str) -> tuple[Version, dict]:
+        self.access.require_scope(caller, resource_type, "r")
+        version = self.repo.read(resource_type, resource_id)
+        if version is None:
+            raise not_found(f"{resource_type}/{resource_id}")
+        self.access.confine_to_launch_patient(caller, resource_type, "r", version.record)
+        shown, decision = self.access.visible(caller, version)
+        if shown is None:
+            reason = decision.reasons[0] if decision and decision.reasons else "not visible"
+            self.repo.append_audit([audit.refusal(caller, "read", version.record, self.clock(), reason,
+                                                  f"{resource_type}/{resource_id}")])
+            raise not_found(f"{resource_type}/{resource_id}")
+        return version, shown
+
+    def search(self, caller: Caller, resource_type: str, pairs: list[tuple[str, str]]) -> SearchResult:
+        self.access.require_scope(caller, resource_type, "s")
+        query = parse_search(self.registry, resource_type, pairs)
+        visibility = self.access.search_visibility(caller, query.patient_filter)
+        total, versions = self.repo.search(query, visibility)
+        matches = self._shown(caller, versions)
+        included = self._included(caller, query, versions)
+        self.repo.append_audit(audit.for_versions(caller, "search", versions + [v for v, _ in included], self.clock()))
+        return SearchResult(total, [m for _, m in matches], [r for _, r in included], query)
+
+    def _shown(self, caller: Caller, versions: list[Version]) -> list[tuple[Version, dict]]:
+        shown = []
+        for version in versions:
+            visible, _ = self.access.visible(caller, version)
+            if visible is not None:
+                shown.append((version, visible))
+        return shown
+
+    def _included(self, caller: Caller, query: SearchQuery, versions: list[Version]) -> list[tuple[Version, dict]]:
+        refs: list[str] = []
+        for include in query.includes:
+            param = self.registry.get(include.source_type, include.param)
+            for version in versions:
+                for ref in (param.evaluate(version.resource) if param else []):
+                    target = ref.get("reference", "") if isinstance(ref, dict) else ""
+                    if "/" in target and (include.target_type is None or target.startswith(include.target_type + "/")):
+                        refs.append("/".join(target.split("/_history/")[0].split("/")[-2:]))
+        own = {f"{v.type}/{v.id}" for v in versions}
+        wanted = [r for r in dict.fromkeys(refs) if r not in own]
+        found = self.repo.read_many(wanted)
+        return self._shown(caller, [found[r] for r in wanted if r in found and self._scope_ok(caller, found[r])])
+
+    def _scope_ok(self, caller: Caller, version: Version) -> bool:
+        return caller.scopes.allows(version.type, "r")
+
+    # --- writes -------------------------------------------------------------------------
+
+    def create(self, caller: Caller, body: object, resource_type: str, if_none_exist: str | None = None
+               ) -> tuple[Version, bool]:
+        resource = parse_resource(body, resource_type)
+        if if_none_exist:
+            existing = self.conditional_match(caller, resource_type, if_none_exist)
+            if existing is not None:
+                return existing, False
+        prepared = self.prepare(caller, resource, str(uuid.uuid4()), expected=None)
+        self.commit([prepared])
+        return _version_of(prepared.write), True
+
+    def update(self, caller: Caller, body: object, resource_type: str, resource_id: str,
+               if_match: int | None) -> tuple[Version, bool]:
+        resource = parse_resource(body, resource_type)
+        if resource.get("id") != resource_id:
+            raise invalid(f"the resource id '{resource.get('id')}' does not match the URL id '{resource_id}'",
+                          "invalid", [f"{resource_type}.id"])
+        prepared = self.prepare_put(caller, resource, resource_id, if_match)
+        self.commit([prepared])
+        return _version_of(prepared.write), prepared.created
+
+    def prepare_put(self, caller: Caller, resource: dict, resource_id: str, if_match: int | None,
+                    pending: dict[str, str | None] | None = None) -> PreparedWrite:
+        """PUT: update with a mandatory If-Match, or create at a client-chosen id."""
+        resource_type = resource["resourceType"]
+        current = self.repo.read(resource_type, resource_id)
+        if current is None:
+            if if_match is not None:
+                raise not_found(f"{resource_type}/{resource_id}")
+            return self.prepare(caller, resource, resource_id, expected=None, pending=pending)
+        if if_match is None:
+            raise precondition_required("updates need If-Match: W/\"<versionId>\" (read the resource first)")
+        return self.prepare(caller, resource, resource_id, expected=if_match, current=current, pending=pending)
+
+    def conditional_match(self, caller: Caller, resource_type: str, criteria: str) -> Version | None:
+        pairs = _parse_query_string(criteria)
+        query = parse_search(self.registry, resource_type, pairs + [("_count", "2")])
+        visibility = self.access.search_visibility(caller, query.patient_filter)
+        total, versions = self.repo.search(query, visibility)
+        if total > 1:
+            raise precondition_failed(f"If-None-Exist matched {total} {resource_type} resources; it must match at most one")
+        return versions[0] if versions else None
+
+    def prepare(self, caller: Caller, resource: dict, resource_id: str, expected: int | None,
+                current: Version | None = None, pending: dict[str, str | None] | None = None) -> PreparedWrite:
+        """Validate, authorise and build one version; nothing is stored yet."""
+        resource_type = resource["resourceType"]
+        if resource_type not in STORED_TYPES:
+            raise FhirError(405, "not-supported", f"{resource_type} is written by the server, not by clients")
+        _check_id(resource_id)
+        resource = copy.deepcopy(resource)
+        resource["id"] = resource_id
+        self._check_identifiers(resource)
+        if expected is not None and current is not None and current.vid != expected:
+            raise precondition_failed(f"{resource_type}/{resource_id} is at version {current.vid}, not {expected}")
+        record = self.compartment.record_of(resource, lambda ref: self._record_lookup(ref, pending or {}))
+        if current is not None:
+            write_rules.check_record_unchanged(resource_type, current.record, record)
+        new_record = record is not None and (pending or {}).get(f"Patient/{record}") == record
+        decision = write_rules.authorize_write(self.access, caller, resource, record, current is None, new_record)
+        if self.validator is not None:
+            self.validator.check(resource)
+        write = self._build(resource, record, expected, current)
+        if self.gate is not None:
+            self.gate.check_direct_write(write)
+        change = write_rules.record_changes(resource, record, current is None, caller) if record else None
+        return PreparedWrite(write, change, decision.operation, decision.consent_ids, current is None, caller)
+
+    def _check_identifiers(self, resource: dict) -> None:
+        problems = identifier_problems(resource)
+        if problems:
+            path, reason = problems[0]
+            raise unprocessable(reason, "value", [path])
+
+    def _build(self, resource: dict, record: str | None, expected: int | None, current: Version | None) -> VersionWrite:
+        vid = (current.vid + 1) if current is not None else 1
+        now = self.clock()
+        resource["meta"] = {k: v for k, v in (resource.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
+        resource["meta"].update({"versionId": str(vid), "lastUpdated": instant(now)})
+        section = resource.pop("_section", None) or section_of(resource)
+        return VersionWrite(
+            type=resource["resourceType"], id=resource["id"], vid=vid, updated=now, resource=resource,
+            record=record, section=section, index=self.registry.index(resource),
+            hash=audit_chain.content_hash(resource), expected=expected if current is not None else None,
+            extra=_extra_fields(resource),
+        )
+
+    def _record_lookup(self, reference: str, pending: dict[str, str | None]) -> str | None:
+        """The record a referenced resource belongs to, seeing earlier entries of a Bundle."""
+        if reference in pending:
+            return pending[reference]
+        resource_type, _, resource_id = reference.partition("/")
+        if resource_type == "Patient":
+            return resource_id if self.repo.read("Patient", resource_id) else None
+        version = self.repo.read(resource_type, resource_id)
+        return version.record if version else None
+
+    def commit(self, prepared: list[PreparedWrite], extra_audit: list[AuditAppend] | None = None) -> None:
+        """One transaction for all the versions, their custody changes and audit entries."""
+        now = self.clock()
+        updates = [(p.write.record, p.record_change) for p in prepared if p.record_change and p.write.record]
+        audits = [p.audit_entry(now) for p in prepared] + list(extra_audit or [])
+        self.repo.commit([p.write for p in prepared], audits, updates)
+
+
+def _version_of(write: VersionWrite) -> Version:
+    return Version(write.type, write.id, write.vid, write.updated, write.resource, write.record,
+                   write.section, write.hash)
+
+
+def _extra_fields(resource: dict) -> dict:
+    """Denormalised fields some queries need (who a consent names), computed once at write."""
+    if resource["resourceType"] != "Consent":
+        return {}
+    from consent.model import parse_grant
+    grant = parse_grant(resource)
+    recipients = [r for r in (grant.recipient_org, f"role:{grant.recipient_role}" if grant.recipient_role else None) if r]
+    return {"recipients": recipients}
+
+
+def _check_id(resource_id: str) -> None:
+    """FHIR ids: [A-Za-z0-9\\-\\.]{1,64} (R4 datatypes §2.24.0.1 id)."""
+    if not resource_id or len(resource_id) > 64 or not set(resource_id) <= _ID_CHARS:
+        raise invalid(f"'{resource_id[:70]}' is not a valid FHIR id (letters, digits, '-' and '.', up to 64)")
+
+
+def _parse_query_string(text: str) -> list[tuple[str, str]]:
+    from urllib.parse import parse_qsl
+    text = text.split("?", 1)[1] if "?" in text else text
+    try:
+        return parse_qsl(text, keep_blank_values=True, strict_parsing=True, max_num_fields=50)
+    except ValueError:
+        raise invalid("If-None-Exist must be a search query string such as identifier=system|value") from None

@@ -1,0 +1,374 @@
+"""The repository: the only module that talks to MongoDB.
+
+Collections (shard key = record id wherever a record exists, so every transaction is
+single-shard):
+- `current`   the newest version of each resource, `_id` "Type/id"
+- `history`   every version ever written, insert-only, unique (type, id, version)
+- `audit`     one hash chain per record, unique (record, seq); `chain_heads` its tip
+- `records`   the custody state of each child's record (custodian, parents, birth date)
+
+Every change is one transaction with majority write concern: the version, its history row and
+its audit entry are all there after a crash, or none of them is.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterator, TypeVar
+
+from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
+from pymongo.client_session import ClientSession
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo.read_concern import ReadConcern
+from pymongo.read_preferences import ReadPreference
+from pymongo.write_concern import WriteConcern
+
+from ehcp_record import audit_chain
+from ehcp_record.errors import FhirError, conflict, precondition_failed
+from ehcp_record.search import Criterion, SearchQuery, SortKey
+
+T = TypeVar("T")
+_MAJORITY = WriteConcern("majority")
+_RETRIES = 200
+
+
+@dataclass(frozen=True)
+class Version:
+    """One stored version of a resource, as the service sees it."""
+
+    type: str
+    id: str
+    vid: int
+    updated: datetime
+    resource: dict
+    record: str | None
+    section: str | None
+    hash: str
+
+
+@dataclass
+class VersionWrite:
+    """A version the service has built and checked; `expected` is the If-Match (None = create)."""
+
+    type: str
+    id: str
+    vid: int
+    updated: datetime
+    resource: dict
+    record: str | None
+    section: str | None
+    index: dict[str, list]
+    hash: str
+    expected: int | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AuditAppend:
+    """An audit body for one record's chain; appended in the same transaction as the change."""
+
+    chain: str
+    body: dict
+
+
+@dataclass(frozen=True)
+class Visibility:
+    """What a caller may see in a search: everything, or per-record section lists."""
+
+    everything: bool = False
+    per_record: dict[str, frozenset[str] | None] = field(default_factory=dict)
+    directory: bool = True
+
+
+class Repository:
+    def __init__(self, client: MongoClient, database: str) -> None:
+        self.client = client
+        self.db = client.get_database(database, write_concern=_MAJORITY, read_concern=ReadConcern("majority"))
+        self.current = self.db.current
+        self.history = self.db.history
+        self.audit = self.db.audit
+        self.chain_heads = self.db.chain_heads
+        self.records = self.db.records
+
+    @classmethod
+    def connect(cls, uri: str, database: str) -> "Repository":
+        client: MongoClient = MongoClient(
+            uri, w="majority", serverSelectionTimeoutMS=5000, tz_aware=True, maxPoolSize=50
+        )
+        repo = cls(client, database)
+        repo.ensure_indexes()
+        return repo
+
+    def close(self) -> None:
+        self.client.close()
+
+    def ensure_indexes(self) -> None:
+        self.history.create_index([("type", ASCENDING), ("rid", ASCENDING), ("vid", DESCENDING)], unique=True)
+        self.history.create_index([("record", ASCENDING), ("type", ASCENDING)])
+        self.current.create_index([("type", ASCENDING), ("updated", DESCENDING)])
+        self.current.create_index([("record", ASCENDING), ("type", ASCENDING)])
+        self.current.create_index([("type", ASCENDING), ("recipients", ASCENDING)])
+        for param in ("identifier", "patient", "subject", "status", "code", "category", "owner", "focus", "actor"):
+            self.current.create_index([("type", ASCENDING), (f"idx.{param}", ASCENDING)], sparse=True)
+        self.audit.create_index([("record", ASCENDING), ("seq", ASCENDING)], unique=True)
+        self.records.create_index([("custodian", ASCENDING)])
+        self.records.create_index([("parents", ASCENDING)])
+
+    def ping(self) -> bool:
+        try:
+            self.client.admin.command("ping")
+            return True
+        except PyMongoError:
+            return False
+
+    # --- transactions -------------------------------------------------------------------
+
+    def in_transaction(self, work: Callable[[ClientSession], T]) -> T:
+        """Run `work` in one majority transaction, retrying write conflicts and chain races."""
+        for attempt in range(_RETRIES):
+            try:
+                with self.client.start_session() as session:
+                    return session.with_transaction(
+                        work, read_concern=ReadConcern("snapshot"), write_concern=_MAJORITY,
+                        read_preference=ReadPreference.PRIMARY,
+                    )
+            except DuplicateKeyError as exc:
+                if not _is_chain_race(exc) or attempt == _RETRIES - 1:
+                    raise
+            except OperationFailure as exc:
+                if not exc.has_error_label("TransientTransactionError") or attempt == _RETRIES - 1:
+                    raise
+            time.sleep(min(0.002 * (attempt + 1), 0.05))
+        raise RuntimeError("unreachable")
+
+    def commit(self, writes: list[VersionWrite], audits: list[AuditAppend],
+               record_updates: list[tuple[str, dict]] | None = None) -> None:
+        """Store versions, their history rows, record-state changes and audit entries atomically."""
+
+        def work(session: ClientSession) -> None:
+            for write in writes:
+                self._write_version(session, write)
+            for record, changes in record_updates or []:
+                self.records.update_one({"_id": record}, changes, upsert=True, session=session)
+            for append in audits:
+                self._append(session, append)
+
+        self.in_transaction(work)
+
+    def append_audit(self, audits: list[AuditAppend]) -> None:
+        """Audit entries with no version change (reads, searches, refusals)."""
+        if audits:
+            self.in_transaction(lambda s: [self._append(s, a) for a in audits])
+
+    def _write_version(self, session: ClientSession, write: VersionWrite) -> None:
+        doc = _envelope(write)
+        if write.expected is None:
+            try:
+                self.current.insert_one(doc, session=session)
+            except DuplicateKeyError:
+                raise conflict(f"{write.type}/{write.id} already exists") from None
+        else:
+            found = self.current.find_one_and_replace(
+                {"_id": doc["_id"], "vid": write.expected}, doc, session=session,
+                return_document=ReturnDocument.BEFORE, projection={"_id": 1},
+            )
+            if found is None:
+                raise precondition_failed(
+                    f"{write.type}/{write.id} is no longer at version {write.expected}; read it again and retry"
+                )
+        history = dict(doc, _id=f"{write.type}/{write.id}/{write.vid}")
+        self.history.insert_one(history, session=session)
+
+    def _append(self, session: ClientSession, append: AuditAppend) -> dict:
+        head_doc = self.chain_heads.find_one({"_id": append.chain}, session=session)
+        head = audit_chain.ChainHead(head_doc["seq"], head_doc["hash"]) if head_doc else None
+        entry = audit_chain.next_entry(append.chain, head, append.body)
+        self.audit.insert_one(dict(entry), session=session)
+        if head_doc is None:
+            self.chain_heads.insert_one({"_id": append.chain, "seq": entry["seq"], "hash": entry["hash"]}, session=session)
+        else:
+            done = self.chain_heads.update_one(
+                {"_id": append.chain, "seq": head_doc["seq"]},
+                {"$set": {"seq": entry["seq"], "hash": entry["hash"]}}, session=session,
+            )
+            if done.modified_count != 1:
+                raise OperationFailure("chain head moved", code=112, details={"errorLabels": ["TransientTransactionError"]})
+        return entry
+
+    # --- reads --------------------------------------------------------------------------
+
+    def read(self, resource_type: str, resource_id: str) -> Version | None:
+        doc = self.current.find_one({"_id": f"{resource_type}/{resource_id}"})
+        return _version(doc) if doc else None
+
+    def read_version(self, resource_type: str, resource_id: str, vid: int) -> Version | None:
+        doc = self.history.find_one({"_id": f"{resource_type}/{resource_id}/{vid}"})
+        return _version(doc) if doc else None
+
+    def history_of(self, resource_type: str, resource_id: str, offset: int, count: int) -> tuple[int, list[Version]]:
+        query = {"type": resource_type, "rid": resource_id}
+        total = self.history.count_documents(query)
+        docs = self.history.find(query).sort("vid", DESCENDING).skip(offset).limit(count)
+        return total, [_version(d) for d in docs]
+
+    def versions_of_record(self, record: str) -> Iterator[Version]:
+        for doc in self.history.find({"record": record}).sort([("type", 1), ("rid", 1), ("vid", 1)]):
+            yield _version(doc)
+
+    def current_of_record(self, record: str) -> list[Version]:
+        return [_version(d) for d in self.current.find({"record": record}).sort([("type", 1), ("rid", 1)])]
+
+    def read_many(self, refs: list[str]) -> dict[str, Version]:
+        if not refs:
+            return {}
+        return {d["_id"]: _version(d) for d in self.current.find({"_id": {"$in": refs}})}
+
+    def search(self, query: SearchQuery, visibility: Visibility) -> tuple[int, list[Version]]:
+        mongo_filter = _search_filter(query, visibility)
+        total = self.current.count_documents(mongo_filter)
+        if query.summary_count or query.count == 0:
+            return total, []
+        cursor = self.current.find(mongo_filter).sort(_sort_spec(query.sort)).skip(query.offset).limit(query.count)
+        return total, [_version(d) for d in cursor]
+
+    # --- custody state ------------------------------------------------------------------
+
+    def record_state(self, record: str) -> dict | None:
+        return self.records.find_one({"_id": record})
+
+    def records_in_custody_of(self, organization: str) -> list[str]:
+        return [d["_id"] for d in self.records.find({"custodian": organization}, {"_id": 1})]
+
+    def records_of_parent(self, reference: str) -> list[str]:
+        return [d["_id"] for d in self.records.find({"parents": reference}, {"_id": 1})]
+
+    def consents_naming(self, recipients: list[str]) -> list[Version]:
+        docs = self.current.find({"type": "Consent", "recipients": {"$in": recipients}})
+        return [_version(d) for d in docs]
+
+    def consents_of_record(self, record: str) -> list[Version]:
+        return [_version(d) for d in self.current.find({"type": "Consent", "record": record})]
+
+    # --- audit --------------------------------------------------------------------------
+
+    def audit_entries(self, chain: str, offset: int = 0, count: int = 0, newest_first: bool = False) -> Iterator[dict]:
+        cursor = self.audit.find({"record": chain}, {"_id": 0}).sort("seq", DESCENDING if newest_first else ASCENDING)
+        if offset:
+            cursor = cursor.skip(offset)
+        if count:
+            cursor = cursor.limit(count)
+        yield from cursor
+
+    def audit_count(self, chain: str) -> int:
+        return self.audit.count_documents({"record": chain})
+
+    def chains(self) -> list[str]:
+        return [d["_id"] for d in self.chain_heads.find({}, {"_id": 1})]
+
+    def version_hashes(self, record: str) -> Iterator[tuple[str, str]]:
+        for doc in self.history.find({"record": record}, {"type": 1, "rid": 1, "vid": 1, "hash": 1}):
+            yield f"{doc['type']}/{doc['rid']}/_history/{doc['vid']}", doc["hash"]
+
+
+def _is_chain_race(exc: DuplicateKeyError) -> bool:
+    text = str(exc)
+    return "audit" in text or "chain_heads" in text
+
+
+def _envelope(write: VersionWrite) -> dict:
+    doc = {
+        "_id": f"{write.type}/{write.id}", "type": write.type, "rid": write.id, "vid": write.vid,
+        "updated": write.updated, "record": write.record, "section": write.section,
+        "res": write.resource, "idx": write.index, "hash": write.hash,
+    }
+    doc.update(write.extra)
+    return doc
+
+
+def _version(doc: dict) -> Version:
+    updated = doc["updated"]
+    if updated.tzinfo is None:
+        updated = updated.replace(tzinfo=timezone.utc)
+    return Version(doc["type"], doc["rid"], doc["vid"], updated, doc["res"], doc.get("record"),
+                   doc.get("section"), doc.get("hash", ""))
+
+
+def _search_filter(query: SearchQuery, visibility: Visibility) -> dict:
+    clauses: list[dict] = [{"type": query.resource_type}]
+    clauses.extend(_criterion_filter(c) for c in query.criteria)
+    if not visibility.everything:
+        clauses.append(_visibility_filter(visibility))
+    return {"$and": clauses}
+
+
+def _visibility_filter(visibility: Visibility) -> dict:
+    allowed: list[dict] = []
+    if visibility.directory:
+        allowed.append({"record": None})
+    everything = [r for r, sections in visibility.per_record.items() if sections is None]
+    if everything:
+        allowed.append({"record": {"$in": everything}})
+    for record, sections in visibility.per_record.items():
+        if sections is not None:
+            allowed.append({"record": record, "section": {"$in": sorted(sections)}})
+    return {"$or": allowed} if allowed else {"_id": {"$exists": False}}
+
+
+def _criterion_filter(criterion: Criterion) -> dict:
+    if criterion.kind == "id":
+        return {"rid": {"$in": [str(v) for v in criterion.values]}}
+    if criterion.kind == "date":
+        field_name = "updated" if criterion.field == "_lastUpdated" else criterion.field
+        return {"$or": [_date_clause(field_name, v, criterion.field == "_lastUpdated") for v in criterion.values]}
+    values = [str(v) for v in criterion.values]
+    if criterion.negate:
+        return {criterion.field: {"$nin": values}}
+    return {criterion.field: {"$in": values}}
+
+
+def _date_clause(field_name: str, value: tuple[str, datetime, datetime], point: bool) -> dict:
+    """FHIR R4 date prefixes over [lo, hi) ranges; `_lastUpdated` is a point in time."""
+    prefix, lo, hi = value
+    if point:
+        conditions = {
+            "eq": {"$gte": lo, "$lt": hi}, "lt": {"$lt": lo}, "le": {"$lt": hi}, "gt": {"$gte": hi},
+            "ge": {"$gte": lo}, "sa": {"$gte": hi}, "eb": {"$lt": lo},
+        }
+        if prefix == "ne":
+            return {"$or": [{field_name: {"$lt": lo}}, {field_name: {"$gte": hi}}]}
+        return {field_name: conditions[prefix]}
+    element = {
+        "eq": {"lo": {"$gte": lo}, "hi": {"$lte": hi}}, "lt": {"lo": {"$lt": lo}}, "le": {"lo": {"$lt": hi}},
+        "gt": {"hi": {"$gt": hi}}, "ge": {"hi": {"$gt": lo}}, "sa": {"lo": {"$gte": hi}}, "eb": {"hi": {"$lte": lo}},
+    }
+    if prefix == "ne":
+        return {field_name: {"$not": {"$elemMatch": element["eq"]}}}
+    return {field_name: {"$elemMatch": element[prefix]}}
+
+
+def _sort_spec(keys: list[SortKey]) -> list[tuple[str, int]]:
+    spec: list[tuple[str, int]] = []
+    for key in keys:
+        field_name = {"_lastUpdated": "updated", "_id": "rid"}.get(key.field, f"{key.field}.lo")
+        spec.append((field_name, DESCENDING if key.descending else ASCENDING))
+    spec.append(("_id", ASCENDING))
+    if not keys:
+        spec.insert(0, ("updated", DESCENDING))
+    return spec
+
+
+def utc_now() -> datetime:
+    """Mongo keeps milliseconds; truncate so what we return equals what we stored."""
+    now = datetime.now(timezone.utc)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    return isinstance(exc, ConnectionFailure)
+
+
+__all__ = [
+    "AuditAppend", "FhirError", "Repository", "Version", "VersionWrite", "Visibility", "utc_now",
+]

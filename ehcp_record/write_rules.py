@@ -1,0 +1,110 @@
+"""Who may write what, and the custody state a write changes.
+
+Draft plan content is the custodian LA's to edit; schools and health services contribute advice
+(DocumentReference) to the sections they were given `contribute` consent for; consents are
+managed by the decision-maker or recorded by the custodian LA from paper. Issued plan content
+never changes through a direct write (the parental-input gate, `ehcp_record.gate`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from consent.model import grant_problems
+from consent.sections import section_of
+from ehcp_record.access import AccessPolicy
+from ehcp_record.context import Caller
+from ehcp_record.errors import FhirError, forbidden, unprocessable
+
+DIRECTORY_WRITERS = frozenset({"la", "system"})
+CONTRIBUTABLE_TYPES = frozenset({"DocumentReference", "Binary"})
+# HL7 v3 RoleCode codes that carry parental responsibility when the relationship is recorded
+# (Children Act 1989 s3; mothers and married/registered fathers, guardians, adopters).
+PARENTAL_RESPONSIBILITY_CODES = frozenset({"PRN", "MTH", "FTH", "NPRN", "NMTH", "NFTH", "GUARD", "ADOPTP", "ADOPTM", "ADOPTF"})
+
+
+@dataclass(frozen=True)
+class WriteDecision:
+    operation: str
+    consent_ids: tuple[str, ...] = ()
+
+
+def authorize_write(access: AccessPolicy, caller: Caller, resource: dict, record: str | None,
+                    creating: bool, new_record: bool = False) -> WriteDecision:
+    """Raise 403/404 unless this caller may write this resource into this record.
+
+    `new_record`: the child's Patient is created earlier in the same transaction Bundle, so the
+    caller is the LA opening the record and becomes its custodian when the Bundle commits.
+    """
+    resource_type = resource["resourceType"]
+    access.require_scope(caller, resource_type, "c" if creating else "u")
+    access.confine_to_launch_patient(caller, resource_type, "c" if creating else "u", record)
+    if record is None:
+        return _directory_write(caller, resource_type)
+    if (resource_type == "Patient" and creating) or new_record:
+        return _new_record(caller)
+    if resource_type == "Consent":
+        return _consent_write(access, caller, resource, record)
+    if resource_type in CONTRIBUTABLE_TYPES:
+        return _contribution(access, caller, resource, record)
+    decision = access.require(caller, "write", record)
+    return WriteDecision("write", decision.consent_ids)
+
+
+def _directory_write(caller: Caller, resource_type: str) -> WriteDecision:
+    if caller.actor.role not in DIRECTORY_WRITERS:
+        raise forbidden(f"only a local authority or a system may maintain {resource_type} directory entries")
+    return WriteDecision("write")
+
+
+def _new_record(caller: Caller) -> WriteDecision:
+    """A child's record is opened by the LA that will hold it (custodian)."""
+    if caller.actor.role != "la" or not caller.actor.organization:
+        raise forbidden("only a local authority (a token with role 'la' and an organization) can open a child's record")
+    return WriteDecision("write")
+
+
+def _consent_write(access: AccessPolicy, caller: Caller, resource: dict, record: str) -> WriteDecision:
+    decision = access.require(caller, "manage-consent", record)
+    problems = grant_problems(resource)
+    if problems:
+        raise unprocessable("; ".join(problems), "business-rule", ["Consent.provision"])
+    return WriteDecision("manage-consent", decision.consent_ids)
+
+
+def _contribution(access: AccessPolicy, caller: Caller, resource: dict, record: str) -> WriteDecision:
+    if access.decide(caller, "write", record).permit:
+        return WriteDecision("write")
+    decision = access.require(caller, "contribute", record)
+    section = resource.get("_section") or section_of(resource)
+    if section not in decision.sections:
+        raise FhirError(403, "forbidden", f"your consent does not cover contributing to section {section}")
+    return WriteDecision("contribute", decision.consent_ids)
+
+
+def record_changes(resource: dict, record: str, creating: bool, caller: Caller) -> dict | None:
+    """The custody-state update a write implies (Mongo update document), if any."""
+    resource_type = resource["resourceType"]
+    if resource_type == "Patient":
+        changes: dict = {"$set": {"birth_date": resource.get("birthDate")}}
+        if creating:
+            changes["$setOnInsert"] = {"custodian": caller.actor.organization, "parents": [], "former_custodians": []}
+        return changes
+    if resource_type == "RelatedPerson":
+        ref = f"RelatedPerson/{resource['id']}"
+        has_pr = resource.get("active", True) and _has_parental_responsibility(resource)
+        return {"$addToSet": {"parents": ref}} if has_pr else {"$pull": {"parents": ref}}
+    return None
+
+
+def _has_parental_responsibility(resource: dict) -> bool:
+    for concept in resource.get("relationship", []) or []:
+        for coding in concept.get("coding", []) or []:
+            if coding.get("code") in PARENTAL_RESPONSIBILITY_CODES:
+                return True
+    return False
+
+
+def check_record_unchanged(resource_type: str, old_record: str | None, new_record: str | None) -> None:
+    if old_record != new_record:
+        raise unprocessable(f"a {resource_type} cannot move from one child's record to another's", "business-rule")

@@ -1,0 +1,76 @@
+"""Test helpers: an HTTP client with dev tokens for each role, and small resource builders."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+
+from api.auth import issue_dev_token
+from ehcp_record.config import Settings
+
+FHIR_JSON = "application/fhir+json"
+LA = "Organization/la-866"
+OTHER_LA = "Organization/la-916"
+SCHOOL = "Organization/school-1"
+HEALTH = "Organization/nhs-trust-1"
+
+
+@dataclass
+class Api:
+    base: str
+    settings: Settings
+    app: Any
+    session: requests.Session = field(default_factory=requests.Session)
+
+    @property
+    def services(self) -> Any:
+        return self.app.extensions["ehcp"]
+
+    def token(self, role: str = "la", organization: str | None = LA, **kwargs: Any) -> str:
+        if role in ("parent", "young-person", "auditor") and organization == LA:
+            organization = None
+        return issue_dev_token(self.settings, role, organization=organization, **kwargs)
+
+    def headers(self, token: str | None, **extra: str) -> dict[str, str]:
+        headers = {"Content-Type": FHIR_JSON, "Accept": FHIR_JSON}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        headers.update(extra)
+        return headers
+
+    def get(self, path: str, token: str | None = None, **extra: str) -> requests.Response:
+        return self.session.get(self.base + path, headers=self.headers(token, **extra), timeout=30)
+
+    def post(self, path: str, body: Any, token: str | None = None, **extra: str) -> requests.Response:
+        return self.session.post(self.base + path, json=body, headers=self.headers(token, **extra), timeout=60)
+
+    def put(self, path: str, body: Any, token: str | None = None, **extra: str) -> requests.Response:
+        return self.session.put(self.base + path, json=body, headers=self.headers(token, **extra), timeout=30)
+
+    def delete(self, path: str, token: str | None = None) -> requests.Response:
+        return self.session.delete(self.base + path, headers=self.headers(token), timeout=30)
+
+    def la(self) -> str:
+        return self.token("la", LA)
+
+    def new_child(self, token: str | None = None, **fields: Any) -> dict:
+        body = {"resourceType": "Patient", "birthDate": "2015-03-14",
+                "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9000000009"}],
+                "name": [{"family": "Example", "given": ["Sam"]}]}
+        body.update(fields)
+        response = self.post("/fhir/Patient", body, token or self.la())
+        assert response.status_code == 201, response.text
+        return response.json()
+
+
+def outcome_code(response: requests.Response) -> str:
+    body = response.json()
+    assert body["resourceType"] == "OperationOutcome", body
+    return body["issue"][0]["code"]
+
+
+def unique() -> str:
+    return uuid.uuid4().hex[:10]
