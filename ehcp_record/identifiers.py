@@ -1,0 +1,353 @@
+"""Identifiers the record relies on: NHS number, UPN, DfE LA number, ONS GSS code.
+
+Pure functions, no I/O beyond reading the LA table shipped in the package. Each
+``*_problem`` function returns ``None`` for a good value, else one plain-English reason
+that the API can put straight into ``OperationOutcome.issue.diagnostics`` (HTTP 422).
+Values are checked exactly as sent: nothing is trimmed, upper-cased or re-spaced, so a
+stored identifier always equals the one that passed the check.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import date
+from functools import lru_cache
+from importlib import resources
+from typing import Any, Callable, Iterator
+
+from stdnum import exceptions as stdnum_errors
+from stdnum.gb import upn as stdnum_upn
+
+NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
+UPN_SYSTEM = "http://ehcp-record.example.org/fhir/NamingSystem/upn"
+ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
+LA_NUMBER_SYSTEM = "http://ehcp-record.example.org/fhir/NamingSystem/dfe-la-number"
+GSS_SYSTEM = "http://ehcp-record.example.org/fhir/NamingSystem/ons-gss-code"
+
+_TEN_DIGITS = re.compile(r"[0-9]{10}")
+_NINE_DIGITS = re.compile(r"[0-9]{9}")
+_THREE_DIGITS = re.compile(r"[0-9]{3}")
+# GSS codes for English upper-tier LAs: unitary (E06), metropolitan district (E08),
+# London borough (E09), county (E10).
+_LA_GSS = re.compile(r"E(06|08|09|10)[0-9]{6}")
+_WHITESPACE = re.compile(r"\s")
+
+
+# --------------------------------------------------------------------------- NHS number
+
+
+def nhs_check_digit(first_nine: str) -> int | None:
+    """The NHS number check digit for nine digits, or None when none exists.
+
+    NHS Data Dictionary, "NHS Number": weight the first nine digits 10 down to 2, take
+    11 - (sum mod 11); a result of 11 becomes 0 and a result of 10 means the nine digits
+    cannot start an NHS number at all.
+    """
+    if not _NINE_DIGITS.fullmatch(first_nine):
+        raise ValueError("nhs_check_digit needs exactly nine digits 0-9")
+    total = sum(int(d) * w for d, w in zip(first_nine, range(10, 1, -1)))
+    check = 11 - total % 11
+    if check == 11:
+        return 0
+    if check == 10:
+        return None
+    return check
+
+
+def nhs_number_problem(value: Any) -> str | None:
+    """None when ``value`` is a valid NHS number, else why not.
+
+    Only the bare 10-digit form is accepted (no spaces or dashes): it is the form
+    UK Core and PDS exchange in ``Identifier.value``.
+    """
+    if not isinstance(value, str):
+        return "NHS number must be a string of 10 digits"
+    if _WHITESPACE.search(value):
+        return "NHS number must be 10 digits with no spaces"
+    if not _TEN_DIGITS.fullmatch(value):
+        return "NHS number must be 10 digits"
+    check = nhs_check_digit(value[:9])
+    if check is None:
+        return (f"NHS number {value} fails the modulus 11 check: "
+                "no NHS number can begin with these nine digits")
+    if check != int(value[9]):
+        return (f"NHS number {value} fails the modulus 11 check: "
+                "the last digit does not match the first nine")
+    return None
+
+
+# --------------------------------------------------------------------------- LA table
+
+
+@dataclass(frozen=True)
+class LocalAuthority:
+    """An English local authority as DfE and ONS identify it.
+
+    ``number`` is the DfE three-digit LA number (Get Information about Schools), the
+    one inside every UPN; ``gss`` the current ONS GSS code. Former LAs stay in the
+    table with ``abolished`` (the day their successors took over) because their
+    numbers live on in UPNs issued before then.
+    """
+
+    number: str
+    name: str
+    gss: str | None
+    former_gss: tuple[str, ...] = ()
+    abolished: date | None = None
+    replaced_by: tuple[str, ...] = ()
+
+    @property
+    def current(self) -> bool:
+        """True while the LA exists (it has not been abolished)."""
+        return self.abolished is None
+
+
+@lru_cache(maxsize=1)
+def local_authorities() -> tuple[LocalAuthority, ...]:
+    """Every LA in the shipped table (``data/la-numbers.json``), ordered by number."""
+    text = resources.files("ehcp_record").joinpath("data/la-numbers.json").read_text("utf-8")
+    rows = json.loads(text)["local_authorities"]
+    return tuple(_la_from_row(row) for row in sorted(rows, key=lambda r: r["number"]))
+
+
+def _la_from_row(row: dict[str, Any]) -> LocalAuthority:
+    abolished = row.get("abolished")
+    return LocalAuthority(
+        number=row["number"],
+        name=row["name"],
+        gss=row.get("gss"),
+        former_gss=tuple(row.get("former_gss") or ()),
+        abolished=date.fromisoformat(abolished) if abolished else None,
+        replaced_by=tuple(row.get("replaced_by") or ()),
+    )
+
+
+@lru_cache(maxsize=1)
+def _by_number() -> dict[str, LocalAuthority]:
+    return {la.number: la for la in local_authorities()}
+
+
+@lru_cache(maxsize=1)
+def _by_gss() -> dict[str, LocalAuthority]:
+    index: dict[str, LocalAuthority] = {}
+    for la in local_authorities():
+        for code in (la.gss, *la.former_gss):
+            if code:
+                index[code] = la
+    return index
+
+
+def la_by_number(number: str) -> LocalAuthority | None:
+    """The LA with this DfE three-digit number ("855"), current or former, or None."""
+    return _by_number().get(number) if isinstance(number, str) else None
+
+
+def la_by_gss(code: str) -> LocalAuthority | None:
+    """The LA with this ONS GSS code, or None.
+
+    A superseded code (e.g. E10000023, North Yorkshire before it became unitary in
+    2023) finds the LA that now carries the same DfE number.
+    """
+    return _by_gss().get(code) if isinstance(code, str) else None
+
+
+def la_number_problem(value: Any) -> str | None:
+    """None when ``value`` is a DfE LA number in the shipped table, else why not."""
+    if not isinstance(value, str) or not _THREE_DIGITS.fullmatch(value):
+        return "DfE LA number must be 3 digits"
+    if la_by_number(value) is None:
+        return f"{value} is not a DfE local authority number in England"
+    return None
+
+
+def gss_problem(value: Any) -> str | None:
+    """None when ``value`` is the ONS GSS code of an English LA in the table."""
+    if not isinstance(value, str) or not _LA_GSS.fullmatch(value):
+        return "ONS GSS code of a local authority must look like E06000030 (E06, E08, E09 or E10)"
+    if la_by_gss(value) is None:
+        return f"{value} is not the ONS GSS code of an English local authority"
+    return None
+
+
+# --------------------------------------------------------------------------- UPN
+
+
+def upn_problem(value: Any) -> str | None:
+    """None when ``value`` is a valid UPN, else why not.
+
+    DfE "Unique pupil numbers (UPN)" guidance: a check letter, the 3-digit DfE LA number,
+    a 4-digit establishment number, 2 digits for the year of issue and a 3-character
+    serial. The check letter and format come from ``stdnum.gb.upn``. Its own LA list is
+    from 2011 and lacks the LAs created since (838 Dorset, 839 BCP, 940-943) and those
+    abolished in 2009 (820, 875), so the shipped LA table decides which LA numbers exist
+    and stdnum's check-letter function still decides the check letter.
+
+    Temporary UPNs (serial = two digits and a letter) are valid UPNs: stdnum accepts
+    them and so do we; see ``is_temporary_upn``.
+    """
+    if not isinstance(value, str):
+        return "UPN must be a string of 13 characters"
+    if _WHITESPACE.search(value):
+        return "UPN must be 13 characters with no spaces"
+    if value != value.upper():
+        return "UPN must be written in capital letters"
+    if len(value) != 13:
+        return f"UPN must be 13 characters long, not {len(value)}"
+    try:
+        stdnum_upn.validate(value)
+    except stdnum_errors.InvalidFormat:
+        return ("UPN must be a check letter, 11 digits and a final digit or letter "
+                "(the letters I, O and S are never used)")
+    except stdnum_errors.InvalidComponent:
+        return _upn_outside_stdnum_list(value)
+    except stdnum_errors.InvalidChecksum:
+        return f"UPN {value} has the wrong check letter"
+    except stdnum_errors.ValidationError:
+        return "UPN is not valid"
+    return None
+
+
+def _upn_outside_stdnum_list(value: str) -> str | None:
+    """Decide a UPN whose LA number stdnum does not know, using the shipped table."""
+    if la_by_number(value[1:4]) is None:
+        return f"UPN {value} does not contain a DfE local authority number ({value[1:4]})"
+    if stdnum_upn.calc_check_digit(value[1:]) != value[0]:
+        return f"UPN {value} has the wrong check letter"
+    return None
+
+
+def is_temporary_upn(value: str) -> bool:
+    """True for a valid temporary UPN, one whose last character is a letter."""
+    return upn_problem(value) is None and value[-1].isalpha()
+
+
+# --------------------------------------------------------------------------- resources
+
+_CHECKS = {
+    NHS_NUMBER_SYSTEM: nhs_number_problem,
+    UPN_SYSTEM: upn_problem,
+    LA_NUMBER_SYSTEM: la_number_problem,
+    GSS_SYSTEM: gss_problem,
+}
+_SYSTEM_LABELS = {
+    NHS_NUMBER_SYSTEM: "NHS number",
+    UPN_SYSTEM: "UPN",
+    LA_NUMBER_SYSTEM: "DfE LA number",
+    GSS_SYSTEM: "ONS GSS code",
+}
+
+
+def identifier_problems(resource: dict[str, Any]) -> list[tuple[str, str]]:
+    """Every wrong NHS number, UPN, LA number or GSS code anywhere in ``resource``.
+
+    Looks at each ``identifier`` (list or single) and ``valueIdentifier`` in the whole
+    tree, so references by identifier, contained resources and Bundle entries are
+    covered. Returns ``(path, reason)`` pairs, path in FHIRPath style, e.g.
+    ``("Patient.identifier[0].value", "NHS number must be 10 digits")``. Also reports an
+    element holding an LA number and a GSS code of two different LAs.
+    """
+    root = resource.get("resourceType", "Resource") if isinstance(resource, dict) else "Resource"
+    problems: list[tuple[str, str]] = []
+    for owner_path, identifiers in _identifier_lists(resource, root):
+        problems.extend(_check_identifiers(identifiers))
+        problems.extend(_la_mismatch(owner_path, identifiers))
+    return problems
+
+
+# A path is kept as a chain of (parent, segment) links and only rendered to a string for
+# elements that hold identifiers, so walking a deep tree costs time linear in its size.
+_PathLink = tuple[Any, str]
+
+
+def _render(link: _PathLink) -> str:
+    segments: list[str] = []
+    while link is not None:
+        link, segment = link
+        segments.append(segment)
+    return "".join(reversed(segments))
+
+
+def _identifier_lists(node: Any, root: str) -> Iterator[tuple[str, list[tuple[str, Any]]]]:
+    """Yield (element path, [(identifier path, identifier)]) for each element that has any.
+
+    Iterative on purpose: a hostile, deeply nested body must not exhaust the stack.
+    """
+    stack: list[tuple[_PathLink, Any]] = [((None, root), node)]
+    while stack:
+        link, current = stack.pop()
+        if isinstance(current, list):
+            stack.extend(((link, f"[{i}]"), item) for i, item in reversed(list(enumerate(current))))
+            continue
+        if not isinstance(current, dict):
+            continue
+        if "identifier" in current or "valueIdentifier" in current:
+            path = _render(link)
+            found = _identifiers_of(path, current)
+            if found:
+                yield path, found
+        for key, child in reversed(list(current.items())):
+            if isinstance(child, (dict, list)):
+                stack.append(((link, f".{key}"), child))
+
+
+def _identifiers_of(path: str, element: dict) -> list[tuple[str, Any]]:
+    found: list[tuple[str, Any]] = []
+    for key in ("identifier", "valueIdentifier"):
+        value = element.get(key)
+        if isinstance(value, list):
+            found.extend((f"{path}.{key}[{i}]", item) for i, item in enumerate(value))
+        elif value is not None:
+            found.append((f"{path}.{key}", value))
+    return found
+
+
+def _check_identifiers(identifiers: list[tuple[str, Any]]) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    for path, identifier in identifiers:
+        if not isinstance(identifier, dict):
+            continue
+        check = _CHECKS.get(identifier.get("system"))
+        if check is None:
+            continue
+        if "value" not in identifier:
+            label = _SYSTEM_LABELS[identifier["system"]]
+            problems.append((path, f"{label} identifier has no value"))
+            continue
+        reason = check(identifier["value"])
+        if reason:
+            problems.append((f"{path}.value", reason))
+    return problems
+
+
+def _la_mismatch(owner_path: str, identifiers: list[tuple[str, Any]]) -> list[tuple[str, str]]:
+    """An element naming LA 855 by number and E06000016 by GSS code names two LAs."""
+    by_number = _values_for(identifiers, LA_NUMBER_SYSTEM, la_by_number)
+    by_gss = _values_for(identifiers, GSS_SYSTEM, la_by_gss)
+    problems: list[tuple[str, str]] = []
+    for number, la_num in by_number:
+        for code, la_gss in by_gss:
+            if la_num.number != la_gss.number:
+                problems.append((
+                    f"{owner_path}.identifier",
+                    f"DfE LA number {number} ({la_num.name}) and ONS GSS code "
+                    f"{code} ({la_gss.name}) name different local authorities",
+                ))
+    return problems
+
+
+def _values_for(
+    identifiers: list[tuple[str, Any]],
+    system: str,
+    lookup: Callable[[str], LocalAuthority | None],
+) -> list[tuple[str, LocalAuthority]]:
+    """(value, LA) for each identifier of ``system`` whose value names a known LA."""
+    found = []
+    for _, identifier in identifiers:
+        if isinstance(identifier, dict) and identifier.get("system") == system:
+            value = identifier.get("value")
+            la = lookup(value)
+            if la is not None:
+                found.append((value, la))
+    return found
