@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import Response, request
+from flask import Response, current_app, request
 
 from ehcp_record.errors import FhirError, invalid, outcome_of
 from ehcp_record.fhir_dates import instant
@@ -44,13 +44,23 @@ def json_body() -> Any:
     content_type = (request.mimetype or "").lower()
     if content_type not in _ACCEPTED_BODY_TYPES:
         raise FhirError(415, "not-supported", f"send {FHIR_JSON} (or application/json), not '{content_type or 'nothing'}'")
-    raw = request.get_data(cache=False)
+    raw = _limited_body(current_app.extensions["ehcp"].settings.max_body_bytes)
     if not raw:
         raise invalid("the request has no body", "required")
     try:
         return json.loads(raw, parse_constant=_no_constants)
     except (ValueError, RecursionError) as exc:
         raise invalid(f"the body is not valid JSON: {str(exc)[:120]}", "structure") from None
+
+
+def _limited_body(limit: int) -> bytes:
+    """Read at most `limit` bytes, whatever Content-Length claims (chunked bodies included)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise FhirError(413, "too-costly", f"FHIR JSON bodies are limited to {limit // 1024} KiB")
+    raw = request.stream.read(limit + 1)
+    if len(raw) > limit:
+        raise FhirError(413, "too-costly", f"FHIR JSON bodies are limited to {limit // 1024} KiB")
+    return raw
 
 
 def _no_constants(name: str) -> Any:

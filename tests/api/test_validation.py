@@ -1,0 +1,94 @@
+"""Bad input gets a clear OperationOutcome and changes nothing; no 500 for a client mistake."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support import outcome_code
+
+
+def _count(api, path="/fhir/Patient?_summary=count"):
+    return api.get(path, api.la()).json()["total"]
+
+
+def _raw(api, method, path, data, content_type="application/fhir+json"):
+    headers = {"Authorization": f"Bearer {api.la()}", "Content-Type": content_type}
+    return api.session.request(method, api.base + path, data=data, headers=headers, timeout=30)
+
+
+@pytest.mark.parametrize("data, code", [
+    (b"{not json", "structure"),
+    (b"[]", "structure"),
+    (b'{"birthDate": "2015-01-01"}', "required"),
+    (b'{"resourceType": "Patient", "birthDate": "2015-13-45"}', "structure"),
+    (b'{"resourceType": "Patient", "unknownField": 1}', "structure"),
+    (b'{"resourceType": "Observation"}', "invalid"),
+    (b'{"resourceType": "Patient", "birthDate": NaN}', "structure"),
+    (b"", "required"),
+])
+def test_bad_bodies_are_400_and_store_nothing(api, data, code):
+    before = _count(api)
+    response = _raw(api, "POST", "/fhir/Patient", data)
+    assert response.status_code == 400, response.text
+    assert outcome_code(response) == code
+    assert response.json()["issue"][0]["diagnostics"]
+    assert _count(api) == before
+
+
+def test_wrong_content_type_is_415(api):
+    response = _raw(api, "POST", "/fhir/Patient", b'{"resourceType":"Patient"}', "text/plain")
+    assert response.status_code == 415 and outcome_code(response) == "not-supported"
+
+
+def test_oversized_body_is_413(api):
+    big = b'{"resourceType":"Patient","text":{"status":"generated","div":"' + b"x" * (1024 * 1024 + 10) + b'"}}'
+    response = _raw(api, "POST", "/fhir/Patient", big)
+    assert response.status_code == 413 and outcome_code(response) == "too-costly"
+
+
+def test_unknown_type_and_unknown_route(api):
+    assert outcome_code(api.get("/fhir/Observation", api.la())) == "not-supported"
+    missing = api.get("/nowhere", api.la())
+    assert missing.status_code == 404 and outcome_code(missing) == "not-found"
+
+
+def test_id_mismatch_and_bad_id(api):
+    child = api.new_child()
+    mismatch = api.put(f"/fhir/Patient/{child['id']}", dict(child, id="other"), api.la(), **{"If-Match": 'W/"1"'})
+    assert mismatch.status_code == 400 and "does not match" in mismatch.json()["issue"][0]["diagnostics"]
+    bad_id = api.put("/fhir/Patient/bad$id", dict(child, id="bad$id"), api.la())
+    assert bad_id.status_code == 400
+
+
+def test_bad_if_match_header(api):
+    child = api.new_child()
+    response = api.put(f"/fhir/Patient/{child['id']}", child, api.la(), **{"If-Match": "yesterday"})
+    assert response.status_code == 400
+
+
+def test_bad_identifiers_are_422(api):
+    before = _count(api)
+    bad_nhs = {"resourceType": "Patient", "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9000000008"}]}
+    response = api.post("/fhir/Patient", bad_nhs, api.la())
+    assert response.status_code == 422 and "modulus" in response.json()["issue"][0]["diagnostics"].lower()
+    assert response.json()["issue"][0]["expression"] == ["Patient.identifier[0].value"]
+    assert _count(api) == before
+
+
+def test_resource_cannot_move_between_children(api):
+    first, second = api.new_child(), api.new_child()
+    need = api.post("/fhir/Condition", {"resourceType": "Condition", "subject": {"reference": f"Patient/{first['id']}"}},
+                    api.la()).json()
+    moved = dict(need, subject={"reference": f"Patient/{second['id']}"})
+    response = api.put(f"/fhir/Condition/{need['id']}", moved, api.la(), **{"If-Match": 'W/"1"'})
+    assert response.status_code == 422 and outcome_code(response) == "business-rule"
+
+
+def test_subject_must_exist(api):
+    response = api.post("/fhir/Condition", {"resourceType": "Condition", "subject": {"reference": "Patient/nope"}}, api.la())
+    assert response.status_code == 422
+
+
+def test_audit_event_is_read_only(api):
+    response = api.post("/fhir/AuditEvent", {"resourceType": "AuditEvent"}, api.la())
+    assert response.status_code in (400, 405) and response.json()["resourceType"] == "OperationOutcome"

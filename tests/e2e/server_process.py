@@ -1,0 +1,51 @@
+"""Run `ehcp-record serve` as a real subprocess (gunicorn) for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from ehcp_record.mongod import free_port
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen
+    base: str
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def start(data_dir: Path, env: dict[str, str], workers: int = 2) -> ServerProcess:
+    port = free_port()
+    command = [sys.executable, "-m", "ehcp_record.cli", "serve", "--port", str(port), "--workers", str(workers)]
+    full_env = {**os.environ, "EHCP_DATA_DIR": str(data_dir), "EHCP_ENV": "test", **env}
+    log = open(data_dir / "server.log", "ab")
+    process = subprocess.Popen(command, env=full_env, stdout=log, stderr=log, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited early: {(data_dir / 'server.log').read_text()[-2000:]}")
+        try:
+            if requests.get(base + "/readyz", timeout=1).status_code == 200:
+                return ServerProcess(process, base)
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    ServerProcess(process, base).stop(signal.SIGKILL)
+    raise RuntimeError("server did not become ready")
