@@ -9,7 +9,7 @@ state, consents) from the repository.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Callable
 
@@ -31,7 +31,6 @@ def _utc_now() -> datetime:
 class AccessPolicy:
     repo: Repository
     clock: Clock = _utc_now
-    _cache: dict = field(default_factory=dict, repr=False)
 
     # --- scopes (the outer fence) -------------------------------------------------------
 
@@ -91,7 +90,7 @@ class AccessPolicy:
         decision = self.decide(caller, "read", version.record)
         if not decision.permit:
             return None, decision
-        return redaction.redact(version.resource, decision), decision
+        return redaction.redact(version.resource, decision, section=version.section), decision
 
     def search_visibility(self, caller: Caller, records: tuple[str, ...]) -> Visibility:
         """Per-record section lists, so the database counts only what the caller may see."""

@@ -1,0 +1,64 @@
+"""Canonical URLs and codes the consent engine reads from FHIR resources.
+
+Everything lives under the one project base (docs: API.md "Canonical URLs"). Sections follow
+SEND Regulations 2014, reg 12 (each section "must be separately identified").
+"""
+
+from __future__ import annotations
+
+BASE = "http://ehcp-record.example.org/fhir"
+
+SECTION_SYSTEM = BASE + "/CodeSystem/ehcp-section"
+SECTIONS: tuple[str, ...] = ("A", "B", "C", "D", "E", "F", "G", "H1", "H2", "I", "J", "K")
+ALL_SECTIONS: frozenset[str] = frozenset(SECTIONS)
+
+CONSENT_ACTION_SYSTEM = BASE + "/CodeSystem/ehcp-consent-action"
+ACTION_READ = "read"
+ACTION_CONTRIBUTE = "contribute"
+CONSENT_ACTIONS: tuple[str, ...] = (ACTION_READ, ACTION_CONTRIBUTE)
+
+ACTOR_ROLE_SYSTEM = BASE + "/CodeSystem/ehcp-actor-role"
+ROLE_PARENT = "parent"
+ROLE_YOUNG_PERSON = "young-person"
+ROLE_LA = "la"
+ROLE_SCHOOL = "school"
+ROLE_HEALTH = "health"
+ROLE_SOCIAL_CARE = "social-care"
+ROLE_AUDITOR = "auditor"
+ROLE_SYSTEM = "system"
+ACTOR_ROLES: tuple[str, ...] = (
+    ROLE_PARENT, ROLE_YOUNG_PERSON, ROLE_LA, ROLE_SCHOOL, ROLE_HEALTH, ROLE_SOCIAL_CARE,
+    ROLE_AUDITOR, ROLE_SYSTEM,
+)
+# Roles a Consent may name as a role-wide recipient. The young person and the auditor have
+# their own access by right, and "system" is machinery, so a grant naming them is refused.
+GRANTABLE_ROLES: frozenset[str] = frozenset(
+    {ROLE_PARENT, ROLE_LA, ROLE_SCHOOL, ROLE_HEALTH, ROLE_SOCIAL_CARE}
+)
+
+EXT_CONFIRMED_BY = BASE + "/StructureDefinition/ehcp-consent-confirmed-by"
+EXT_LAPSE_DATE = BASE + "/StructureDefinition/ehcp-consent-lapse-date"
+
+# Operations decide() answers, in the order HAPI's IConsentService asks about them.
+OP_READ = "read"
+OP_CONTRIBUTE = "contribute"
+OP_WRITE = "write"
+OP_MANAGE_CONSENT = "manage-consent"
+OP_RESPOND = "respond"
+OP_TRANSFER = "transfer"
+OP_AUDIT_LOG = "audit-log"
+OPERATIONS: tuple[str, ...] = (
+    OP_READ, OP_CONTRIBUTE, OP_WRITE, OP_MANAGE_CONSENT, OP_RESPOND, OP_TRANSFER, OP_AUDIT_LOG,
+)
+
+# Sections the family may contribute to directly: their own views (A) and advice or
+# information they supply (K). SEND Code of Practice 9.22-9.23, 9.46.
+FAMILY_CONTRIBUTE_SECTIONS: frozenset[str] = frozenset({"A", "K"})
+
+# HL7 v3 ObservationValue "REDACTED": the security label FHIR uses to say content was removed
+# (https://hl7.org/fhir/R4/security-labels.html).
+REDACTED_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ObservationValue"
+REDACTED_CODE = "REDACTED"
+
+# Grace period after the handover in which a parent's consent still holds (days).
+PARENT_CONSENT_GRACE_DAYS = 28

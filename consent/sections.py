@@ -1,0 +1,76 @@
+"""Which part of the plan a resource belongs to, so consent can be applied per section.
+
+The plan's sections are those of SEND Regulations 2014, reg 12 (DESIGN.md "FHIR mapping").
+Resources outside the sections get a pseudo-section saying who may see them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from consent import codes
+
+RECORD = "record"          # Patient, RelatedPerson: anyone permitted any section
+GOVERNANCE = "governance"  # Consent, Task, Provenance, AuditEvent, Subscription: family, custodian
+DIRECTORY = "directory"    # Organization, Practitioner, PractitionerRole: any authenticated reader
+PLAN = "plan"              # Composition: visible when any section is, its sections filtered
+PSEUDO_SECTIONS = (RECORD, GOVERNANCE, DIRECTORY, PLAN)
+
+_FIXED = {
+    "Patient": RECORD, "RelatedPerson": RECORD,
+    "Consent": GOVERNANCE, "Task": GOVERNANCE, "Provenance": GOVERNANCE,
+    "AuditEvent": GOVERNANCE, "Subscription": GOVERNANCE,
+    "Organization": DIRECTORY, "Practitioner": DIRECTORY, "PractitionerRole": DIRECTORY,
+    "Composition": PLAN,
+    "Goal": "E",
+}
+# (allowed sections, default) for types whose section is carried in `category`.
+_CATEGORISED: dict[str, tuple[frozenset[str], str]] = {
+    "Condition": (frozenset({"B", "C", "D"}), "B"),
+    "CarePlan": (frozenset({"F", "G", "H1", "H2"}), "F"),
+    "ServiceRequest": (frozenset({"F", "G", "H1", "H2"}), "F"),
+    "DocumentReference": (frozenset({"K", "A"}), "K"),
+}
+
+
+def _category_sections(resource: Mapping) -> list[str]:
+    categories = resource.get("category")
+    if isinstance(categories, Mapping):  # tolerate a single CodeableConcept
+        categories = [categories]
+    found = []
+    for concept in categories if isinstance(categories, list) else []:
+        for coding in (concept.get("coding") if isinstance(concept, Mapping) else None) or []:
+            if isinstance(coding, Mapping) and coding.get("system") == codes.SECTION_SYSTEM:
+                found.append(coding.get("code"))
+    return found
+
+
+def section_of(resource: Mapping) -> str:
+    """The section code (A..K) or pseudo-section a resource belongs to.
+
+    The first section coding valid for the type wins; an invalid one falls back to the type's
+    default (the profile validator refuses such resources on write). Binary carries no
+    category, so the API sets `_section` from its DocumentReference; unknown resource types
+    are "governance" so nothing new is shared by accident.
+    """
+    kind = resource.get("resourceType")
+    if kind in _FIXED:
+        return _FIXED[kind]
+    if kind in _CATEGORISED:
+        allowed, default = _CATEGORISED[kind]
+        return next((s for s in _category_sections(resource) if s in allowed), default)
+    if kind == "Binary":
+        hint = resource.get("_section")
+        return hint if hint in codes.ALL_SECTIONS else "K"
+    return GOVERNANCE
+
+
+def composition_section_code(section: Mapping) -> str | None:
+    """The ehcp-section code of one Composition.section, or None when it carries none."""
+    code = section.get("code")
+    for coding in (code.get("coding") if isinstance(code, Mapping) else None) or []:
+        if isinstance(coding, Mapping) and coding.get("system") == codes.SECTION_SYSTEM:
+            value = coding.get("code")
+            if value in codes.ALL_SECTIONS:
+                return value
+    return None
