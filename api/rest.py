@@ -23,8 +23,22 @@ def transaction_or_batch() -> Response:
 @bp.post("/<resource_type>/_search")
 def search(resource_type: str) -> Response:
     require_served_type(resource_type)
-    result = services().search(caller(), resource_type, query_pairs())
+    if resource_type == "AuditEvent":
+        return _audit_search()
+    result = services().records.search(caller(), resource_type, query_pairs())
     return fhir_response(_searchset(resource_type, result))
+
+
+def _audit_search() -> Response:
+    pairs = query_pairs()
+    total, events, offset, count = services().audit_log.search(caller(), pairs)
+    path = "/fhir/AuditEvent"
+    links = [{"relation": "self", "url": bundle_link(path, pairs)}]
+    rest = [(k, v) for k, v in pairs if k not in ("_count", "_offset")]
+    if offset + count < total:
+        links.append({"relation": "next", "url": bundle_link(path, rest + [("_count", str(count)), ("_offset", str(offset + count))])})
+    entries = [{"fullUrl": bundle_link(f"{path}/{e['id']}", []), "resource": e, "search": {"mode": "match"}} for e in events]
+    return fhir_response({"resourceType": "Bundle", "type": "searchset", "total": total, "link": links, "entry": entries})
 
 
 def _searchset(resource_type: str, result) -> dict:
@@ -60,7 +74,9 @@ def create(resource_type: str) -> Response:
 @bp.get("/<resource_type>/<resource_id>")
 def read(resource_type: str, resource_id: str) -> Response:
     require_served_type(resource_type)
-    version, shown = services().read(caller(), resource_type, resource_id)
+    if resource_type == "AuditEvent":
+        return fhir_response(services().audit_log.read(caller(), resource_id))
+    version, shown = services().records.read(caller(), resource_type, resource_id)
     return fhir_response(shown, 200, version_headers(version))
 
 
@@ -97,7 +113,7 @@ def history(resource_type: str, resource_id: str) -> Response:
 @bp.get("/<resource_type>/<resource_id>/_history/<vid>")
 def vread(resource_type: str, resource_id: str, vid: str) -> Response:
     require_served_type(resource_type)
-    version, shown = services().vread(caller(), resource_type, resource_id, vid)
+    version, shown = services().records.vread(caller(), resource_type, resource_id, vid)
     return fhir_response(shown, 200, version_headers(version))
 
 

@@ -96,6 +96,28 @@ def _if_match(value: object, index: int) -> int | None:
 
 
 def _transaction(service: RecordService, caller: Caller, entries: list[dict]) -> dict:
+    prepared = prepare_transaction(service, caller, entries)
+    service.commit([prepared.writes[i] for i in sorted(prepared.writes)])
+    return _response_bundle("transaction-response", [
+        _write_entry(prepared.writes.get(p.index), prepared.existing.get(p.index)) if p.method != "GET"
+        else _get_entry(service, caller, p)
+        for p in prepared.plans
+    ])
+
+
+@dataclass
+class PreparedTransaction:
+    plans: list[EntryPlan]
+    writes: dict[int, PreparedWrite]
+    existing: dict[int, Version]
+
+
+def prepare_transaction(service: RecordService, caller: Caller, entries: list[dict],
+                        through_issue: bool = False) -> PreparedTransaction:
+    """Check and build every version of a transaction without storing anything.
+
+    `through_issue` is set only by `$issue`, which applies content the family has answered.
+    """
     plans = _plan(entries)
     for plan in plans:
         if plan.method in ("POST", "PUT"):
@@ -109,14 +131,10 @@ def _transaction(service: RecordService, caller: Caller, entries: list[dict]) ->
         if plan.index in ids.matched:
             existing[plan.index] = ids.matched[plan.index]
             continue
-        item = _prepare(service, caller, plan, pending)
+        item = _prepare(service, caller, plan, pending, through_issue)
         pending[f"{item.write.type}/{item.write.id}"] = item.write.record
         prepared[plan.index] = item
-    service.commit([prepared[i] for i in sorted(prepared)])
-    return _response_bundle("transaction-response", [
-        _write_entry(prepared.get(p.index), existing.get(p.index)) if p.method != "GET" else _get_entry(service, caller, p)
-        for p in plans
-    ])
+    return PreparedTransaction(plans, prepared, existing)
 
 
 @dataclass
@@ -168,14 +186,16 @@ def _rewrite(value: object, mapping: dict[str, str], index: int) -> object:
     return value
 
 
-def _prepare(service: RecordService, caller: Caller, plan: EntryPlan, pending: dict[str, str | None]) -> PreparedWrite:
+def _prepare(service: RecordService, caller: Caller, plan: EntryPlan, pending: dict[str, str | None],
+             through_issue: bool = False) -> PreparedWrite:
     if plan.resource_type not in STORED_TYPES:
         raise not_supported(f"entry {plan.index}: {plan.resource_type} cannot be written", 405)
     assert plan.resource is not None and plan.resource_id is not None
     try:
         if plan.method == "POST":
-            return service.prepare(caller, plan.resource, plan.resource_id, None, pending=pending)
-        return service.prepare_put(caller, plan.resource, plan.resource_id, plan.if_match, pending)
+            return service.prepare(caller, plan.resource, plan.resource_id, None, pending=pending,
+                                   through_issue=through_issue)
+        return service.prepare_put(caller, plan.resource, plan.resource_id, plan.if_match, pending, through_issue)
     except FhirError as error:
         error.diagnostics = f"entry {plan.index} ({plan.method} {plan.url}): {error.diagnostics}"
         raise

@@ -49,7 +49,7 @@ class PreparedWrite:
     def audit_entry(self, at: datetime) -> AuditAppend:
         action = "create" if self.created else "update"
         entry = audit.body(self.caller, action, "permit", at, self.operation,
-                           [audit.version_ref(_version_of(self.write))], self.consent_ids)
+                           [audit.version_ref(version_of(self.write))], self.consent_ids)
         return AuditAppend(audit.chain_of(self.write.record), entry)
 
 
@@ -171,7 +171,7 @@ class RecordService:
                 return existing, False
         prepared = self.prepare(caller, resource, str(uuid.uuid4()), expected=None)
         self.commit([prepared])
-        return _version_of(prepared.write), True
+        return version_of(prepared.write), True
 
     def update(self, caller: Caller, body: object, resource_type: str, resource_id: str,
                if_match: int | None) -> tuple[Version, bool]:
@@ -181,20 +181,23 @@ class RecordService:
                           "invalid", [f"{resource_type}.id"])
         prepared = self.prepare_put(caller, resource, resource_id, if_match)
         self.commit([prepared])
-        return _version_of(prepared.write), prepared.created
+        return version_of(prepared.write), prepared.created
 
     def prepare_put(self, caller: Caller, resource: dict, resource_id: str, if_match: int | None,
-                    pending: dict[str, str | None] | None = None) -> PreparedWrite:
+                    pending: dict[str, str | None] | None = None, through_issue: bool = False) -> PreparedWrite:
         """PUT: update with a mandatory If-Match, or create at a client-chosen id."""
         resource_type = resource["resourceType"]
         current = self.repo.read(resource_type, resource_id)
         if current is None:
             if if_match is not None:
                 raise not_found(f"{resource_type}/{resource_id}")
-            return self.prepare(caller, resource, resource_id, expected=None, pending=pending)
+            return self.prepare(caller, resource, resource_id, expected=None, pending=pending, through_issue=through_issue)
+        if if_match is None and through_issue:
+            if_match = current.vid
         if if_match is None:
             raise precondition_required("updates need If-Match: W/\"<versionId>\" (read the resource first)")
-        return self.prepare(caller, resource, resource_id, expected=if_match, current=current, pending=pending)
+        return self.prepare(caller, resource, resource_id, expected=if_match, current=current, pending=pending,
+                            through_issue=through_issue)
 
     def conditional_match(self, caller: Caller, resource_type: str, criteria: str) -> Version | None:
         pairs = _parse_query_string(criteria)
@@ -206,8 +209,14 @@ class RecordService:
         return versions[0] if versions else None
 
     def prepare(self, caller: Caller, resource: dict, resource_id: str, expected: int | None,
-                current: Version | None = None, pending: dict[str, str | None] | None = None) -> PreparedWrite:
-        """Validate, authorise and build one version; nothing is stored yet."""
+                current: Version | None = None, pending: dict[str, str | None] | None = None,
+                through_issue: bool = False, authorized: str | None = None) -> PreparedWrite:
+        """Validate, authorise and build one version; nothing is stored yet.
+
+        Every write path (create, update, transaction, batch, operations) comes through here,
+        so validation, custody, consent and the parental-input gate cannot be skipped; only
+        `$issue` passes `through_issue`, after checking the family's response.
+        """
         resource_type = resource["resourceType"]
         if resource_type not in STORED_TYPES:
             raise FhirError(405, "not-supported", f"{resource_type} is written by the server, not by clients")
@@ -221,11 +230,12 @@ class RecordService:
         if current is not None:
             write_rules.check_record_unchanged(resource_type, current.record, record)
         new_record = record is not None and (pending or {}).get(f"Patient/{record}") == record
-        decision = write_rules.authorize_write(self.access, caller, resource, record, current is None, new_record)
+        decision = (write_rules.WriteDecision(authorized) if authorized else
+                    write_rules.authorize_write(self.access, caller, resource, record, current is None, new_record))
         if self.validator is not None:
             self.validator.check(resource)
         write = self._build(resource, record, expected, current)
-        if self.gate is not None:
+        if self.gate is not None and not through_issue:
             self.gate.check_direct_write(write)
         change = write_rules.record_changes(resource, record, current is None, caller) if record else None
         return PreparedWrite(write, change, decision.operation, decision.consent_ids, current is None, caller)
@@ -267,7 +277,7 @@ class RecordService:
         self.repo.commit([p.write for p in prepared], audits, updates)
 
 
-def _version_of(write: VersionWrite) -> Version:
+def version_of(write: VersionWrite) -> Version:
     return Version(write.type, write.id, write.vid, write.updated, write.resource, write.record,
                    write.section, write.hash)
 

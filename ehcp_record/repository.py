@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterator, TypeVar
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
 from pymongo.client_session import ClientSession
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
@@ -67,10 +68,15 @@ class VersionWrite:
 
 @dataclass
 class AuditAppend:
-    """An audit body for one record's chain; appended in the same transaction as the change."""
+    """An audit body for one record's chain; appended in the same transaction as the change.
+
+    `checkpoint` asks for a signed checkpoint right after this entry (an issued plan version);
+    otherwise one is added when the chain's last checkpoint is over an hour old.
+    """
 
     chain: str
     body: dict
+    checkpoint: bool = False
 
 
 @dataclass(frozen=True)
@@ -82,9 +88,13 @@ class Visibility:
     directory: bool = True
 
 
+CHECKPOINT_INTERVAL = timedelta(hours=1)
+
+
 class Repository:
-    def __init__(self, client: MongoClient, database: str) -> None:
+    def __init__(self, client: MongoClient, database: str, signing_key: Ed25519PrivateKey | None = None) -> None:
         self.client = client
+        self.signing_key = signing_key
         self.db = client.get_database(database, write_concern=_MAJORITY, read_concern=ReadConcern("majority"))
         self.current = self.db.current
         self.history = self.db.history
@@ -93,11 +103,11 @@ class Repository:
         self.records = self.db.records
 
     @classmethod
-    def connect(cls, uri: str, database: str) -> "Repository":
+    def connect(cls, uri: str, database: str, signing_key: Ed25519PrivateKey | None = None) -> "Repository":
         client: MongoClient = MongoClient(
             uri, w="majority", serverSelectionTimeoutMS=5000, tz_aware=True, maxPoolSize=50
         )
-        repo = cls(client, database)
+        repo = cls(client, database, signing_key)
         repo.ensure_indexes()
         return repo
 
@@ -182,17 +192,28 @@ class Repository:
         self.history.insert_one(history, session=session)
 
     def _append(self, session: ClientSession, append: AuditAppend) -> dict:
+        """Add one entry (and a signed checkpoint when due) at the tip of the record's chain.
+
+        The head document is read and rewritten inside the transaction, so two writers racing
+        for the same tip conflict and one retries: a chain never forks.
+        """
         head_doc = self.chain_heads.find_one({"_id": append.chain}, session=session)
         head = audit_chain.ChainHead(head_doc["seq"], head_doc["hash"]) if head_doc else None
         entry = audit_chain.next_entry(append.chain, head, append.body)
-        self.audit.insert_one(dict(entry), session=session)
+        entries = [entry]
+        last_checkpoint = (head_doc or {}).get("checkpoint_at")
+        now = datetime.now(timezone.utc)
+        due = append.checkpoint or last_checkpoint is None or now - _aware(last_checkpoint) >= CHECKPOINT_INTERVAL
+        if self.signing_key is not None and due:
+            tip = audit_chain.ChainHead(entry["seq"], entry["hash"])
+            entries.append(audit_chain.next_checkpoint_entry(self.signing_key, append.chain, tip, audit_chain.iso_instant(now)))
+            last_checkpoint = now
+        self.audit.insert_many([dict(e) for e in entries], session=session)
+        tip_doc = {"seq": entries[-1]["seq"], "hash": entries[-1]["hash"], "checkpoint_at": last_checkpoint}
         if head_doc is None:
-            self.chain_heads.insert_one({"_id": append.chain, "seq": entry["seq"], "hash": entry["hash"]}, session=session)
+            self.chain_heads.insert_one({"_id": append.chain, **tip_doc}, session=session)
         else:
-            done = self.chain_heads.update_one(
-                {"_id": append.chain, "seq": head_doc["seq"]},
-                {"$set": {"seq": entry["seq"], "hash": entry["hash"]}}, session=session,
-            )
+            done = self.chain_heads.update_one({"_id": append.chain, "seq": head_doc["seq"]}, {"$set": tip_doc}, session=session)
             if done.modified_count != 1:
                 raise OperationFailure("chain head moved", code=112, details={"errorLabels": ["TransientTransactionError"]})
         return entry
@@ -219,6 +240,9 @@ class Repository:
 
     def current_of_record(self, record: str) -> list[Version]:
         return [_version(d) for d in self.current.find({"record": record}).sort([("type", 1), ("rid", 1)])]
+
+    def current_of_type(self, record: str, resource_type: str) -> list[Version]:
+        return [_version(d) for d in self.current.find({"record": record, "type": resource_type})]
 
     def read_many(self, refs: list[str]) -> dict[str, Version]:
         if not refs:
@@ -261,8 +285,27 @@ class Repository:
             cursor = cursor.limit(count)
         yield from cursor
 
+    def audit_search(self, chain: str, seq: int | None = None, agent: str | None = None,
+                     at_range: tuple[str, str] | None = None, offset: int = 0, count: int = 20) -> tuple[int, list[dict]]:
+        """Entries of one chain, newest first; `agent` matches the user, organisation or subject."""
+        query: dict = {"record": chain}
+        if seq is not None:
+            query["seq"] = seq
+        if agent:
+            reference = str(agent)
+            query["$or"] = [{"body.agent.fhirUser": reference}, {"body.agent.organization": reference},
+                            {"body.agent.sub": reference}]
+        if at_range:
+            query["body.at"] = {"$gte": at_range[0], "$lt": at_range[1]}
+        total = self.audit.count_documents(query)
+        cursor = self.audit.find(query, {"_id": 0}).sort("seq", DESCENDING).skip(offset).limit(count)
+        return total, list(cursor)
+
     def audit_count(self, chain: str) -> int:
         return self.audit.count_documents({"record": chain})
+
+    def chain_head(self, chain: str) -> dict | None:
+        return self.chain_heads.find_one({"_id": chain})
 
     def chains(self) -> list[str]:
         return [d["_id"] for d in self.chain_heads.find({}, {"_id": 1})]
@@ -270,6 +313,10 @@ class Repository:
     def version_hashes(self, record: str) -> Iterator[tuple[str, str]]:
         for doc in self.history.find({"record": record}, {"type": 1, "rid": 1, "vid": 1, "hash": 1}):
             yield f"{doc['type']}/{doc['rid']}/_history/{doc['vid']}", doc["hash"]
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def _is_chain_race(exc: DuplicateKeyError) -> bool:

@@ -18,9 +18,12 @@ from ehcp_record.errors import FhirError, forbidden, unprocessable
 
 DIRECTORY_WRITERS = frozenset({"la", "system"})
 CONTRIBUTABLE_TYPES = frozenset({"DocumentReference", "Binary"})
-# HL7 v3 RoleCode codes that carry parental responsibility when the relationship is recorded
-# (Children Act 1989 s3; mothers and married/registered fathers, guardians, adopters).
-PARENTAL_RESPONSIBILITY_CODES = frozenset({"PRN", "MTH", "FTH", "NPRN", "NMTH", "NFTH", "GUARD", "ADOPTP", "ADOPTM", "ADOPTF"})
+# profiles/CodeSystem/ehcp-relationship: who has parental responsibility (Children Act 1989
+# s3) and who represents a young person lacking capacity (CFA 2014 s80).
+RELATIONSHIP_SYSTEM = "http://ehcp-record.example.org/fhir/CodeSystem/ehcp-relationship"
+PARENTAL_RESPONSIBILITY = "parental-responsibility"
+REPRESENTATIVE = "representative"
+LACKS_CAPACITY_EXTENSION = "http://ehcp-record.example.org/fhir/StructureDefinition/ehcp-lacks-capacity"
 
 
 @dataclass(frozen=True)
@@ -86,23 +89,34 @@ def record_changes(resource: dict, record: str, creating: bool, caller: Caller) 
     """The custody-state update a write implies (Mongo update document), if any."""
     resource_type = resource["resourceType"]
     if resource_type == "Patient":
-        changes: dict = {"$set": {"birth_date": resource.get("birthDate")}}
+        changes: dict = {"$set": {"birth_date": resource.get("birthDate"), "lacks_capacity": _lacks_capacity(resource)}}
         if creating:
             changes["$setOnInsert"] = {"custodian": caller.actor.organization, "parents": [], "former_custodians": []}
         return changes
     if resource_type == "RelatedPerson":
-        ref = f"RelatedPerson/{resource['id']}"
-        has_pr = resource.get("active", True) and _has_parental_responsibility(resource)
-        return {"$addToSet": {"parents": ref}} if has_pr else {"$pull": {"parents": ref}}
+        return _related_person_changes(resource)
     return None
 
 
-def _has_parental_responsibility(resource: dict) -> bool:
-    for concept in resource.get("relationship", []) or []:
-        for coding in concept.get("coding", []) or []:
-            if coding.get("code") in PARENTAL_RESPONSIBILITY_CODES:
-                return True
-    return False
+def _lacks_capacity(patient: dict) -> bool:
+    """Recorded by the LA under the Mental Capacity Act 2005 (CFA 2014 s80, Code of Practice 8.13)."""
+    return any(e.get("url") == LACKS_CAPACITY_EXTENSION and e.get("valueBoolean") is True
+               for e in patient.get("extension", []) or [])
+
+
+def _related_person_changes(resource: dict) -> dict:
+    ref = f"RelatedPerson/{resource['id']}"
+    active = resource.get("active", True)
+    codes = _relationship_codes(resource) if active else set()
+    changes: dict = {"$addToSet": {"parents": ref}} if PARENTAL_RESPONSIBILITY in codes else {"$pull": {"parents": ref}}
+    if REPRESENTATIVE in codes:
+        changes["$set"] = {"representative": ref}
+    return changes
+
+
+def _relationship_codes(resource: dict) -> set[str]:
+    return {coding.get("code") for concept in resource.get("relationship", []) or []
+            for coding in concept.get("coding", []) or [] if coding.get("system") == RELATIONSHIP_SYSTEM}
 
 
 def check_record_unchanged(resource_type: str, old_record: str | None, new_record: str | None) -> None:

@@ -1,0 +1,57 @@
+"""EHCP operations (API.md "EHCP operations"): one small handler each, rules in the services."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response
+
+from api.capability import OPERATIONS
+from api.context import caller, services
+from api.http import fhir_response, json_body, version_headers
+
+bp = Blueprint("operations", __name__, url_prefix="/fhir")
+BASE = "http://ehcp-record.example.org/fhir/OperationDefinition"
+
+
+def operation(name: str, resource_type: str | None):
+    """Register the operation in the CapabilityStatement as well as the route table."""
+    OPERATIONS.append((name, resource_type, f"{BASE}/{name}"))
+    return lambda handler: handler
+
+
+@bp.post("/Composition/<composition_id>/$propose")
+@operation("propose", "Composition")
+def propose(composition_id: str) -> Response:
+    task = services().proposals.propose(caller(), composition_id, json_body())
+    return fhir_response(task.resource, 201, version_headers(task, location=True))
+
+
+@bp.post("/Task/<task_id>/$respond")
+@operation("respond", "Task")
+def respond(task_id: str) -> Response:
+    task = services().proposals.respond(caller(), task_id, json_body())
+    return fhir_response(task.resource, 200, version_headers(task))
+
+
+@bp.post("/Task/<task_id>/$issue")
+@operation("issue", "Task")
+def issue(task_id: str) -> Response:
+    plan = services().proposals.issue(caller(), task_id)
+    return fhir_response(plan.resource, 200, version_headers(plan))
+
+
+@bp.get("/Patient/<patient_id>/$access-log")
+@operation("access-log", "Patient")
+def access_log(patient_id: str) -> Response:
+    from flask import request
+
+    pairs = [("patient", patient_id)] + [(k, v) for k, v in request.args.items(multi=True) if k != "patient"]
+    total, events, _, _ = services().audit_log.search(caller(), pairs)
+    entries = [{"resource": e, "search": {"mode": "match"}} for e in events]
+    return fhir_response({"resourceType": "Bundle", "type": "searchset", "total": total, "entry": entries})
+
+
+@bp.get("/Patient/<patient_id>/$verify-audit")
+@operation("verify-audit", "Patient")
+def verify_audit(patient_id: str) -> Response:
+    return fhir_response(services().audit_log.verify(caller(), patient_id))
+
