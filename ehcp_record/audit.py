@@ -14,7 +14,8 @@ from ehcp_record.context import Caller
 from ehcp_record.fhir_dates import instant
 from ehcp_record.repository import AuditAppend, Version
 
-DIRECTORY_CHAIN = "_directory"
+#: A valid FHIR id (AuditEvent ids are "<chain>-<seq>"); reserved, so no child's record can take it.
+DIRECTORY_CHAIN = "ehcp-directory"
 
 
 def chain_of(record: str | None) -> str:

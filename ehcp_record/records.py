@@ -221,6 +221,8 @@ class RecordService:
         if resource_type not in STORED_TYPES:
             raise FhirError(405, "not-supported", f"{resource_type} is written by the server, not by clients")
         _check_id(resource_id)
+        if resource_type == "Patient" and resource_id == audit.DIRECTORY_CHAIN:
+            raise invalid(f"'{resource_id}' is reserved")
         resource = copy.deepcopy(resource)
         resource["id"] = resource_id
         self._check_identifiers(resource)
