@@ -34,10 +34,11 @@ def create_app(test_config: Mapping[str, Any] | None = None, settings: Settings 
 
 
 def _register_blueprints(app: Flask) -> None:
-    from api import open_endpoints, operations, rest
+    from api import media, open_endpoints, operations, rest
 
     app.register_blueprint(open_endpoints.bp)
     app.register_blueprint(operations.bp)
+    app.register_blueprint(media.bp)
     app.register_blueprint(rest.bp)
 
 

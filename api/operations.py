@@ -55,3 +55,28 @@ def access_log(patient_id: str) -> Response:
 def verify_audit(patient_id: str) -> Response:
     return fhir_response(services().audit_log.verify(caller(), patient_id))
 
+
+
+@bp.get("/Composition/<composition_id>/$document")
+@bp.get("/Composition/<composition_id>/_history/<vid>/$document")
+@operation("document", "Composition")
+def document(composition_id: str, vid: str | None = None) -> Response:
+    data = services().documents.document(caller(), composition_id, vid)
+    return Response(data, 200, content_type="application/fhir+json; charset=utf-8")
+
+
+@bp.get("/Composition/<composition_id>/$diff")
+@operation("diff", "Composition")
+def diff(composition_id: str) -> Response:
+    from flask import request
+
+    return fhir_response(services().documents.diff(caller(), composition_id, request.args.get("from"),
+                                                   request.args.get("to")))
+
+
+@bp.get("/Patient/<patient_id>/$everything")
+@operation("everything", "Patient")
+def everything(patient_id: str) -> Response:
+    resources = services().everything.everything(caller(), patient_id)
+    entries = [{"resource": r, "search": {"mode": "match"}} for r in resources]
+    return fhir_response({"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries})

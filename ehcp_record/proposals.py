@@ -18,6 +18,7 @@ from datetime import datetime
 
 from ehcp_record import audit, audit_chain, clocks
 from ehcp_record.bundles import PreparedTransaction, prepare_transaction
+from ehcp_record.documents import DocumentService
 from ehcp_record.context import Caller
 from ehcp_record.errors import business_rule, invalid, not_found
 from ehcp_record.fhir_dates import instant
@@ -46,6 +47,7 @@ RIGHTS_TEXT = (
 @dataclass
 class ProposalService:
     records: RecordService
+    documents: "DocumentService | None" = None
 
     # --- $propose -----------------------------------------------------------------------
 
@@ -149,7 +151,10 @@ class ProposalService:
         writes.append(self.records.prepare(caller, provenance, provenance["id"], None))
         writes.append(self._mark_issued(caller, task, writes))
         self.records.commit(writes, [self._issue_audit(caller, record, writes)])
-        return self.records.repo.read("Composition", plan.id)  # type: ignore[return-value]
+        issued = self.records.repo.read("Composition", plan.id)
+        if self.documents is not None and issued is not None:
+            self.documents.issued_bytes(issued)  # the signed document, kept as issued
+        return issued  # type: ignore[return-value]
 
     def _check_issuable(self, task: Version, plan: Version) -> dict:
         """Refuse (409 business-rule) unless the family answered exactly this, and nothing moved."""
@@ -293,7 +298,8 @@ def _response_outputs(response: str, comment: str, caller: Caller, content_hash:
 
 def _recorded_view(task: Version) -> dict:
     response = _output(task.resource, "parental-response")
-    parts = [{"url": "response", "valueCode": response}, {"url": "task", "valueReference": {"reference": f"Task/{task.id}"}}]
+    parts = [{"url": "response", "valueCode": response},
+             {"url": "respondedAt", "valueDateTime": _output(task.resource, "responded-at")}]
     comment = _output(task.resource, "comment")
     if comment:
         parts.append({"url": "comment", "valueString": comment})

@@ -184,20 +184,22 @@ class RecordService:
         return version_of(prepared.write), prepared.created
 
     def prepare_put(self, caller: Caller, resource: dict, resource_id: str, if_match: int | None,
-                    pending: dict[str, str | None] | None = None, through_issue: bool = False) -> PreparedWrite:
+                    pending: dict[str, str | None] | None = None, through_issue: bool = False,
+                    extra: dict | None = None) -> PreparedWrite:
         """PUT: update with a mandatory If-Match, or create at a client-chosen id."""
         resource_type = resource["resourceType"]
         current = self.repo.read(resource_type, resource_id)
         if current is None:
             if if_match is not None:
                 raise not_found(f"{resource_type}/{resource_id}")
-            return self.prepare(caller, resource, resource_id, expected=None, pending=pending, through_issue=through_issue)
+            return self.prepare(caller, resource, resource_id, expected=None, pending=pending,
+                                through_issue=through_issue, extra=extra)
         if if_match is None and through_issue:
             if_match = current.vid
         if if_match is None:
             raise precondition_required("updates need If-Match: W/\"<versionId>\" (read the resource first)")
         return self.prepare(caller, resource, resource_id, expected=if_match, current=current, pending=pending,
-                            through_issue=through_issue)
+                            through_issue=through_issue, extra=extra)
 
     def conditional_match(self, caller: Caller, resource_type: str, criteria: str) -> Version | None:
         pairs = _parse_query_string(criteria)
@@ -210,7 +212,8 @@ class RecordService:
 
     def prepare(self, caller: Caller, resource: dict, resource_id: str, expected: int | None,
                 current: Version | None = None, pending: dict[str, str | None] | None = None,
-                through_issue: bool = False, authorized: str | None = None) -> PreparedWrite:
+                through_issue: bool = False, authorized: str | None = None,
+                extra: dict | None = None) -> PreparedWrite:
         """Validate, authorise and build one version; nothing is stored yet.
 
         Every write path (create, update, transaction, batch, operations) comes through here,
@@ -229,6 +232,8 @@ class RecordService:
         if expected is not None and current is not None and current.vid != expected:
             raise precondition_failed(f"{resource_type}/{resource_id} is at version {current.vid}, not {expected}")
         record = self.compartment.record_of(resource, lambda ref: self._record_lookup(ref, pending or {}))
+        if resource_type == "Binary" and "_section" not in resource:
+            resource["_section"] = self._section_of_security_context(resource, pending or {})
         if current is not None:
             write_rules.check_record_unchanged(resource_type, current.record, record)
         new_record = record is not None and (pending or {}).get(f"Patient/{record}") == record
@@ -237,6 +242,7 @@ class RecordService:
         if self.validator is not None:
             self.validator.check(resource)
         write = self._build(resource, record, expected, current)
+        write.extra.update(extra or {})
         if self.gate is not None and not through_issue:
             self.gate.check_direct_write(write)
         change = write_rules.record_changes(resource, record, current is None, caller) if record else None
@@ -260,6 +266,13 @@ class RecordService:
             hash=audit_chain.content_hash(resource), expected=expected if current is not None else None,
             extra=_extra_fields(resource),
         )
+
+    def _section_of_security_context(self, binary: dict, pending: dict[str, str | None]) -> str:
+        """A Binary is shown to whoever may see the section of the document it belongs to."""
+        target = (binary.get("securityContext") or {}).get("reference", "")
+        resource_type, _, resource_id = target.partition("/")
+        version = self.repo.read(resource_type, resource_id) if resource_type and resource_id else None
+        return (version.section if version else None) or "governance"
 
     def _record_lookup(self, reference: str, pending: dict[str, str | None]) -> str | None:
         """The record a referenced resource belongs to, seeing earlier entries of a Bundle."""

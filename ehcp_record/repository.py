@@ -244,6 +244,29 @@ class Repository:
     def current_of_type(self, record: str, resource_type: str) -> list[Version]:
         return [_version(d) for d in self.current.find({"record": record, "type": resource_type})]
 
+    def version_at(self, resource_type: str, resource_id: str, at: datetime) -> Version | None:
+        """The version that was current at `at` (the newest written at or before it)."""
+        doc = self.history.find_one({"type": resource_type, "rid": resource_id, "updated": {"$lte": at}},
+                                    sort=[("vid", DESCENDING)])
+        return _version(doc) if doc else None
+
+    def media_info(self, resource_type: str, resource_id: str, vid: int) -> dict | None:
+        doc = self.history.find_one({"_id": f"{resource_type}/{resource_id}/{vid}"}, {"media": 1})
+        return (doc or {}).get("media")
+
+    def stored_document(self, key: str) -> bytes | None:
+        doc = self.db.documents.find_one({"_id": key})
+        return bytes(doc["data"]) if doc else None
+
+    def store_document(self, key: str, record: str, data: bytes, sha256: str) -> bytes:
+        """Keep an issued document once; a concurrent first render keeps the first copy."""
+        try:
+            self.db.documents.insert_one({"_id": key, "record": record, "data": data, "sha256": sha256,
+                                          "stored": datetime.now(timezone.utc)})
+        except DuplicateKeyError:
+            pass
+        return self.stored_document(key) or data
+
     def read_many(self, refs: list[str]) -> dict[str, Version]:
         if not refs:
             return {}

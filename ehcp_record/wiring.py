@@ -12,6 +12,10 @@ from ehcp_record.audit_log import AuditLog
 from ehcp_record.audit_verify import trusted_keys
 from ehcp_record.errors import FhirError
 from ehcp_record.gate import ParentalInputGate
+from ehcp_record.documents import DocumentService
+from ehcp_record.everything import EverythingService
+from ehcp_record.media import MediaService
+from ehcp_record.media_repository import MediaStore
 from ehcp_record.proposals import ProposalService
 from ehcp_record.records import RecordService
 from ehcp_record.repository import Repository
@@ -28,6 +32,9 @@ class Services:
     records: RecordService
     proposals: ProposalService
     audit_log: AuditLog
+    documents: DocumentService
+    everything: EverythingService
+    media: MediaService
     verifier: Any = None  # api.auth.TokenVerifier, set by the API (Flask-free here)
 
 
@@ -40,6 +47,9 @@ def build_services(settings: Settings) -> Services:
     compartment = Compartment.load(settings.profiles_dir / "CompartmentDefinition" / "ehcp-record.json", registry)
     access = AccessPolicy(repo)
     records = RecordService(repo, registry, compartment, access, gate=ParentalInputGate(repo))
-    proposals = ProposalService(records)
+    documents = DocumentService(records, settings.base_url)
+    proposals = ProposalService(records, documents)
     audit_log = AuditLog(records, settings.base_url, trusted_keys(settings))
-    return Services(settings, repo, registry, access, records, proposals, audit_log)
+    media = MediaService(records, MediaStore(repo.db), settings.max_binary_bytes)
+    return Services(settings, repo, registry, access, records, proposals, audit_log, documents,
+                    EverythingService(records), media)

@@ -56,11 +56,23 @@ class Api:
     def la(self) -> str:
         return self.token("la", LA)
 
+    def ensure_la_organization(self, organization: str = LA) -> None:
+        """The LA's directory entry, so plans citing it as author resolve in documents."""
+        resource_id = organization.split("/")[1]
+        if self.get(f"/fhir/Organization/{resource_id}", self.la()).status_code == 200:
+            return
+        body = {"resourceType": "Organization", "id": resource_id, "name": f"Local authority {resource_id[3:]}",
+                "identifier": [{"system": "http://ehcp-record.example.org/fhir/NamingSystem/dfe-la-number",
+                                "value": resource_id[3:]}]}
+        response = self.put(f"/fhir/Organization/{resource_id}", body, self.token("la", organization))
+        assert response.status_code in (200, 201), response.text
+
     def new_child(self, token: str | None = None, **fields: Any) -> dict:
         body = {"resourceType": "Patient", "birthDate": "2015-03-14",
                 "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9000000009"}],
                 "name": [{"family": "Example", "given": ["Sam"]}]}
         body.update(fields)
+        self.ensure_la_organization()
         response = self.post("/fhir/Patient", body, token or self.la())
         assert response.status_code == 201, response.text
         return response.json()

@@ -1,0 +1,138 @@
+"""$document, $diff, $everything: the plan as a document, what changed, the whole record."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fhir.resources.R4B.bundle import Bundle
+
+from tests.e2e.plan_builders import draft_plan_bundle, ids_by_type, parent
+from tests.e2e.test_statutory_process import proposal_from_current, respond
+
+
+@pytest.fixture()
+def issued_plan(api):
+    child = api.new_child()
+    mum = api.post("/fhir/RelatedPerson", parent(child["id"], "Alex"), api.la()).json()
+    ids = ids_by_type(api.post("/fhir", draft_plan_bundle(child["id"]), api.la()).json())
+    mum_token = api.token("parent", None, fhir_user=f"RelatedPerson/{mum['id']}")
+    task = api.post(f"/fhir/Composition/{ids['Composition']}/$propose", proposal_from_current(api, ids, lambda r: None),
+                    api.la()).json()
+    respond(api, task["id"], mum_token, "agree")
+    assert api.post(f"/fhir/Task/{task['id']}/$issue", None, api.la()).status_code == 200
+    return child, ids, mum_token
+
+
+def _document(api, ids, token, vid=None):
+    suffix = f"/_history/{vid}" if vid else ""
+    return api.get(f"/fhir/Composition/{ids['Composition']}{suffix}/$document", token)
+
+
+def test_document_is_a_valid_fhir_document(api, issued_plan):
+    _, ids, _ = issued_plan
+    response = _document(api, ids, api.la())
+    assert response.status_code == 200
+    bundle = response.json()
+    Bundle.model_validate(bundle)
+    assert bundle["type"] == "document"
+    assert bundle["entry"][0]["resource"]["resourceType"] == "Composition"
+    full_urls = [e["fullUrl"] for e in bundle["entry"]]
+    assert len(full_urls) == len(set(full_urls))
+    keys = {"/".join(u.split("/")[-2:]) for u in full_urls}
+    for entry in bundle["entry"]:
+        for reference in _references(entry["resource"]):
+            assert reference in keys, f"{reference} does not resolve inside the document"
+    assert {"Patient", "Condition", "Goal", "CarePlan"} <= {e["resource"]["resourceType"] for e in bundle["entry"]}
+    assert bundle["signature"]["data"]
+
+
+def test_issued_document_is_reproduced_byte_for_byte_and_signed(api, issued_plan):
+    from ehcp_record.documents import verify_document
+
+    child, ids, mum = issued_plan
+    first = _document(api, ids, api.la()).content
+    version = json.loads(first)["entry"][0]["resource"]["meta"]["versionId"]
+    # later drafts of an amendment do not change what was issued
+    amendment = api.post(f"/fhir/Composition/{ids['Composition']}/$propose",
+                         proposal_from_current(api, ids, lambda r: r.update(title="Amended title") if r["resourceType"] == "Composition" else None),
+                         api.la()).json()
+    respond(api, amendment["id"], mum, "agree")
+    api.post(f"/fhir/Task/{amendment['id']}/$issue", None, api.la())
+    again = _document(api, ids, api.la(), version).content
+    assert again == first
+    assert verify_document(api.services.repo.signing_key.public_key(), json.loads(again))
+
+
+def test_document_of_each_version_shows_that_version(api, issued_plan):
+    _, ids, mum = issued_plan
+    plan = api.get(f"/fhir/Composition/{ids['Composition']}", api.la()).json()
+    latest = int(plan["meta"]["versionId"])
+    first = _document(api, ids, api.la(), 1).json()
+    assert first["entry"][0]["resource"]["status"] == "preliminary"
+    assert _document(api, ids, api.la(), latest).json()["entry"][0]["resource"]["status"] == "final"
+    assert _document(api, ids, api.la(), 99).status_code == 404
+
+
+def test_diff_section_by_section(api, issued_plan):
+    _, ids, mum = issued_plan
+
+    def change_goal(resource):
+        if resource["resourceType"] == "Goal":
+            resource["description"]["text"] = "Sam will hold a conversation"
+    before = int(api.get(f"/fhir/Composition/{ids['Composition']}", api.la()).json()["meta"]["versionId"])
+    task = api.post(f"/fhir/Composition/{ids['Composition']}/$propose", proposal_from_current(api, ids, change_goal), api.la()).json()
+    respond(api, task["id"], mum, "agree")
+    api.post(f"/fhir/Task/{task['id']}/$issue", None, api.la())
+    after = before + 1
+    diff = api.get(f"/fhir/Composition/{ids['Composition']}/$diff?from={before}&to={after}", mum)
+    assert diff.status_code == 200
+    sections = {_part(p, "code"): p for p in diff.json()["parameter"] if p["name"] == "section"}
+    assert _part(sections["E"], "change") == "changed"
+    assert _part(sections["B"], "change") == "unchanged"
+    entry = next(p for p in sections["E"]["part"] if p["name"] == "entry")
+    fields = [f for f in entry["part"] if f["name"] == "field"]
+    assert any(_part(f, "path") == "description.text" and _part(f, "after") == "Sam will hold a conversation" for f in fields)
+    assert api.get(f"/fhir/Composition/{ids['Composition']}/$diff?from=1", api.la()).status_code == 400
+
+
+def test_everything_returns_the_record(api, issued_plan):
+    child, ids, mum = issued_plan
+    bundle = api.get(f"/fhir/Patient/{child['id']}/$everything", mum).json()
+    types = {e["resource"]["resourceType"] for e in bundle["entry"]}
+    assert {"Patient", "Composition", "Condition", "Goal", "CarePlan", "RelatedPerson", "Task", "Provenance"} <= types
+    assert bundle["total"] == len(bundle["entry"])
+    assert bundle["entry"][0]["resource"]["resourceType"] == "Patient"
+
+
+def test_other_family_gets_404_everywhere(api, issued_plan):
+    child, ids, _ = issued_plan
+    other = api.new_child()
+    stranger = api.post("/fhir/RelatedPerson", parent(other["id"], "Kim"), api.la()).json()
+    token = api.token("parent", None, fhir_user=f"RelatedPerson/{stranger['id']}")
+    for path in (f"/fhir/Composition/{ids['Composition']}/$document", f"/fhir/Patient/{child['id']}/$everything",
+                 f"/fhir/Composition/{ids['Composition']}/$diff?from=1&to=2", f"/fhir/Patient/{child['id']}",
+                 f"/fhir/Condition/{ids['Condition']}"):
+        assert api.get(path, token).status_code == 404, path
+    assert api.get(f"/fhir/Condition?patient={child['id']}", token).json()["total"] == 0
+
+
+def _references(value) -> list[str]:
+    found = []
+    if isinstance(value, dict):
+        if isinstance(value.get("reference"), str):
+            found.append("/".join(value["reference"].split("/_history/")[0].split("/")[-2:]))
+        for key, item in value.items():
+            if key != "reference":
+                found.extend(_references(item))
+    elif isinstance(value, list):
+        for item in value:
+            found.extend(_references(item))
+    return found
+
+
+def _part(parameter: dict, name: str):
+    for part in parameter.get("part", []):
+        if part["name"] == name:
+            return next(v for k, v in part.items() if k.startswith("value"))
+    return None
