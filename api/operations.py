@@ -80,3 +80,12 @@ def everything(patient_id: str) -> Response:
     resources = services().everything.everything(caller(), patient_id)
     entries = [{"resource": r, "search": {"mode": "match"}} for r in resources]
     return fhir_response({"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries})
+
+
+@bp.post("/<resource_type>/$validate")
+@operation("validate", None)
+def validate(resource_type: str) -> Response:
+    from ehcp_record.fhir_model import require_served_type
+
+    require_served_type(resource_type)
+    return fhir_response(services().validate.validate(caller(), resource_type, json_body()))

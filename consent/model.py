@@ -191,6 +191,16 @@ def _lapse_date(consent: Mapping) -> date | None:
 
 # ---------------------------------------------------------------- refusing a Consent
 
+def is_sharing_grant(consent: Mapping) -> bool:
+    """Does this Consent speak the EHCP sharing vocabulary (sections or actions coded with our
+    systems)? A plain R4 Consent (research opt-in, advance directive...) is kept as a record but
+    grants nothing here, since `parse_grant` finds problems with it and `decide` skips it."""
+    provision = _dict(consent.get("provision"))
+    sections = any(c.get("system") == codes.SECTION_SYSTEM for c in _codings(provision.get("code")))
+    actions = any(c.get("system") == codes.CONSENT_ACTION_SYSTEM for c in _codings(provision.get("action")))
+    return sections or actions
+
+
 def grant_problems(consent: Mapping) -> list[str]:
     """Plain-English reasons the server must refuse this Consent; empty when it is usable.
 

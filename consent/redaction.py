@@ -83,12 +83,16 @@ def redact(resource: Mapping, decision: Decision,
     A Composition comes back as a copy holding only permitted sections (nested ones too) and
     no section.entry pointing at a reference in `removed_refs`; when anything was removed its
     top-level narrative is dropped (it may summarise hidden sections) and meta.security gets
-    the v3 REDACTED label. Any other visible resource is returned unchanged (the same object).
+    the v3 REDACTED label. A caller who sees the whole record gets it unchanged, sections with
+    no EHCP section code included. Any other visible resource is returned unchanged (the same
+    object).
     """
     if not may_see(resource, decision, actor_is_family_or_custodian, section=section):
         return None
     if resource.get("resourceType") != "Composition":
         return resource
+    if visible_sections(decision, actor_is_family_or_custodian) is None:
+        return resource  # sees the whole record: nothing to take out, whatever the coding
     privileged = _privileged(decision, actor_is_family_or_custodian)
     return _redact_composition(resource, decision, privileged,
                                {ref_key(r) for r in removed_refs})

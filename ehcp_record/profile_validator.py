@@ -55,7 +55,6 @@ DEFAULT_PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
 _FHIRPATH_MODEL = _fhirpath_models["r4"]
 _LITERAL_REFERENCE = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/[A-Za-z0-9\-.]{1,64}(?:/_history/[^/]+)?$")
 
-Json = Any
 Compiled = Callable[..., list]
 
 
@@ -196,7 +195,7 @@ def _merge(into: dict, more: Mapping[str, set[str] | frozenset[str] | None]) -> 
 
 # The Bundle (or resource) being validated, so that resolve() can find what a reference
 # points to. A ContextVar keeps concurrent validations in threads apart.
-_RESOLUTION_INDEX: contextvars.ContextVar[Mapping[str, dict]] = contextvars.ContextVar("resolution_index", default={})
+_RESOLUTION_INDEX: contextvars.ContextVar[Mapping[str, dict] | None] = contextvars.ContextVar("resolution_index", default=None)
 
 
 def _resolution_index(root: dict) -> dict[str, dict]:
@@ -234,7 +233,7 @@ def _fhirpath_resolve(inputs: list) -> list:
     Only resources inside the resource being validated are reachable (Bundle entries by
     fullUrl or Type/id, contained resources by #id); a validator never fetches.
     """
-    index = _RESOLUTION_INDEX.get()
+    index = _RESOLUTION_INDEX.get() or {}
     found = []
     for item in inputs:
         reference = item.get("reference") if isinstance(item, dict) else item
@@ -279,7 +278,7 @@ class _Terminology:
 
 
 class _RaisingErrorListener(ErrorListener):
-    def syntaxError(self, recognizer, offendingSymbol, line, column, msg, e):  # noqa: N802 (ANTLR's name)
+    def syntaxError(self, recognizer, offendingSymbol, line, column, msg, e):  # noqa: N802, N803 (ANTLR's names)
         raise ValueError(f"syntax error at column {column}: {msg}")
 
 
@@ -426,6 +425,10 @@ class _ProfileCompiler:
             rules=[self._rule(url, element) for element in elements],
         )
         profile.slices = self._slices(url, elements)
+        for rule in profile.rules:
+            for segment in (s for s in rule.segments if s.slice):
+                if segment.slice not in {s.name for s in profile.slices.get(segment.base_id, [])}:
+                    raise ProfileLoadError(f"{url}: {rule.element_id} names slice {segment.slice}, which is not defined")
         return profile
 
     def _rule(self, url: str, element: dict) -> _ElementRule:
@@ -560,10 +563,14 @@ def matches_pattern(value: Any, pattern: Any) -> bool:
 def _in_slice(value: Any, slice_: _Slice) -> bool:
     for path, expected, exact in slice_.discriminators:
         candidates = _values_at(value, path)
-        test = (lambda v: v == expected) if exact else (lambda v: matches_pattern(v, expected))
-        if not any(test(candidate) for candidate in candidates):
+        if not any((c == expected) if exact else matches_pattern(c, expected) for c in candidates):
             return False
     return True
+
+
+def _discriminating_value(value: Any) -> Any:
+    """What to show of an instance that fits no slice: its code when it has one."""
+    return value.get("code", value) if isinstance(value, dict) else value
 
 
 def _describe(value: Any) -> str:
@@ -639,7 +646,7 @@ class ProfileValidator:
         """The profiles that apply to a resource that claims none: those marked default for
         its type whose applies-when condition (if any) holds."""
         candidates = [p for p in self.profiles.values() if p.type == resource.get("resourceType") and p.is_default]
-        return [p for p in candidates if p.applies_when is None or p.applies_when(resource) == [True]]
+        return [p for p in candidates if p.applies_when is None or _holds(p.applies_when, resource)]
 
     def profiled_types(self) -> set[str]:
         """Resource types that have a default profile (the ones to validate on every write)."""
@@ -749,7 +756,7 @@ class ProfileValidator:
         slices = profile.slices.get(rule.element_id, [])
         names = ", ".join(s.name for s in slices)
         return [
-            Issue("error", "structure", child.path, f"{rule.path} with {_describe(child.value.get('code') if isinstance(child.value, dict) else child.value)} "
+            Issue("error", "structure", child.path, f"{rule.path} with {_describe(_discriminating_value(child.value))} "
                   f"matches none of the slices profile {profile.title} allows ({names})", rule.element_id)
             for child in _child_instances(parent, rule.segments[-1].name)
             if not any(_in_slice(child.value, s) for s in slices)
@@ -797,7 +804,8 @@ class ProfileValidator:
     def _check_constraints(self, rule: _ElementRule, node: _Instance, resource: dict) -> list[Issue]:
         if not rule.constraints:
             return []
-        data = node.value if isinstance(node.value, dict) and "resourceType" in node.value else ResourceNode.create_node(node.value, node.type_path)
+        is_resource = isinstance(node.value, dict) and "resourceType" in node.value
+        data = node.value if is_resource else ResourceNode.create_node(node.value, node.type_path)
         variables = {"resource": resource, "rootResource": resource}
         issues = []
         for constraint in rule.constraints:
@@ -838,6 +846,15 @@ class ProfileValidator:
                 issues.append(Issue("warning", "code-invalid", where, f"Display '{coding['display']}' for code '{code}' "
                                     f"should be '{system.displays[code]}' ({system.name})", system.url))
         return issues
+
+
+def _holds(condition: Compiled, resource: dict) -> bool:
+    """A profile's applies-when condition; content too malformed to evaluate does not select it
+    (the structural parse by fhir.resources reports such content)."""
+    try:
+        return condition(resource) == [True]
+    except Exception:
+        return False
 
 
 def _walk_codings(value: Any, path: str, in_bundle_entry: bool = False) -> Iterator[tuple[dict, str]]:

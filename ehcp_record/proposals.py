@@ -23,9 +23,10 @@ from ehcp_record.context import Caller
 from ehcp_record.errors import business_rule, invalid, not_found
 from ehcp_record.fhir_dates import instant
 from ehcp_record.fhir_model import parse_resource
-from ehcp_record.gate import PLAN_CONTENT_TYPES, is_issued
+from ehcp_record.gate import PLAN_CONTENT_TYPES, is_issued, is_plan
 from ehcp_record.provenance import signed_provenance
 from ehcp_record.records import PreparedWrite, RecordService, version_of
+from ehcp_record.validation import plan_resources
 from ehcp_record.repository import AuditAppend, Version
 
 BASE = "http://ehcp-record.example.org/fhir"
@@ -57,10 +58,15 @@ class ProposalService:
         proposal = _proposal_bundle(body)
         trial = prepare_transaction(self.records, caller, copy.deepcopy(proposal["entry"]), through_issue=True)
         _check_proposal_scope(trial, plan)
+        self._check_plan(trial, plan)
+        owner = self._owner(plan.record or "")
+        if owner is None:
+            raise business_rule("this child's record names no parent with parental responsibility (or young person) "
+                                "to respond; add them before proposing")
         now = self.records.clock()
         content_hash = audit_chain.content_hash(proposal)
         binary = self._proposal_binary(plan, proposal)
-        task = _review_task(plan, caller, self._owner(plan.record or ""), binary["id"], content_hash,
+        task = _review_task(plan, caller, owner, binary["id"], content_hash,
                             self._fingerprint(plan.record or ""), now)
         writes = [self.records.prepare(caller, binary, binary["id"], None),
                   self.records.prepare(caller, task, task["id"], None)]
@@ -72,8 +78,28 @@ class ProposalService:
         version = self.records.repo.read("Composition", composition_id)
         if version is None or version.record is None:
             raise not_found(f"Composition/{composition_id}")
+        if not is_plan(version.resource):
+            raise business_rule(f"Composition/{composition_id} is not an EHCP plan (type ehcp, sections A to K)")
         self.records.access.confine_to_launch_patient(caller, "Composition", "u", version.record)
         return version
+
+    def _check_plan(self, trial: PreparedTransaction, plan: Version) -> None:
+        """The plan as it would be issued must keep the golden thread (refused at propose and issue)."""
+        checks = self.records.validator
+        if checks is None:
+            return
+        pending = {f"{w.write.type}/{w.write.id}": w.write.resource for w in trial.writes.values()}
+        composition = copy.deepcopy(pending.get(f"Composition/{plan.id}", plan.resource))
+        composition["status"] = "amended" if is_issued(plan.resource) else "final"
+
+        def lookup(reference: str) -> dict | None:
+            if reference in pending:
+                return pending[reference]
+            resource_type, _, resource_id = reference.partition("/")
+            version = self.records.repo.read(resource_type, resource_id)
+            return version.resource if version and version.record == plan.record else None
+
+        checks.check_plan(composition, plan_resources(composition, lookup))
 
     def _proposal_binary(self, plan: Version, proposal: dict) -> dict:
         return {
@@ -146,6 +172,7 @@ class ProposalService:
             raise not_found("the plan this review is about")
         proposal = self._check_issuable(task, plan)
         trial = prepare_transaction(self.records, caller, proposal["entry"], through_issue=True)
+        self._check_plan(trial, plan)
         writes = self._issued_writes(caller, trial, plan, task)
         provenance = signed_provenance(self.records.repo.signing_key, writes, caller, task, self.records.clock())
         writes.append(self.records.prepare(caller, provenance, provenance["id"], None))

@@ -36,6 +36,8 @@ class WriteGate(Protocol):
 class ResourceValidator(Protocol):
     def check(self, resource: dict) -> None: ...
 
+    def check_plan(self, composition: dict, resources: dict) -> None: ...
+
 
 @dataclass
 class PreparedWrite:

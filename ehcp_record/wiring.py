@@ -16,7 +16,10 @@ from ehcp_record.documents import DocumentService
 from ehcp_record.everything import EverythingService
 from ehcp_record.media import MediaService
 from ehcp_record.media_repository import MediaStore
+from ehcp_record.profile_validator import ProfileValidator
 from ehcp_record.proposals import ProposalService
+from ehcp_record.validate_operation import ValidateOperation
+from ehcp_record.validation import ProfileChecks
 from ehcp_record.records import RecordService
 from ehcp_record.repository import Repository
 from ehcp_record.search import SearchRegistry
@@ -35,6 +38,7 @@ class Services:
     documents: DocumentService
     everything: EverythingService
     media: MediaService
+    validate: ValidateOperation
     verifier: Any = None  # api.auth.TokenVerifier, set by the API (Flask-free here)
 
 
@@ -46,10 +50,11 @@ def build_services(settings: Settings) -> Services:
     registry = SearchRegistry.load(settings.profiles_dir / "SearchParameter")
     compartment = Compartment.load(settings.profiles_dir / "CompartmentDefinition" / "ehcp-record.json", registry)
     access = AccessPolicy(repo)
-    records = RecordService(repo, registry, compartment, access, gate=ParentalInputGate(repo))
+    checks = ProfileChecks(ProfileValidator.load(settings.profiles_dir))
+    records = RecordService(repo, registry, compartment, access, validator=checks, gate=ParentalInputGate(repo))
     documents = DocumentService(records, settings.base_url)
     proposals = ProposalService(records, documents)
     audit_log = AuditLog(records, settings.base_url, trusted_keys(settings))
     media = MediaService(records, MediaStore(repo.db), settings.max_binary_bytes)
     return Services(settings, repo, registry, access, records, proposals, audit_log, documents,
-                    EverythingService(records), media)
+                    EverythingService(records), media, ValidateOperation(records, checks))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from consent.model import grant_problems
+from consent.model import grant_problems, is_sharing_grant
 from consent.sections import section_of
 from ehcp_record.access import AccessPolicy
 from ehcp_record.context import Caller
@@ -68,7 +68,11 @@ def _new_record(caller: Caller) -> WriteDecision:
 
 
 def _consent_write(access: AccessPolicy, caller: Caller, resource: dict, record: str) -> WriteDecision:
+    """Consents from the family are always sharing grants and must be complete; an LA may also
+    keep a plain R4 Consent (e.g. a research opt-in) on the record, which grants nothing."""
     decision = access.require(caller, "manage-consent", record)
+    if caller.actor.role not in ("parent", "young-person") and not is_sharing_grant(resource):
+        return WriteDecision("manage-consent", decision.consent_ids)
     problems = grant_problems(resource)
     if problems:
         raise unprocessable("; ".join(problems), "business-rule", ["Consent.provision"])

@@ -78,6 +78,20 @@ class Api:
         return response.json()
 
 
+SECTION_SYSTEM = "http://ehcp-record.example.org/fhir/CodeSystem/ehcp-section"
+NEED_SYSTEM = "http://ehcp-record.example.org/fhir/CodeSystem/sen-primary-need"
+
+
+def need(child: str, section: str = "B", code: str = "SLCN", **fields: Any) -> dict:
+    """A need (Condition) that meets the ehcp-need profile; `child` is a Patient id or reference."""
+    subject = child if child.startswith(("Patient/", "urn:")) else f"Patient/{child}"
+    concept = {"coding": [{"system": NEED_SYSTEM, "code": code}]} if section == "B" else {"text": code}
+    body = {"resourceType": "Condition", "subject": {"reference": subject},
+            "category": [{"coding": [{"system": SECTION_SYSTEM, "code": section}]}], "code": concept}
+    body.update(fields)
+    return body
+
+
 def outcome_code(response: requests.Response) -> str:
     body = response.json()
     assert body["resourceType"] == "OperationOutcome", body

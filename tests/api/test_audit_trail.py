@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from pymongo import MongoClient
 
-from tests.support import LA
+from tests.support import LA, need
 
 
 def _verdict(api, child_id: str, token: str | None = None) -> dict:
@@ -22,8 +22,7 @@ def busy_record(api):
     child = api.new_child()
     token = api.la()
     for n in range(6):
-        api.post("/fhir/Condition", {"resourceType": "Condition", "subject": {"reference": f"Patient/{child['id']}"},
-                                     "note": [{"text": f"need {n}"}]}, token)
+        assert api.post("/fhir/Condition", need(child["id"], note=[{"text": f"need {n}"}]), token).status_code == 201
     api.get(f"/fhir/Condition?patient={child['id']}", token)
     return child
 
@@ -85,7 +84,7 @@ def test_fifty_concurrent_writers_make_one_unbroken_chain(api):
     token = api.la()
 
     def write(n: int) -> int:
-        body = {"resourceType": "Condition", "subject": {"reference": f"Patient/{child['id']}"}, "note": [{"text": str(n)}]}
+        body = need(child["id"], note=[{"text": str(n)}])
         return api.post("/fhir/Condition", body, token).status_code
 
     with ThreadPoolExecutor(max_workers=50) as pool:

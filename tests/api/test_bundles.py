@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from tests.support import outcome_code, unique
+from tests.support import need, outcome_code, unique
 
 
 def _plan_bundle(bad_entry: bool = False, goal_id: str = "G-1") -> dict:
     child_url, need_url = "urn:uuid:" + "1" * 8 + "-0000-4000-8000-" + "0" * 12, "urn:uuid:" + "2" * 8 + "-0000-4000-8000-" + "0" * 12
-    need = {"resourceType": "Condition", "subject": {"reference": child_url}, "code": {"text": "ASD"}}
+    first_need = need(child_url, code="ASD")
     if bad_entry:
-        need["onsetDateTime"] = "not-a-date"
+        first_need["onsetDateTime"] = "not-a-date"
     return {"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"fullUrl": child_url, "resource": {"resourceType": "Patient", "birthDate": "2016-01-02"},
+        {"fullUrl": child_url, "resource": {"resourceType": "Patient", "birthDate": "2016-01-02", "name": [{"family": "Test"}],
+                                            "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9000000009"}]},
          "request": {"method": "POST", "url": "Patient"}},
-        {"fullUrl": need_url, "resource": need, "request": {"method": "POST", "url": "Condition"}},
+        {"fullUrl": need_url, "resource": first_need, "request": {"method": "POST", "url": "Condition"}},
         {"resource": {"resourceType": "Goal", "lifecycleStatus": "active", "description": {"text": "Talk in sentences"},
                       "subject": {"reference": child_url}, "addresses": [{"reference": need_url}],
+                      "target": [{"dueDate": "2027-07-01"}],
                       "identifier": [{"system": "urn:test:goals", "value": goal_id}]},
          "request": {"method": "POST", "url": "Goal"}},
     ]}
@@ -51,7 +53,7 @@ def test_transaction_failure_late_in_commit_stores_nothing(api):
     token = api.la()
     count_before = api.get("/fhir/Condition?_summary=count&patient=Patient/" + child["id"], token).json()["total"]
     bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"resource": {"resourceType": "Condition", "subject": {"reference": f"Patient/{child['id']}"}, "code": {"text": "x"}},
+        {"resource": need(child["id"]),
          "request": {"method": "POST", "url": "Condition"}},
         {"resource": dict(child, gender="female"), "request": {"method": "PUT", "url": f"Patient/{child['id']}", "ifMatch": 'W/"7"'}},
     ]}
@@ -64,7 +66,7 @@ def test_transaction_failure_late_in_commit_stores_nothing(api):
 
 def test_transaction_unresolvable_reference_is_refused(api):
     bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"resource": {"resourceType": "Condition", "subject": {"reference": "urn:uuid:99999999-0000-4000-8000-000000000000"}},
+        {"resource": need("urn:uuid:99999999-0000-4000-8000-000000000000"),
          "request": {"method": "POST", "url": "Condition"}}]}
     response = api.post("/fhir", bundle, api.la())
     assert response.status_code == 400 and "not a fullUrl" in response.json()["issue"][0]["diagnostics"]
@@ -73,9 +75,9 @@ def test_transaction_unresolvable_reference_is_refused(api):
 def test_batch_entries_succeed_or_fail_alone(api):
     child = api.new_child()
     bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
-        {"resource": {"resourceType": "Condition", "subject": {"reference": f"Patient/{child['id']}"}},
+        {"resource": need(child["id"]),
          "request": {"method": "POST", "url": "Condition"}},
-        {"resource": {"resourceType": "Condition", "subject": {"reference": "Patient/does-not-exist"}},
+        {"resource": need("does-not-exist"),
          "request": {"method": "POST", "url": "Condition"}},
         {"request": {"method": "GET", "url": f"Patient/{child['id']}"}},
     ]}
@@ -89,8 +91,7 @@ def test_batch_entries_succeed_or_fail_alone(api):
 def test_transaction_conditional_create_reuses_existing(api):
     child = api.new_child()
     ident = unique()
-    entry = {"resource": {"resourceType": "Condition", "subject": {"reference": f"Patient/{child['id']}"},
-                          "identifier": [{"system": "urn:test", "value": ident}]},
+    entry = {"resource": need(child["id"], identifier=[{"system": "urn:test", "value": ident}]),
              "request": {"method": "POST", "url": "Condition", "ifNoneExist": f"identifier=urn:test|{ident}"}}
     first = api.post("/fhir", {"resourceType": "Bundle", "type": "transaction", "entry": [entry]}, api.la()).json()
     second = api.post("/fhir", {"resourceType": "Bundle", "type": "transaction", "entry": [entry]}, api.la()).json()

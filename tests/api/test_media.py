@@ -16,7 +16,7 @@ MP4_HEAD = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom"
 @pytest.fixture(scope="module")
 def album(api):
     child = api.new_child()
-    document = {"resourceType": "DocumentReference", "status": "current", "subject": {"reference": f"Patient/{child['id']}"},
+    document = {"resourceType": "DocumentReference", "status": "current", "docStatus": "preliminary", "subject": {"reference": f"Patient/{child['id']}"},
                 "category": [{"coding": [{"system": SECTION, "code": "A"}]}],
                 "content": [{"attachment": {"contentType": "video/mp4", "title": "Sam at the park"}}]}
     created = api.post("/fhir/DocumentReference", document, api.la())

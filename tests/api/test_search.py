@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support import outcome_code, unique
+from tests.support import need, outcome_code, unique
 
 SECTION = "http://ehcp-record.example.org/fhir/CodeSystem/ehcp-section"
 
@@ -14,10 +14,8 @@ def family(api):
     child = api.new_child(identifier=[{"system": "urn:test:child", "value": unique()}])
     ids = []
     for n, section in enumerate(["B", "B", "C", "D", "B"]):
-        body = {"resourceType": "Condition", "subject": {"reference": f"Patient/{child['id']}"},
-                "category": [{"coding": [{"system": SECTION, "code": section}]}],
-                "identifier": [{"system": "urn:test:need", "value": f"{child['id']}-{n}"}],
-                "code": {"coding": [{"system": "urn:sen", "code": "SLCN" if n % 2 else "ASD"}]}}
+        body = need(child["id"], section, identifier=[{"system": "urn:test:need", "value": f"{child['id']}-{n}"}],
+                    code={"coding": [{"system": "urn:sen", "code": "SLCN" if n % 2 else "ASD"}]})
         ids.append(api.post("/fhir/Condition", body, api.la()).json()["id"])
     return child, ids
 

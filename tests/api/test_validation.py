@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support import outcome_code
+from tests.support import need, outcome_code
 
 
 def _count(api, path="/fhir/Patient?_summary=count"):
@@ -77,15 +77,14 @@ def test_bad_identifiers_are_422(api):
 
 def test_resource_cannot_move_between_children(api):
     first, second = api.new_child(), api.new_child()
-    need = api.post("/fhir/Condition", {"resourceType": "Condition", "subject": {"reference": f"Patient/{first['id']}"}},
-                    api.la()).json()
-    moved = dict(need, subject={"reference": f"Patient/{second['id']}"})
-    response = api.put(f"/fhir/Condition/{need['id']}", moved, api.la(), **{"If-Match": 'W/"1"'})
+    created = api.post("/fhir/Condition", need(first["id"]), api.la()).json()
+    moved = dict(created, subject={"reference": f"Patient/{second['id']}"})
+    response = api.put(f"/fhir/Condition/{created['id']}", moved, api.la(), **{"If-Match": 'W/"1"'})
     assert response.status_code == 422 and outcome_code(response) == "business-rule"
 
 
 def test_subject_must_exist(api):
-    response = api.post("/fhir/Condition", {"resourceType": "Condition", "subject": {"reference": "Patient/nope"}}, api.la())
+    response = api.post("/fhir/Condition", need("nope"), api.la())
     assert response.status_code == 422
 
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.support import outcome_code
+from tests.support import need, outcome_code
 
 
-def _condition(child_id: str, text: str = "Speech and language needs") -> dict:
-    return {"resourceType": "Condition", "subject": {"reference": f"Patient/{child_id}"},
-            "code": {"text": text}}
+def _condition(child_id: str) -> dict:
+    return need(child_id)
 
 
 def test_create_returns_location_and_etag(api):

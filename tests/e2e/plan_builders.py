@@ -11,6 +11,11 @@ def section_concept(code: str) -> dict:
     return {"coding": [{"system": SECTION, "code": code}]}
 
 
+def _text_section(code: str, text: str) -> dict:
+    return {"title": code, "code": section_concept(code),
+            "text": {"status": "generated", "div": f'<div xmlns="http://www.w3.org/1999/xhtml">{text}</div>'}}
+
+
 def parent(child_id: str, name: str, responsibility: bool = True) -> dict:
     code = "parental-responsibility" if responsibility else "has-care"
     return {"resourceType": "RelatedPerson", "patient": {"reference": f"Patient/{child_id}"},
@@ -34,15 +39,22 @@ def draft_plan_bundle(child_id: str) -> dict:
             "resourceType": "CarePlan", "status": "active", "intent": "plan", "subject": subject,
             "category": [section_concept("F")], "goal": [{"reference": goal}],
             "activity": [{"detail": {"status": "scheduled", "description": "Speech and language therapy, 1:1",
-                                     "scheduledString": "30 minutes, 3 times a week", "goal": [{"reference": goal}]}}]}},
+                                     "scheduledString": "30 minutes, 3 times a week", "goal": [{"reference": goal}],
+                                     "performer": [{"display": "Speech and language therapist, NHS trust"}]}}]}},
         {"fullUrl": plan, "request": {"method": "POST", "url": "Composition"}, "resource": {
             "resourceType": "Composition", "status": "preliminary", "subject": subject, "date": "2026-11-01",
             "type": {"coding": [{"system": f"{BASE}/CodeSystem/ehcp-document-type", "code": "ehcp"}]},
             "author": [{"reference": "Organization/la-866"}], "title": "Education, Health and Care Plan",
             "section": [
+                _text_section("A", "Sam loves trains and wants to be a driver."),
                 {"title": "B", "code": section_concept("B"), "entry": [{"reference": need}]},
+                _text_section("C", "No health needs related to SEN."),
+                _text_section("D", "No social care needs."),
                 {"title": "E", "code": section_concept("E"), "entry": [{"reference": goal}]},
                 {"title": "F", "code": section_concept("F"), "entry": [{"reference": provision}]},
+                _text_section("G", "None."), _text_section("H1", "None."), _text_section("H2", "None."),
+                _text_section("I", "Mainstream primary school."), _text_section("J", "No personal budget requested."),
+                _text_section("K", "Advice is appended."),
             ]}},
     ]}
 

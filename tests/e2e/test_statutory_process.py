@@ -11,7 +11,7 @@ import copy
 import pytest
 
 from tests.e2e.plan_builders import draft_plan_bundle, ids_by_type, parent
-from tests.support import outcome_code
+from tests.support import need, outcome_code
 
 TASK_INPUT = "http://ehcp-record.example.org/fhir/CodeSystem/ehcp-task-input"
 
@@ -182,7 +182,7 @@ def test_direct_writes_to_issued_content_refused_on_every_path(api, family):
     batch = copy.deepcopy(transaction)
     batch["type"] = "batch"
     assert api.post("/fhir", batch, la).json()["entry"][0]["response"]["status"] == "409"
-    new_need = {"resourceType": "Condition", "subject": plan["subject"]}
+    new_need = need(plan["subject"]["reference"])
     assert api.post("/fhir/Condition", new_need, la).status_code == 409
     assert api.get(f"/fhir/Composition/{ids['Composition']}", la).json()["meta"]["versionId"] == version
 
