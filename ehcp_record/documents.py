@@ -44,6 +44,8 @@ class DocumentService:
         bundle = json.loads(full)
         resources = [e["resource"] for e in bundle["entry"]]
         shown = redaction.redact_bundle_entries(resources, decision)
+        if not shown or shown[0].get("resourceType") != "Composition":
+            raise not_found(f"Composition/{composition_id}")
         self._audit(caller, plan, bundle, decision.consent_ids)
         if len(shown) == len(resources) and shown == resources:
             return full

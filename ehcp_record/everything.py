@@ -31,6 +31,8 @@ class EverythingService:
             resource = redaction.redact(version.resource, decision, section=version.section)
             if resource is not None:
                 shown.append((version, resource))
+        if not any(version.type == "Patient" for version, _ in shown):
+            raise not_found(f"Patient/{patient_id}")  # sees nothing of the child: not known to exist
         shown.sort(key=lambda item: (item[0].type != "Patient", item[0].type, item[0].id))
         self.records.repo.append_audit(
             audit.for_versions(caller, "export", [v for v, _ in shown], self.records.clock(), decision.consent_ids, "$everything"))
