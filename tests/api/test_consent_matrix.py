@@ -216,3 +216,25 @@ def test_system_token_still_needs_consent(api, world):
     other = next(c for c in record["Condition"] if section_of(c) == "B")
     assert api.get(f"/fhir/Condition/{need['id']}", token).status_code in (200, 404)
     assert api.get(f"/fhir/Condition/{other['id']}", token).status_code == 404
+
+
+def test_contribute_adds_advice_without_seeing_anything_else(api, world):
+    record, tokens, _ = world
+    child = record["Patient"][0]["id"]
+    mum = record["RelatedPerson"][0]["id"]
+    body = grant(child, f"RelatedPerson/{mum}", "Organization/nhs-7", ["K"], actions=("contribute",), role="health")
+    assert api.post("/fhir/Consent", body, tokens["parent"]).status_code == 201
+    health = api.token("health", "Organization/nhs-7")
+    advice = {"resourceType": "DocumentReference", "status": "current", "docStatus": "final",
+              "subject": {"reference": f"Patient/{child}"},
+              "category": [{"coding": [{"system": "http://ehcp-record.example.org/fhir/CodeSystem/ehcp-section", "code": "K"}]}],
+              "content": [{"attachment": {"contentType": "text/plain", "data": "UGFlZGlhdHJpYyBhZHZpY2U=",
+                                          "title": "Paediatric advice"}}]}
+    created = api.post("/fhir/DocumentReference", advice, health)
+    assert created.status_code == 201, created.text
+    for resource_type in ("Condition", "Goal", "CarePlan", "DocumentReference"):
+        assert api.get(f"/fhir/{resource_type}?patient={child}", health).json()["total"] == 0
+    elsewhere = dict(advice, category=[{"coding": [{"system": "http://ehcp-record.example.org/fhir/CodeSystem/ehcp-section", "code": "A"}]}])
+    assert api.post("/fhir/DocumentReference", elsewhere, health).status_code == 403
+    plan = record["Composition"][0]["id"]
+    assert api.get(f"/fhir/Composition/{plan}", api.la()).json()["meta"]["versionId"] == "2"
