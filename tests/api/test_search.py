@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support import need, outcome_code, unique
+from tests.support import NEED_SYSTEM, need, outcome_code, unique
 
 SECTION = "http://ehcp-record.example.org/fhir/CodeSystem/ehcp-section"
 
@@ -14,8 +14,9 @@ def family(api):
     child = api.new_child(identifier=[{"system": "urn:test:child", "value": unique()}])
     ids = []
     for n, section in enumerate(["B", "B", "C", "D", "B"]):
-        body = need(child["id"], section, identifier=[{"system": "urn:test:need", "value": f"{child['id']}-{n}"}],
-                    code={"coding": [{"system": "urn:sen", "code": "SLCN" if n % 2 else "ASD"}]})
+        body = need(child["id"], section, identifier=[{"system": "urn:test:need", "value": f"{child['id']}-{n}"}])
+        body["code"] = {"coding": [{"system": NEED_SYSTEM, "code": "SLCN" if n % 2 else "ASD"}]} if section == "B" else \
+            {"coding": [{"system": "urn:health", "code": "SLCN" if n % 2 else "ASD"}]}
         ids.append(api.post("/fhir/Condition", body, api.la()).json()["id"])
     return child, ids
 
@@ -32,7 +33,8 @@ def test_token_forms(api, family):
     child, ids = family
     token = api.la()
     assert api.get(f"/fhir/Condition?subject={child['id']}&code=ASD", token).json()["total"] == 3
-    assert api.get(f"/fhir/Condition?subject={child['id']}&code=urn:sen|SLCN", token).json()["total"] == 2
+    assert api.get(f"/fhir/Condition?subject={child['id']}&code={NEED_SYSTEM}|SLCN", token).json()["total"] == 1
+    assert api.get(f"/fhir/Condition?subject={child['id']}&code=urn:health|SLCN", token).json()["total"] == 1
     assert api.get(f"/fhir/Condition?subject={child['id']}&code=other|SLCN", token).json()["total"] == 0
     assert api.get(f"/fhir/Condition?subject={child['id']}&code:not=ASD", token).json()["total"] == 2
     assert api.get(f"/fhir/Condition?identifier=urn:test:need|{child['id']}-3", token).json()["entry"][0]["resource"]["id"] == ids[3]
