@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import sys
-from pathlib import Path
 from typing import Iterator, Sequence
 
 from ehcp_record.config import Settings, load_settings

@@ -20,6 +20,7 @@ from ehcp_record import audit, audit_chain, signing
 from ehcp_record.context import Caller
 from ehcp_record.errors import invalid, not_found
 from ehcp_record.fhir_dates import instant
+from ehcp_record.fhir_model import literal_references
 from ehcp_record.gate import is_issued
 from ehcp_record.plan_diff import diff_documents
 from ehcp_record.records import RecordService
@@ -97,7 +98,7 @@ class DocumentService:
                 continue
             included[key] = resource
             order.append(key)
-            for reference in _references(resource):
+            for reference in literal_references(resource):
                 target = self._as_of(reference, plan)
                 if target is not None and f"{target['resourceType']}/{target['id']}" not in included:
                     queue.append(target)
@@ -155,21 +156,6 @@ def verify_document(public_key, document: dict) -> bool:
 
 def _entry_for(base_url: str, resource: dict) -> dict:
     return {"fullUrl": f"{base_url}/{resource['resourceType']}/{resource['id']}", "resource": resource}
-
-
-def _references(value: object) -> list[str]:
-    found: list[str] = []
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            reference = item.get("reference")
-            if isinstance(reference, str) and "/" in reference and not reference.startswith(("#", "urn:")):
-                found.append(reference)
-            stack.extend(v for k, v in item.items() if k != "reference")
-        elif isinstance(item, list):
-            stack.extend(reversed(item))
-    return sorted(dict.fromkeys(found), key=found.index)
 
 
 def _encode(bundle: dict) -> bytes:

@@ -73,3 +73,25 @@ def _element_path(resource_type: str, loc: tuple) -> str:
         elif part not in ("__root__",):
             path += f".{part}"
     return path
+
+
+def ref_key(reference: str) -> str:
+    """"Type/id" of a literal reference, whether relative, absolute or versioned."""
+    return "/".join(reference.split("/_history/")[0].rstrip("/").split("/")[-2:])
+
+
+def literal_references(value: object) -> list[str]:
+    """Every literal reference (Type/id, absolute or versioned) anywhere in a resource, in
+    document order, without duplicates; contained (#) and urn: references are left out."""
+    found: list[str] = []
+    stack: list = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            reference = item.get("reference")
+            if isinstance(reference, str) and "/" in reference and not reference.startswith(("#", "urn:")):
+                found.append(reference)
+            stack.extend(reversed([v for k, v in item.items() if k != "reference"]))
+        elif isinstance(item, list):
+            stack.extend(reversed(item))
+    return list(dict.fromkeys(found))

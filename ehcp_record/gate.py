@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ehcp_record.errors import business_rule
+from ehcp_record.fhir_model import ref_key
 from ehcp_record.repository import Repository, VersionWrite
 
 ISSUED_STATUSES = frozenset({"final", "amended"})
@@ -76,7 +77,7 @@ def section_entries(composition: dict) -> set[str]:
         section = stack.pop()
         for entry in section.get("entry", []) or []:
             reference = entry.get("reference", "")
-            found.add("/".join(reference.split("/_history/")[0].split("/")[-2:]))
+            found.add(ref_key(reference))
         stack.extend(section.get("section", []) or [])
     return found
 

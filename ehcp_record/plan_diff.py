@@ -12,6 +12,7 @@ from typing import Any, Iterator
 
 from consent.codes import SECTIONS
 from consent.sections import composition_section_code
+from ehcp_record.fhir_model import ref_key
 
 MAX_FIELDS = 40
 _IGNORED = ("meta", "text")
@@ -122,7 +123,7 @@ def _entries(section: dict | None) -> list[str]:
     refs = []
     for entry in section.get("entry", []) or []:
         reference = entry.get("reference", "")
-        refs.append("/".join(reference.split("/_history/")[0].split("/")[-2:]))
+        refs.append(ref_key(reference))
     for child in section.get("section", []) or []:
         refs.extend(_entries(child))
     return refs

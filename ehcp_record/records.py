@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Callable, Protocol
 
@@ -19,7 +19,7 @@ from ehcp_record.compartment import Compartment
 from ehcp_record.context import Caller
 from ehcp_record.errors import FhirError, invalid, not_found, precondition_failed, precondition_required, unprocessable
 from ehcp_record.fhir_dates import instant
-from ehcp_record.fhir_model import STORED_TYPES, parse_resource
+from ehcp_record.fhir_model import STORED_TYPES, parse_resource, ref_key
 from ehcp_record.identifiers import identifier_problems
 from ehcp_record.repository import AuditAppend, Repository, Version, VersionWrite, utc_now
 from ehcp_record.search import SearchQuery, SearchRegistry, parse_search
@@ -153,7 +153,7 @@ class RecordService:
                 for ref in (param.evaluate(version.resource) if param else []):
                     target = ref.get("reference", "") if isinstance(ref, dict) else ""
                     if "/" in target and (include.target_type is None or target.startswith(include.target_type + "/")):
-                        refs.append("/".join(target.split("/_history/")[0].split("/")[-2:]))
+                        refs.append(ref_key(target))
         own = {f"{v.type}/{v.id}" for v in versions}
         wanted = [r for r in dict.fromkeys(refs) if r not in own]
         found = self.repo.read_many(wanted)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from ehcp_record.errors import FhirError, invalid
+from ehcp_record.fhir_model import literal_references, ref_key
 from ehcp_record.golden_thread import plan_bundle, validate_plan
 from ehcp_record.profile_validator import Issue, ProfileValidator, UnknownProfileError, has_errors
 
@@ -94,15 +95,4 @@ _PLAN_TYPES = frozenset({"Patient", "Condition", "Goal", "CarePlan", "DocumentRe
 
 
 def _cited(resource: dict) -> list[str]:
-    refs: list[str] = []
-    stack: list = [resource]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            reference = item.get("reference")
-            if isinstance(reference, str) and "/" in reference and not reference.startswith(("#", "urn:")):
-                refs.append("/".join(reference.split("/_history/")[0].split("/")[-2:]))
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return refs
+    return [ref_key(r) for r in literal_references(resource)]

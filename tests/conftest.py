@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-import requests
 from werkzeug.serving import make_server
 
 from ehcp_record.mongod import EmbeddedMongo

@@ -92,6 +92,13 @@ def need(child: str, section: str = "B", code: str = "SLCN", **fields: Any) -> d
     return body
 
 
+def references_in(resource: dict) -> list[str]:
+    """Every literal reference in a resource as Type/id, for checking documents resolve."""
+    from ehcp_record.fhir_model import literal_references, ref_key
+
+    return [ref_key(r) for r in literal_references(resource)]
+
+
 def outcome_code(response: requests.Response) -> str:
     body = response.json()
     assert body["resourceType"] == "OperationOutcome", body

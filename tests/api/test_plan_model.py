@@ -10,7 +10,7 @@ import pytest
 from fhir.resources.R4B.bundle import Bundle
 
 from tests.e2e.test_statutory_process import respond
-from tests.support import outcome_code
+from tests.support import outcome_code, references_in
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "profiles" / "examples" / "plan-bundle.json"
 
@@ -65,7 +65,7 @@ def test_example_plan_issues_and_renders_a_valid_document(api, example_plan):
     types = [e["resource"]["resourceType"] for e in document["entry"]]
     assert types.count("Condition") >= 3 and types.count("Goal") >= 4 and types.count("CarePlan") >= 6
     for entry in document["entry"]:
-        for reference in _references(entry["resource"]):
+        for reference in references_in(entry["resource"]):
             assert reference in keys, reference
 
 
@@ -159,17 +159,3 @@ def test_draft_may_be_incomplete_but_validate_lists_what_is_missing(api, example
     assert api.post("/fhir/Composition", draft, api.la()).status_code == 201
     errors = _validate(api, draft)
     assert any("missing" in e["diagnostics"] for e in errors)
-
-
-def _references(value) -> list[str]:
-    found = []
-    if isinstance(value, dict):
-        if isinstance(value.get("reference"), str):
-            found.append("/".join(value["reference"].split("/_history/")[0].split("/")[-2:]))
-        for key, item in value.items():
-            if key != "reference":
-                found.extend(_references(item))
-    elif isinstance(value, list):
-        for item in value:
-            found.extend(_references(item))
-    return found

@@ -9,6 +9,7 @@ from fhir.resources.R4B.bundle import Bundle
 
 from tests.e2e.plan_builders import draft_plan_bundle, ids_by_type, parent
 from tests.e2e.test_statutory_process import proposal_from_current, respond
+from tests.support import references_in
 
 
 @pytest.fixture()
@@ -41,7 +42,7 @@ def test_document_is_a_valid_fhir_document(api, issued_plan):
     assert len(full_urls) == len(set(full_urls))
     keys = {"/".join(u.split("/")[-2:]) for u in full_urls}
     for entry in bundle["entry"]:
-        for reference in _references(entry["resource"]):
+        for reference in references_in(entry["resource"]):
             assert reference in keys, f"{reference} does not resolve inside the document"
     assert {"Patient", "Condition", "Goal", "CarePlan"} <= {e["resource"]["resourceType"] for e in bundle["entry"]}
     assert bundle["signature"]["data"]
@@ -116,19 +117,6 @@ def test_other_family_gets_404_everywhere(api, issued_plan):
         assert api.get(path, token).status_code == 404, path
     assert api.get(f"/fhir/Condition?patient={child['id']}", token).json()["total"] == 0
 
-
-def _references(value) -> list[str]:
-    found = []
-    if isinstance(value, dict):
-        if isinstance(value.get("reference"), str):
-            found.append("/".join(value["reference"].split("/_history/")[0].split("/")[-2:]))
-        for key, item in value.items():
-            if key != "reference":
-                found.extend(_references(item))
-    elif isinstance(value, list):
-        for item in value:
-            found.extend(_references(item))
-    return found
 
 
 def _part(parameter: dict, name: str):
