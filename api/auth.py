@@ -27,6 +27,7 @@ ROLES = frozenset({"parent", "young-person", "la", "school", "health", "social-c
 PROFESSIONAL_ROLES = frozenset({"la", "school", "health", "social-care", "system"})
 ALGORITHMS = ["RS256", "ES256", "EdDSA"]
 JWKS_TTL_SECONDS = 300
+VERIFIED_CACHE_SIZE = 4096
 _LEEWAY_SECONDS = 30
 
 
@@ -82,6 +83,8 @@ class TokenVerifier:
         self.jwks = jwks or JwksCache()
         self.issuers = {i.iss: i for i in settings.trusted_issuers}
         self.dev_key = load_or_create_private_key(settings.dev_key_path) if settings.dev_issuer else None
+        self._verified: dict[str, dict] = {}
+        self._lock = threading.Lock()
 
     def caller(self, authorization: str | None, ip: str, user_agent: str, request_id: str) -> Caller:
         claims = self.verify(_bearer(authorization))
@@ -89,6 +92,20 @@ class TokenVerifier:
                       ip=ip, user_agent=user_agent, request_id=request_id)
 
     def verify(self, token: str) -> dict:
+        """Claims of a valid token; a token verified before is trusted again until it expires
+        (the same bytes were signed by a trusted key; only `exp` can change the answer)."""
+        with self._lock:
+            cached = self._verified.get(token)
+        if cached is not None and cached["exp"] > time.time():
+            return cached
+        claims = self._verify_signature(token)
+        with self._lock:
+            if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                self._verified.pop(next(iter(self._verified)))
+            self._verified[token] = claims
+        return claims
+
+    def _verify_signature(self, token: str) -> dict:
         try:
             header = jwt.get_unverified_header(token)
             issuer = jwt.decode(token, options={"verify_signature": False}).get("iss")

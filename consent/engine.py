@@ -316,12 +316,14 @@ def decide(actor: Actor, action: str, record: RecordState, grants: Iterable[Gran
     `action` is one of codes.OPERATIONS. For read, contribute and write, `sections` lists the
     plan sections permitted; the other operations are not section-scoped (sections empty).
     A naive `now` is taken as UTC. Raises ValueError for an unknown action (a programming
-    error, not a reason to deny quietly).
+    error, not a reason to deny quietly). `grants` is iterated at most once, and only when
+    the decision rests on consent (not for the custodian, the family or an auditor), so a
+    caller may pass a lazy iterable that loads the record's consents on first use.
     """
     if action in (codes.OP_READ, codes.OP_CONTRIBUTE):
-        return _sections_decision(actor, action, record, tuple(grants), now)
+        return _sections_decision(actor, action, record, grants, now)
     rule = _RULES.get(action)
     if rule is None:
         raise ValueError(f"unknown consent action '{action}'; expected one of "
                          f"{', '.join(codes.OPERATIONS)}")
-    return rule(actor, record, tuple(grants), now)
+    return rule(actor, record, grants, now)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
-from typing import Callable
+from typing import Callable, Iterator
 
 from consent import engine, redaction
 from consent.model import Decision, Grant, RecordState, parse_grant
@@ -65,12 +65,16 @@ class AccessPolicy:
     def grants(self, record: str) -> list[Grant]:
         return [parse_grant(v.resource) for v in self.repo.consents_of_record(record)]
 
+    def _lazy_grants(self, record: str) -> Iterator[Grant]:
+        """The record's consents, read from the database only if the engine asks for them."""
+        yield from self.grants(record)
+
     def decide(self, caller: Caller, operation: str, record: str) -> Decision:
         """The engine's decision for this caller, operation and record, at this instant."""
         state = self.record_state(record)
         if state is None:
             return Decision(permit=False, reasons=("the record does not exist",))
-        return engine.decide(caller.actor, operation, state, self.grants(record), self.clock())
+        return engine.decide(caller.actor, operation, state, self._lazy_grants(record), self.clock())
 
     def require(self, caller: Caller, operation: str, record: str, hide: bool = True) -> Decision:
         """Permit or raise: 404 when the caller may not know the record exists, else 403."""

@@ -20,7 +20,7 @@ from ehcp_record import audit, audit_chain, signing
 from ehcp_record.context import Caller
 from ehcp_record.errors import invalid, not_found
 from ehcp_record.fhir_dates import instant
-from ehcp_record.fhir_model import literal_references
+from ehcp_record.fhir_model import literal_references, ref_key
 from ehcp_record.gate import is_issued
 from ehcp_record.plan_diff import diff_documents
 from ehcp_record.records import RecordService
@@ -41,15 +41,15 @@ class DocumentService:
         """The document as the caller may see it; the stored signed bytes when nothing is hidden."""
         plan = self._plan_version(caller, composition_id, vid)
         decision = self.records.access.require(caller, "read", plan.record or "")
-        full = self.issued_bytes(plan) if is_issued(plan.resource) else _encode(self.render(plan))
-        bundle = json.loads(full)
+        stored = self.issued_bytes(plan) if is_issued(plan.resource) else None
+        bundle = json.loads(stored) if stored is not None else self.render(plan)
         resources = [e["resource"] for e in bundle["entry"]]
         shown = redaction.redact_bundle_entries(resources, decision)
         if not shown or shown[0].get("resourceType") != "Composition":
             raise not_found(f"Composition/{composition_id}")
         self._audit(caller, plan, bundle, decision.consent_ids)
         if len(shown) == len(resources) and shown == resources:
-            return full
+            return stored if stored is not None else _encode(bundle)
         bundle.pop("signature", None)
         bundle["entry"] = [e for e in (_entry_for(self.base_url, r) for r in shown)]
         return _encode(bundle)
@@ -88,20 +88,18 @@ class DocumentService:
 
     def render(self, plan: Version) -> dict:
         """Composition first, then everything it references as it stood at that version."""
-        included: dict[str, dict] = {}
-        order: list[str] = []
-        queue = [plan.resource]
-        while queue and len(order) < MAX_DOCUMENT_RESOURCES:
-            resource = queue.pop(0)
-            key = f"{resource['resourceType']}/{resource['id']}"
-            if key in included:
-                continue
-            included[key] = resource
-            order.append(key)
-            for reference in literal_references(resource):
-                target = self._as_of(reference, plan)
-                if target is not None and f"{target['resourceType']}/{target['id']}" not in included:
-                    queue.append(target)
+        included: dict[str, dict] = {f"Composition/{plan.id}": plan.resource}
+        order: list[str] = [f"Composition/{plan.id}"]
+        level = [plan.resource]
+        while level and len(order) < MAX_DOCUMENT_RESOURCES:
+            wanted = [r for resource in level for r in literal_references(resource) if ref_key(r) not in included]
+            level = []
+            for reference, target in self._as_of_many(list(dict.fromkeys(wanted)), plan):
+                key = f"{target['resourceType']}/{target['id']}"
+                if key not in included:
+                    included[key] = target
+                    order.append(key)
+                    level.append(target)
         return {
             "resourceType": "Bundle", "id": f"{plan.id}-{plan.vid}",
             "meta": {"lastUpdated": instant(plan.updated)},
@@ -111,20 +109,27 @@ class DocumentService:
             "entry": [_entry_for(self.base_url, included[k]) for k in order],
         }
 
-    def _as_of(self, reference: str, plan: Version) -> dict | None:
-        """The version of a referenced resource current when this plan version was written."""
-        parts = reference.split("/_history/")
-        type_and_id = parts[0].split("/")[-2:]
-        if len(type_and_id) != 2:
-            return None
-        resource_type, resource_id = type_and_id
-        if len(parts) == 2 and parts[1].isdigit():
-            version = self.records.repo.read_version(resource_type, resource_id, int(parts[1]))
-        else:
-            version = self.records.repo.version_at(resource_type, resource_id, plan.updated)
-        if version is None or version.record not in (None, plan.record):
-            return None
-        return version.resource
+    def _as_of_many(self, references: list[str], plan: Version) -> list[tuple[str, dict]]:
+        """Each referenced resource as it stood when this plan version was written: one query
+        for the current versions, and a history look-up only for those changed since."""
+        current = self.records.repo.read_many([ref_key(r) for r in references if "/_history/" not in r])
+        found = []
+        for reference in references:
+            version = self._version_for(reference, plan, current)
+            if version is not None and version.record in (None, plan.record):
+                found.append((reference, version.resource))
+        return found
+
+    def _version_for(self, reference: str, plan: Version, current: dict[str, Version]) -> Version | None:
+        key = ref_key(reference)
+        resource_type, _, resource_id = key.partition("/")
+        pinned = reference.split("/_history/")
+        if len(pinned) == 2 and pinned[1].isdigit():
+            return self.records.repo.read_version(resource_type, resource_id, int(pinned[1]))
+        latest = current.get(key)
+        if latest is not None and latest.updated <= plan.updated:
+            return latest
+        return self.records.repo.version_at(resource_type, resource_id, plan.updated)
 
     def _signature(self, bundle: dict) -> dict:
         key = self.records.repo.signing_key

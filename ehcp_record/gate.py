@@ -17,6 +17,8 @@ from ehcp_record.repository import Repository, VersionWrite
 ISSUED_STATUSES = frozenset({"final", "amended"})
 #: Resource types that make up a plan's content (DESIGN.md "FHIR mapping of the plan").
 PLAN_CONTENT_TYPES = frozenset({"Composition", "Condition", "Goal", "CarePlan"})
+#: What a plan's sections may cite (needs, outcomes, provision, advice); nothing else is gated.
+CITABLE_TYPES = PLAN_CONTENT_TYPES | {"DocumentReference"}
 BASE = "http://ehcp-record.example.org/fhir"
 SECTION_SYSTEM = f"{BASE}/CodeSystem/ehcp-section"
 PLAN_TYPE_SYSTEM = f"{BASE}/CodeSystem/ehcp-document-type"
@@ -28,8 +30,8 @@ class ParentalInputGate:
 
     def check_direct_write(self, write: VersionWrite) -> None:
         """Refuse any direct write that would issue a plan or change issued plan content."""
-        if write.record is None:
-            return
+        if write.record is None or write.type not in CITABLE_TYPES:
+            return  # the child's details, parents, consents and tasks are not plan content
         if write.type == "Composition" and is_plan(write.resource):
             self._check_plan_write(write)
             return

@@ -4,7 +4,7 @@ Collections (shard key = record id wherever a record exists, so every transactio
 single-shard):
 - `current`   the newest version of each resource, `_id` "Type/id"
 - `history`   every version ever written, insert-only, unique (type, id, version)
-- `audit`     one hash chain per record, unique (record, seq); `chain_heads` its tip
+- `audit`     one hash chain per record, unique (record, seq): the index is what stops a fork
 - `records`   the custody state of each child's record (custodian, parents, birth date)
 
 Every change is one transaction with majority write concern: the version, its history row and
@@ -99,7 +99,6 @@ class Repository:
         self.current = self.db.current
         self.history = self.db.history
         self.audit = self.db.audit
-        self.chain_heads = self.db.chain_heads
         self.records = self.db.records
 
     @classmethod
@@ -168,9 +167,18 @@ class Repository:
         self.in_transaction(work)
 
     def append_audit(self, audits: list[AuditAppend]) -> None:
-        """Audit entries with no version change (reads, searches, refusals)."""
-        if audits:
-            self.in_transaction(lambda s: [self._append(s, a) for a in audits])
+        """Audit entries with no version change (reads, searches, refusals): no transaction is
+        needed, since each is one insert; the unique (record, seq) index makes a racing writer
+        fail and retry at the new tip, so a chain never forks."""
+        for append in audits:
+            for attempt in range(_RETRIES):
+                try:
+                    self._append(None, append)
+                    break
+                except DuplicateKeyError:
+                    if attempt == _RETRIES - 1:
+                        raise
+                    time.sleep(min(0.001 * (attempt + 1), 0.02))
 
     def _write_version(self, session: ClientSession, write: VersionWrite) -> None:
         doc = _envelope(write)
@@ -191,31 +199,25 @@ class Repository:
         history = dict(doc, _id=f"{write.type}/{write.id}/{write.vid}")
         self.history.insert_one(history, session=session)
 
-    def _append(self, session: ClientSession, append: AuditAppend) -> dict:
-        """Add one entry (and a signed checkpoint when due) at the tip of the record's chain.
-
-        The head document is read and rewritten inside the transaction, so two writers racing
-        for the same tip conflict and one retries: a chain never forks.
-        """
-        head_doc = self.chain_heads.find_one({"_id": append.chain}, session=session)
-        head = audit_chain.ChainHead(head_doc["seq"], head_doc["hash"]) if head_doc else None
+    def _append(self, session: ClientSession | None, append: AuditAppend) -> dict:
+        """Add one entry (and a signed checkpoint when due) at the tip of the record's chain."""
+        last = self.audit.find_one({"record": append.chain}, sort=[("seq", DESCENDING)], session=session)
+        head = audit_chain.ChainHead(last["seq"], last["hash"]) if last else None
+        checkpoint_at = _aware(last["cp_at"]) if last and last.get("cp_at") else None
         entry = audit_chain.next_entry(append.chain, head, append.body)
-        entries = [entry]
-        last_checkpoint = (head_doc or {}).get("checkpoint_at")
         now = datetime.now(timezone.utc)
-        due = append.checkpoint or last_checkpoint is None or now - _aware(last_checkpoint) >= CHECKPOINT_INTERVAL
-        if self.signing_key is not None and due:
+        due = append.checkpoint or checkpoint_at is None or now - checkpoint_at >= CHECKPOINT_INTERVAL
+        signed = self.signing_key is not None and due
+        self.audit.insert_one(dict(entry, cp_at=now if signed else checkpoint_at), session=session)
+        if signed:
             tip = audit_chain.ChainHead(entry["seq"], entry["hash"])
-            entries.append(audit_chain.next_checkpoint_entry(self.signing_key, append.chain, tip, audit_chain.iso_instant(now)))
-            last_checkpoint = now
-        self.audit.insert_many([dict(e) for e in entries], session=session)
-        tip_doc = {"seq": entries[-1]["seq"], "hash": entries[-1]["hash"], "checkpoint_at": last_checkpoint}
-        if head_doc is None:
-            self.chain_heads.insert_one({"_id": append.chain, **tip_doc}, session=session)
-        else:
-            done = self.chain_heads.update_one({"_id": append.chain, "seq": head_doc["seq"]}, {"$set": tip_doc}, session=session)
-            if done.modified_count != 1:
-                raise OperationFailure("chain head moved", code=112, details={"errorLabels": ["TransientTransactionError"]})
+            checkpoint = audit_chain.next_checkpoint_entry(self.signing_key, append.chain, tip, audit_chain.iso_instant(now))
+            try:
+                self.audit.insert_one(dict(checkpoint, cp_at=now), session=session)
+            except DuplicateKeyError:
+                if session is not None:
+                    raise
+                # another writer took the next place first; the next append signs instead
         return entry
 
     # --- reads --------------------------------------------------------------------------
@@ -301,7 +303,7 @@ class Repository:
     # --- audit --------------------------------------------------------------------------
 
     def audit_entries(self, chain: str, offset: int = 0, count: int = 0, newest_first: bool = False) -> Iterator[dict]:
-        cursor = self.audit.find({"record": chain}, {"_id": 0}).sort("seq", DESCENDING if newest_first else ASCENDING)
+        cursor = self.audit.find({"record": chain}, {"_id": 0, "cp_at": 0}).sort("seq", DESCENDING if newest_first else ASCENDING)
         if offset:
             cursor = cursor.skip(offset)
         if count:
@@ -321,17 +323,14 @@ class Repository:
         if at_range:
             query["body.at"] = {"$gte": at_range[0], "$lt": at_range[1]}
         total = self.audit.count_documents(query)
-        cursor = self.audit.find(query, {"_id": 0}).sort("seq", DESCENDING).skip(offset).limit(count)
+        cursor = self.audit.find(query, {"_id": 0, "cp_at": 0}).sort("seq", DESCENDING).skip(offset).limit(count)
         return total, list(cursor)
 
     def audit_count(self, chain: str) -> int:
         return self.audit.count_documents({"record": chain})
 
-    def chain_head(self, chain: str) -> dict | None:
-        return self.chain_heads.find_one({"_id": chain})
-
     def chains(self) -> list[str]:
-        return [d["_id"] for d in self.chain_heads.find({}, {"_id": 1})]
+        return sorted(self.audit.distinct("record"))
 
     def version_hashes(self, record: str) -> Iterator[tuple[str, str]]:
         for doc in self.history.find({"record": record}, {"type": 1, "rid": 1, "vid": 1, "hash": 1}):
@@ -343,8 +342,7 @@ def _aware(moment: datetime) -> datetime:
 
 
 def _is_chain_race(exc: DuplicateKeyError) -> bool:
-    text = str(exc)
-    return "audit" in text or "chain_heads" in text
+    return "audit" in str(exc)
 
 
 def _envelope(write: VersionWrite) -> dict:
