@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Callable, Protocol
 
 from consent.sections import section_of
-from ehcp_record import audit, audit_chain, write_rules
+from ehcp_record import audit, audit_chain, task_clocks, write_rules
 from ehcp_record.access import AccessPolicy
 from ehcp_record.compartment import Compartment
 from ehcp_record.context import Caller
@@ -228,7 +228,7 @@ class RecordService:
         _check_id(resource_id)
         if resource_type == "Patient" and resource_id == audit.DIRECTORY_CHAIN:
             raise invalid(f"'{resource_id}' is reserved")
-        resource = copy.deepcopy(resource)
+        resource = task_clocks.apply(copy.deepcopy(resource)) if resource_type == "Task" else copy.deepcopy(resource)
         resource["id"] = resource_id
         self._check_identifiers(resource)
         if expected is not None and current is not None and current.vid != expected:

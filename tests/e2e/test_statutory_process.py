@@ -204,3 +204,35 @@ def test_other_family_cannot_respond(api, family):
     task = api.post(f"/fhir/Composition/{ids['Composition']}/$propose", proposal_from_current(api, ids, lambda r: None),
                     api.la()).json()
     assert respond(api, task["id"], token, "agree").status_code == 404
+
+
+def test_annual_review_decision_deadline_and_overdue_search(api, family):
+    child, _, _, _ = family
+    la = api.la()
+    task = {"resourceType": "Task", "status": "requested", "intent": "order",
+            "code": {"coding": [{"system": "http://ehcp-record.example.org/fhir/CodeSystem/ehcp-task-code", "code": "annual-review"}]},
+            "for": {"reference": f"Patient/{child['id']}"}, "requester": {"reference": "Organization/la-866"},
+            "input": [{"type": {"coding": [{"system": TASK_INPUT, "code": "meeting-date"}]}, "valueDate": "2026-09-07"}]}
+    created = api.post("/fhir/Task", task, la)
+    assert created.status_code == 201, created.text
+    assert created.json()["restriction"]["period"]["end"] == "2026-10-05"  # 4 weeks after the meeting, reg 20(10)
+    overdue = api.get(f"/fhir/Task?code=annual-review&status=requested&due=lt2026-11-22&patient={child['id']}", la).json()
+    assert [e["resource"]["id"] for e in overdue["entry"]] == [created.json()["id"]]
+    assert api.get(f"/fhir/Task?code=annual-review&status=requested&due=lt2026-10-01&patient={child['id']}", la).json()["total"] == 0
+    wrong = dict(task, restriction={"period": {"end": "2027-01-01"}})
+    assert api.post("/fhir/Task", wrong, la).status_code == 422
+    missing = {k: v for k, v in task.items() if k != "input"}
+    assert api.post("/fhir/Task", missing, la).status_code == 422
+
+
+def test_overdue_parental_reviews_are_searchable(api, family):
+    _, ids, _, _ = family
+    la = api.la()
+    task = api.post(f"/fhir/Composition/{ids['Composition']}/$propose", proposal_from_current(api, ids, lambda r: None), la).json()
+    window_end = task["restriction"]["period"]["end"]
+    late = api.get(f"/fhir/Task?code=parental-review&status=requested&due=lt{window_end}", la).json()
+    assert task["id"] not in [e["resource"]["id"] for e in late["entry"]]
+    from datetime import date, timedelta
+    after = (date.fromisoformat(window_end) + timedelta(days=1)).isoformat()
+    later = api.get(f"/fhir/Task?code=parental-review&status=requested&due=lt{after}&_count=100", la).json()
+    assert task["id"] in [e["resource"]["id"] for e in later["entry"]]

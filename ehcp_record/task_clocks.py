@@ -1,0 +1,49 @@
+"""Statutory deadlines the server sets on workflow Tasks, so an LA can list what is late.
+
+Annual review (SEND Regulations 2014 reg 20(10)): within 4 weeks of the review meeting the LA
+decides whether to maintain, amend or cease the plan. The deadline goes in
+Task.restriction.period.end, which the `due` search parameter indexes, so
+`Task?code=annual-review&status=requested&due=lt<today>` lists the overdue decisions.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+from ehcp_record import clocks
+from ehcp_record.errors import unprocessable
+
+BASE = "http://ehcp-record.example.org/fhir"
+TASK_CODE_SYSTEM = f"{BASE}/CodeSystem/ehcp-task-code"
+TASK_INPUT_SYSTEM = f"{BASE}/CodeSystem/ehcp-task-input"
+
+
+def apply(task: dict) -> dict:
+    """Set (or check) the decision deadline on an annual-review Task; other Tasks unchanged."""
+    if not _has_code(task.get("code"), "annual-review"):
+        return task
+    meeting = _meeting_date(task)
+    due = clocks.review_decision_deadline(meeting).isoformat()
+    period = dict((task.get("restriction") or {}).get("period") or {})
+    if period.get("end") not in (None, due):
+        raise unprocessable(f"the decision after a review meeting on {meeting} is due by {due} "
+                            "(SEND Regulations 2014 reg 20(10)); leave restriction.period.end for the server to set",
+                            "business-rule", ["Task.restriction.period.end"])
+    period.update({"start": period.get("start", meeting.isoformat()), "end": due})
+    return dict(task, restriction=dict(task.get("restriction") or {}, period=period))
+
+
+def _meeting_date(task: dict) -> date:
+    for item in task.get("input", []) or []:
+        if _has_code(item.get("type"), "meeting-date", TASK_INPUT_SYSTEM) and isinstance(item.get("valueDate"), str):
+            try:
+                return date.fromisoformat(item["valueDate"])
+            except ValueError:
+                break
+    raise unprocessable("an annual-review Task needs input meeting-date (valueDate): the date of the review meeting",
+                        "required", ["Task.input"])
+
+
+def _has_code(concept: object, code: str, system: str = TASK_CODE_SYSTEM) -> bool:
+    codings = (concept or {}).get("coding", []) if isinstance(concept, dict) else []
+    return any(c.get("system") == system and c.get("code") == code for c in codings)
