@@ -89,3 +89,17 @@ def validate(resource_type: str) -> Response:
 
     require_served_type(resource_type)
     return fhir_response(services().validate.validate(caller(), resource_type, json_body()))
+
+
+@bp.post("/Patient/<patient_id>/$transfer")
+@operation("transfer", "Patient")
+def transfer(patient_id: str) -> Response:
+    task = services().transfers.start(caller(), patient_id, json_body())
+    return fhir_response(task.resource, 201, version_headers(task, location=True))
+
+
+@bp.post("/Task/<task_id>/$accept")
+@operation("accept", "Task")
+def accept(task_id: str) -> Response:
+    task = services().transfers.accept(caller(), task_id)
+    return fhir_response(task.resource, 200, version_headers(task))

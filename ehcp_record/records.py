@@ -286,10 +286,12 @@ class RecordService:
         version = self.repo.read(resource_type, resource_id)
         return version.record if version else None
 
-    def commit(self, prepared: list[PreparedWrite], extra_audit: list[AuditAppend] | None = None) -> None:
+    def commit(self, prepared: list[PreparedWrite], extra_audit: list[AuditAppend] | None = None,
+               record_updates: list[tuple[str, dict]] | None = None) -> None:
         """One transaction for all the versions, their custody changes and audit entries."""
         now = self.clock()
         updates = [(p.write.record, p.record_change) for p in prepared if p.record_change and p.write.record]
+        updates += list(record_updates or [])
         audits = [p.audit_entry(now) for p in prepared] + list(extra_audit or [])
         self.repo.commit([p.write for p in prepared], audits, updates)
 

@@ -18,6 +18,7 @@ from ehcp_record.media import MediaService
 from ehcp_record.media_repository import MediaStore
 from ehcp_record.profile_validator import ProfileValidator
 from ehcp_record.proposals import ProposalService
+from ehcp_record.transfer import TransferService
 from ehcp_record.validate_operation import ValidateOperation
 from ehcp_record.validation import ProfileChecks
 from ehcp_record.records import RecordService
@@ -39,6 +40,7 @@ class Services:
     everything: EverythingService
     media: MediaService
     validate: ValidateOperation
+    transfers: TransferService
     verifier: Any = None  # api.auth.TokenVerifier, set by the API (Flask-free here)
 
 
@@ -57,4 +59,5 @@ def build_services(settings: Settings) -> Services:
     audit_log = AuditLog(records, settings.base_url, trusted_keys(settings))
     media = MediaService(records, MediaStore(repo.db), settings.max_binary_bytes)
     return Services(settings, repo, registry, access, records, proposals, audit_log, documents,
-                    EverythingService(records), media, ValidateOperation(records, checks))
+                    EverythingService(records), media, ValidateOperation(records, checks),
+                    TransferService(records))

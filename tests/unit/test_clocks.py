@@ -242,3 +242,18 @@ def test_transfer_clock_properties(move, offset, reviewed_days_before):
     assert clocks.notice_due == clocks.transfer_due + timedelta(weeks=6)
     assert clocks.review_due >= add_months(clocks.transfer_due, 3) - timedelta(days=1)
     assert clocks.review_due >= annual_review_due(move - timedelta(days=reviewed_days_before))
+
+
+# --------------------------------------------------------------------------- worked examples (issue 6)
+
+@pytest.mark.parametrize("move, notified, reviewed, transfer_due, notice_due, review_due", [
+    # learned well ahead: transfer on the move date; review 12 months after the last review wins
+    (D(2027, 3, 1), D(2027, 1, 4), D(2026, 9, 1), D(2027, 3, 1), D(2027, 4, 12), D(2027, 8, 31)),
+    # learned 5 working days before a move over Christmas: 15 working days beginning with the day learned
+    (D(2026, 12, 28), D(2026, 12, 21), D(2026, 6, 1), D(2027, 1, 13), D(2027, 2, 24), D(2027, 5, 31)),
+    # plan last reviewed 11 months before the move: 3 months from transfer is later
+    (D(2027, 1, 4), D(2026, 11, 2), D(2026, 2, 4), D(2027, 1, 4), D(2027, 2, 15), D(2027, 4, 3)),
+])
+def test_transfer_worked_examples(move, notified, reviewed, transfer_due, notice_due, review_due):
+    clocks = transfer_clocks(move, notified, reviewed)
+    assert (clocks.transfer_due, clocks.notice_due, clocks.review_due) == (transfer_due, notice_due, review_due)

@@ -1,0 +1,214 @@
+"""Moving a child's plan to another local authority (SEND Regulations 2014 reg 15; Code of
+Practice 9.157-9.161), within one deployment.
+
+`$transfer` (the custodian LA) opens a transfer Task carrying the reg 15 clocks; `$accept` (the
+destination LA) moves custody in one transaction. The plan's content, versions and audit chain
+are untouched: the new LA maintains the plan "as if it had made it" on the original date. The
+old LA loses read and write access and keeps only its own entries in the access log; an
+assessment in progress stops; the family gets a notice Task they can read; the family's
+consents carry over unchanged (they name recipients, not the custodian).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from consent import engine
+from ehcp_record import audit, clocks
+from ehcp_record.context import Caller
+from ehcp_record.errors import business_rule, invalid, not_found, unprocessable
+from ehcp_record.fhir_dates import instant
+from ehcp_record.fhir_model import parse_resource
+from ehcp_record.gate import is_issued, is_plan
+from ehcp_record.identifiers import la_by_number
+from ehcp_record.records import PreparedWrite, RecordService
+from ehcp_record.repository import AuditAppend, Version
+
+BASE = "http://ehcp-record.example.org/fhir"
+TASK_CODE_SYSTEM = f"{BASE}/CodeSystem/ehcp-task-code"
+TASK_INPUT_SYSTEM = f"{BASE}/CodeSystem/ehcp-task-input"
+STOPPED = "assessment stopped on transfer to another local authority (SEND Regulations 2014 reg 15(6))"
+_OPEN = ("requested", "received", "accepted", "in-progress", "ready", "on-hold")
+
+
+@dataclass(frozen=True)
+class TransferRequest:
+    destination: str
+    move_date: date
+    notified_date: date
+
+
+@dataclass
+class TransferService:
+    records: RecordService
+
+    # --- $transfer ----------------------------------------------------------------------
+
+    def start(self, caller: Caller, patient_id: str, body: object) -> Version:
+        access = self.records.access
+        access.require_scope(caller, "Task", "c")
+        access.confine_to_launch_patient(caller, "Patient", "u", patient_id)
+        if self.records.repo.read("Patient", patient_id) is None:
+            raise not_found(f"Patient/{patient_id}")
+        access.require(caller, "transfer", patient_id)
+        request = parse_transfer(body)
+        state = access.record_state(patient_id)
+        self._check(patient_id, request, state.custodian if state else None)
+        task = self._transfer_task(caller, patient_id, request)
+        prepared = self.records.prepare(caller, task, task["id"], None)
+        prepared.operation = "transfer"
+        self.records.commit([prepared])
+        return self.records.repo.read("Task", task["id"])  # type: ignore[return-value]
+
+    def _check(self, record: str, request: TransferRequest, custodian: str | None) -> None:
+        number = request.destination.removeprefix("Organization/la-")
+        if not request.destination.startswith("Organization/la-") or la_by_number(number) is None:
+            raise unprocessable(f"{request.destination} is not a local authority in England (Organization/la-<DfE number>)",
+                                "value", ["Parameters.parameter.destination"])
+        if request.destination == custodian:
+            raise business_rule(f"the plan is already held by {custodian}; a transfer needs another local authority")
+        if not any(is_plan(v.resource) and is_issued(v.resource) for v in self.records.repo.current_of_type(record, "Composition")):
+            raise business_rule("only an issued plan transfers (reg 15); this child has no final or amended plan")
+        if any(_is_transfer(t.resource) and t.resource.get("status") in _OPEN for t in self.records.repo.current_of_type(record, "Task")):
+            raise business_rule("a transfer of this plan is already in progress; the destination must accept it first")
+        if request.notified_date > self.records.clock().date():
+            raise unprocessable("notifiedDate (when the LA learned of the move) cannot be in the future", "value")
+
+    def _transfer_task(self, caller: Caller, record: str, request: TransferRequest) -> dict:
+        last_review = self._last_review_or_made(record)
+        due = clocks.transfer_clocks(request.move_date, request.notified_date, last_review)
+        now = self.records.clock()
+        inputs = [("destination", {"valueReference": {"reference": request.destination}}),
+                  ("move-date", {"valueDate": request.move_date.isoformat()}),
+                  ("notified-date", {"valueDate": request.notified_date.isoformat()}),
+                  ("last-review", {"valueDate": last_review.isoformat()}),
+                  ("transfer-due", {"valueDate": due.transfer_due.isoformat()}),
+                  ("notice-due", {"valueDate": due.notice_due.isoformat()}),
+                  ("review-due", {"valueDate": due.review_due.isoformat()})]
+        return {
+            "resourceType": "Task", "id": str(uuid.uuid4()), "status": "requested", "intent": "order",
+            "code": _concept(TASK_CODE_SYSTEM, "transfer"),
+            "description": f"Transfer of the EHC plan to {request.destination} (SEND Regulations 2014 reg 15)",
+            "for": {"reference": f"Patient/{record}"}, "authoredOn": instant(now),
+            "requester": {"reference": caller.actor.organization or caller.actor.sub},
+            "owner": {"reference": request.destination},
+            "restriction": {"period": {"start": request.notified_date.isoformat(), "end": due.transfer_due.isoformat()}},
+            "input": [{"type": _concept(TASK_INPUT_SYSTEM, code), **value} for code, value in inputs],
+        }
+
+    def _last_review_or_made(self, record: str) -> date:
+        """When the plan was made or last reviewed: the latest of the issued plan's date and any
+        completed annual review's meeting date (reg 15(5) counts 12 months from it)."""
+        dates = []
+        for version in self.records.repo.current_of_type(record, "Composition"):
+            if is_plan(version.resource) and is_issued(version.resource) and version.resource.get("date"):
+                dates.append(date.fromisoformat(version.resource["date"][:10]))
+        for task in self.records.repo.current_of_type(record, "Task"):
+            if _has_code(task.resource, "annual-review") and task.resource.get("status") == "completed":
+                meeting = _input(task.resource, "meeting-date")
+                if isinstance(meeting, str):
+                    dates.append(date.fromisoformat(meeting))
+        return max(dates) if dates else self.records.clock().date()
+
+    # --- $accept ------------------------------------------------------------------------
+
+    def accept(self, caller: Caller, task_id: str) -> Version:
+        task = self.records.repo.read("Task", task_id)
+        if task is None or task.record is None or not _is_transfer(task.resource):
+            raise not_found(f"transfer Task/{task_id}")
+        destination = (task.resource.get("owner") or {}).get("reference")
+        if caller.actor.role != "la" or caller.actor.organization != destination:
+            raise not_found(f"transfer Task/{task_id}")  # only the destination LA may know of it
+        self.records.access.require_scope(caller, "Task", "u")
+        if task.resource.get("status") != "requested":
+            raise business_rule(f"this transfer is {task.resource.get('status')}; only a requested transfer can be accepted")
+        state = self.records.access.record_state(task.record)
+        old = state.custodian if state else None
+        now = self.records.clock()
+        writes = [self._complete(caller, task, now)]
+        writes += self._stop_assessments(caller, task.record, task.id)
+        writes.append(self._family_notice(caller, task, state, now))
+        custody = {"$set": {"custodian": destination}, "$addToSet": {"former_custodians": old}}
+        body = audit.body(caller, "transfer-accepted", "permit", now, f"custody moved from {old} to {destination} (reg 15)",
+                          [(f"Task/{task.id}/_history/{task.vid + 1}", None)])
+        self.records.commit(writes, [AuditAppend(audit.chain_of(task.record), body, checkpoint=True)],
+                            record_updates=[(task.record, custody)])
+        return self.records.repo.read("Task", task.id)  # type: ignore[return-value]
+
+    def _complete(self, caller: Caller, task: Version, now: datetime) -> PreparedWrite:
+        outputs = [{"type": _concept(TASK_INPUT_SYSTEM, "transferred-on"), "valueDate": now.date().isoformat()}]
+        done = dict(task.resource, status="completed", lastModified=instant(now), output=outputs)
+        return self.records.prepare(caller, done, task.id, task.vid, current=task, authorized="accept-transfer")
+
+    def _stop_assessments(self, caller: Caller, record: str, transfer_id: str) -> list[PreparedWrite]:
+        writes = []
+        for task in self.records.repo.current_of_type(record, "Task"):
+            resource = task.resource
+            if task.id != transfer_id and resource.get("status") in _OPEN and (
+                    _has_code(resource, "parental-review") or _has_code(resource, "annual-review")):
+                stopped = dict(resource, status="cancelled", statusReason={"text": STOPPED})
+                writes.append(self.records.prepare(caller, stopped, task.id, task.vid, current=task,
+                                                   authorized="accept-transfer"))
+        return writes
+
+    def _family_notice(self, caller: Caller, task: Version, state, now: datetime) -> PreparedWrite:
+        """Reg 15(4): within 6 weeks the new LA tells the family the plan has transferred,
+        whether it will reassess, and when it will review (reg 15(5))."""
+        transferred = now.date()
+        last_review = date.fromisoformat(str(_input(task.resource, "last-review")))
+        notice_due = clocks.transfer_notice_due(transferred)
+        review_due = clocks.transfer_review_due(last_review, transferred)
+        makers = sorted(engine.decision_makers(state, transferred)) if state else []
+        notice = {
+            "resourceType": "Task", "id": str(uuid.uuid4()), "status": "requested", "intent": "order",
+            "code": _concept(TASK_CODE_SYSTEM, "notice-to-family"),
+            "description": (f"Your child's EHC plan has moved to {caller.actor.organization}. By {notice_due} we will "
+                            f"write to tell you whether we will reassess and when we will review the plan; the first "
+                            f"review will be before {review_due}."),
+            "for": task.resource["for"], "authoredOn": instant(now),
+            "requester": {"reference": caller.actor.organization}, "basedOn": [{"reference": f"Task/{task.id}"}],
+            "restriction": {"period": {"start": transferred.isoformat(), "end": notice_due.isoformat()}},
+            "input": [{"type": _concept(TASK_INPUT_SYSTEM, "notice-due"), "valueDate": notice_due.isoformat()},
+                      {"type": _concept(TASK_INPUT_SYSTEM, "review-due"), "valueDate": review_due.isoformat()}],
+        }
+        if makers:
+            notice["owner"] = {"reference": makers[0]}
+        return self.records.prepare(caller, notice, notice["id"], None, authorized="accept-transfer")
+
+
+def parse_transfer(body: object) -> TransferRequest:
+    parameters = parse_resource(body, "Parameters")
+    values = {p.get("name"): p for p in parameters.get("parameter", []) or []}
+    destination = (values.get("destination") or {}).get("valueReference", {}).get("reference")
+    if not isinstance(destination, str):
+        raise invalid("parameter 'destination' (valueReference to the new LA's Organization) is required", "required")
+    return TransferRequest(destination, _date(values, "moveDate"), _date(values, "notifiedDate"))
+
+
+def _date(values: dict, name: str) -> date:
+    text = (values.get(name) or {}).get("valueDate")
+    try:
+        return date.fromisoformat(text)
+    except (TypeError, ValueError):
+        raise invalid(f"parameter '{name}' (valueDate, YYYY-MM-DD) is required", "required") from None
+
+
+def _is_transfer(task: dict) -> bool:
+    return _has_code(task, "transfer")
+
+
+def _has_code(task: dict, code: str) -> bool:
+    return any(c.get("system") == TASK_CODE_SYSTEM and c.get("code") == code for c in (task.get("code") or {}).get("coding", []))
+
+
+def _input(task: dict, code: str) -> object:
+    for item in task.get("input", []) or []:
+        if any(c.get("code") == code for c in (item.get("type") or {}).get("coding", [])):
+            return next((v for k, v in item.items() if k.startswith("value")), None)
+    return None
+
+
+def _concept(system: str, code: str) -> dict:
+    return {"coding": [{"system": system, "code": code}]}

@@ -1,0 +1,132 @@
+"""Transfer between local authorities in one deployment (SEND Regulations 2014 reg 15)."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import pytest
+
+from ehcp_record import clocks
+from tests.consent_support import grant, load_issued_example, section_of
+from tests.support import outcome_code
+
+NEW_LA = "Organization/la-916"
+TASK_INPUT = "http://ehcp-record.example.org/fhir/CodeSystem/ehcp-task-input"
+
+
+def transfer_parameters(destination: str = NEW_LA, move: date | None = None, notified: date | None = None) -> dict:
+    move = move or date.today() + timedelta(days=40)
+    notified = notified or date.today() - timedelta(days=1)
+    return {"resourceType": "Parameters", "parameter": [
+        {"name": "destination", "valueReference": {"reference": destination}},
+        {"name": "moveDate", "valueDate": move.isoformat()}, {"name": "notifiedDate", "valueDate": notified.isoformat()}]}
+
+
+def _inputs(task: dict) -> dict:
+    return {i["type"]["coding"][0]["code"]: next(v for k, v in i.items() if k.startswith("value")) for i in task["input"]}
+
+
+@pytest.fixture()
+def record(api):
+    return load_issued_example(api)
+
+
+def test_transfer_task_carries_the_reg15_clocks(api, record):
+    child = record["Patient"][0]["id"]
+    move, notified = date.today() + timedelta(days=10), date.today() - timedelta(days=2)
+    response = api.post(f"/fhir/Patient/{child}/$transfer", transfer_parameters(move=move, notified=notified), api.la())
+    assert response.status_code == 201, response.text
+    task = response.json()
+    values = _inputs(task)
+    plan_date = date.fromisoformat(api.get(f"/fhir/Composition/{record['Composition'][0]['id']}", api.la()).json()["date"][:10])
+    expected = clocks.transfer_clocks(move, notified, plan_date)
+    assert values["transfer-due"] == expected.transfer_due.isoformat()
+    assert values["notice-due"] == expected.notice_due.isoformat()
+    assert values["review-due"] == expected.review_due.isoformat()
+    assert task["owner"]["reference"] == NEW_LA and task["status"] == "requested"
+    assert task["restriction"]["period"]["end"] == expected.transfer_due.isoformat()
+
+
+@pytest.mark.parametrize("parameters, status, code", [
+    (transfer_parameters("Organization/la-866"), 409, "business-rule"),
+    (transfer_parameters("Organization/la-999"), 422, "value"),
+    (transfer_parameters("Organization/school-1"), 422, "value"),
+    ({"resourceType": "Parameters", "parameter": [{"name": "destination", "valueReference": {"reference": NEW_LA}}]}, 400, "required"),
+    (transfer_parameters(notified=date.today() + timedelta(days=3)), 422, "value"),
+])
+def test_bad_transfers_are_refused(api, record, parameters, status, code):
+    child = record["Patient"][0]["id"]
+    response = api.post(f"/fhir/Patient/{child}/$transfer", parameters, api.la())
+    assert response.status_code == status and outcome_code(response) == code, response.text
+
+
+def test_no_issued_plan_no_transfer(api):
+    child = api.new_child()
+    response = api.post(f"/fhir/Patient/{child['id']}/$transfer", transfer_parameters(), api.la())
+    assert response.status_code == 409 and "issued plan" in response.json()["issue"][0]["diagnostics"]
+
+
+def test_only_the_custodian_may_transfer(api, record):
+    child = record["Patient"][0]["id"]
+    assert api.post(f"/fhir/Patient/{child}/$transfer", transfer_parameters(), api.token("la", NEW_LA)).status_code == 404
+    assert api.post(f"/fhir/Patient/{child}/$transfer", transfer_parameters(), record["parent_token"]).status_code == 403
+
+
+def test_accept_moves_custody_and_nothing_else(api, record):
+    child = record["Patient"][0]["id"]
+    plan = record["Composition"][0]["id"]
+    mum = f"RelatedPerson/{record['RelatedPerson'][0]['id']}"
+    consent = api.post("/fhir/Consent", grant(child, mum, "Organization/school-1", ["A", "B"]), record["parent_token"]).json()
+    old_la, new_la = api.la(), api.token("la", NEW_LA)
+    before_document = api.get(f"/fhir/Composition/{plan}/$document", old_la).content
+    before_history = api.get(f"/fhir/Composition/{plan}/_history", old_la).json()["total"]
+    task = api.post(f"/fhir/Patient/{child}/$transfer", transfer_parameters(), old_la).json()
+    assert api.post(f"/fhir/Patient/{child}/$transfer", transfer_parameters(), old_la).status_code == 409  # one at a time
+    assert api.post(f"/fhir/Task/{task['id']}/$accept", None, api.token("la", "Organization/la-855")).status_code == 404
+    accepted = api.post(f"/fhir/Task/{task['id']}/$accept", None, new_la)
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json()["status"] == "completed"
+
+    # the new LA holds the plan: reads the same document, can propose
+    assert api.get(f"/fhir/Composition/{plan}/$document", new_la).content == before_document
+    assert api.get(f"/fhir/Composition/{plan}/_history", new_la).json()["total"] == before_history
+    draft = api.get(f"/fhir/Composition/{plan}", new_la).json()
+    draft.pop("meta")
+    proposal = {"resourceType": "Bundle", "type": "transaction",
+                "entry": [{"resource": draft, "request": {"method": "PUT", "url": f"Composition/{plan}"}}]}
+    assert api.post(f"/fhir/Composition/{plan}/$propose", proposal, new_la).status_code == 201
+
+    # the old LA can no longer read or write, but still sees its own entries in the access log
+    assert api.get(f"/fhir/Composition/{plan}", old_la).status_code == 404
+    assert api.post(f"/fhir/Composition/{plan}/$propose", proposal, old_la).status_code == 404
+    own = api.get(f"/fhir/Patient/{child}/$access-log", old_la).json()
+    assert own["total"] > 0
+    assert all(any(a.get("who", {}).get("reference") == "Organization/la-866" or
+                   "la-866" in str(a) for a in e["resource"]["agent"]) for e in own["entry"])
+
+    # the family is told, and their consents carry over unchanged
+    tasks = api.get(f"/fhir/Task?patient={child}&code=notice-to-family", record["parent_token"]).json()
+    assert tasks["total"] == 1
+    notice = tasks["entry"][0]["resource"]
+    assert notice["restriction"]["period"]["end"] == (date.today() + timedelta(weeks=6)).isoformat()
+    assert api.get(f"/fhir/Consent/{consent['id']}", record["parent_token"]).json()["meta"]["versionId"] == "1"
+    need_b = next(c for c in record["Condition"] if section_of(c) == "B")
+    assert api.get(f"/fhir/Condition/{need_b['id']}", api.token("school", "Organization/school-1")).status_code == 200
+
+    # the audit chain is one continuous, verifying chain across the hop
+    verdict = api.get(f"/fhir/Patient/{child}/$verify-audit", new_la).json()
+    assert {p["name"]: p for p in verdict["parameter"]}["valid"]["valueBoolean"] is True
+
+
+def test_assessment_in_progress_stops_on_transfer(api, record):
+    child = record["Patient"][0]["id"]
+    plan = record["Composition"][0]["id"]
+    old_la = api.la()
+    draft = api.get(f"/fhir/Composition/{plan}", old_la).json()
+    draft.pop("meta")
+    review = api.post(f"/fhir/Composition/{plan}/$propose", {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": draft, "request": {"method": "PUT", "url": f"Composition/{plan}"}}]}, old_la).json()
+    task = api.post(f"/fhir/Patient/{child}/$transfer", transfer_parameters(), old_la).json()
+    assert api.post(f"/fhir/Task/{task['id']}/$accept", None, api.token("la", NEW_LA)).status_code == 200
+    stopped = api.get(f"/fhir/Task/{review['id']}", api.token("la", NEW_LA)).json()
+    assert stopped["status"] == "cancelled" and "reg 15" in stopped["statusReason"]["text"]
