@@ -103,3 +103,19 @@ def transfer(patient_id: str) -> Response:
 def accept(task_id: str) -> Response:
     task = services().transfers.accept(caller(), task_id)
     return fhir_response(task.resource, 200, version_headers(task))
+
+
+@bp.post("/$receive-transfer")
+@operation("receive-transfer", None)
+def receive_transfer() -> Response:
+    """Authenticated by the sending deployment's Ed25519 signature, not a bearer token."""
+    from flask import current_app, request
+
+    limit = 2 * current_app.extensions["ehcp"].settings.max_binary_bytes
+    if request.content_length is not None and request.content_length > limit:
+        from ehcp_record.errors import FhirError
+
+        raise FhirError(413, "too-costly", "the transfer is larger than this deployment accepts")
+    body = request.get_data(cache=False)
+    status, ack = services().receive_transfer.receive(body, dict(request.headers))
+    return fhir_response(ack, status)

@@ -49,6 +49,11 @@ class Settings:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def served_organizations(self) -> frozenset[str]:
+        """The local authorities this deployment holds plans for (EHCP_ORGANIZATION, comma-separated)."""
+        return frozenset(o.strip() for o in (self.organization or "").split(",") if o.strip())
+
+    @property
     def dev_key_path(self) -> Path:
         return self.data_dir / "keys" / "dev-issuer.pem"
 

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterator, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+import gridfs
 from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
 from pymongo.client_session import ClientSession
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
@@ -251,6 +252,24 @@ class Repository:
         doc = self.history.find_one({"type": resource_type, "rid": resource_id, "updated": {"$lte": at}},
                                     sort=[("vid", DESCENDING)])
         return _version(doc) if doc else None
+
+    def documents_of_record(self, record: str) -> dict[str, bytes]:
+        return {d["_id"]: bytes(d["data"]) for d in self.db.documents.find({"record": record})}
+
+    def outbound_transfer(self, transfer_id: str) -> bytes | None:
+        doc = self.db.outbound_transfers.find_one({"_id": transfer_id})
+        if doc is None:
+            return None
+        return gridfs.GridFSBucket(self.db, bucket_name="outbound").open_download_stream(doc["file"]).read()
+
+    def keep_outbound_transfer(self, transfer_id: str, body: bytes) -> bytes:
+        """The signed bytes of a transfer, kept so every delivery attempt sends the same ones."""
+        file_id = gridfs.GridFSBucket(self.db, bucket_name="outbound").upload_from_stream(transfer_id, body)
+        try:
+            self.db.outbound_transfers.insert_one({"_id": transfer_id, "file": file_id})
+        except DuplicateKeyError:
+            return self.outbound_transfer(transfer_id) or body
+        return body
 
     def media_info(self, resource_type: str, resource_id: str, vid: int) -> dict | None:
         doc = self.history.find_one({"_id": f"{resource_type}/{resource_id}/{vid}"}, {"media": 1})

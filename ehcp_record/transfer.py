@@ -11,12 +11,15 @@ consents carry over unchanged (they name recipients, not the custodian).
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Any, Callable
 
 from consent import engine
-from ehcp_record import audit, clocks
+from ehcp_record import audit, clocks, transfer_remote
+from ehcp_record.config import Settings
 from ehcp_record.context import Caller
 from ehcp_record.errors import business_rule, invalid, not_found, unprocessable
 from ehcp_record.fhir_dates import instant
@@ -43,6 +46,9 @@ class TransferRequest:
 @dataclass
 class TransferService:
     records: RecordService
+    settings: Settings
+    media: Any = None  # MediaService: files travel with a cross-deployment transfer
+    session_factory: Callable[[], Any] = transfer_remote.delivery_session
 
     # --- $transfer ----------------------------------------------------------------------
 
@@ -54,13 +60,71 @@ class TransferService:
             raise not_found(f"Patient/{patient_id}")
         access.require(caller, "transfer", patient_id)
         request = parse_transfer(body)
+        pending = self._pending_remote(patient_id)
+        if pending is not None:
+            return self._deliver(caller, pending)  # the receiver was down: try the same transfer again
         state = access.record_state(patient_id)
         self._check(patient_id, request, state.custodian if state else None)
         task = self._transfer_task(caller, patient_id, request)
+        peer = transfer_remote.peer_for_organization(self.settings, request.destination)
+        if peer is not None:
+            task["input"].append({"type": _concept(TASK_INPUT_SYSTEM, "deployment"), "valueUrl": peer.base_url})
         prepared = self.records.prepare(caller, task, task["id"], None)
         prepared.operation = "transfer"
         self.records.commit([prepared])
-        return self.records.repo.read("Task", task["id"])  # type: ignore[return-value]
+        created = self.records.repo.read("Task", task["id"])
+        return self._deliver(caller, created) if peer is not None else created  # type: ignore[arg-type,return-value]
+
+    # --- across deployments -------------------------------------------------------------
+
+    def _pending_remote(self, record: str) -> Version | None:
+        for task in self.records.repo.current_of_type(record, "Task"):
+            if _is_transfer(task.resource) and task.resource.get("status") == "requested" and _input(task.resource, "deployment"):
+                return task
+        return None
+
+    def _deliver(self, caller: Caller, task: Version) -> Version:
+        """Send the signed Bundle (the same bytes on every attempt); custody leaves only on a
+        valid signed acknowledgement."""
+        destination = task.resource["owner"]["reference"]
+        peer = transfer_remote.peer_for_organization(self.settings, destination)
+        if peer is None:
+            raise business_rule(f"{destination} is no longer in this deployment's trust list")
+        body = self._outbound_body(task)
+        headers = transfer_remote.signed_headers(body, self.records.repo.signing_key, task.id)
+        try:
+            ack = transfer_remote.deliver(peer, body, headers, self.session_factory())
+        except transfer_remote.DeliveryFailed as failure:
+            return self._note_pending(caller, task, str(failure))
+        return self._complete_remote(caller, task, ack)
+
+    def _outbound_body(self, task: Version) -> bytes:
+        stored = self.records.repo.outbound_transfer(task.id)
+        if stored is not None:
+            return stored
+        bundle = transfer_remote.build_bundle(self.records.repo, task.record or "", task.id, self.records.clock(), self.media)
+        return self.records.repo.keep_outbound_transfer(task.id, transfer_remote.encode_bundle(bundle))
+
+    def _note_pending(self, caller: Caller, task: Version, reason: str) -> Version:
+        waiting = dict(task.resource, businessStatus={"text": f"delivery pending: {reason}"[:500]})
+        prepared = self.records.prepare(caller, waiting, task.id, task.vid, current=task, authorized="transfer-delivery")
+        self.records.commit([prepared])
+        return self.records.repo.read("Task", task.id)  # type: ignore[return-value]
+
+    def _complete_remote(self, caller: Caller, task: Version, ack: dict) -> Version:
+        now = self.records.clock()
+        values = {p["name"]: p.get("valueString") for p in ack.get("parameter", [])}
+        outputs = [{"type": _concept(TASK_INPUT_SYSTEM, "transferred-on"), "valueDate": now.date().isoformat()},
+                   {"type": _concept(TASK_INPUT_SYSTEM, "acknowledgement"), "valueString": json.dumps(values, sort_keys=True)}]
+        done = dict(task.resource, status="completed", businessStatus={"text": "received by the new local authority"},
+                    lastModified=instant(now), output=outputs)
+        prepared = self.records.prepare(caller, done, task.id, task.vid, current=task, authorized="transfer-delivery")
+        state = self.records.access.record_state(task.record or "")
+        custody = {"$set": {"transferred_out": True}, "$addToSet": {"former_custodians": state.custodian if state else None}}
+        body = audit.body(caller, "transferred-out", "permit", now, f"acknowledged by {values.get('receiver')} (reg 15)")
+        self.records.commit([prepared], [AuditAppend(audit.chain_of(task.record), body, checkpoint=True)],
+                            record_updates=[(task.record or "", custody)])
+        return self.records.repo.read("Task", task.id)  # type: ignore[return-value]
 
     def _check(self, record: str, request: TransferRequest, custodian: str | None) -> None:
         number = request.destination.removeprefix("Organization/la-")
@@ -153,7 +217,8 @@ class TransferService:
                                                    authorized="accept-transfer"))
         return writes
 
-    def _family_notice(self, caller: Caller, task: Version, state, now: datetime) -> PreparedWrite:
+    def _family_notice(self, caller: Caller, task: Version, state, now: datetime,
+                       pending: dict[str, str | None] | None = None) -> PreparedWrite:
         """Reg 15(4): within 6 weeks the new LA tells the family the plan has transferred,
         whether it will reassess, and when it will review (reg 15(5))."""
         transferred = now.date()
@@ -175,7 +240,7 @@ class TransferService:
         }
         if makers:
             notice["owner"] = {"reference": makers[0]}
-        return self.records.prepare(caller, notice, notice["id"], None, authorized="accept-transfer")
+        return self.records.prepare(caller, notice, notice["id"], None, authorized="accept-transfer", pending=pending)
 
 
 def parse_transfer(body: object) -> TransferRequest:

@@ -19,6 +19,8 @@ from ehcp_record.media_repository import MediaStore
 from ehcp_record.profile_validator import ProfileValidator
 from ehcp_record.proposals import ProposalService
 from ehcp_record.transfer import TransferService
+from ehcp_record.transfer_receive import ReceiveTransfer
+from ehcp_record.transfer_repository import TransferStore
 from ehcp_record.validate_operation import ValidateOperation
 from ehcp_record.validation import ProfileChecks
 from ehcp_record.records import RecordService
@@ -41,6 +43,7 @@ class Services:
     media: MediaService
     validate: ValidateOperation
     transfers: TransferService
+    receive_transfer: "ReceiveTransfer | None" = None
     verifier: Any = None  # api.auth.TokenVerifier, set by the API (Flask-free here)
 
 
@@ -58,6 +61,8 @@ def build_services(settings: Settings) -> Services:
     proposals = ProposalService(records, documents)
     audit_log = AuditLog(records, settings.base_url, trusted_keys(settings))
     media = MediaService(records, MediaStore(repo.db), settings.max_binary_bytes)
-    return Services(settings, repo, registry, access, records, proposals, audit_log, documents,
+    services = Services(settings, repo, registry, access, records, proposals, audit_log, documents,
                     EverythingService(records), media, ValidateOperation(records, checks),
-                    TransferService(records))
+                    TransferService(records, settings, media))
+    services.receive_transfer = ReceiveTransfer(records, services.transfers, TransferStore(repo), media.store)
+    return services

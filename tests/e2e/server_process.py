@@ -30,8 +30,8 @@ class ServerProcess:
                 self.process.wait()
 
 
-def start(data_dir: Path, env: dict[str, str], workers: int = 2) -> ServerProcess:
-    port = free_port()
+def start(data_dir: Path, env: dict[str, str], workers: int = 2, port: int | None = None) -> ServerProcess:
+    port = port or free_port()
     command = [sys.executable, "-m", "ehcp_record.cli", "serve", "--port", str(port), "--workers", str(workers)]
     full_env = {**os.environ, "EHCP_DATA_DIR": str(data_dir), "EHCP_ENV": "test", **env}
     log = open(data_dir / "server.log", "ab")
