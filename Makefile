@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(BIN)/pytest
 
 bench: $(STAMP)
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/bench.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .hypothesis

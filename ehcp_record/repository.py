@@ -182,7 +182,7 @@ class Repository:
                     time.sleep(min(0.001 * (attempt + 1), 0.02))
 
     def _write_version(self, session: ClientSession, write: VersionWrite) -> None:
-        doc = _envelope(write)
+        doc = envelope(write)
         if write.expected is None:
             try:
                 self.current.insert_one(doc, session=session)
@@ -364,7 +364,8 @@ def _is_chain_race(exc: DuplicateKeyError) -> bool:
     return "audit" in str(exc)
 
 
-def _envelope(write: VersionWrite) -> dict:
+def envelope(write: VersionWrite) -> dict:
+    """The stored document of one version (current and history share it)."""
     doc = {
         "_id": f"{write.type}/{write.id}", "type": write.type, "rid": write.id, "vid": write.vid,
         "updated": write.updated, "record": write.record, "section": write.section,

@@ -13,9 +13,9 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import date, datetime
 
-from consent.model import Actor
+from consent.model import Actor, RecordState
 from consent.scopes import parse_scopes
 from consent.sections import section_of
 from ehcp_record import audit, audit_chain, audit_verify, fhir_dates
@@ -124,9 +124,6 @@ class ReceiveTransfer:
                                                   "code": "transferred-on"}]}, "valueDate": now.date().isoformat()}])
         completed = self.records.prepare(caller, done, task.id, task.vid, current=replace(task, record=record),
                                          pending=pending, authorized="receive-transfer")
-        from consent.model import RecordState
-        from datetime import date
-
         birth = state.get("birth_date")
         record_state = RecordState(record_id=record, custodian=destination, parents=frozenset(state.get("parents", [])),
                                    birth_date=date.fromisoformat(birth) if birth else None,

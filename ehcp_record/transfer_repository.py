@@ -10,7 +10,7 @@ from pymongo.client_session import ClientSession
 from pymongo.errors import DuplicateKeyError
 
 from ehcp_record.errors import conflict
-from ehcp_record.repository import AuditAppend, Repository, VersionWrite, _envelope
+from ehcp_record.repository import AuditAppend, Repository, VersionWrite, envelope
 
 
 @dataclass
@@ -69,9 +69,9 @@ class TransferStore:
             key = f"{write.type}/{write.id}"
             if only_if_absent and self.repo.current.find_one({"_id": key}, {"_id": 1}, session=session):
                 continue
-            doc = _envelope(write)
+            doc = envelope(write)
             self.repo.history.insert_one(dict(doc, _id=f"{key}/{write.vid}"), session=session)
             if key not in latest or latest[key].vid < write.vid:
                 latest[key] = write
         for write in latest.values():
-            self.repo.current.insert_one(_envelope(write), session=session)
+            self.repo.current.insert_one(envelope(write), session=session)
