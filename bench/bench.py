@@ -215,16 +215,18 @@ def history_depth(la: Client, depth: int, samples: int) -> dict:
         la.put(f"/fhir/Patient/{deep['id']}", dict(deep, name=[{"family": f"D{version}"}]), version)
     fresh = la.post("/fhir/Patient", child_body(-2)).json()
 
-    def timed(resource_id: str) -> float:
-        values = []
-        for _ in range(samples):
-            started = time.perf_counter()
-            la.get(f"/fhir/Patient/{resource_id}")
-            values.append(time.perf_counter() - started)
-        return statistics.median(values) * 1000
+    def one(resource_id: str) -> float:
+        started = time.perf_counter()
+        assert la.get(f"/fhir/Patient/{resource_id}").status_code == 200
+        return time.perf_counter() - started
 
-    timed(fresh["id"])
-    shallow_ms, deep_ms = timed(fresh["id"]), timed(deep["id"])
+    for _ in range(20):
+        one(fresh["id"]), one(deep["id"])
+    shallow, deeper = [], []
+    for _ in range(samples):  # interleaved, so drift in the machine's load falls on both alike
+        shallow.append(one(fresh["id"]))
+        deeper.append(one(deep["id"]))
+    shallow_ms, deep_ms = statistics.median(shallow) * 1000, statistics.median(deeper) * 1000
     return {"name": f"read at history depth 1 vs {depth}", "depth1_p50_ms": shallow_ms,
             f"depth{depth}_p50_ms": deep_ms, "ratio": deep_ms / shallow_ms}
 

@@ -106,6 +106,11 @@ def test_draft_proposed_answered_revised_issued_amended(api, family):
     # every step is in the history and the audit trail, which verifies
     history = api.get(f"{plan_path}/_history", la).json()
     assert [e["resource"]["status"] for e in history["entry"]][:2] == ["amended", "final"]
+    latest = int(history["entry"][0]["resource"]["meta"]["versionId"])
+    diff = api.get(f"{plan_path}/$diff?from={latest - 1}&to={latest}", mum).json()
+    changed = {s["part"][0]["valueCode"]: s["part"][2]["valueCode"] for s in diff["parameter"] if s["name"] == "section"}
+    assert changed["E"] == "changed" and changed["B"] == "unchanged"
+    assert {p["name"]: p for p in diff["parameter"]}["status"]["valueCode"] == "changed"  # final -> amended
     log = api.get(f"/fhir/Patient/{child['id']}/$access-log", mum).json()
     actions = {e["resource"]["subtype"][0]["code"] for e in log["entry"] if e["resource"].get("subtype")}
     assert log["total"] > 10 and actions
