@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 
 from consent import engine, redaction
 from consent.model import Decision, Grant, RecordState, parse_grant
-from ehcp_record.context import Caller
+from ehcp_record.context import Caller, owner_key
 from ehcp_record.errors import FhirError, forbidden, not_found
 from ehcp_record.repository import Repository, Version, Visibility
 
@@ -89,6 +89,9 @@ class AccessPolicy:
 
     def visible(self, caller: Caller, version: Version) -> tuple[dict | None, Decision | None]:
         """The resource as this caller may see it (redacted), or None when hidden."""
+        if version.type == "Subscription":
+            mine = version.owner is not None and version.owner == owner_key(caller)
+            return (version.resource if mine else None), None
         if version.record is None:
             return version.resource, None
         decision = self.decide(caller, "read", version.record)
@@ -108,7 +111,7 @@ class AccessPolicy:
         if caller.scopes.patient_only("Patient", "s") and actor.patient:
             own = actor.patient.removeprefix("Patient/")
             per_record = {r: s for r, s in per_record.items() if r == own}
-        return Visibility(everything=False, per_record=per_record, directory=True)
+        return Visibility(everything=False, per_record=per_record, directory=True, owner=owner_key(caller))
 
     def _candidate_records(self, caller: Caller) -> list[str]:
         actor = caller.actor

@@ -33,6 +33,12 @@ class WriteGate(Protocol):
     def check_direct_write(self, write: VersionWrite) -> None: ...
 
 
+class SubscriptionHooks(Protocol):
+    def prepare_subscription(self, caller: Caller, resource: dict, current: Version | None) -> dict: ...
+
+    def after_commit(self, versions: list[Version]) -> None: ...
+
+
 class ResourceValidator(Protocol):
     def check(self, resource: dict) -> None: ...
 
@@ -72,6 +78,7 @@ class RecordService:
     validator: ResourceValidator | None = None
     gate: WriteGate | None = None
     clock: Callable[[], datetime] = utc_now
+    subscriptions: SubscriptionHooks | None = None
 
     # --- reads --------------------------------------------------------------------------
 
@@ -241,6 +248,9 @@ class RecordService:
         new_record = record is not None and (pending or {}).get(f"Patient/{record}") == record
         decision = (write_rules.WriteDecision(authorized) if authorized else
                     write_rules.authorize_write(self.access, caller, resource, record, current is None, new_record))
+        if resource_type == "Subscription" and self.subscriptions is not None:
+            resource["status"] = "active"  # R4: the server activates what it accepts
+            extra = {**(extra or {}), **self.subscriptions.prepare_subscription(caller, resource, current)}
         if self.validator is not None:
             self.validator.check(resource)
         write = self._build(resource, record, expected, current)
@@ -294,6 +304,8 @@ class RecordService:
         updates += list(record_updates or [])
         audits = [p.audit_entry(now) for p in prepared] + list(extra_audit or [])
         self.repo.commit([p.write for p in prepared], audits, updates)
+        if self.subscriptions is not None:
+            self.subscriptions.after_commit([version_of(p.write) for p in prepared])
 
 
 def version_of(write: VersionWrite) -> Version:

@@ -48,6 +48,8 @@ class Version:
     record: str | None
     section: str | None
     hash: str
+    owner: str | None = None  # Subscriptions: who created it (issuer|subject)
+    owner_actor: dict | None = None
 
 
 @dataclass
@@ -87,6 +89,7 @@ class Visibility:
     everything: bool = False
     per_record: dict[str, frozenset[str] | None] = field(default_factory=dict)
     directory: bool = True
+    owner: str | None = None  # Subscriptions are seen by their owner only
 
 
 CHECKPOINT_INTERVAL = timedelta(hours=1)
@@ -253,6 +256,10 @@ class Repository:
                                     sort=[("vid", DESCENDING)])
         return _version(doc) if doc else None
 
+    def active_subscriptions(self, resource_types: set[str]) -> list[Version]:
+        docs = self.current.find({"type": "Subscription", "res.status": "active"})
+        return [v for v in map(_version, docs) if v.resource.get("criteria", "").split("?")[0] in resource_types]
+
     def documents_of_record(self, record: str) -> dict[str, bytes]:
         return {d["_id"]: bytes(d["data"]) for d in self.db.documents.find({"record": record})}
 
@@ -380,12 +387,14 @@ def _version(doc: dict) -> Version:
     if updated.tzinfo is None:
         updated = updated.replace(tzinfo=timezone.utc)
     return Version(doc["type"], doc["rid"], doc["vid"], updated, doc["res"], doc.get("record"),
-                   doc.get("section"), doc.get("hash", ""))
+                   doc.get("section"), doc.get("hash", ""), doc.get("owner"), doc.get("owner_actor"))
 
 
 def _search_filter(query: SearchQuery, visibility: Visibility) -> dict:
     clauses: list[dict] = [{"type": query.resource_type}]
     clauses.extend(_criterion_filter(c) for c in query.criteria)
+    if query.resource_type == "Subscription":
+        clauses.append({"owner": visibility.owner})
     if not visibility.everything:
         clauses.append(_visibility_filter(visibility))
     return {"$and": clauses}

@@ -18,6 +18,7 @@ from ehcp_record.media import MediaService
 from ehcp_record.media_repository import MediaStore
 from ehcp_record.profile_validator import ProfileValidator
 from ehcp_record.proposals import ProposalService
+from ehcp_record.subscriptions import SubscriptionService
 from ehcp_record.transfer import TransferService
 from ehcp_record.transfer_receive import ReceiveTransfer
 from ehcp_record.transfer_repository import TransferStore
@@ -57,6 +58,7 @@ def build_services(settings: Settings) -> Services:
     access = AccessPolicy(repo)
     checks = ProfileChecks(ProfileValidator.load(settings.profiles_dir))
     records = RecordService(repo, registry, compartment, access, validator=checks, gate=ParentalInputGate(repo))
+    records.subscriptions = SubscriptionService(records, allow_plain_http=settings.env != "production")
     documents = DocumentService(records, settings.base_url)
     proposals = ProposalService(records, documents)
     audit_log = AuditLog(records, settings.base_url, trusted_keys(settings))

@@ -42,6 +42,8 @@ def authorize_write(access: AccessPolicy, caller: Caller, resource: dict, record
     resource_type = resource["resourceType"]
     access.require_scope(caller, resource_type, "c" if creating else "u")
     access.confine_to_launch_patient(caller, resource_type, "c" if creating else "u", record)
+    if resource_type == "Subscription":
+        return WriteDecision("subscribe")  # anyone may ask to be told of what they may see
     if record is None:
         return _directory_write(caller, resource_type)
     if (resource_type == "Patient" and creating) or new_record:
