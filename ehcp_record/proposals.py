@@ -26,12 +26,11 @@ from ehcp_record.fhir_model import parse_resource
 from ehcp_record.gate import PLAN_CONTENT_TYPES, is_issued, is_plan
 from ehcp_record.provenance import signed_provenance
 from ehcp_record.records import PreparedWrite, RecordService, version_of
+from ehcp_record.task_values import TASK_CODE_SYSTEM, TASK_INPUT_SYSTEM, concept, is_task, task_input, task_output
 from ehcp_record.validation import plan_resources
 from ehcp_record.repository import AuditAppend, Version
 
 BASE = "http://ehcp-record.example.org/fhir"
-TASK_CODE_SYSTEM = f"{BASE}/CodeSystem/ehcp-task-code"
-TASK_INPUT_SYSTEM = f"{BASE}/CodeSystem/ehcp-task-input"
 RESPONSE_SYSTEM = f"{BASE}/CodeSystem/parental-response"
 RESPONSES = ("agree", "disagree", "comment")
 RECORDED_VIEW_EXTENSION = f"{BASE}/StructureDefinition/ehcp-family-recorded-view"
@@ -127,7 +126,7 @@ class ProposalService:
         writes = []
         for task in self.records.repo.current_of_type(plan.record or "", "Task"):
             resource = task.resource
-            if _is_review(resource) and resource.get("status") == "requested" and _plan_of(resource) == plan.id:
+            if is_review(resource) and resource.get("status") == "requested" and _plan_of(resource) == plan.id:
                 updated = dict(resource, status="cancelled",
                                statusReason={"text": f"superseded by a later proposal, Task/{new_task}"})
                 writes.append(self.records.prepare(caller, updated, task.id, task.vid, current=task))
@@ -145,7 +144,7 @@ class ProposalService:
             raise business_rule(f"this review is {status}; only an open review (status requested) can be answered")
         now = self.records.clock()
         answered = dict(task.resource, status="completed", lastModified=instant(now),
-                        output=_response_outputs(response, comment, caller, _input(task.resource, "content-hash"), now))
+                        output=_response_outputs(response, comment, caller, task_input(task.resource, "content-hash"), now))
         prepared = self.records.prepare(caller, answered, task.id, task.vid, current=task,
                                         authorized=f"respond:{response}")
         prepared.consent_ids = decision.consent_ids
@@ -154,7 +153,7 @@ class ProposalService:
 
     def _review(self, caller: Caller, task_id: str) -> Version:
         task = self.records.repo.read("Task", task_id)
-        if task is None or task.record is None or not _is_review(task.resource):
+        if task is None or task.record is None or not is_review(task.resource):
             raise not_found(f"parental-review Task/{task_id}")
         self.records.access.confine_to_launch_patient(caller, "Task", "u", task.record)
         if not self.records.access.decide(caller, "read", task.record).permit:
@@ -188,15 +187,15 @@ class ProposalService:
         resource = task.resource
         if resource.get("status") == "cancelled":
             raise business_rule("this proposal was superseded by a later one; issue the latest proposal")
-        if resource.get("status") != "completed" or _output(resource, "parental-response") is None:
+        if resource.get("status") != "completed" or task_output(resource, "parental-response") is None:
             raise business_rule("the family has not responded to this proposal yet; $issue needs their response ($respond)")
-        pinned = _input(resource, "content-hash")
-        if _output(resource, "content-hash") != pinned:
+        pinned = task_input(resource, "content-hash")
+        if task_output(resource, "content-hash") != pinned:
             raise business_rule("the response on this Task is for a different proposal than the one pinned")
         proposal = self._load_proposal(resource)
         if audit_chain.content_hash(proposal) != pinned:
             raise business_rule("the stored proposal no longer matches the content the family was shown")
-        if self._fingerprint(plan.record or "") != _input(resource, "plan-fingerprint"):
+        if self._fingerprint(plan.record or "") != task_input(resource, "plan-fingerprint"):
             raise business_rule("the plan has changed since this proposal was made; propose again and ask the family")
         self._check_responder(task)
         return proposal
@@ -204,7 +203,7 @@ class ProposalService:
     def _check_responder(self, task: Version) -> None:
         from consent import engine
 
-        responder = _output(task.resource, "responder")
+        responder = task_output(task.resource, "responder")
         state = self.records.access.record_state(task.record or "")
         makers = engine.decision_makers(state, self.records.clock().date()) if state else frozenset()
         if responder not in makers:
@@ -235,7 +234,7 @@ class ProposalService:
     def _mark_issued(self, caller: Caller, task: Version, writes: list[PreparedWrite]) -> PreparedWrite:
         issued = next(w for w in writes if w.operation == "issue").write
         outputs = list(task.resource.get("output", [])) + [{
-            "type": _concept(TASK_INPUT_SYSTEM, "issued-version"),
+            "type": concept(TASK_INPUT_SYSTEM, "issued-version"),
             "valueReference": {"reference": f"Composition/{issued.id}/_history/{issued.vid}"},
         }]
         updated = dict(task.resource, businessStatus={"text": "issued"}, output=outputs)
@@ -270,16 +269,16 @@ def _review_task(plan: Version, caller: Caller, owner: str | None, binary_id: st
                  fingerprint: str, now: datetime) -> dict:
     sent = now.date()
     inputs = [
-        {"type": _concept(TASK_INPUT_SYSTEM, "content-hash"), "valueString": content_hash},
-        {"type": _concept(TASK_INPUT_SYSTEM, "plan-version"), "valueReference": {"reference": f"Composition/{plan.id}/_history/{plan.vid}"}},
-        {"type": _concept(TASK_INPUT_SYSTEM, "plan-fingerprint"), "valueString": fingerprint},
+        {"type": concept(TASK_INPUT_SYSTEM, "content-hash"), "valueString": content_hash},
+        {"type": concept(TASK_INPUT_SYSTEM, "plan-version"), "valueReference": {"reference": f"Composition/{plan.id}/_history/{plan.vid}"}},
+        {"type": concept(TASK_INPUT_SYSTEM, "plan-fingerprint"), "valueString": fingerprint},
     ]
     if is_issued(plan.resource):
-        inputs.append({"type": _concept(TASK_INPUT_SYSTEM, "final-plan-due"),
+        inputs.append({"type": concept(TASK_INPUT_SYSTEM, "final-plan-due"),
                        "valueDate": clocks.amendment_deadline(sent).isoformat()})
     task = {
         "resourceType": "Task", "id": str(uuid.uuid4()), "status": "requested", "intent": "order",
-        "code": _concept(TASK_CODE_SYSTEM, "parental-review"),
+        "code": concept(TASK_CODE_SYSTEM, "parental-review"),
         "description": "Please review the proposed plan and tell us whether you agree, disagree or want to comment.",
         "focus": {"reference": f"Binary/{binary_id}", "display": "Proposed plan content"},
         "for": {"reference": f"Patient/{plan.record}"},
@@ -313,21 +312,21 @@ def _parse_response(body: object) -> tuple[str, str]:
 
 def _response_outputs(response: str, comment: str, caller: Caller, content_hash: object, now: datetime) -> list[dict]:
     outputs = [
-        {"type": _concept(TASK_INPUT_SYSTEM, "parental-response"), "valueCodeableConcept": _concept(RESPONSE_SYSTEM, response)},
-        {"type": _concept(TASK_INPUT_SYSTEM, "content-hash"), "valueString": content_hash},
-        {"type": _concept(TASK_INPUT_SYSTEM, "responder"), "valueReference": {"reference": caller.actor.fhir_user or caller.actor.sub}},
-        {"type": _concept(TASK_INPUT_SYSTEM, "responded-at"), "valueDateTime": instant(now)},
+        {"type": concept(TASK_INPUT_SYSTEM, "parental-response"), "valueCodeableConcept": concept(RESPONSE_SYSTEM, response)},
+        {"type": concept(TASK_INPUT_SYSTEM, "content-hash"), "valueString": content_hash},
+        {"type": concept(TASK_INPUT_SYSTEM, "responder"), "valueReference": {"reference": caller.actor.fhir_user or caller.actor.sub}},
+        {"type": concept(TASK_INPUT_SYSTEM, "responded-at"), "valueDateTime": instant(now)},
     ]
     if comment:
-        outputs.append({"type": _concept(TASK_INPUT_SYSTEM, "comment"), "valueString": comment})
+        outputs.append({"type": concept(TASK_INPUT_SYSTEM, "comment"), "valueString": comment})
     return outputs
 
 
 def _recorded_view(task: Version) -> dict:
-    response = _output(task.resource, "parental-response")
+    response = task_output(task.resource, "parental-response")
     parts = [{"url": "response", "valueCode": response},
-             {"url": "respondedAt", "valueDateTime": _output(task.resource, "responded-at")}]
-    comment = _output(task.resource, "comment")
+             {"url": "respondedAt", "valueDateTime": task_output(task.resource, "responded-at")}]
+    comment = task_output(task.resource, "comment")
     if comment:
         parts.append({"url": "comment", "valueString": comment})
     if response == "disagree":
@@ -335,37 +334,10 @@ def _recorded_view(task: Version) -> dict:
     return {"url": RECORDED_VIEW_EXTENSION, "extension": parts}
 
 
-def _concept(system: str, code: str) -> dict:
-    return {"coding": [{"system": system, "code": code}]}
-
-
-def _is_review(task: dict) -> bool:
-    return any(c.get("system") == TASK_CODE_SYSTEM and c.get("code") == "parental-review"
-               for c in (task.get("code") or {}).get("coding", []))
+def is_review(task: dict) -> bool:
+    return is_task(task, "parental-review")
 
 
 def _plan_of(task: dict) -> str | None:
-    reference = _input(task, "plan-version")
+    reference = task_input(task, "plan-version")
     return reference.split("/")[1] if isinstance(reference, str) and reference.startswith("Composition/") else None
-
-
-def _input(task: dict, code: str) -> object:
-    return _typed_value(task.get("input", []), code)
-
-
-def _output(task: dict, code: str) -> object:
-    return _typed_value(task.get("output", []), code)
-
-
-def _typed_value(items: list, code: str) -> object:
-    for item in items or []:
-        if any(c.get("code") == code for c in (item.get("type") or {}).get("coding", [])):
-            for key, value in item.items():
-                if key == "valueReference":
-                    return value.get("reference")
-                if key == "valueCodeableConcept":
-                    return value["coding"][0]["code"]
-                if key.startswith("value"):
-                    return value
-    return None
-

@@ -19,6 +19,7 @@ from ehcp_record import audit_chain, signing
 from ehcp_record.context import Caller
 from ehcp_record.fhir_dates import instant
 from ehcp_record.repository import Version
+from ehcp_record.task_values import task_output
 
 _AGENT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
 _SIGNATURE_TYPE = "urn:iso-astm:E1762-95:2013"
@@ -27,7 +28,7 @@ KEY_ID_SYSTEM = "http://ehcp-record.example.org/fhir/NamingSystem/signing-key"
 
 def signed_provenance(key: Ed25519PrivateKey, writes: Iterable, caller: Caller, task: Version, now: datetime) -> dict:
     targets = [{"reference": f"{w.write.type}/{w.write.id}/_history/{w.write.vid}"} for w in writes]
-    responder = _responder(task.resource)
+    responder = task_output(task.resource, "responder")
     provenance = {
         "resourceType": "Provenance", "id": str(uuid.uuid4()), "target": targets, "recorded": instant(now),
         "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation", "code": "UPDATE"}],
@@ -76,10 +77,3 @@ def _agent_type(code: str) -> dict:
 def _who(caller: Caller) -> dict:
     reference = caller.actor.fhir_user or caller.actor.organization
     return {"reference": reference} if reference and "/" in reference else {"display": caller.actor.sub}
-
-
-def _responder(task: dict) -> str | None:
-    for item in task.get("output", []) or []:
-        if any(c.get("code") == "responder" for c in (item.get("type") or {}).get("coding", [])):
-            return (item.get("valueReference") or {}).get("reference")
-    return None

@@ -12,15 +12,13 @@ from datetime import date
 
 from ehcp_record import clocks
 from ehcp_record.errors import unprocessable
+from ehcp_record.task_values import TASK_INPUT_SYSTEM, has_coding, is_task
 
-BASE = "http://ehcp-record.example.org/fhir"
-TASK_CODE_SYSTEM = f"{BASE}/CodeSystem/ehcp-task-code"
-TASK_INPUT_SYSTEM = f"{BASE}/CodeSystem/ehcp-task-input"
 
 
 def apply(task: dict) -> dict:
     """Set (or check) the decision deadline on an annual-review Task; other Tasks unchanged."""
-    if not _has_code(task.get("code"), "annual-review"):
+    if not is_task(task, "annual-review"):
         return task
     meeting = _meeting_date(task)
     due = clocks.review_decision_deadline(meeting).isoformat()
@@ -35,15 +33,10 @@ def apply(task: dict) -> dict:
 
 def _meeting_date(task: dict) -> date:
     for item in task.get("input", []) or []:
-        if _has_code(item.get("type"), "meeting-date", TASK_INPUT_SYSTEM) and isinstance(item.get("valueDate"), str):
+        if has_coding(item.get("type"), TASK_INPUT_SYSTEM, "meeting-date") and isinstance(item.get("valueDate"), str):
             try:
                 return date.fromisoformat(item["valueDate"])
             except ValueError:
                 break
     raise unprocessable("an annual-review Task needs input meeting-date (valueDate): the date of the review meeting",
                         "required", ["Task.input"])
-
-
-def _has_code(concept: object, code: str, system: str = TASK_CODE_SYSTEM) -> bool:
-    codings = (concept or {}).get("coding", []) if isinstance(concept, dict) else []
-    return any(c.get("system") == system and c.get("code") == code for c in codings)

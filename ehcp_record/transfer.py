@@ -28,10 +28,8 @@ from ehcp_record.gate import is_issued, is_plan
 from ehcp_record.identifiers import la_by_number
 from ehcp_record.records import PreparedWrite, RecordService
 from ehcp_record.repository import AuditAppend, Version
+from ehcp_record.task_values import TASK_CODE_SYSTEM, TASK_INPUT_SYSTEM, concept, is_task, task_input
 
-BASE = "http://ehcp-record.example.org/fhir"
-TASK_CODE_SYSTEM = f"{BASE}/CodeSystem/ehcp-task-code"
-TASK_INPUT_SYSTEM = f"{BASE}/CodeSystem/ehcp-task-input"
 STOPPED = "assessment stopped on transfer to another local authority (SEND Regulations 2014 reg 15(6))"
 _OPEN = ("requested", "received", "accepted", "in-progress", "ready", "on-hold")
 
@@ -68,7 +66,7 @@ class TransferService:
         task = self._transfer_task(caller, patient_id, request)
         peer = transfer_remote.peer_for_organization(self.settings, request.destination)
         if peer is not None:
-            task["input"].append({"type": _concept(TASK_INPUT_SYSTEM, "deployment"), "valueUrl": peer.base_url})
+            task["input"].append({"type": concept(TASK_INPUT_SYSTEM, "deployment"), "valueUrl": peer.base_url})
         prepared = self.records.prepare(caller, task, task["id"], None)
         prepared.operation = "transfer"
         self.records.commit([prepared])
@@ -79,7 +77,7 @@ class TransferService:
 
     def _pending_remote(self, record: str) -> Version | None:
         for task in self.records.repo.current_of_type(record, "Task"):
-            if _is_transfer(task.resource) and task.resource.get("status") == "requested" and _input(task.resource, "deployment"):
+            if is_transfer(task.resource) and task.resource.get("status") == "requested" and task_input(task.resource, "deployment"):
                 return task
         return None
 
@@ -114,8 +112,8 @@ class TransferService:
     def _complete_remote(self, caller: Caller, task: Version, ack: dict) -> Version:
         now = self.records.clock()
         values = {p["name"]: p.get("valueString") for p in ack.get("parameter", [])}
-        outputs = [{"type": _concept(TASK_INPUT_SYSTEM, "transferred-on"), "valueDate": now.date().isoformat()},
-                   {"type": _concept(TASK_INPUT_SYSTEM, "acknowledgement"), "valueString": json.dumps(values, sort_keys=True)}]
+        outputs = [{"type": concept(TASK_INPUT_SYSTEM, "transferred-on"), "valueDate": now.date().isoformat()},
+                   {"type": concept(TASK_INPUT_SYSTEM, "acknowledgement"), "valueString": json.dumps(values, sort_keys=True)}]
         done = dict(task.resource, status="completed", businessStatus={"text": "received by the new local authority"},
                     lastModified=instant(now), output=outputs)
         prepared = self.records.prepare(caller, done, task.id, task.vid, current=task, authorized="transfer-delivery")
@@ -135,7 +133,7 @@ class TransferService:
             raise business_rule(f"the plan is already held by {custodian}; a transfer needs another local authority")
         if not any(is_plan(v.resource) and is_issued(v.resource) for v in self.records.repo.current_of_type(record, "Composition")):
             raise business_rule("only an issued plan transfers (reg 15); this child has no final or amended plan")
-        if any(_is_transfer(t.resource) and t.resource.get("status") in _OPEN for t in self.records.repo.current_of_type(record, "Task")):
+        if any(is_transfer(t.resource) and t.resource.get("status") in _OPEN for t in self.records.repo.current_of_type(record, "Task")):
             raise business_rule("a transfer of this plan is already in progress; the destination must accept it first")
         if request.notified_date > self.records.clock().date():
             raise unprocessable("notifiedDate (when the LA learned of the move) cannot be in the future", "value")
@@ -153,13 +151,13 @@ class TransferService:
                   ("review-due", {"valueDate": due.review_due.isoformat()})]
         return {
             "resourceType": "Task", "id": str(uuid.uuid4()), "status": "requested", "intent": "order",
-            "code": _concept(TASK_CODE_SYSTEM, "transfer"),
+            "code": concept(TASK_CODE_SYSTEM, "transfer"),
             "description": f"Transfer of the EHC plan to {request.destination} (SEND Regulations 2014 reg 15)",
             "for": {"reference": f"Patient/{record}"}, "authoredOn": instant(now),
             "requester": {"reference": caller.actor.organization or caller.actor.sub},
             "owner": {"reference": request.destination},
             "restriction": {"period": {"start": request.notified_date.isoformat(), "end": due.transfer_due.isoformat()}},
-            "input": [{"type": _concept(TASK_INPUT_SYSTEM, code), **value} for code, value in inputs],
+            "input": [{"type": concept(TASK_INPUT_SYSTEM, code), **value} for code, value in inputs],
         }
 
     def _last_review_or_made(self, record: str) -> date:
@@ -170,8 +168,8 @@ class TransferService:
             if is_plan(version.resource) and is_issued(version.resource) and version.resource.get("date"):
                 dates.append(date.fromisoformat(version.resource["date"][:10]))
         for task in self.records.repo.current_of_type(record, "Task"):
-            if _has_code(task.resource, "annual-review") and task.resource.get("status") == "completed":
-                meeting = _input(task.resource, "meeting-date")
+            if is_task(task.resource, "annual-review") and task.resource.get("status") == "completed":
+                meeting = task_input(task.resource, "meeting-date")
                 if isinstance(meeting, str):
                     dates.append(date.fromisoformat(meeting))
         return max(dates) if dates else self.records.clock().date()
@@ -180,7 +178,7 @@ class TransferService:
 
     def accept(self, caller: Caller, task_id: str) -> Version:
         task = self.records.repo.read("Task", task_id)
-        if task is None or task.record is None or not _is_transfer(task.resource):
+        if task is None or task.record is None or not is_transfer(task.resource):
             raise not_found(f"transfer Task/{task_id}")
         destination = (task.resource.get("owner") or {}).get("reference")
         if caller.actor.role != "la" or caller.actor.organization != destination:
@@ -202,7 +200,7 @@ class TransferService:
         return self.records.repo.read("Task", task.id)  # type: ignore[return-value]
 
     def _complete(self, caller: Caller, task: Version, now: datetime) -> PreparedWrite:
-        outputs = [{"type": _concept(TASK_INPUT_SYSTEM, "transferred-on"), "valueDate": now.date().isoformat()}]
+        outputs = [{"type": concept(TASK_INPUT_SYSTEM, "transferred-on"), "valueDate": now.date().isoformat()}]
         done = dict(task.resource, status="completed", lastModified=instant(now), output=outputs)
         return self.records.prepare(caller, done, task.id, task.vid, current=task, authorized="accept-transfer")
 
@@ -211,7 +209,7 @@ class TransferService:
         for task in self.records.repo.current_of_type(record, "Task"):
             resource = task.resource
             if task.id != transfer_id and resource.get("status") in _OPEN and (
-                    _has_code(resource, "parental-review") or _has_code(resource, "annual-review")):
+                    is_task(resource, "parental-review") or is_task(resource, "annual-review")):
                 stopped = dict(resource, status="cancelled", statusReason={"text": STOPPED})
                 writes.append(self.records.prepare(caller, stopped, task.id, task.vid, current=task,
                                                    authorized="accept-transfer"))
@@ -222,21 +220,21 @@ class TransferService:
         """Reg 15(4): within 6 weeks the new LA tells the family the plan has transferred,
         whether it will reassess, and when it will review (reg 15(5))."""
         transferred = now.date()
-        last_review = date.fromisoformat(str(_input(task.resource, "last-review")))
+        last_review = date.fromisoformat(str(task_input(task.resource, "last-review")))
         notice_due = clocks.transfer_notice_due(transferred)
         review_due = clocks.transfer_review_due(last_review, transferred)
         makers = sorted(engine.decision_makers(state, transferred)) if state else []
         notice = {
             "resourceType": "Task", "id": str(uuid.uuid4()), "status": "requested", "intent": "order",
-            "code": _concept(TASK_CODE_SYSTEM, "notice-to-family"),
+            "code": concept(TASK_CODE_SYSTEM, "notice-to-family"),
             "description": (f"Your child's EHC plan has moved to {caller.actor.organization}. By {notice_due} we will "
                             f"write to tell you whether we will reassess and when we will review the plan; the first "
                             f"review will be before {review_due}."),
             "for": task.resource["for"], "authoredOn": instant(now),
             "requester": {"reference": caller.actor.organization}, "basedOn": [{"reference": f"Task/{task.id}"}],
             "restriction": {"period": {"start": transferred.isoformat(), "end": notice_due.isoformat()}},
-            "input": [{"type": _concept(TASK_INPUT_SYSTEM, "notice-due"), "valueDate": notice_due.isoformat()},
-                      {"type": _concept(TASK_INPUT_SYSTEM, "review-due"), "valueDate": review_due.isoformat()}],
+            "input": [{"type": concept(TASK_INPUT_SYSTEM, "notice-due"), "valueDate": notice_due.isoformat()},
+                      {"type": concept(TASK_INPUT_SYSTEM, "review-due"), "valueDate": review_due.isoformat()}],
         }
         if makers:
             notice["owner"] = {"reference": makers[0]}
@@ -260,20 +258,5 @@ def _date(values: dict, name: str) -> date:
         raise invalid(f"parameter '{name}' (valueDate, YYYY-MM-DD) is required", "required") from None
 
 
-def _is_transfer(task: dict) -> bool:
-    return _has_code(task, "transfer")
-
-
-def _has_code(task: dict, code: str) -> bool:
-    return any(c.get("system") == TASK_CODE_SYSTEM and c.get("code") == code for c in (task.get("code") or {}).get("coding", []))
-
-
-def _input(task: dict, code: str) -> object:
-    for item in task.get("input", []) or []:
-        if any(c.get("code") == code for c in (item.get("type") or {}).get("coding", [])):
-            return next((v for k, v in item.items() if k.startswith("value")), None)
-    return None
-
-
-def _concept(system: str, code: str) -> dict:
-    return {"coding": [{"system": system, "code": code}]}
+def is_transfer(task: dict) -> bool:
+    return is_task(task, "transfer")

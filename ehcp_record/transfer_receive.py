@@ -25,7 +25,8 @@ from ehcp_record.fhir_model import parse_resource
 from ehcp_record.media_repository import MediaStore
 from ehcp_record.records import RecordService
 from ehcp_record.repository import AuditAppend, Version, VersionWrite
-from ehcp_record.transfer import TransferService, _input, _is_transfer
+from ehcp_record.task_values import task_input
+from ehcp_record.transfer import TransferService, is_transfer
 from ehcp_record.transfer_remote import (AUDIT_URL, DOCUMENT_PREFIX, MEDIA_PREFIX, STATE_URL, check_signature, decode,
                                          make_ack, parse_bundle)
 from ehcp_record.transfer_repository import ImportedRecord, TransferStore
@@ -166,11 +167,11 @@ def _record_id(versions: list[Version]) -> str:
 
 
 def _transfer_task(versions: list[Version], transfer_id: str) -> Version:
-    candidates = [v for v in versions if v.type == "Task" and v.id == transfer_id and _is_transfer(v.resource)]
+    candidates = [v for v in versions if v.type == "Task" and v.id == transfer_id and is_transfer(v.resource)]
     if not candidates:
         raise invalid("the transfer does not include its transfer Task", "required")
     task = max(candidates, key=lambda v: v.vid)
-    if _input(task.resource, "destination") is None:
+    if task_input(task.resource, "destination") is None:
         raise invalid("the transfer Task names no destination", "required")
     return task
 
