@@ -327,3 +327,22 @@ def decide(actor: Actor, action: str, record: RecordState, grants: Iterable[Gran
         raise ValueError(f"unknown consent action '{action}'; expected one of "
                          f"{', '.join(codes.OPERATIONS)}")
     return rule(actor, record, grants, now)
+
+
+# ---------------------------------------------------------------- handover flags
+
+CONFIRMATION_TAG_SYSTEM = codes.BASE + "/CodeSystem/ehcp-consent-status"
+
+
+def confirmation_flag(grant: Grant, record: RecordState, today: date) -> dict | None:
+    """The tag a young person sees on a consent their parent gave before the handover and
+    they have not confirmed: when it lapses (or lapsed), so they can confirm or let it go."""
+    if not handed_over(record, today) or grant.confirmed_by or grant.grantor not in record.parents:
+        return None
+    if grant.grantor in decision_makers(record, today):
+        return None  # a parent acting as representative decides still
+    lapse = parent_consent_lapse(grant, handover_date(record.birth_date))  # type: ignore[arg-type]
+    verb = "lapses" if today < lapse else "lapsed"
+    return {"system": CONFIRMATION_TAG_SYSTEM, "code": "needs-confirmation",
+            "display": f"Given by a parent before you took over decisions; {verb} on {lapse.isoformat()} "
+                       "unless you confirm it"}

@@ -97,7 +97,21 @@ class AccessPolicy:
         decision = self.decide(caller, "read", version.record)
         if not decision.permit:
             return None, decision
-        return redaction.redact(version.resource, decision, section=version.section), decision
+        shown = redaction.redact(version.resource, decision, section=version.section)
+        if shown is not None and version.type == "Consent":
+            shown = self._flag_for_confirmation(shown, version.record)
+        return shown, decision
+
+    def _flag_for_confirmation(self, consent: dict, record: str) -> dict:
+        """After the 16+ handover, the family's view of a parent's consent says it needs the
+        young person's confirmation (the view only; the stored version is unchanged)."""
+        state = self.record_state(record)
+        flag = engine.confirmation_flag(parse_grant(consent), state, self.clock().date()) if state else None
+        if flag is None:
+            return consent
+        meta = dict(consent.get("meta") or {})
+        meta["tag"] = [t for t in meta.get("tag", []) if t.get("code") != flag["code"]] + [flag]
+        return dict(consent, meta=meta)
 
     def search_visibility(self, caller: Caller, records: tuple[str, ...]) -> Visibility:
         """Per-record section lists, so the database counts only what the caller may see."""
