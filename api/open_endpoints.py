@@ -21,7 +21,6 @@ def smart_configuration() -> Response:
     settings = services().settings
     return jsonify({
         "issuer": settings.base_url,
-        "jwks_uri": None,
         "token_endpoint_auth_methods_supported": ["private_key_jwt"],
         "grant_types_supported": ["client_credentials", "authorization_code"],
         "scopes_supported": ["patient/*.rs", "patient/*.cruds", "user/*.rs", "user/*.cruds", "system/*.rs", "system/*.cruds"],

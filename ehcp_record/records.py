@@ -94,45 +94,34 @@ class RecordService:
 
     def _read_one(self, caller: Caller, resource_type: str, version: Version | None, action: str,
                   label: str) -> tuple[Version, dict]:
+        version, shown, consent_ids = self._visible_or_404(caller, resource_type, version, action, label)
+        self.repo.append_audit(audit.for_versions(caller, action, [version], self.clock(), consent_ids))
+        return version, shown
+
+    def _visible_or_404(self, caller: Caller, resource_type: str, version: Version | None, action: str,
+                        label: str) -> tuple[Version, dict, tuple[str, ...]]:
+        """The one check of a single resource: scope, launch patient, consent; a refusal is
+        audited and answered 404, so nobody learns that a hidden resource exists."""
         self.access.require_scope(caller, resource_type, "r")
         if version is None:
             raise not_found(label)
         self.access.confine_to_launch_patient(caller, resource_type, "r", version.record)
         shown, decision = self.access.visible(caller, version)
-        now = self.clock()
         consent_ids = decision.consent_ids if decision else ()
         if shown is None:
             reason = decision.reasons[0] if decision and decision.reasons else "not visible to this caller"
-            self.repo.append_audit([audit.refusal(caller, action, version.record, now, reason, label, consent_ids)])
+            self.repo.append_audit([audit.refusal(caller, action, version.record, self.clock(), reason, label, consent_ids)])
             raise not_found(label)
-        self.repo.append_audit(audit.for_versions(caller, action, [version], now, consent_ids))
-        return version, shown
+        return version, shown, consent_ids
 
     def history(self, caller: Caller, resource_type: str, resource_id: str, offset: int, count: int
                 ) -> tuple[int, list[tuple[Version, dict]]]:
-        current, _ = self._read_one_silently(caller, resource_type, resource_id)
+        label = f"{resource_type}/{resource_id}"
+        self._visible_or_404(caller, resource_type, self.repo.read(resource_type, resource_id), "history", label)
         total, versions = self.repo.history_of(resource_type, resource_id, offset, count)
-        shown = []
-        for version in versions:
-            visible, _ = self.access.visible(caller, version)
-            if visible is not None:
-                shown.append((version, visible))
+        shown = self._shown(caller, versions)
         self.repo.append_audit(audit.for_versions(caller, "history", [v for v, _ in shown], self.clock()))
         return total, shown
-
-    def _read_one_silently(self, caller: Caller, resource_type: str, resource_id: str) -> tuple[Version, dict]:
-        self.access.require_scope(caller, resource_type, "r")
-        version = self.repo.read(resource_type, resource_id)
-        if version is None:
-            raise not_found(f"{resource_type}/{resource_id}")
-        self.access.confine_to_launch_patient(caller, resource_type, "r", version.record)
-        shown, decision = self.access.visible(caller, version)
-        if shown is None:
-            reason = decision.reasons[0] if decision and decision.reasons else "not visible"
-            self.repo.append_audit([audit.refusal(caller, "read", version.record, self.clock(), reason,
-                                                  f"{resource_type}/{resource_id}")])
-            raise not_found(f"{resource_type}/{resource_id}")
-        return version, shown
 
     def search(self, caller: Caller, resource_type: str, pairs: list[tuple[str, str]]) -> SearchResult:
         self.access.require_scope(caller, resource_type, "s")
