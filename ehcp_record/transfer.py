@@ -11,6 +11,7 @@ consents carry over unchanged (they name recipients, not the custodian).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from dataclasses import dataclass
@@ -28,10 +29,12 @@ from ehcp_record.gate import is_issued, is_plan
 from ehcp_record.identifiers import la_by_number
 from ehcp_record.records import PreparedWrite, RecordService
 from ehcp_record.repository import AuditAppend, Version
+from ehcp_record.transfer_repository import TransferStore
 from ehcp_record.task_values import TASK_CODE_SYSTEM, TASK_INPUT_SYSTEM, concept, is_task, task_input
 
 STOPPED = "assessment stopped on transfer to another local authority (SEND Regulations 2014 reg 15(6))"
 _OPEN = ("requested", "received", "accepted", "in-progress", "ready", "on-hold")
+_WITHDRAWN = ("cancelled", "entered-in-error", "rejected", "failed")
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class TransferRequest:
 class TransferService:
     records: RecordService
     settings: Settings
+    store: TransferStore
     media: Any = None  # MediaService: files travel with a cross-deployment transfer
     session_factory: Callable[[], Any] = transfer_remote.delivery_session
 
@@ -60,6 +64,9 @@ class TransferService:
         request = parse_transfer(body)
         pending = self._pending_remote(patient_id)
         if pending is not None:
+            if pending.resource["owner"]["reference"] != request.destination:
+                raise business_rule(f"a transfer of this plan to {pending.resource['owner']['reference']} is waiting "
+                                    "to be delivered; call $transfer with that destination to send it again")
             return self._deliver(caller, pending)  # the receiver was down: try the same transfer again
         state = access.record_state(patient_id)
         self._check(patient_id, request, state.custodian if state else None)
@@ -82,26 +89,47 @@ class TransferService:
         return None
 
     def _deliver(self, caller: Caller, task: Version) -> Version:
-        """Send the signed Bundle (the same bytes on every attempt); custody leaves only on a
-        valid signed acknowledgement."""
+        """Send the signed Bundle; custody leaves only on a valid signed acknowledgement."""
         destination = task.resource["owner"]["reference"]
         peer = transfer_remote.peer_for_organization(self.settings, destination)
         if peer is None:
             raise business_rule(f"{destination} is no longer in this deployment's trust list")
-        body = self._outbound_body(task)
+        body = self._outbound_body(caller, task)
         headers = transfer_remote.signed_headers(body, self.records.repo.signing_key, task.id)
+        sent = self.store.sent(task.id)
         try:
-            ack = transfer_remote.deliver(peer, body, headers, self.session_factory())
+            ack = transfer_remote.deliver(peer, body, headers, self.session_factory(), earlier=sent)
         except transfer_remote.DeliveryFailed as failure:
             return self._note_pending(caller, task, str(failure))
-        return self._complete_remote(caller, task, ack)
+        received = self.records.repo.outbound_transfer(sent[transfer_remote.acknowledged_hash(ack) or ""]) or body
+        return self._complete_remote(caller, task, ack, self._not_carried(task, received))
 
-    def _outbound_body(self, task: Version) -> bytes:
-        stored = self.records.repo.outbound_transfer(task.id)
+    def _outbound_body(self, caller: Caller, task: Version) -> bytes:
+        """The same bytes on every attempt while the record stays as it was (a receiver that
+        got them but whose answer was lost replays its acknowledgement); a new bundle once
+        anything in the record has changed, so the change travels too."""
+        record = task.record or ""
+        key = f"{task.id}.{self.store.version_count(record, f'Task/{task.id}')}"
+        stored = self.records.repo.outbound_transfer(key)
         if stored is not None:
             return stored
-        bundle = transfer_remote.build_bundle(self.records.repo, task.record or "", task.id, self.records.clock(), self.media)
-        return self.records.repo.keep_outbound_transfer(task.id, transfer_remote.encode_bundle(bundle))
+        versions = list(self.records.repo.versions_of_record(record))
+        now = self.records.clock()
+        export = audit.body(caller, "transfer-export", "permit", now,
+                            f"signed transfer Bundle for {task.resource['owner']['reference']} (reg 15)",
+                            [(f"Task/{task.id}/_history/{task.vid}", task.hash)])
+        chain = self.store.export_chain(record, export)
+        bundle = transfer_remote.build_bundle(self.records.repo, record, task.id, now, self.media, versions, chain)
+        body = self.records.repo.keep_outbound_transfer(key, transfer_remote.encode_bundle(bundle))
+        self.store.note_sent(task.id, hashlib.sha256(body).hexdigest(), key)
+        return body
+
+    def _not_carried(self, task: Version, received: bytes) -> list[str]:
+        """Versions written here after the bundle the receiver holds was built (its answer to
+        that one was lost): they did not travel, and the old LA must send them on."""
+        carried = transfer_remote.version_refs(received)
+        return [f"{v.type}/{v.id}/_history/{v.vid}" for v in self.records.repo.versions_of_record(task.record or "")
+                if f"{v.type}/{v.id}/_history/{v.vid}" not in carried and not (v.type == "Task" and v.id == task.id)]
 
     def _note_pending(self, caller: Caller, task: Version, reason: str) -> Version:
         waiting = dict(task.resource, businessStatus={"text": f"delivery pending: {reason}"[:500]})
@@ -109,17 +137,22 @@ class TransferService:
         self.records.commit([prepared])
         return self.records.repo.read("Task", task.id)  # type: ignore[return-value]
 
-    def _complete_remote(self, caller: Caller, task: Version, ack: dict) -> Version:
+    def _complete_remote(self, caller: Caller, task: Version, ack: dict, not_carried: list[str]) -> Version:
         now = self.records.clock()
-        values = {p["name"]: p.get("valueString") for p in ack.get("parameter", [])}
+        values = transfer_remote.ack_values(ack)
         outputs = [{"type": concept(TASK_INPUT_SYSTEM, "transferred-on"), "valueDate": now.date().isoformat()},
                    {"type": concept(TASK_INPUT_SYSTEM, "acknowledgement"), "valueString": json.dumps(values, sort_keys=True)}]
-        done = dict(task.resource, status="completed", businessStatus={"text": "received by the new local authority"},
+        status = "received by the new local authority"
+        if not_carried:
+            outputs.append({"type": concept(TASK_INPUT_SYSTEM, "not-carried"), "valueString": " ".join(not_carried)})
+            status += f"; {len(not_carried)} later change(s) did not travel and must be sent on"
+        done = dict(task.resource, status="completed", businessStatus={"text": status},
                     lastModified=instant(now), output=outputs)
         prepared = self.records.prepare(caller, done, task.id, task.vid, current=task, authorized="transfer-delivery")
         state = self.records.access.record_state(task.record or "")
         custody = {"$set": {"transferred_out": True}, "$addToSet": {"former_custodians": state.custodian if state else None}}
-        body = audit.body(caller, "transferred-out", "permit", now, f"acknowledged by {values.get('receiver')} (reg 15)")
+        body = audit.body(caller, "transferred-out", "permit", now, f"acknowledged by {values.get('receiver')} (reg 15)",
+                          [(ref, None) for ref in not_carried])
         self.records.commit([prepared], [AuditAppend(audit.chain_of(task.record), body, checkpoint=True)],
                             record_updates=[(task.record or "", custody)])
         return self.records.repo.read("Task", task.id)  # type: ignore[return-value]
@@ -161,18 +194,21 @@ class TransferService:
         }
 
     def _last_review_or_made(self, record: str) -> date:
-        """When the plan was made or last reviewed: the latest of the issued plan's date and any
-        completed annual review's meeting date (reg 15(5) counts 12 months from it)."""
+        """When the plan was made or last reviewed (reg 15(5) counts 12 months from it): the
+        later of the issued plan's `date` (the current version of an issued plan is its newest
+        final/amended one) and the meeting date of any annual review already held, decided or
+        not (a review happens at its meeting; reg 20), unless that review was withdrawn."""
         dates = []
         for version in self.records.repo.current_of_type(record, "Composition"):
             if is_plan(version.resource) and is_issued(version.resource) and version.resource.get("date"):
                 dates.append(date.fromisoformat(version.resource["date"][:10]))
+        today = self.records.clock().date()
         for task in self.records.repo.current_of_type(record, "Task"):
-            if is_task(task.resource, "annual-review") and task.resource.get("status") == "completed":
+            if is_task(task.resource, "annual-review") and task.resource.get("status") not in _WITHDRAWN:
                 meeting = task_input(task.resource, "meeting-date")
-                if isinstance(meeting, str):
+                if isinstance(meeting, str) and date.fromisoformat(meeting) <= today:
                     dates.append(date.fromisoformat(meeting))
-        return max(dates) if dates else self.records.clock().date()
+        return max(dates) if dates else today
 
     # --- $accept ------------------------------------------------------------------------
 
@@ -186,17 +222,19 @@ class TransferService:
         self.records.access.require_scope(caller, "Task", "u")
         if task.resource.get("status") != "requested":
             raise business_rule(f"this transfer is {task.resource.get('status')}; only a requested transfer can be accepted")
+        if task_input(task.resource, "deployment"):
+            raise business_rule(f"{destination} is served by another deployment: the plan is delivered there, "
+                                "not accepted here")
         state = self.records.access.record_state(task.record)
         old = state.custodian if state else None
         now = self.records.clock()
         writes = [self._complete(caller, task, now)]
         writes += self._stop_assessments(caller, task.record, task.id)
         writes.append(self._family_notice(caller, task, state, now))
-        custody = {"$set": {"custodian": destination}, "$addToSet": {"former_custodians": old}}
         body = audit.body(caller, "transfer-accepted", "permit", now, f"custody moved from {old} to {destination} (reg 15)",
                           [(f"Task/{task.id}/_history/{task.vid + 1}", None)])
         self.records.commit(writes, [AuditAppend(audit.chain_of(task.record), body, checkpoint=True)],
-                            record_updates=[(task.record, custody)])
+                            record_updates=[(task.record, _custody_moves(old, destination))])
         return self.records.repo.read("Task", task.id)  # type: ignore[return-value]
 
     def _complete(self, caller: Caller, task: Version, now: datetime) -> PreparedWrite:
@@ -239,6 +277,13 @@ class TransferService:
         if makers:
             notice["owner"] = {"reference": makers[0]}
         return self.records.prepare(caller, notice, notice["id"], None, authorized="accept-transfer", pending=pending)
+
+
+def _custody_moves(old: str | None, new: str) -> list[dict]:
+    """The records-document update (a pipeline, so one statement both adds the old LA to the
+    former custodians and takes the new one off it: a plan can come back to an LA that held it)."""
+    held = {"$setUnion": [{"$ifNull": ["$former_custodians", []]}, [old] if old else []]}
+    return [{"$set": {"custodian": new, "former_custodians": {"$setDifference": [held, [new]]}}}]
 
 
 def parse_transfer(body: object) -> TransferRequest:

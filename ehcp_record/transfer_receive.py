@@ -27,8 +27,8 @@ from ehcp_record.records import RecordService
 from ehcp_record.repository import AuditAppend, Version, VersionWrite
 from ehcp_record.task_values import task_input
 from ehcp_record.transfer import TransferService, is_transfer
-from ehcp_record.transfer_remote import (AUDIT_URL, DOCUMENT_PREFIX, MEDIA_PREFIX, STATE_URL, check_signature, decode,
-                                         make_ack, parse_bundle)
+from ehcp_record.transfer_remote import (AUDIT_URL, DOCUMENT_PREFIX, MEDIA_PREFIX, STATE_URL, already_received,
+                                         check_signature, decode, make_ack, parse_bundle)
 from ehcp_record.transfer_repository import ImportedRecord, TransferStore
 
 _VERSION_URL = re.compile(r"^([A-Za-z]+)/([A-Za-z0-9\-.]{1,64})/_history/([0-9]{1,9})$")
@@ -46,14 +46,37 @@ class ReceiveTransfer:
         peer = check_signature(settings, body, headers)
         digest = hashlib.sha256(body).hexdigest()
         bundle = parse_bundle(body)
-        seen = self.store.received_ack(bundle["id"])
-        if seen is not None:
-            if seen["sha256"] != digest:
-                raise FhirError(409, "conflict", "a different transfer was already received under this id")
-            return 200, seen["ack"]
+        answer = self._replay(bundle["id"], digest, peer.organization)
+        if answer is not None:
+            return answer
         imported = self._check_and_build(bundle, peer.organization, digest)
-        self.store.import_record(imported)
+        try:
+            self.store.import_record(imported)
+        except Exception as failure:
+            self._discard_media(imported)
+            if isinstance(failure, FhirError):  # a concurrent retry of the same delivery got there first?
+                answer = self._replay(bundle["id"], digest, peer.organization)
+                if answer is not None:
+                    return answer
+            raise
         return 201, imported.ack
+
+    def _replay(self, transfer_id: str, digest: str, sender: str) -> tuple[int, dict] | None:
+        """A transfer already received: the same acknowledgement for the same bytes; for other
+        bytes under that id, 409 with the acknowledgement of what is held (to its sender only)."""
+        seen = self.store.received_ack(transfer_id)
+        if seen is None:
+            return None
+        if seen["sha256"] == digest:
+            return 200, seen["ack"]
+        if seen.get("sender") != sender:
+            raise FhirError(409, "conflict", "a different transfer was already received under this id")
+        return 409, already_received(seen["ack"])
+
+    def _discard_media(self, imported: ImportedRecord) -> None:
+        for write in imported.history:
+            if "media" in write.extra:
+                self.media.delete(write.extra["media"]["file"])
 
     def _check_and_build(self, bundle: dict, sender: str, digest: str) -> ImportedRecord:
         versions, directory, extras = _split(bundle)
@@ -71,20 +94,20 @@ class ReceiveTransfer:
         writes = self._writes(versions, record)
         state = json.loads(decode(extras[STATE_URL]))
         imported = ImportedRecord(
-            transfer_id=bundle["id"], bundle_sha256=digest, record=record,
+            transfer_id=bundle["id"], bundle_sha256=digest, sender=sender, record=record,
             ack=make_ack(self.records.repo.signing_key, bundle["id"], digest, destination, now),
             history=writes, audit_entries=chain, directory=self._writes(directory, None),
             record_state={"custodian": destination, "parents": state.get("parents", []), "birth_date": state.get("birth_date"),
                           "lacks_capacity": bool(state.get("lacks_capacity")), "representative": state.get("representative"),
-                          "former_custodians": [], "transferred_from": sender},
+                          "former_custodians": [sender], "transferred_from": sender},
             documents={url.removeprefix(DOCUMENT_PREFIX): decode(e) for url, e in extras.items() if url.startswith(DOCUMENT_PREFIX)},
         )
-        self._attach_media(imported, extras)
         imported.new_versions = self._arrival_versions(caller, task, writes, state, destination, record, now)
         arrivals = [(f"{w.type}/{w.id}/_history/{w.vid}", w.hash) for w in imported.new_versions]
         imported.import_audit = AuditAppend(record, audit.body(
             caller, "transfer-received", "permit", now, f"plan received from {sender} (reg 15)",
             [(f"Task/{task.id}/_history/{task.vid}", task.hash), *arrivals]), checkpoint=True)
+        self._attach_media(imported, extras)  # last: files are the one thing stored before the transaction
         return imported
 
     def _check_integrity(self, record: str, versions: list[Version], chain: list[dict]) -> None:

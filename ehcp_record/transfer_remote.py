@@ -10,6 +10,12 @@ The receiver verifies signature and integrity (every version's hash in the sende
 chain and its checkpoints) before storing anything, imports in one transaction, and answers a
 signed acknowledgement; the same acknowledgement answers a replay. Only on a valid
 acknowledgement does the sender mark the record transferred out.
+
+A delivery that fails is tried again later with the same bytes unless the record has changed
+since they were built; then a new bundle is built under the same transfer id, so the changes
+travel. A receiver that already holds an earlier bundle of that transfer (its acknowledgement
+was lost) answers 409 with that earlier acknowledgement inside; the sender accepts it only for
+a bundle it did send, and then knows exactly which later changes stayed behind.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Iterable
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -66,18 +72,21 @@ def peer_for_key(settings: Settings, kid: str) -> Peer | None:
 
 # --- sender -------------------------------------------------------------------------------
 
-def build_bundle(repo: Repository, record: str, transfer_id: str, now: datetime, media: Any) -> dict:
-    """Everything the record is, as it stands: versions oldest first, then chain, state, files."""
-    entries = [{"fullUrl": f"{v.type}/{v.id}/_history/{v.vid}", "resource": v.resource}
-               for v in repo.versions_of_record(record)]
+def build_bundle(repo: Repository, record: str, transfer_id: str, now: datetime, media: Any,
+                 versions: list[Version], chain: list[dict]) -> dict:
+    """Everything the record is: its versions, then the chain, state, documents and files.
+
+    `versions` must be read before `chain`: every version is committed with its audit entry,
+    so a chain read afterwards names each of them (the receiver checks exactly that).
+    """
+    entries = [{"fullUrl": f"{v.type}/{v.id}/_history/{v.vid}", "resource": v.resource} for v in versions]
     entries += [_directory_entry(v) for v in _directory_versions(repo, record)]
-    chain = list(repo.audit_entries(record))
     entries.append(_json_binary(AUDIT_URL, chain))
     state = {k: v for k, v in (repo.record_state(record) or {}).items() if k in ("birth_date", "parents", "lacks_capacity", "representative")}
     entries.append(_json_binary(STATE_URL, state))
     for key, data in repo.documents_of_record(record).items():
         entries.append({"fullUrl": DOCUMENT_PREFIX + key, "resource": _binary("application/fhir+json", data)})
-    for version in repo.versions_of_record(record):
+    for version in versions:
         info = repo.media_info(version.type, version.id, version.vid) if version.type == "Binary" else None
         if info:
             entries.append({"fullUrl": f"{MEDIA_PREFIX}Binary/{version.id}/_history/{version.vid}",
@@ -86,6 +95,12 @@ def build_bundle(repo: Repository, record: str, transfer_id: str, now: datetime,
     return {"resourceType": "Bundle", "id": transfer_id, "type": "collection", "timestamp": instant(now),
             "identifier": {"system": "http://ehcp-record.example.org/fhir/NamingSystem/transfer", "value": transfer_id},
             "entry": entries}
+
+
+def version_refs(body: bytes) -> set[str]:
+    """The versions ("Type/id/_history/n") a built bundle carries."""
+    return {e["fullUrl"] for e in json.loads(body)["entry"]
+            if "/_history/" in e.get("fullUrl", "") and (e.get("search") or {}).get("mode") != "include"}
 
 
 def _directory_versions(repo: Repository, record: str) -> list[Version]:
@@ -121,11 +136,12 @@ def signed_headers(body: bytes, key, transfer_id: str) -> dict[str, str]:
 
 
 def delivery_session(retries: int = 4, backoff: float = 0.5) -> requests.Session:
-    """Retries with exponential backoff on connection errors and 502/503/504; POST is safe to
-    retry because the receiver is idempotent on the transfer id."""
+    """Retries with exponential backoff (0.5, 1, 2, 4 s) on connection errors, timeouts and
+    500/502/503/504 (honouring Retry-After); POST is safe to retry because the receiver is
+    idempotent on the transfer id. A 4xx is the receiver's considered refusal: not retried."""
     session = requests.Session()
     retry = Retry(total=retries, connect=retries, read=retries, status=retries, backoff_factor=backoff,
-                  status_forcelist=(502, 503, 504), allowed_methods=frozenset({"POST"}), raise_on_status=False)
+                  status_forcelist=(500, 502, 503, 504), allowed_methods=frozenset({"POST"}), raise_on_status=False)
     session.mount("http://", HTTPAdapter(max_retries=retry))
     session.mount("https://", HTTPAdapter(max_retries=retry))
     return session
@@ -135,23 +151,41 @@ class DeliveryFailed(Exception):
     """The receiver could not be reached or refused the transfer; nothing changes here."""
 
 
-def deliver(peer: Peer, body: bytes, headers: dict[str, str], session: requests.Session | None = None) -> dict:
-    """POST the signed Bundle; return the receiver's acknowledgement once its signature checks."""
+def deliver(peer: Peer, body: bytes, headers: dict[str, str], session: requests.Session | None = None,
+            earlier: Iterable[str] = ()) -> dict:
+    """POST the signed Bundle; return the receiver's acknowledgement once its signature checks.
+
+    The acknowledgement is of this body, or (409) of one of the `earlier` bundles (hashes) sent
+    for the same transfer, which the receiver holds already.
+    """
     session = session or delivery_session()
     try:
         response = session.post(f"{peer.base_url}/$receive-transfer", data=body, headers=headers,
                                 timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
     except requests.RequestException as exc:
         raise DeliveryFailed(f"{peer.organization} could not be reached: {type(exc).__name__}") from None
+    if response.status_code == 409:
+        ack = _contained_ack(response)
+        if ack is not None and acknowledged_hash(ack) in set(earlier) and verify_ack(peer.public_key, ack, acknowledged_hash(ack)):
+            return ack
     if response.status_code not in (200, 201):
         raise DeliveryFailed(f"{peer.organization} answered {response.status_code}: {response.text[:200]}")
     try:
         ack = response.json()
     except ValueError:
         raise DeliveryFailed("the acknowledgement is not JSON") from None
-    if not verify_ack(peer.public_key, ack, hashlib.sha256(body).hexdigest()):
+    if not isinstance(ack, dict) or not verify_ack(peer.public_key, ack, hashlib.sha256(body).hexdigest()):
         raise DeliveryFailed("the acknowledgement's signature or content does not check")
     return ack
+
+
+def _contained_ack(response: requests.Response) -> dict | None:
+    try:
+        outcome = response.json()
+    except ValueError:
+        return None
+    contained = outcome.get("contained") if isinstance(outcome, dict) else None
+    return next((c for c in contained or [] if isinstance(c, dict) and c.get("resourceType") == "Parameters"), None)
 
 
 # --- acknowledgement ----------------------------------------------------------------------
@@ -164,12 +198,28 @@ def make_ack(key, transfer_id: str, bundle_sha256: str, receiver: str, at: datet
         {"name": "kid", "valueString": signing.key_id(key.public_key())}, {"name": "signature", "valueString": signature}]}
 
 
-def verify_ack(public_key, ack: dict, bundle_sha256: str) -> bool:
-    values = {p.get("name"): p.get("valueString") for p in ack.get("parameter", []) if isinstance(p, dict)}
+def ack_values(ack: dict) -> dict[str, str | None]:
+    return {p.get("name"): p.get("valueString") for p in ack.get("parameter", []) if isinstance(p, dict)}
+
+
+def acknowledged_hash(ack: dict) -> str | None:
+    return ack_values(ack).get("bundleSha256")
+
+
+def verify_ack(public_key, ack: dict, bundle_sha256: str | None) -> bool:
+    values = ack_values(ack)
     statement = {k: values.get(k) for k in ("transfer", "bundleSha256", "receiver", "receivedAt")}
-    if statement["bundleSha256"] != bundle_sha256 or None in statement.values():
+    if bundle_sha256 is None or statement["bundleSha256"] != bundle_sha256 or None in statement.values():
         return False
     return signing.verify(public_key, audit_chain.canonical_json(statement), values.get("signature") or "")
+
+
+def already_received(ack: dict) -> dict:
+    """The 409 a receiver answers to a different bundle under a transfer id it holds: the
+    signed acknowledgement of what it holds travels inside, for the sender to check."""
+    return {"resourceType": "OperationOutcome", "contained": [dict(ack, id="received")], "issue": [{
+        "severity": "error", "code": "conflict",
+        "diagnostics": "a different bundle of this transfer was already received; its acknowledgement is contained"}]}
 
 
 # --- receiver checks ----------------------------------------------------------------------

@@ -1,11 +1,18 @@
-"""Storage for transfers across deployments: the one transaction that imports a record, and
-the record of what was received (idempotency). Part of the repository layer (pymongo here only).
+"""Storage for transfers across deployments (part of the repository layer: pymongo here only).
+
+Receiving side: the one transaction that imports a record, and the receipt of each transfer
+(idempotency: transfer id -> bundle hash, sender, signed acknowledgement).
+Sending side: the export (an audit entry and a signed checkpoint that the transferred chain ends
+at), and the delivery state (the hash of every bundle sent for a transfer), so that an
+acknowledgement of an earlier bundle can be recognised.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
+from pymongo import ASCENDING
 from pymongo.client_session import ClientSession
 from pymongo.errors import DuplicateKeyError
 
@@ -19,6 +26,7 @@ class ImportedRecord:
 
     transfer_id: str
     bundle_sha256: str
+    sender: str
     ack: dict
     record: str
     history: list[VersionWrite]
@@ -34,6 +42,9 @@ class TransferStore:
     def __init__(self, repo: Repository) -> None:
         self.repo = repo
         self.received = repo.db.transfers_received
+        self.deliveries = repo.db.transfer_deliveries
+
+    # --- receiving ----------------------------------------------------------------------
 
     def received_ack(self, transfer_id: str) -> dict | None:
         return self.received.find_one({"_id": transfer_id})
@@ -44,11 +55,13 @@ class TransferStore:
         def work(session: ClientSession) -> None:
             try:
                 self.received.insert_one({"_id": imported.transfer_id, "sha256": imported.bundle_sha256,
-                                          "ack": imported.ack, "record": imported.record}, session=session)
+                                          "sender": imported.sender, "ack": imported.ack, "record": imported.record},
+                                         session=session)
             except DuplicateKeyError:
                 raise conflict("this transfer has already been received") from None
             if self.repo.current.find_one({"record": imported.record}, {"_id": 1}, session=session):
-                raise conflict(f"a record {imported.record} already exists here")
+                raise conflict(f"a record {imported.record} already exists here (a plan coming back to a deployment "
+                               "that held it before is not supported yet)")
             self._insert_versions(session, imported.history, only_if_absent=False)
             self._insert_versions(session, imported.directory, only_if_absent=True)
             if imported.audit_entries:
@@ -75,3 +88,36 @@ class TransferStore:
                 latest[key] = write
         for write in latest.values():
             self.repo.current.insert_one(envelope(write), session=session)
+
+    # --- sending ------------------------------------------------------------------------
+
+    def version_count(self, record: str, excluding: str) -> int:
+        """How many versions the record holds, not counting one resource's (the transfer Task's
+        own bookkeeping): history is insert-only, so a change anywhere else raises the count."""
+        resource_type, _, resource_id = excluding.partition("/")
+        return self.repo.history.count_documents(
+            {"record": record, "$nor": [{"type": resource_type, "rid": resource_id}]})
+
+    def export_chain(self, record: str, body: dict) -> list[dict]:
+        """Record the export in the chain with a signed checkpoint right after it, and return the
+        chain up to that checkpoint: the transferred chain ends at a signature, whatever is
+        appended here later (reads go on while the transfer waits)."""
+
+        def work(session: ClientSession) -> int:
+            return self.repo._append(session, AuditAppend(record, body, checkpoint=True))["seq"]
+
+        seq = self.repo.in_transaction(work)
+        last = seq + 1 if self.repo.signing_key is not None else seq
+        cursor = self.repo.audit.find({"record": record, "seq": {"$lte": last}}, {"_id": 0, "cp_at": 0})
+        return list(cursor.sort("seq", ASCENDING))
+
+    def note_sent(self, transfer_id: str, sha256: str, key: str) -> None:
+        """Remember every bundle built for a transfer: the receiver may hold any one of them."""
+        self.deliveries.update_one({"_id": transfer_id},
+                                   {"$set": {f"bundles.{sha256}": {"key": key, "at": datetime.now(timezone.utc)}}},
+                                   upsert=True)
+
+    def sent(self, transfer_id: str) -> dict[str, str]:
+        """Bundle hash -> storage key of every bundle built for this transfer."""
+        doc = self.deliveries.find_one({"_id": transfer_id}) or {}
+        return {sha: value["key"] for sha, value in (doc.get("bundles") or {}).items()}

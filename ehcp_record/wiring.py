@@ -65,6 +65,6 @@ def build_services(settings: Settings) -> Services:
     media = MediaService(records, MediaStore(repo.db), settings.max_binary_bytes)
     services = Services(settings, repo, registry, access, records, proposals, audit_log, documents,
                     EverythingService(records), media, ValidateOperation(records, checks),
-                    TransferService(records, settings, media))
-    services.receive_transfer = ReceiveTransfer(records, services.transfers, TransferStore(repo), media.store)
+                    TransferService(records, settings, TransferStore(repo), media))
+    services.receive_transfer = ReceiveTransfer(records, services.transfers, services.transfers.store, media.store)
     return services

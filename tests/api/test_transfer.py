@@ -130,3 +130,56 @@ def test_assessment_in_progress_stops_on_transfer(api, record):
     assert api.post(f"/fhir/Task/{task['id']}/$accept", None, api.token("la", NEW_LA)).status_code == 200
     stopped = api.get(f"/fhir/Task/{review['id']}", api.token("la", NEW_LA)).json()
     assert stopped["status"] == "cancelled" and "reg 15" in stopped["statusReason"]["text"]
+
+
+def test_overdue_transfers_are_searchable(api, record):
+    child = record["Patient"][0]["id"]
+    task = api.post(f"/fhir/Patient/{child}/$transfer", transfer_parameters(), api.la()).json()
+    due = date.fromisoformat(task["restriction"]["period"]["end"])
+    query = f"/fhir/Task?code=transfer&status=requested&patient={child}&due=lt"
+    assert api.get(query + due.isoformat(), api.la()).json()["total"] == 0
+    late = api.get(query + (due + timedelta(days=1)).isoformat(), api.la()).json()
+    assert [e["resource"]["id"] for e in late["entry"]] == [task["id"]]
+
+
+def test_a_review_held_since_the_plan_was_issued_sets_the_review_clock(api, record, monkeypatch):
+    child = record["Patient"][0]["id"]
+    meeting = date.today() + timedelta(days=100)
+    review = {"resourceType": "Task", "status": "requested", "intent": "order",
+              "code": {"coding": [{"system": "http://ehcp-record.example.org/fhir/CodeSystem/ehcp-task-code",
+                                   "code": "annual-review"}]},
+              "for": {"reference": f"Patient/{child}"}, "requester": {"reference": "Organization/la-866"},
+              "input": [{"type": {"coding": [{"system": TASK_INPUT, "code": "meeting-date"}]}, "valueDate": meeting.isoformat()}]}
+    assert api.post("/fhir/Task", review, api.la()).status_code == 201
+    records = api.services.records
+    later = records.clock() + timedelta(days=200)
+    monkeypatch.setattr(records, "clock", lambda: later)  # the meeting has been held by then
+    move, notified = later.date() + timedelta(days=30), later.date()
+    task = api.post(f"/fhir/Patient/{child}/$transfer", transfer_parameters(move=move, notified=notified), api.la()).json()
+    values = _inputs(task)
+    assert values["last-review"] == meeting.isoformat()
+    assert values["review-due"] == clocks.transfer_clocks(move, notified, meeting).review_due.isoformat()
+
+
+def test_a_plan_can_come_back_to_an_la_that_held_it(api, record):
+    child = record["Patient"][0]["id"]
+    plan = record["Composition"][0]["id"]
+    old_la, new_la = api.la(), api.token("la", NEW_LA)
+    there = api.post(f"/fhir/Patient/{child}/$transfer", transfer_parameters(), old_la).json()
+    assert api.post(f"/fhir/Task/{there['id']}/$accept", None, new_la).status_code == 200
+    back = api.post(f"/fhir/Patient/{child}/$transfer", transfer_parameters("Organization/la-866"), new_la)
+    assert back.status_code == 201, back.text
+    assert api.post(f"/fhir/Task/{back.json()['id']}/$accept", None, old_la).status_code == 200
+    assert api.get(f"/fhir/Composition/{plan}", old_la).status_code == 200
+    assert api.get(f"/fhir/Composition/{plan}", new_la).status_code == 404
+    state = api.services.repo.record_state(child)
+    assert state["custodian"] == "Organization/la-866" and state["former_custodians"] == [NEW_LA]
+    verdict = api.get(f"/fhir/Patient/{child}/$verify-audit", old_la).json()
+    assert {p["name"]: p for p in verdict["parameter"]}["valid"]["valueBoolean"] is True
+
+
+def test_capability_statement_lists_the_transfer_operations(api):
+    rest = api.get("/fhir/metadata").json()["rest"][0]
+    by_type = {r["type"]: {o["name"] for o in r.get("operation", [])} for r in rest["resource"]}
+    assert "transfer" in by_type["Patient"] and "accept" in by_type["Task"]
+    assert "receive-transfer" in {o["name"] for o in rest.get("operation", [])}

@@ -17,8 +17,11 @@ from pymongo import MongoClient
 
 from ehcp_record.config import load_settings
 from ehcp_record.mongod import free_port
+from ehcp_record.repository import Repository
+from ehcp_record.transfer_remote import ack_values, signed_headers
+from ehcp_record.transfer_repository import TransferStore
 from ehcp_record.signing import load_or_create_private_key, public_key_pem
-from tests.consent_support import load_issued_example
+from tests.consent_support import grant, load_issued_example
 from tests.e2e import server_process
 from tests.support import Api
 
@@ -64,6 +67,11 @@ def test_record_moves_between_deployments(tmp_path):
         assert "delivery pending" in waiting.json()["businessStatus"]["text"]
         assert a.get(f"/fhir/Composition/{plan}", a.la()).status_code == 200
 
+        # the family shares the plan with the school meanwhile: that travels too
+        parent_a = a.token("parent", None, fhir_user=f"RelatedPerson/{mum}")
+        consent = a.post("/fhir/Consent", grant(child, f"RelatedPerson/{mum}", "Organization/school-1", ["A", "B"]), parent_a)
+        assert consent.status_code == 201, consent.text
+
         # the receiver comes back: the next attempt delivers, once
         destination = server_process.start(b_dir, _env(NEW_LA, OLD_LA, a_port, a_pem), port=b_port)
         delivered = a.post(f"/fhir/Patient/{child}/$transfer", parameters, a.la())
@@ -71,15 +79,13 @@ def test_record_moves_between_deployments(tmp_path):
         assert delivered.json()["status"] == "completed", delivered.json().get("businessStatus")
 
         b = _client(b_dir, b_port)
-        parent_a = a.token("parent", None, fhir_user=f"RelatedPerson/{mum}")
         parent_b = b.token("parent", None, fhir_user=f"RelatedPerson/{mum}")
-        for resource_type, items in record.items():
-            if resource_type not in ("Patient", "Composition", "Condition", "Goal", "CarePlan", "DocumentReference"):
-                continue
-            for item in items:
-                history_a = a.get(f"/fhir/{resource_type}/{item['id']}/_history", parent_a).json()
-                history_b = b.get(f"/fhir/{resource_type}/{item['id']}/_history", parent_b).json()
-                assert [e["resource"] for e in history_a["entry"]] == [e["resource"] for e in history_b["entry"]]
+        carried = [r for t in ("Patient", "Composition", "Condition", "Goal", "CarePlan", "DocumentReference")
+                   for r in record[t]] + [consent.json()]
+        for item in carried:
+            path = f"/fhir/{item['resourceType']}/{item['id']}/_history"
+            history_a, history_b = a.get(path, parent_a).json(), b.get(path, parent_b).json()
+            assert [e["resource"] for e in history_a["entry"]] == [e["resource"] for e in history_b["entry"]]
         document_a = a.get(f"/fhir/Composition/{plan}/$document", parent_a).content
         document_b = b.get(f"/fhir/Composition/{plan}/$document", parent_b).content
         assert document_a == document_b
@@ -100,16 +106,17 @@ def test_record_moves_between_deployments(tmp_path):
         a_db = MongoClient(f"mongodb://127.0.0.1:{(a_dir / 'mongod.port').read_text().strip()}/?replicaSet=rs0",
                            directConnection=True)["ehcp_record"]
         task_id = delivered.json()["id"]
-        from ehcp_record.repository import Repository
-        from ehcp_record.transfer_remote import signed_headers
 
         origin_repo = Repository(a_db.client, "ehcp_record", load_or_create_private_key(a_dir / "keys" / "server-signing.pem"))
-        body = origin_repo.outbound_transfer(task_id)
+        sent = TransferStore(origin_repo).sent(task_id)
+        assert len(sent) == 2  # the consent given while the receiver was down made a new bundle
+        acknowledgement = json.loads(delivered.json()["output"][1]["valueString"])
+        received = acknowledgement["bundleSha256"]
+        body = origin_repo.outbound_transfer(sent[received])
         headers = signed_headers(body, origin_repo.signing_key, task_id)
         counts = {name: b_db[name].count_documents({}) for name in ("current", "history", "audit")}
         replay = requests.post(f"{b.base}/fhir/$receive-transfer", data=body, headers=headers, timeout=60)
-        assert replay.status_code == 200
-        assert replay.json() == json.loads(json.dumps(replay.json()))
+        assert replay.status_code == 200 and ack_values(replay.json()) == acknowledgement  # the same signed answer
         tampered = bytearray(body)
         index = body.index(b'"birthDate"') + 15
         tampered[index] = ord("9") if tampered[index] != ord("9") else ord("8")
