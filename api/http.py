@@ -8,7 +8,6 @@ from typing import Any
 from flask import Response, current_app, request
 
 from ehcp_record.errors import FhirError, invalid, outcome_of
-from ehcp_record.fhir_dates import instant
 from ehcp_record.repository import Version
 
 FHIR_JSON = "application/fhir+json"
@@ -118,6 +117,3 @@ def bundle_link(path: str, pairs: list[tuple[str, str]]) -> str:
     base = request.host_url.rstrip("/") + path
     return f"{base}?{urlencode(pairs)}" if pairs else base
 
-
-def meta_instant(version: Version) -> str:
-    return instant(version.updated)

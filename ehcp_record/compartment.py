@@ -27,9 +27,6 @@ class Compartment:
         params = {r["code"]: r["param"][0] for r in definition["resource"] if r.get("param")}
         return cls(params, registry)
 
-    def is_member_type(self, resource_type: str) -> bool:
-        return resource_type in self._params
-
     def record_of(self, resource: dict, lookup: RecordLookup) -> str | None:
         """The record id, or None for directory resources (Organization, Practitioner...).
 

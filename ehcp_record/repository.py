@@ -22,13 +22,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 import gridfs
 from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
 from pymongo.client_session import ClientSession
-from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 from pymongo.read_concern import ReadConcern
 from pymongo.read_preferences import ReadPreference
 from pymongo.write_concern import WriteConcern
 
 from ehcp_record import audit_chain
-from ehcp_record.errors import FhirError, conflict, precondition_failed
+from ehcp_record.errors import conflict, precondition_failed
 from ehcp_record.search import Criterion, SearchQuery, SortKey
 
 T = TypeVar("T")
@@ -352,9 +352,6 @@ class Repository:
         cursor = self.audit.find(query, {"_id": 0, "cp_at": 0}).sort("seq", DESCENDING).skip(offset).limit(count)
         return total, list(cursor)
 
-    def audit_count(self, chain: str) -> int:
-        return self.audit.count_documents({"record": chain})
-
     def chains(self) -> list[str]:
         return sorted(self.audit.distinct("record"))
 
@@ -461,11 +458,3 @@ def utc_now() -> datetime:
     now = datetime.now(timezone.utc)
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
-
-def is_connection_error(exc: BaseException) -> bool:
-    return isinstance(exc, ConnectionFailure)
-
-
-__all__ = [
-    "AuditAppend", "FhirError", "Repository", "Version", "VersionWrite", "Visibility", "utc_now",
-]

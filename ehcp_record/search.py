@@ -105,9 +105,6 @@ class SearchRegistry:
     def for_type(self, resource_type: str) -> list[SearchParam]:
         return [p for (t, _), p in self._params.items() if t == resource_type]
 
-    def definitions(self) -> list[SearchParam]:
-        return list(self._params.values())
-
     def index(self, resource: dict) -> dict[str, list]:
         """The search tokens of one resource version, stored beside it."""
         tokens: dict[str, list] = {}
