@@ -19,9 +19,9 @@ from urllib3.util.retry import Retry
 from consent.model import Actor
 from consent.scopes import parse_scopes
 from ehcp_record.config import DEV_ISSUER, Settings
-from ehcp_record.context import Caller
+from ehcp_record.access.caller import Caller
 from ehcp_record.errors import FhirError
-from ehcp_record.signing import load_or_create_private_key
+from ehcp_record.audit.signing import load_or_create_private_key
 
 ROLES = frozenset({"parent", "young-person", "la", "school", "health", "social-care", "auditor", "system"})
 PROFESSIONAL_ROLES = frozenset({"la", "school", "health", "social-care", "system"})

@@ -7,7 +7,7 @@ the code.
 
 from __future__ import annotations
 
-from ehcp_record.fhir_model import READ_ONLY_TYPES, STORED_TYPES
+from ehcp_record.fhir.model import READ_ONLY_TYPES, STORED_TYPES
 from ehcp_record.wiring import Services
 
 BASE = "http://ehcp-record.example.org/fhir"

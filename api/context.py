@@ -6,7 +6,7 @@ import uuid
 
 from flask import current_app, g, request
 
-from ehcp_record.context import Caller
+from ehcp_record.access.caller import Caller
 from ehcp_record.wiring import Services
 
 

@@ -85,7 +85,7 @@ def everything(patient_id: str) -> Response:
 @bp.post("/<resource_type>/$validate")
 @operation("validate", None)
 def validate(resource_type: str) -> Response:
-    from ehcp_record.fhir_model import require_served_type
+    from ehcp_record.fhir.model import require_served_type
 
     require_served_type(resource_type)
     return fhir_response(services().validate.validate(caller(), resource_type, json_body()))

@@ -6,10 +6,10 @@ from flask import Blueprint, Response
 
 from api.context import caller, services
 from api.http import bundle_link, fhir_response, if_match, json_body, query_pairs, version_headers, write_response
-from ehcp_record import bundles
+from ehcp_record.operations import bundles
 from ehcp_record.errors import FhirError, not_supported
-from ehcp_record.fhir_model import require_served_type
-from ehcp_record.search import DEFAULT_COUNT, MAX_COUNT
+from ehcp_record.fhir.model import require_served_type
+from ehcp_record.fhir.search import DEFAULT_COUNT, MAX_COUNT
 
 bp = Blueprint("fhir_rest", __name__, url_prefix="/fhir")
 

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from api.auth import issue_dev_token  # noqa: E402
 from ehcp_record.config import load_settings  # noqa: E402
-from ehcp_record.mongod import free_port  # noqa: E402
+from ehcp_record.store.mongod import free_port  # noqa: E402
 from tests.consent_support import grant  # noqa: E402
 from tests.e2e.plan_builders import parent  # noqa: E402
 

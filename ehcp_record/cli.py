@@ -11,7 +11,7 @@ import sys
 from typing import Iterator, Sequence
 
 from ehcp_record.config import Settings, load_settings
-from ehcp_record.mongod import EmbeddedMongo
+from ehcp_record.store.mongod import EmbeddedMongo
 
 log = logging.getLogger("ehcp_record")
 
@@ -93,11 +93,11 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
-    from ehcp_record.audit_verify import verify_all
+    from ehcp_record.audit.verify import verify_all
 
     settings = load_settings()
     with database(settings) as ready:
-        from ehcp_record.repository import Repository
+        from ehcp_record.store.repository import Repository
 
         repo = Repository.connect(ready.mongodb_uri or "", ready.database)
         try:

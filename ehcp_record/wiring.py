@@ -5,29 +5,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ehcp_record.access import AccessPolicy
-from ehcp_record.compartment import Compartment
+from ehcp_record.access.policy import AccessPolicy
+from ehcp_record.access.compartment import Compartment
 from ehcp_record.config import Settings
-from ehcp_record.audit_log import AuditLog
-from ehcp_record.audit_verify import trusted_keys
+from ehcp_record.operations.audit_log import AuditLog
+from ehcp_record.audit.verify import trusted_keys
 from ehcp_record.errors import FhirError
-from ehcp_record.gate import ParentalInputGate
-from ehcp_record.documents import DocumentService
-from ehcp_record.everything import EverythingService
-from ehcp_record.media import MediaService
-from ehcp_record.media_repository import MediaStore
-from ehcp_record.profile_validator import ProfileValidator
-from ehcp_record.proposals import ProposalService
-from ehcp_record.subscriptions import SubscriptionService
-from ehcp_record.transfer import TransferService
-from ehcp_record.transfer_receive import ReceiveTransfer
-from ehcp_record.transfer_repository import TransferStore
-from ehcp_record.validate_operation import ValidateOperation
-from ehcp_record.validation import ProfileChecks
-from ehcp_record.records import RecordService
-from ehcp_record.repository import Repository
-from ehcp_record.search import SearchRegistry
-from ehcp_record.signing import load_or_create_private_key
+from ehcp_record.plan.gate import ParentalInputGate
+from ehcp_record.plan.documents import DocumentService
+from ehcp_record.operations.everything import EverythingService
+from ehcp_record.operations.media import MediaService
+from ehcp_record.store.media import MediaStore
+from ehcp_record.fhir.validator import ProfileValidator
+from ehcp_record.operations.proposals import ProposalService
+from ehcp_record.notifications.subscriptions import SubscriptionService
+from ehcp_record.transfer.service import TransferService
+from ehcp_record.transfer.receive import ReceiveTransfer
+from ehcp_record.store.transfers import TransferStore
+from ehcp_record.operations.validate import ValidateOperation
+from ehcp_record.plan.validation import ProfileChecks
+from ehcp_record.access.scoped import RecordService
+from ehcp_record.store.repository import Repository
+from ehcp_record.fhir.search import SearchRegistry
+from ehcp_record.audit.signing import load_or_create_private_key
 
 
 @dataclass

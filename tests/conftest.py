@@ -14,7 +14,7 @@ from typing import Iterator
 import pytest
 from werkzeug.serving import make_server
 
-from ehcp_record.mongod import EmbeddedMongo
+from ehcp_record.store.mongod import EmbeddedMongo
 
 from tests.support import Api
 

@@ -94,7 +94,7 @@ def need(child: str, section: str = "B", code: str = "SLCN", **fields: Any) -> d
 
 def references_in(resource: dict) -> list[str]:
     """Every literal reference in a resource as Type/id, for checking documents resolve."""
-    from ehcp_record.fhir_model import literal_references, ref_key
+    from ehcp_record.fhir.model import literal_references, ref_key
 
     return [ref_key(r) for r in literal_references(resource)]
 

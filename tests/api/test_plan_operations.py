@@ -49,7 +49,7 @@ def test_document_is_a_valid_fhir_document(api, issued_plan):
 
 
 def test_issued_document_is_reproduced_byte_for_byte_and_signed(api, issued_plan):
-    from ehcp_record.documents import verify_document
+    from ehcp_record.plan.documents import verify_document
 
     child, ids, mum = issued_plan
     first = _document(api, ids, api.la()).content

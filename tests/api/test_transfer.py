@@ -6,7 +6,7 @@ from datetime import date, timedelta
 
 import pytest
 
-from ehcp_record import clocks
+from ehcp_record.workflow import clocks
 from tests.consent_support import grant, load_issued_example, section_of
 from tests.support import outcome_code
 

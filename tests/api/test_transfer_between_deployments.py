@@ -19,9 +19,9 @@ import requests
 from werkzeug.serving import make_server
 
 from api import create_app
-from ehcp_record.mongod import free_port
-from ehcp_record.signing import load_or_create_private_key, public_key_pem
-from ehcp_record.transfer_remote import ack_values, delivery_session, encode_bundle, signed_headers
+from ehcp_record.store.mongod import free_port
+from ehcp_record.audit.signing import load_or_create_private_key, public_key_pem
+from ehcp_record.transfer.remote import ack_values, delivery_session, encode_bundle, signed_headers
 from tests.consent_support import grant, load_issued_example
 from tests.support import Api
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-from ehcp_record.mongod import free_port
+from ehcp_record.store.mongod import free_port
 
 
 @dataclass

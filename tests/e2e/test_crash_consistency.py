@@ -16,8 +16,8 @@ import requests
 from pymongo import MongoClient
 
 from api.auth import issue_dev_token
-from ehcp_record.audit_verify import trusted_keys, verify_record
-from ehcp_record.repository import Repository
+from ehcp_record.audit.verify import trusted_keys, verify_record
+from ehcp_record.store.repository import Repository
 from ehcp_record.config import load_settings
 from tests.e2e import server_process
 from tests.support import LA

@@ -16,11 +16,11 @@ import requests
 from pymongo import MongoClient
 
 from ehcp_record.config import load_settings
-from ehcp_record.mongod import free_port
-from ehcp_record.repository import Repository
-from ehcp_record.transfer_remote import ack_values, signed_headers
-from ehcp_record.transfer_repository import TransferStore
-from ehcp_record.signing import load_or_create_private_key, public_key_pem
+from ehcp_record.store.mongod import free_port
+from ehcp_record.store.repository import Repository
+from ehcp_record.transfer.remote import ack_values, signed_headers
+from ehcp_record.store.transfers import TransferStore
+from ehcp_record.audit.signing import load_or_create_private_key, public_key_pem
 from tests.consent_support import grant, load_issued_example
 from tests.e2e import server_process
 from tests.support import Api

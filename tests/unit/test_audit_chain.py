@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from ehcp_record import signing
-from ehcp_record.audit_chain import (
+from ehcp_record.audit import signing
+from ehcp_record.audit.chain import (
     GENESIS,
     ChainHead,
     ChainVerdict,

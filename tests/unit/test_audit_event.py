@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from ehcp_record.audit_chain import ChainHead, next_checkpoint_entry, next_entry
-from ehcp_record.audit_event import (
+from ehcp_record.audit.chain import ChainHead, next_checkpoint_entry, next_entry
+from ehcp_record.audit.events import (
     AUDIT_ACTION_SYSTEM,
     AUDIT_CHAIN_EXTENSION,
     to_audit_event,

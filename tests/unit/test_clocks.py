@@ -1,4 +1,4 @@
-"""Statutory clocks (ehcp_record.clocks): worked examples and properties.
+"""Statutory clocks (ehcp_record.workflow.clocks): worked examples and properties.
 
 Each expected date below was counted by hand against the England bank holiday calendar;
 the comments show the count so a reader can check it without running anything.
@@ -11,7 +11,7 @@ from datetime import date, timedelta
 import pytest
 from hypothesis import given, strategies as st
 
-from ehcp_record.clocks import (
+from ehcp_record.workflow.clocks import (
     TransferClocks,
     add_months,
     add_working_days,

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from ehcp_record.golden_thread import PLAN_DOCUMENT_PROFILE, check_golden_thread, plan_bundle, validate_plan
-from ehcp_record.profile_validator import DEFAULT_PROFILES_DIR, Issue, default_validator, has_errors
+from ehcp_record.plan.golden_thread import PLAN_DOCUMENT_PROFILE, check_golden_thread, plan_bundle, validate_plan
+from ehcp_record.fhir.validator import DEFAULT_PROFILES_DIR, Issue, default_validator, has_errors
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""NHS number, UPN, DfE LA number and GSS code checks (ehcp_record.identifiers)."""
+"""NHS number, UPN, DfE LA number and GSS code checks (ehcp_record.fhir.identifiers)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given, strategies as st
 from stdnum.gb import nhs as stdnum_nhs
 from stdnum.gb import upn as stdnum_upn
 
-from ehcp_record.identifiers import (
+from ehcp_record.fhir.identifiers import (
     GSS_SYSTEM,
     LA_NUMBER_SYSTEM,
     NHS_NUMBER_SYSTEM,

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from stdnum.gb import upn as stdnum_upn
 
-from ehcp_record.profile_validator import (
+from ehcp_record.fhir.validator import (
     CANONICAL_BASE,
     DEFAULT_PROFILES_DIR,
     Issue,

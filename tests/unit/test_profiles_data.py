@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from stdnum.gb import upn as stdnum_upn
 
-from ehcp_record.profile_validator import CANONICAL_BASE, DEFAULT_PROFILES_DIR, default_validator
+from ehcp_record.fhir.validator import CANONICAL_BASE, DEFAULT_PROFILES_DIR, default_validator
 
 PROFILES = DEFAULT_PROFILES_DIR
 ALL_FILES = sorted(PROFILES.rglob("*.json"))
@@ -104,7 +104,7 @@ def test_one_default_profile_per_type_unless_a_condition_chooses():
 
 
 def test_example_plan_validates_clean_as_a_whole_plan():
-    from ehcp_record.golden_thread import validate_plan
+    from ehcp_record.plan.golden_thread import validate_plan
 
     assert validate_plan(load(PROFILES / "examples" / "plan-bundle.json")) == []
 

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ehcp_record import signing
+from ehcp_record.audit import signing
 
 KEY = Ed25519PrivateKey.generate()
 PUBLIC = KEY.public_key()

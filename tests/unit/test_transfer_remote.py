@@ -10,10 +10,10 @@ import requests
 import responses
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ehcp_record import signing
+from ehcp_record.audit import signing
 from ehcp_record.config import Settings
 from ehcp_record.errors import FhirError
-from ehcp_record.transfer_remote import (CONNECT_TIMEOUT, READ_TIMEOUT, DeliveryFailed, Peer, already_received, check_signature, deliver, delivery_session,
+from ehcp_record.transfer.remote import (CONNECT_TIMEOUT, READ_TIMEOUT, DeliveryFailed, Peer, already_received, check_signature, deliver, delivery_session,
                                          encode_bundle, make_ack, signed_headers, verify_ack)
 
 RECEIVER_URL = "https://ehcp.la-916.example/fhir"

@@ -1,0 +1,1 @@
+"""The access boundary: the caller, the access policy and the caller-scoped store."""

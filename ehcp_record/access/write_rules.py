@@ -1,0 +1,130 @@
+"""Who may write what, and the custody state a write changes.
+
+Draft plan content is the custodian LA's to edit; schools and health services contribute advice
+(DocumentReference) to the sections they were given `contribute` consent for; consents are
+managed by the decision-maker or recorded by the custodian LA from paper. Issued plan content
+never changes through a direct write (the parental-input gate, `ehcp_record.plan.gate`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from consent.model import grant_problems, is_sharing_grant
+from consent.sections import section_of
+from ehcp_record.access.policy import AccessPolicy
+from ehcp_record.access.caller import Caller
+from ehcp_record.errors import FhirError, forbidden, unprocessable
+
+DIRECTORY_WRITERS = frozenset({"la", "system"})
+CONTRIBUTABLE_TYPES = frozenset({"DocumentReference", "Binary"})
+# profiles/CodeSystem/ehcp-relationship: who has parental responsibility (Children Act 1989
+# s3) and who represents a young person lacking capacity (CFA 2014 s80).
+RELATIONSHIP_SYSTEM = "http://ehcp-record.example.org/fhir/CodeSystem/ehcp-relationship"
+PARENTAL_RESPONSIBILITY = "parental-responsibility"
+REPRESENTATIVE = "representative"
+LACKS_CAPACITY_EXTENSION = "http://ehcp-record.example.org/fhir/StructureDefinition/ehcp-lacks-capacity"
+
+
+@dataclass(frozen=True)
+class WriteDecision:
+    operation: str
+    consent_ids: tuple[str, ...] = ()
+
+
+def authorize_write(access: AccessPolicy, caller: Caller, resource: dict, record: str | None,
+                    creating: bool, new_record: bool = False) -> WriteDecision:
+    """Raise 403/404 unless this caller may write this resource into this record.
+
+    `new_record`: the child's Patient is created earlier in the same transaction Bundle, so the
+    caller is the LA opening the record and becomes its custodian when the Bundle commits.
+    """
+    resource_type = resource["resourceType"]
+    access.require_scope(caller, resource_type, "c" if creating else "u")
+    access.confine_to_launch_patient(caller, resource_type, "c" if creating else "u", record)
+    if resource_type == "Subscription":
+        return WriteDecision("subscribe")  # anyone may ask to be told of what they may see
+    if record is None:
+        return _directory_write(caller, resource_type)
+    if (resource_type == "Patient" and creating) or new_record:
+        return _new_record(caller)
+    if resource_type == "Consent":
+        return _consent_write(access, caller, resource, record)
+    if resource_type in CONTRIBUTABLE_TYPES:
+        return _contribution(access, caller, resource, record)
+    decision = access.require(caller, "write", record)
+    return WriteDecision("write", decision.consent_ids)
+
+
+def _directory_write(caller: Caller, resource_type: str) -> WriteDecision:
+    if caller.actor.role not in DIRECTORY_WRITERS:
+        raise forbidden(f"only a local authority or a system may maintain {resource_type} directory entries")
+    return WriteDecision("write")
+
+
+def _new_record(caller: Caller) -> WriteDecision:
+    """A child's record is opened by the LA that will hold it (custodian)."""
+    if caller.actor.role != "la" or not caller.actor.organization:
+        raise forbidden("only a local authority (a token with role 'la' and an organization) can open a child's record")
+    return WriteDecision("write")
+
+
+def _consent_write(access: AccessPolicy, caller: Caller, resource: dict, record: str) -> WriteDecision:
+    """Consents from the family are always sharing grants and must be complete; an LA may also
+    keep a plain R4 Consent (e.g. a research opt-in) on the record, which grants nothing."""
+    decision = access.require(caller, "manage-consent", record)
+    if caller.actor.role not in ("parent", "young-person") and not is_sharing_grant(resource):
+        return WriteDecision("manage-consent", decision.consent_ids)
+    problems = grant_problems(resource)
+    if problems:
+        raise unprocessable("; ".join(problems), "business-rule", ["Consent.provision"])
+    return WriteDecision("manage-consent", decision.consent_ids)
+
+
+def _contribution(access: AccessPolicy, caller: Caller, resource: dict, record: str) -> WriteDecision:
+    if access.decide(caller, "write", record).permit:
+        return WriteDecision("write")
+    decision = access.require(caller, "contribute", record)
+    section = resource.get("_section") or section_of(resource)
+    if section not in decision.sections:
+        raise FhirError(403, "forbidden", f"your consent does not cover contributing to section {section}")
+    return WriteDecision("contribute", decision.consent_ids)
+
+
+def record_changes(resource: dict, record: str, creating: bool, caller: Caller) -> dict | None:
+    """The custody-state update a write implies (Mongo update document), if any."""
+    resource_type = resource["resourceType"]
+    if resource_type == "Patient":
+        changes: dict = {"$set": {"birth_date": resource.get("birthDate"), "lacks_capacity": _lacks_capacity(resource)}}
+        if creating:
+            changes["$setOnInsert"] = {"custodian": caller.actor.organization, "parents": [], "former_custodians": []}
+        return changes
+    if resource_type == "RelatedPerson":
+        return _related_person_changes(resource)
+    return None
+
+
+def _lacks_capacity(patient: dict) -> bool:
+    """Recorded by the LA under the Mental Capacity Act 2005 (CFA 2014 s80, Code of Practice 8.13)."""
+    return any(e.get("url") == LACKS_CAPACITY_EXTENSION and e.get("valueBoolean") is True
+               for e in patient.get("extension", []) or [])
+
+
+def _related_person_changes(resource: dict) -> dict:
+    ref = f"RelatedPerson/{resource['id']}"
+    active = resource.get("active", True)
+    codes = _relationship_codes(resource) if active else set()
+    changes: dict = {"$addToSet": {"parents": ref}} if PARENTAL_RESPONSIBILITY in codes else {"$pull": {"parents": ref}}
+    if REPRESENTATIVE in codes:
+        changes["$set"] = {"representative": ref}
+    return changes
+
+
+def _relationship_codes(resource: dict) -> set[str]:
+    return {coding.get("code") for concept in resource.get("relationship", []) or []
+            for coding in concept.get("coding", []) or [] if coding.get("system") == RELATIONSHIP_SYSTEM}
+
+
+def check_record_unchanged(resource_type: str, old_record: str | None, new_record: str | None) -> None:
+    if old_record != new_record:
+        raise unprocessable(f"a {resource_type} cannot move from one child's record to another's", "business-rule")

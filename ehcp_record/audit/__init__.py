@@ -1,0 +1,1 @@
+"""The audit trail: entry bodies, the hash chain, AuditEvent mapping, verification, signing."""

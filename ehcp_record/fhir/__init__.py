@@ -1,0 +1,1 @@
+"""FHIR structures: models, dates, identifiers, search parameters, the generic profile validator."""

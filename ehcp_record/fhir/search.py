@@ -1,0 +1,296 @@
+"""FHIR search: the parameters (data in profiles/SearchParameter), indexing, and query parsing.
+
+Parameters are SearchParameter resources evaluated with fhirpathpy at write time into plain
+strings and date ranges stored beside each version (`idx`). A search request is parsed here into
+a neutral `SearchQuery`; only the repository turns it into a Mongo filter. Every value the
+client sends stays a string, and names are checked against the registry, so operator injection
+(`identifier[$ne]=`, `{"$gt": ""}`) has nowhere to go.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from fhirpathpy import compile as compile_fhirpath
+
+from ehcp_record.fhir import dates as fhir_dates
+from ehcp_record.errors import invalid, not_supported, too_costly
+
+DEFAULT_COUNT = 20
+MAX_COUNT = 100
+MAX_OFFSET = 10_000
+_DATE_PREFIXES = ("eq", "ne", "lt", "gt", "le", "ge", "sa", "eb")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(?::[A-Za-z-]+)?$")
+_RESULT_PARAMS = {"_count", "_offset", "_sort", "_include", "_total", "_summary", "_format"}
+_FORMATS = {"json", "application/json", "application/fhir+json"}
+
+
+@dataclass(frozen=True)
+class SearchParam:
+    code: str
+    type: str  # token | reference | date
+    resource_type: str
+    evaluate: Callable[[dict], list]
+    targets: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """One AND-ed condition: the stored field matches any of `values` (OR)."""
+
+    field: str  # "idx.<code>", "_id" or "_lastUpdated"
+    kind: str  # "token" | "reference" | "date" | "id"
+    values: tuple[Any, ...]
+    negate: bool = False
+
+
+@dataclass(frozen=True)
+class SortKey:
+    field: str
+    descending: bool
+
+
+@dataclass(frozen=True)
+class Include:
+    source_type: str
+    param: str
+    target_type: str | None
+
+
+@dataclass
+class SearchQuery:
+    resource_type: str
+    criteria: list[Criterion] = field(default_factory=list)
+    count: int = DEFAULT_COUNT
+    offset: int = 0
+    sort: list[SortKey] = field(default_factory=list)
+    includes: list[Include] = field(default_factory=list)
+    summary_count: bool = False
+    patient_filter: tuple[str, ...] = ()  # record ids named by patient/subject, for consent
+
+    def without_paging(self) -> list[tuple[str, str]]:
+        """The parameters that define the result set, for building paging links."""
+        return [(k, v) for k, v in self.echo if k not in ("_count", "_offset")]
+
+    echo: list[tuple[str, str]] = field(default_factory=list)
+
+
+class SearchRegistry:
+    """Every search parameter per resource type, compiled once from profiles/SearchParameter."""
+
+    def __init__(self, params: dict[tuple[str, str], SearchParam]) -> None:
+        self._params = params
+
+    @classmethod
+    def load(cls, directory: Path) -> "SearchRegistry":
+        params: dict[tuple[str, str], SearchParam] = {}
+        for path in sorted(directory.glob("*.json")):
+            definition = json.loads(path.read_text())
+            for resource_type, expression in _split_expression(definition):
+                params[(resource_type, definition["code"])] = SearchParam(
+                    code=definition["code"], type=definition["type"], resource_type=resource_type,
+                    evaluate=compile_fhirpath(expression, None),
+                    targets=tuple(definition.get("target", ())),
+                )
+        return cls(params)
+
+    def get(self, resource_type: str, code: str) -> SearchParam | None:
+        return self._params.get((resource_type, code))
+
+    def for_type(self, resource_type: str) -> list[SearchParam]:
+        return [p for (t, _), p in self._params.items() if t == resource_type]
+
+    def index(self, resource: dict) -> dict[str, list]:
+        """The search tokens of one resource version, stored beside it."""
+        tokens: dict[str, list] = {}
+        for param in self.for_type(resource.get("resourceType", "")):
+            values = _index_values(param, param.evaluate(resource))
+            if values:
+                tokens[param.code] = values
+        return tokens
+
+
+def _split_expression(definition: dict) -> Iterable[tuple[str, str]]:
+    """`Patient.identifier | Goal.identifier` -> one expression per base type."""
+    for part in definition["expression"].split(" | "):
+        part = part.strip()
+        resource_type = part.split(".", 1)[0]
+        if resource_type in definition["base"]:
+            yield resource_type, part
+
+
+def _index_values(param: SearchParam, found: list) -> list:
+    if param.type == "token":
+        return sorted({t for value in found for t in _tokens(value)})
+    if param.type == "reference":
+        return sorted({r for value in found for r in _references(value)})
+    if param.type == "date":
+        return [r for value in found for r in _date_ranges(value)]
+    return []
+
+
+def _tokens(value: Any) -> list[str]:
+    if isinstance(value, bool):
+        return ["true" if value else "false"]
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, dict):
+        return []
+    if "coding" in value:
+        return [t for coding in value["coding"] for t in _tokens(coding)]
+    code = value.get("code", value.get("value"))
+    if not isinstance(code, str):
+        return []
+    system = value.get("system")
+    return [code, f"{system}|{code}", f"{system}|"] if system else [code, f"|{code}"]
+
+
+def _references(value: Any) -> list[str]:
+    reference = value.get("reference") if isinstance(value, dict) else None
+    if not isinstance(reference, str) or reference.startswith(("urn:", "#")):
+        return []
+    parts = reference.split("/_history/")[0].rstrip("/").split("/")
+    if len(parts) < 2:
+        return []
+    return [f"{parts[-2]}/{parts[-1]}", parts[-1]]
+
+
+def _date_ranges(value: Any) -> list[dict]:
+    try:
+        if isinstance(value, str):
+            lo, hi = fhir_dates.parse_range(value)
+            return [{"lo": lo, "hi": hi}]
+        if isinstance(value, dict) and ("start" in value or "end" in value):
+            lo = fhir_dates.parse_range(value["start"])[0] if value.get("start") else fhir_dates.MIN
+            hi = fhir_dates.parse_range(value["end"])[1] if value.get("end") else fhir_dates.MAX
+            return [{"lo": lo, "hi": hi}]
+    except fhir_dates.DateFormatError:
+        return []
+    return []
+
+
+def parse_search(registry: SearchRegistry, resource_type: str, pairs: list[tuple[str, str]]) -> SearchQuery:
+    """Turn the query string (or form body) of a search into a SearchQuery, or raise 400."""
+    query = SearchQuery(resource_type=resource_type, echo=list(pairs))
+    for name, value in pairs:
+        _check_name_and_value(name, value)
+        if name in _RESULT_PARAMS:
+            _apply_result_param(registry, query, name, value)
+        else:
+            query.criteria.append(_criterion(registry, resource_type, name, value))
+    query.patient_filter = _patient_filter(query.criteria)
+    return query
+
+
+def _check_name_and_value(name: str, value: str) -> None:
+    if not _NAME.match(name):
+        raise invalid(f"search parameter name '{name[:60]}' is not allowed", "invalid")
+    stripped = value.lstrip()
+    if stripped.startswith(("{", "[")) or "\x00" in value:
+        raise invalid(f"the value of '{name}' looks like a query object; send a plain FHIR search value")
+
+
+def _apply_result_param(registry: SearchRegistry, query: SearchQuery, name: str, value: str) -> None:
+    if name == "_count":
+        query.count = min(_non_negative_int(name, value), MAX_COUNT)
+    elif name == "_offset":
+        query.offset = _non_negative_int(name, value)
+        if query.offset > MAX_OFFSET:
+            raise too_costly(f"_offset beyond {MAX_OFFSET}; narrow the search instead")
+    elif name == "_sort":
+        query.sort = [_sort_key(registry, query.resource_type, key) for key in value.split(",") if key]
+    elif name == "_include":
+        query.includes.append(_include(registry, query.resource_type, value))
+    elif name == "_summary":
+        if value != "count":
+            raise not_supported("_summary supports only 'count'")
+        query.summary_count = True
+    elif name == "_format" and value not in _FORMATS:
+        raise not_supported("only JSON is served (_format=json)", 406)
+
+
+def _non_negative_int(name: str, value: str) -> int:
+    if not value.isdigit() or len(value) > 7:
+        raise invalid(f"{name} must be a whole number, not '{value[:20]}'")
+    return int(value)
+
+
+def _sort_key(registry: SearchRegistry, resource_type: str, key: str) -> SortKey:
+    descending = key.startswith("-")
+    code = key.lstrip("-")
+    if code in ("_lastUpdated", "_id"):
+        return SortKey(code, descending)
+    param = registry.get(resource_type, code)
+    if param is None or param.type != "date":
+        raise not_supported(f"sorting {resource_type} by '{code}' is not supported (use _lastUpdated, _id or a date)")
+    return SortKey(f"idx.{code}", descending)
+
+
+def _include(registry: SearchRegistry, resource_type: str, value: str) -> Include:
+    parts = value.split(":")
+    if len(parts) not in (2, 3) or parts[0] != resource_type:
+        raise invalid(f"_include must be '{resource_type}:param[:Type]', not '{value[:60]}'")
+    param = registry.get(resource_type, parts[1])
+    if param is None or param.type != "reference":
+        raise not_supported(f"_include of '{value[:60]}' is not supported")
+    return Include(resource_type, parts[1], parts[2] if len(parts) == 3 else None)
+
+
+def _criterion(registry: SearchRegistry, resource_type: str, name: str, value: str) -> Criterion:
+    code, _, modifier = name.partition(":")
+    values = tuple(v for v in value.split(",") if v != "")
+    if not values:
+        raise invalid(f"search parameter '{name}' has no value")
+    if code == "_id":
+        return Criterion("_id", "id", values)
+    if code == "_lastUpdated":
+        return Criterion("_lastUpdated", "date", tuple(_date_value(code, v) for v in values))
+    param = registry.get(resource_type, code)
+    if param is None:
+        raise invalid(f"'{code}' is not a search parameter of {resource_type}")
+    return _typed_criterion(param, modifier, values)
+
+
+def _typed_criterion(param: SearchParam, modifier: str, values: tuple[str, ...]) -> Criterion:
+    field_name = f"idx.{param.code}"
+    if param.type == "date":
+        if modifier:
+            raise not_supported(f"modifier ':{modifier}' is not supported on date parameters")
+        return Criterion(field_name, "date", tuple(_date_value(param.code, v) for v in values))
+    if modifier not in ("", "not") or (modifier == "not" and param.type != "token"):
+        raise not_supported(f"modifier ':{modifier}' is not supported on '{param.code}'")
+    if param.type == "reference":
+        return Criterion(field_name, "reference", tuple(_reference_value(param, v) for v in values))
+    return Criterion(field_name, "token", values, negate=modifier == "not")
+
+
+def _reference_value(param: SearchParam, value: str) -> str:
+    parts = value.split("/_history/")[0].rstrip("/").split("/")
+    if len(parts) == 1 and len(param.targets) == 1:
+        return f"{param.targets[0]}/{parts[0]}"
+    return "/".join(parts[-2:]) if len(parts) >= 2 else parts[0]
+
+
+def _date_value(code: str, value: str) -> tuple[str, datetime, datetime]:
+    prefix = value[:2] if value[:2] in _DATE_PREFIXES else "eq"
+    text = value[2:] if value[:2] in _DATE_PREFIXES else value
+    try:
+        lo, hi = fhir_dates.parse_range(text)
+    except fhir_dates.DateFormatError as exc:
+        raise invalid(f"{code}: {exc}") from None
+    return prefix, lo, hi
+
+
+def _patient_filter(criteria: list[Criterion]) -> tuple[str, ...]:
+    """Record ids a search is limited to (patient=/subject=), so consent is decided per record."""
+    for criterion in criteria:
+        if criterion.field in ("idx.patient", "idx.subject") and criterion.kind == "reference":
+            ids = [v.split("/", 1)[1] for v in criterion.values if v.startswith("Patient/")]
+            if len(ids) == len(criterion.values):
+                return tuple(ids)
+    return ()

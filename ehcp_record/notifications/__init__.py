@@ -1,0 +1,1 @@
+"""Subscriptions (rest-hook) decided by the subscriber's consent."""

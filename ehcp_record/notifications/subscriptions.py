@@ -1,0 +1,153 @@
+"""Subscriptions (FHIR R4 rest-hook): notify a subscriber when something they may see changes.
+
+A notification is decided exactly as a search is: the subscription's criteria, limited to the
+changed resource, run under the subscriber's own consent decision at the moment of the change.
+So revoking consent stops notifications from the next change, and a subscriber never learns of
+a resource (not even that it changed) outside what they may read. With `channel.payload`
+absent the POST has no body (R4 "empty" notification); with `application/fhir+json` it carries
+the resource as the subscriber may see it (redacted). Every delivery is in the record's audit.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+from urllib.parse import urlparse
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from consent.model import Actor
+from consent.scopes import parse_scopes
+from ehcp_record.audit import entries as audit
+from ehcp_record.access.caller import Caller, owner_key
+from ehcp_record.errors import FhirError, forbidden, unprocessable
+from ehcp_record.access.scoped import RecordService
+from ehcp_record.store.repository import AuditAppend, Version
+from ehcp_record.fhir.search import parse_search
+
+log = logging.getLogger("ehcp_record.notifications.subscriptions")
+_TIMEOUT = (3, 10)
+
+
+@dataclass
+class SubscriptionService:
+    records: RecordService
+    allow_plain_http: bool = False
+    session_factory: Callable[[], requests.Session] = field(default=lambda: _session())
+    _pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(max_workers=4), repr=False)
+
+    # --- writes -------------------------------------------------------------------------
+
+    def prepare_subscription(self, caller: Caller, resource: dict, current: Version | None) -> dict:
+        """Check a new or changed Subscription and return the envelope fields to keep with it."""
+        if current is not None and current.owner != owner_key(caller):
+            raise forbidden("only the caller who created a subscription may change it")
+        criteria = resource.get("criteria", "")
+        resource_type, _, query = criteria.partition("?")
+        try:
+            parse_search(self.records.registry, resource_type, _pairs(query))
+        except FhirError as error:
+            raise unprocessable(f"Subscription.criteria: {error.diagnostics}", "value", ["Subscription.criteria"]) from None
+        channel = resource.get("channel") or {}
+        if channel.get("type") != "rest-hook":
+            raise unprocessable("only rest-hook subscriptions are supported", "not-supported", ["Subscription.channel.type"])
+        self._check_endpoint(channel.get("endpoint", ""))
+        if any(":" not in h or "\r" in h or "\n" in h for h in channel.get("header", []) or []):
+            raise unprocessable("each channel.header must be one 'Name: value' line", "value", ["Subscription.channel.header"])
+        if channel.get("payload") not in (None, "application/fhir+json"):
+            raise unprocessable("channel.payload must be absent (empty notification) or application/fhir+json", "value")
+        return {"owner": owner_key(caller), "owner_actor": _actor_fields(caller)}
+
+    def _check_endpoint(self, endpoint: str) -> None:
+        parsed = urlparse(endpoint)
+        loopback = parsed.hostname in ("localhost",) or _is_loopback(parsed.hostname or "")
+        if parsed.scheme != "https" and not (self.allow_plain_http and parsed.scheme == "http" and loopback):
+            raise unprocessable("channel.endpoint must be an https URL", "value", ["Subscription.channel.endpoint"])
+
+    # --- notifications ------------------------------------------------------------------
+
+    def after_commit(self, versions: list[Version]) -> None:
+        """Called once a transaction has committed; deliveries run off the request thread."""
+        changed = [v for v in versions if v.record is not None and v.type != "Subscription"]
+        if not changed:
+            return
+        for subscription in self.records.repo.active_subscriptions({v.type for v in changed}):
+            for version in changed:
+                self._pool.submit(self._notify_safely, subscription, version)
+
+    def _notify_safely(self, subscription: Version, version: Version) -> None:
+        try:
+            self._notify(subscription, version)
+        except Exception:  # a subscriber's endpoint must never break the server
+            log.exception("notification for Subscription/%s failed", subscription.id)
+
+    def _notify(self, subscription: Version, version: Version) -> None:
+        criteria = subscription.resource["criteria"]
+        resource_type, _, query = criteria.partition("?")
+        if resource_type != version.type:
+            return
+        subscriber = _caller_of(subscription)
+        pairs = _pairs(query) + [("_id", version.id), ("_count", "1")]
+        parsed = parse_search(self.records.registry, resource_type, pairs)
+        visibility = self.records.access.search_visibility(subscriber, parsed.patient_filter or (version.record or "",))
+        total, _ = self.records.repo.search(parsed, visibility)
+        if total == 0:
+            return  # not a match, or not the subscriber's to see: nothing is sent, nothing is said
+        channel = subscription.resource["channel"]
+        body = None
+        if channel.get("payload") == "application/fhir+json":
+            shown, _ = self.records.access.visible(subscriber, version)
+            body = shown
+        headers = _headers(channel)
+        response = self.session_factory().post(channel["endpoint"], json=body, headers=headers, timeout=_TIMEOUT)
+        outcome = "permit" if response.ok else "error"
+        entry = audit.body(subscriber, "notify", outcome, self.records.clock(), f"Subscription/{subscription.id}",
+                           [audit.version_ref(version)] if body is not None else [(f"{version.type}/{version.id}", None)])
+        self.records.repo.append_audit([AuditAppend(audit.chain_of(version.record), entry)])
+
+
+def _session() -> requests.Session:
+    session = requests.Session()
+    retry = Retry(total=2, backoff_factor=0.2, status_forcelist=(502, 503, 504), allowed_methods=frozenset({"POST"}))
+    session.mount("https://", HTTPAdapter(max_retries=retry))
+    session.mount("http://", HTTPAdapter(max_retries=retry))
+    return session
+
+
+def _headers(channel: dict) -> dict[str, str]:
+    pairs = (h.split(":", 1) for h in channel.get("header", []) or [] if ":" in h)
+    return {name.strip(): value.strip() for name, value in pairs}
+
+
+def _pairs(query: str) -> list[tuple[str, str]]:
+    from urllib.parse import parse_qsl
+
+    return parse_qsl(query, keep_blank_values=True, max_num_fields=50)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _actor_fields(caller: Caller) -> dict:
+    actor = caller.actor
+    return {"role": actor.role, "sub": actor.sub, "fhir_user": actor.fhir_user, "organization": actor.organization,
+            "patient": actor.patient, "issuer": caller.issuer,
+            "scope": " ".join(f"{s.context}/{s.resource_type}.{''.join(sorted(s.interactions, key='cruds'.index))}"
+                              for s in caller.scopes.scopes)}
+
+
+def _caller_of(subscription: Version) -> Caller:
+    fields = subscription.owner_actor or {}
+    actor = Actor(role=fields.get("role", ""), sub=fields.get("sub", ""), fhir_user=fields.get("fhir_user"),
+                  organization=fields.get("organization"), patient=fields.get("patient"))
+    return Caller(actor=actor, scopes=parse_scopes(fields.get("scope")), issuer=fields.get("issuer", ""),
+                  request_id=f"subscription-{subscription.id}")

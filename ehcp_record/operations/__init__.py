@@ -1,0 +1,1 @@
+"""EHCP operations and FHIR interactions beyond CRUD, one module per operation."""

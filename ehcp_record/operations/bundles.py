@@ -1,0 +1,258 @@
+"""`POST /fhir` with a transaction (all or nothing) or batch (each entry on its own) Bundle.
+
+FHIR R4 http.html §3.1.0.11: a transaction's entries succeed or fail together; `urn:uuid:`
+fullUrls are replaced by the ids the server assigns, everywhere they are referenced; POST
+entries honour `ifNoneExist`, PUT entries `ifMatch`.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from urllib.parse import parse_qsl
+
+from ehcp_record.access.caller import Caller
+from ehcp_record.errors import FhirError, invalid, not_supported, outcome_of
+from ehcp_record.fhir.dates import instant
+from ehcp_record.fhir.model import STORED_TYPES, parse_resource
+from ehcp_record.access.scoped import PreparedWrite, RecordService
+from ehcp_record.store.repository import Version
+
+MAX_ENTRIES = 500
+# Entries whose record follows another resource in the same Bundle are prepared last.
+_ORDER = {"Patient": 0, "Organization": 1, "Practitioner": 1, "PractitionerRole": 2, "RelatedPerson": 3,
+          "Binary": 8, "Provenance": 9}
+
+
+@dataclass
+class EntryPlan:
+    index: int
+    method: str
+    resource_type: str
+    resource_id: str | None
+    resource: dict | None
+    full_url: str | None
+    if_match: int | None
+    if_none_exist: str | None
+    url: str
+
+
+def process(service: RecordService, caller: Caller, body: object) -> dict:
+    bundle = parse_resource(body, "Bundle")
+    kind = bundle.get("type")
+    entries = bundle.get("entry") or []
+    if kind not in ("transaction", "batch"):
+        raise invalid("POST /fhir takes a Bundle of type 'transaction' or 'batch'", "invalid", ["Bundle.type"])
+    if len(entries) > MAX_ENTRIES:
+        raise FhirError(413, "too-costly", f"a Bundle may hold at most {MAX_ENTRIES} entries")
+    if kind == "transaction":
+        return _transaction(service, caller, entries)
+    return _batch(service, caller, entries)
+
+
+def _plan(entries: list[dict]) -> list[EntryPlan]:
+    plans = [_plan_entry(i, e) for i, e in enumerate(entries)]
+    seen: set[str] = set()
+    for plan in plans:
+        key = f"{plan.resource_type}/{plan.resource_id}" if plan.resource_id else None
+        if key and plan.method == "PUT":
+            if key in seen:
+                raise invalid(f"{key} appears twice in the transaction", "invalid", [f"Bundle.entry[{plan.index}]"])
+            seen.add(key)
+    return plans
+
+
+def _plan_entry(index: int, entry: dict) -> EntryPlan:
+    request = entry.get("request") or {}
+    method, url = request.get("method"), request.get("url")
+    where = [f"Bundle.entry[{index}].request"]
+    if method not in ("POST", "PUT", "GET", "DELETE", "PATCH", "HEAD") or not isinstance(url, str):
+        raise invalid(f"entry {index} needs request.method and request.url", "required", where)
+    if method in ("DELETE", "PATCH", "HEAD"):
+        raise not_supported(f"entry {index}: {method} is not supported (statutory records are never deleted)", 405)
+    path = url.split("?", 1)[0].strip("/").split("/")
+    resource_type = path[0]
+    resource = entry.get("resource")
+    if method in ("POST", "PUT"):
+        if not isinstance(resource, dict):
+            raise invalid(f"entry {index} ({method}) has no resource", "required", [f"Bundle.entry[{index}].resource"])
+        if resource.get("resourceType") != resource_type:
+            raise invalid(f"entry {index}: the resource type does not match request.url '{url}'", "invalid", where)
+    if method == "PUT" and len(path) != 2:
+        raise invalid(f"entry {index}: PUT needs request.url 'Type/id'", "invalid", where)
+    return EntryPlan(index, method, resource_type, path[1] if len(path) > 1 else None, resource,
+                     entry.get("fullUrl"), _if_match(request.get("ifMatch"), index), request.get("ifNoneExist"), url)
+
+
+def _if_match(value: object, index: int) -> int | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    digits = text.removeprefix("W/").strip('"')
+    if not digits.isdigit():
+        raise invalid(f"entry {index}: ifMatch must look like W/\"3\"", "invalid", [f"Bundle.entry[{index}].request.ifMatch"])
+    return int(digits)
+
+
+def _transaction(service: RecordService, caller: Caller, entries: list[dict]) -> dict:
+    prepared = prepare_transaction(service, caller, entries)
+    service.commit([prepared.writes[i] for i in sorted(prepared.writes)])
+    return _response_bundle("transaction-response", [
+        _write_entry(prepared.writes.get(p.index), prepared.existing.get(p.index)) if p.method != "GET"
+        else _get_entry(service, caller, p)
+        for p in prepared.plans
+    ])
+
+
+@dataclass
+class PreparedTransaction:
+    plans: list[EntryPlan]
+    writes: dict[int, PreparedWrite]
+    existing: dict[int, Version]
+
+
+def prepare_transaction(service: RecordService, caller: Caller, entries: list[dict],
+                        through_issue: bool = False) -> PreparedTransaction:
+    """Check and build every version of a transaction without storing anything.
+
+    `through_issue` is set only by `$issue`, which applies content the family has answered.
+    """
+    plans = _plan(entries)
+    for plan in plans:
+        if plan.method in ("POST", "PUT"):
+            plan.resource = parse_resource(plan.resource, plan.resource_type)
+    ids = _assign_ids(service, caller, plans)
+    _resolve_references(plans, ids)
+    prepared: dict[int, PreparedWrite] = {}
+    existing: dict[int, Version] = {}
+    pending: dict[str, str | None] = {}
+    for plan in sorted((p for p in plans if p.method in ("POST", "PUT")), key=lambda p: _ORDER.get(p.resource_type, 5)):
+        if plan.index in ids.matched:
+            existing[plan.index] = ids.matched[plan.index]
+            continue
+        item = _prepare(service, caller, plan, pending, through_issue)
+        pending[f"{item.write.type}/{item.write.id}"] = item.write.record
+        prepared[plan.index] = item
+    return PreparedTransaction(plans, prepared, existing)
+
+
+@dataclass
+class _Ids:
+    by_url: dict[str, str]
+    matched: dict[int, Version]
+
+
+def _assign_ids(service: RecordService, caller: Caller, plans: list[EntryPlan]) -> _Ids:
+    ids = _Ids({}, {})
+    for plan in plans:
+        if plan.method == "POST":
+            match = service.conditional_match(caller, plan.resource_type, plan.if_none_exist) if plan.if_none_exist else None
+            if match is not None:
+                ids.matched[plan.index] = match
+                plan.resource_id = match.id
+            else:
+                plan.resource_id = str(uuid.uuid4())
+        if plan.full_url and plan.resource_id:
+            ids.by_url[plan.full_url] = f"{plan.resource_type}/{plan.resource_id}"
+    return ids
+
+
+def _resolve_references(plans: list[EntryPlan], ids: _Ids) -> None:
+    """Rewrite every `urn:uuid:` reference to the Type/id the server assigned."""
+    for plan in plans:
+        if plan.resource is None:
+            continue
+        text = json.dumps(plan.resource)
+        if "urn:uuid:" not in text and "urn:oid:" not in text:
+            continue
+        plan.resource = _rewrite(plan.resource, ids.by_url, plan.index)
+
+
+def _rewrite(value: object, mapping: dict[str, str], index: int) -> object:
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if key == "reference" and isinstance(item, str) and item.startswith(("urn:uuid:", "urn:oid:")):
+                if item not in mapping:
+                    raise invalid(f"entry {index} refers to {item}, which is not a fullUrl in this Bundle",
+                                  "invalid", [f"Bundle.entry[{index}].resource"])
+                out[key] = mapping[item]
+            else:
+                out[key] = _rewrite(item, mapping, index)
+        return out
+    if isinstance(value, list):
+        return [_rewrite(item, mapping, index) for item in value]
+    return value
+
+
+def _prepare(service: RecordService, caller: Caller, plan: EntryPlan, pending: dict[str, str | None],
+             through_issue: bool = False) -> PreparedWrite:
+    if plan.resource_type not in STORED_TYPES:
+        raise not_supported(f"entry {plan.index}: {plan.resource_type} cannot be written", 405)
+    assert plan.resource is not None and plan.resource_id is not None
+    try:
+        if plan.method == "POST":
+            return service.prepare(caller, plan.resource, plan.resource_id, None, pending=pending,
+                                   through_issue=through_issue)
+        return service.prepare_put(caller, plan.resource, plan.resource_id, plan.if_match, pending, through_issue)
+    except FhirError as error:
+        error.diagnostics = f"entry {plan.index} ({plan.method} {plan.url}): {error.diagnostics}"
+        raise
+
+
+def _write_entry(prepared: PreparedWrite | None, existing: Version | None) -> dict:
+    if existing is not None:
+        return {"response": _response("200 OK", existing.type, existing.id, existing.vid, instant(existing.updated))}
+    assert prepared is not None
+    write = prepared.write
+    status = "201 Created" if prepared.created else "200 OK"
+    return {"resource": write.resource,
+            "response": _response(status, write.type, write.id, write.vid, instant(write.updated))}
+
+
+def _response(status: str, resource_type: str, resource_id: str, vid: int, modified: str) -> dict:
+    return {"status": status, "location": f"{resource_type}/{resource_id}/_history/{vid}",
+            "etag": f'W/"{vid}"', "lastModified": modified}
+
+
+def _get_entry(service: RecordService, caller: Caller, plan: EntryPlan) -> dict:
+    try:
+        if plan.resource_id and "?" not in plan.url:
+            version, shown = service.read(caller, plan.resource_type, plan.resource_id)
+            return {"resource": shown, "response": {"status": "200 OK", "etag": f'W/"{version.vid}"'}}
+        pairs = parse_qsl(plan.url.split("?", 1)[1], keep_blank_values=True) if "?" in plan.url else []
+        result = service.search(caller, plan.resource_type, pairs)
+        inner = {"resourceType": "Bundle", "type": "searchset", "total": result.total,
+                 "entry": [{"resource": r} for r in result.matches]}
+        return {"resource": inner, "response": {"status": "200 OK"}}
+    except FhirError as error:
+        return {"response": {"status": str(error.status), "outcome": outcome_of(error)}}
+
+
+def _batch(service: RecordService, caller: Caller, entries: list[dict]) -> dict:
+    results = []
+    for index, entry in enumerate(entries):
+        try:
+            plan = _plan_entry(index, entry)
+            results.append(_batch_entry(service, caller, plan))
+        except FhirError as error:
+            results.append({"response": {"status": str(error.status), "outcome": outcome_of(error)}})
+    return _response_bundle("batch-response", results)
+
+
+def _batch_entry(service: RecordService, caller: Caller, plan: EntryPlan) -> dict:
+    if plan.method == "GET":
+        return _get_entry(service, caller, plan)
+    if plan.method == "POST":
+        version, created = service.create(caller, plan.resource, plan.resource_type, plan.if_none_exist)
+    else:
+        assert plan.resource_id is not None
+        version, created = service.update(caller, plan.resource, plan.resource_type, plan.resource_id, plan.if_match)
+    status = "201 Created" if created else "200 OK"
+    return {"resource": version.resource,
+            "response": _response(status, version.type, version.id, version.vid, instant(version.updated))}
+
+
+def _response_bundle(kind: str, entries: list[dict]) -> dict:
+    return {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": kind, "entry": entries}

@@ -1,0 +1,80 @@
+"""`POST /fhir/{type}/$validate`: every problem with a resource, without storing anything.
+
+Structure (fhir.resources), identifiers (NHS number, UPN, LA number) and the EHCP profile; for a
+plan (Composition), the golden thread over the needs, outcomes and provision it cites as stored
+now, so an LA can see what a draft still lacks before proposing it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ehcp_record.access.caller import Caller
+from ehcp_record.errors import FhirError, invalid, outcome_of
+from ehcp_record.fhir.model import parse_resource
+from ehcp_record.plan.gate import is_plan
+from ehcp_record.fhir.identifiers import identifier_problems
+from ehcp_record.access.scoped import RecordService
+from ehcp_record.plan.validation import ProfileChecks, plan_resources
+
+
+@dataclass
+class ValidateOperation:
+    records: RecordService
+    checks: ProfileChecks
+
+    def validate(self, caller: Caller, resource_type: str, body: object) -> dict:
+        self.records.access.require_scope(caller, resource_type, "r")
+        resource, profile = _unwrap(body)
+        try:
+            parse_resource(resource, resource_type)
+        except FhirError as error:
+            return outcome_of(error)
+        outcome = self.checks.outcome(resource, profile)
+        issues = [i for i in outcome["issue"] if i["severity"] != "information"]
+        issues += [{"severity": "error", "code": "value", "diagnostics": reason, "expression": [path]}
+                   for path, reason in identifier_problems(resource)]
+        if resource_type == "Composition" and is_plan(resource):
+            issues += self._plan_issues(caller, resource)
+        if not issues:
+            issues = [{"severity": "information", "code": "informational", "diagnostics": "no problems found"}]
+        return {"resourceType": "OperationOutcome", "issue": _unique(issues)}
+
+    def _plan_issues(self, caller: Caller, composition: dict) -> list[dict]:
+        """What the plan would lack if issued now: missing sections, broken golden thread."""
+        def lookup(reference: str) -> dict | None:
+            resource_type, _, resource_id = reference.partition("/")
+            version = self.records.repo.read(resource_type, resource_id)
+            if version is None:
+                return None
+            shown, _ = self.records.access.visible(caller, version)
+            return shown
+
+        as_issued = dict(composition, status="final")
+        return [i.as_outcome_issue() for i in self.checks.plan_issues(as_issued, plan_resources(as_issued, lookup))]
+
+
+def _unwrap(body: object) -> tuple[object, str | None]:
+    """A bare resource, or Parameters with `resource` (and optional `profile`) per the spec."""
+    if isinstance(body, dict) and body.get("resourceType") == "Parameters":
+        resource, profile = None, None
+        for parameter in body.get("parameter", []) or []:
+            if parameter.get("name") == "resource":
+                resource = parameter.get("resource")
+            elif parameter.get("name") == "profile":
+                profile = parameter.get("valueUri") or parameter.get("valueCanonical")
+        if resource is None:
+            raise invalid("Parameters for $validate need a 'resource' parameter", "required")
+        return resource, profile
+    return body, None
+
+
+def _unique(issues: list[dict]) -> list[dict]:
+    seen: set[tuple] = set()
+    out = []
+    for issue in issues:
+        key = (issue.get("diagnostics"), tuple(issue.get("expression", [])))
+        if key not in seen:
+            seen.add(key)
+            out.append(issue)
+    return out

@@ -1,0 +1,460 @@
+"""The repository: the only module that talks to MongoDB.
+
+Collections (shard key = record id wherever a record exists, so every transaction is
+single-shard):
+- `current`   the newest version of each resource, `_id` "Type/id"
+- `history`   every version ever written, insert-only, unique (type, id, version)
+- `audit`     one hash chain per record, unique (record, seq): the index is what stops a fork
+- `records`   the custody state of each child's record (custodian, parents, birth date)
+
+Every change is one transaction with majority write concern: the version, its history row and
+its audit entry are all there after a crash, or none of them is.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Iterator, TypeVar
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+import gridfs
+from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
+from pymongo.client_session import ClientSession
+from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo.read_concern import ReadConcern
+from pymongo.read_preferences import ReadPreference
+from pymongo.write_concern import WriteConcern
+
+from ehcp_record.audit import chain as audit_chain
+from ehcp_record.errors import conflict, precondition_failed
+from ehcp_record.fhir.search import Criterion, SearchQuery, SortKey
+
+T = TypeVar("T")
+_MAJORITY = WriteConcern("majority")
+_RETRIES = 200
+
+
+@dataclass(frozen=True)
+class Version:
+    """One stored version of a resource, as the service sees it."""
+
+    type: str
+    id: str
+    vid: int
+    updated: datetime
+    resource: dict
+    record: str | None
+    section: str | None
+    hash: str
+    owner: str | None = None  # Subscriptions: who created it (issuer|subject)
+    owner_actor: dict | None = None
+
+
+@dataclass
+class VersionWrite:
+    """A version the service has built and checked; `expected` is the If-Match (None = create)."""
+
+    type: str
+    id: str
+    vid: int
+    updated: datetime
+    resource: dict
+    record: str | None
+    section: str | None
+    index: dict[str, list]
+    hash: str
+    expected: int | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AuditAppend:
+    """An audit body for one record's chain; appended in the same transaction as the change.
+
+    `checkpoint` asks for a signed checkpoint right after this entry (an issued plan version);
+    otherwise one is added when the chain's last checkpoint is over an hour old.
+    """
+
+    chain: str
+    body: dict
+    checkpoint: bool = False
+
+
+@dataclass(frozen=True)
+class Visibility:
+    """What a caller may see in a search: everything, or per-record section lists."""
+
+    everything: bool = False
+    per_record: dict[str, frozenset[str] | None] = field(default_factory=dict)
+    directory: bool = True
+    owner: str | None = None  # Subscriptions are seen by their owner only
+
+
+CHECKPOINT_INTERVAL = timedelta(hours=1)
+
+
+class Repository:
+    def __init__(self, client: MongoClient, database: str, signing_key: Ed25519PrivateKey | None = None) -> None:
+        self.client = client
+        self.signing_key = signing_key
+        self.db = client.get_database(database, write_concern=_MAJORITY, read_concern=ReadConcern("majority"))
+        self.current = self.db.current
+        self.history = self.db.history
+        self.audit = self.db.audit
+        self.records = self.db.records
+
+    @classmethod
+    def connect(cls, uri: str, database: str, signing_key: Ed25519PrivateKey | None = None) -> "Repository":
+        client: MongoClient = MongoClient(
+            uri, w="majority", serverSelectionTimeoutMS=5000, tz_aware=True, maxPoolSize=50
+        )
+        repo = cls(client, database, signing_key)
+        repo.ensure_indexes()
+        return repo
+
+    def close(self) -> None:
+        self.client.close()
+
+    def ensure_indexes(self) -> None:
+        self.history.create_index([("type", ASCENDING), ("rid", ASCENDING), ("vid", DESCENDING)], unique=True)
+        self.history.create_index([("record", ASCENDING), ("type", ASCENDING)])
+        self.current.create_index([("type", ASCENDING), ("updated", DESCENDING)])
+        self.current.create_index([("record", ASCENDING), ("type", ASCENDING)])
+        self.current.create_index([("type", ASCENDING), ("recipients", ASCENDING)])
+        for param in ("identifier", "patient", "subject", "status", "code", "category", "owner", "focus", "actor"):
+            self.current.create_index([("type", ASCENDING), (f"idx.{param}", ASCENDING)], sparse=True)
+        self.audit.create_index([("record", ASCENDING), ("seq", ASCENDING)], unique=True)
+        self.records.create_index([("custodian", ASCENDING)])
+        self.records.create_index([("parents", ASCENDING)])
+
+    def ping(self) -> bool:
+        try:
+            self.client.admin.command("ping")
+            return True
+        except PyMongoError:
+            return False
+
+    # --- transactions -------------------------------------------------------------------
+
+    def in_transaction(self, work: Callable[[ClientSession], T]) -> T:
+        """Run `work` in one majority transaction, retrying write conflicts and chain races."""
+        for attempt in range(_RETRIES):
+            try:
+                with self.client.start_session() as session:
+                    return session.with_transaction(
+                        work, read_concern=ReadConcern("snapshot"), write_concern=_MAJORITY,
+                        read_preference=ReadPreference.PRIMARY,
+                    )
+            except DuplicateKeyError as exc:
+                if not _is_chain_race(exc) or attempt == _RETRIES - 1:
+                    raise
+            except OperationFailure as exc:
+                if not exc.has_error_label("TransientTransactionError") or attempt == _RETRIES - 1:
+                    raise
+            time.sleep(min(0.002 * (attempt + 1), 0.05))
+        raise RuntimeError("unreachable")
+
+    def commit(self, writes: list[VersionWrite], audits: list[AuditAppend],
+               record_updates: list[tuple[str, dict]] | None = None) -> None:
+        """Store versions, their history rows, record-state changes and audit entries atomically."""
+
+        def work(session: ClientSession) -> None:
+            for write in writes:
+                self._write_version(session, write)
+            for record, changes in record_updates or []:
+                self.records.update_one({"_id": record}, changes, upsert=True, session=session)
+            for append in audits:
+                self._append(session, append)
+
+        self.in_transaction(work)
+
+    def append_audit(self, audits: list[AuditAppend]) -> None:
+        """Audit entries with no version change (reads, searches, refusals): no transaction is
+        needed, since each is one insert; the unique (record, seq) index makes a racing writer
+        fail and retry at the new tip, so a chain never forks."""
+        for append in audits:
+            for attempt in range(_RETRIES):
+                try:
+                    self._append(None, append)
+                    break
+                except DuplicateKeyError:
+                    if attempt == _RETRIES - 1:
+                        raise
+                    time.sleep(min(0.001 * (attempt + 1), 0.02))
+
+    def _write_version(self, session: ClientSession, write: VersionWrite) -> None:
+        doc = envelope(write)
+        if write.expected is None:
+            try:
+                self.current.insert_one(doc, session=session)
+            except DuplicateKeyError:
+                raise conflict(f"{write.type}/{write.id} already exists") from None
+        else:
+            found = self.current.find_one_and_replace(
+                {"_id": doc["_id"], "vid": write.expected}, doc, session=session,
+                return_document=ReturnDocument.BEFORE, projection={"_id": 1},
+            )
+            if found is None:
+                raise precondition_failed(
+                    f"{write.type}/{write.id} is no longer at version {write.expected}; read it again and retry"
+                )
+        history = dict(doc, _id=f"{write.type}/{write.id}/{write.vid}")
+        self.history.insert_one(history, session=session)
+
+    def _append(self, session: ClientSession | None, append: AuditAppend) -> dict:
+        """Add one entry (and a signed checkpoint when due) at the tip of the record's chain."""
+        last = self.audit.find_one({"record": append.chain}, sort=[("seq", DESCENDING)], session=session)
+        head = audit_chain.ChainHead(last["seq"], last["hash"]) if last else None
+        checkpoint_at = _aware(last["cp_at"]) if last and last.get("cp_at") else None
+        entry = audit_chain.next_entry(append.chain, head, append.body)
+        now = datetime.now(timezone.utc)
+        due = append.checkpoint or checkpoint_at is None or now - checkpoint_at >= CHECKPOINT_INTERVAL
+        signed = self.signing_key is not None and due
+        self.audit.insert_one(dict(entry, cp_at=now if signed else checkpoint_at), session=session)
+        if signed:
+            tip = audit_chain.ChainHead(entry["seq"], entry["hash"])
+            checkpoint = audit_chain.next_checkpoint_entry(self.signing_key, append.chain, tip, audit_chain.iso_instant(now))
+            try:
+                self.audit.insert_one(dict(checkpoint, cp_at=now), session=session)
+            except DuplicateKeyError:
+                if session is not None:
+                    raise
+                # another writer took the next place first; the next append signs instead
+        return entry
+
+    # --- reads --------------------------------------------------------------------------
+
+    def read(self, resource_type: str, resource_id: str) -> Version | None:
+        doc = self.current.find_one({"_id": f"{resource_type}/{resource_id}"})
+        return _version(doc) if doc else None
+
+    def read_version(self, resource_type: str, resource_id: str, vid: int) -> Version | None:
+        doc = self.history.find_one({"_id": f"{resource_type}/{resource_id}/{vid}"})
+        return _version(doc) if doc else None
+
+    def history_of(self, resource_type: str, resource_id: str, offset: int, count: int) -> tuple[int, list[Version]]:
+        query = {"type": resource_type, "rid": resource_id}
+        total = self.history.count_documents(query)
+        docs = self.history.find(query).sort("vid", DESCENDING).skip(offset).limit(count)
+        return total, [_version(d) for d in docs]
+
+    def versions_of_record(self, record: str) -> Iterator[Version]:
+        for doc in self.history.find({"record": record}).sort([("type", 1), ("rid", 1), ("vid", 1)]):
+            yield _version(doc)
+
+    def current_of_record(self, record: str) -> list[Version]:
+        return [_version(d) for d in self.current.find({"record": record}).sort([("type", 1), ("rid", 1)])]
+
+    def current_of_type(self, record: str, resource_type: str) -> list[Version]:
+        return [_version(d) for d in self.current.find({"record": record, "type": resource_type})]
+
+    def version_at(self, resource_type: str, resource_id: str, at: datetime) -> Version | None:
+        """The version that was current at `at` (the newest written at or before it)."""
+        doc = self.history.find_one({"type": resource_type, "rid": resource_id, "updated": {"$lte": at}},
+                                    sort=[("vid", DESCENDING)])
+        return _version(doc) if doc else None
+
+    def active_subscriptions(self, resource_types: set[str]) -> list[Version]:
+        docs = self.current.find({"type": "Subscription", "res.status": "active"})
+        return [v for v in map(_version, docs) if v.resource.get("criteria", "").split("?")[0] in resource_types]
+
+    def documents_of_record(self, record: str) -> dict[str, bytes]:
+        return {d["_id"]: bytes(d["data"]) for d in self.db.documents.find({"record": record})}
+
+    def outbound_transfer(self, transfer_id: str) -> bytes | None:
+        doc = self.db.outbound_transfers.find_one({"_id": transfer_id})
+        if doc is None:
+            return None
+        return gridfs.GridFSBucket(self.db, bucket_name="outbound").open_download_stream(doc["file"]).read()
+
+    def keep_outbound_transfer(self, transfer_id: str, body: bytes) -> bytes:
+        """The signed bytes of a transfer, kept so every delivery attempt sends the same ones."""
+        file_id = gridfs.GridFSBucket(self.db, bucket_name="outbound").upload_from_stream(transfer_id, body)
+        try:
+            self.db.outbound_transfers.insert_one({"_id": transfer_id, "file": file_id})
+        except DuplicateKeyError:
+            return self.outbound_transfer(transfer_id) or body
+        return body
+
+    def media_info(self, resource_type: str, resource_id: str, vid: int) -> dict | None:
+        doc = self.history.find_one({"_id": f"{resource_type}/{resource_id}/{vid}"}, {"media": 1})
+        return (doc or {}).get("media")
+
+    def stored_document(self, key: str) -> bytes | None:
+        doc = self.db.documents.find_one({"_id": key})
+        return bytes(doc["data"]) if doc else None
+
+    def store_document(self, key: str, record: str, data: bytes, sha256: str) -> bytes:
+        """Keep an issued document once; a concurrent first render keeps the first copy."""
+        try:
+            self.db.documents.insert_one({"_id": key, "record": record, "data": data, "sha256": sha256,
+                                          "stored": datetime.now(timezone.utc)})
+        except DuplicateKeyError:
+            pass
+        return self.stored_document(key) or data
+
+    def read_many(self, refs: list[str]) -> dict[str, Version]:
+        if not refs:
+            return {}
+        return {d["_id"]: _version(d) for d in self.current.find({"_id": {"$in": refs}})}
+
+    def search(self, query: SearchQuery, visibility: Visibility) -> tuple[int, list[Version]]:
+        mongo_filter = _search_filter(query, visibility)
+        total = self.current.count_documents(mongo_filter)
+        if query.summary_count or query.count == 0:
+            return total, []
+        cursor = self.current.find(mongo_filter).sort(_sort_spec(query.sort)).skip(query.offset).limit(query.count)
+        return total, [_version(d) for d in cursor]
+
+    # --- custody state ------------------------------------------------------------------
+
+    def record_state(self, record: str) -> dict | None:
+        return self.records.find_one({"_id": record})
+
+    def records_in_custody_of(self, organization: str) -> list[str]:
+        return [d["_id"] for d in self.records.find({"custodian": organization}, {"_id": 1})]
+
+    def records_of_parent(self, reference: str) -> list[str]:
+        return [d["_id"] for d in self.records.find({"parents": reference}, {"_id": 1})]
+
+    def consents_naming(self, recipients: list[str]) -> list[Version]:
+        docs = self.current.find({"type": "Consent", "recipients": {"$in": recipients}})
+        return [_version(d) for d in docs]
+
+    def consents_of_record(self, record: str) -> list[Version]:
+        return [_version(d) for d in self.current.find({"type": "Consent", "record": record})]
+
+    # --- audit --------------------------------------------------------------------------
+
+    def audit_entries(self, chain: str, offset: int = 0, count: int = 0, newest_first: bool = False) -> Iterator[dict]:
+        cursor = self.audit.find({"record": chain}, {"_id": 0, "cp_at": 0}).sort("seq", DESCENDING if newest_first else ASCENDING)
+        if offset:
+            cursor = cursor.skip(offset)
+        if count:
+            cursor = cursor.limit(count)
+        yield from cursor
+
+    def audit_search(self, chain: str, seq: int | None = None, agent: str | None = None,
+                     at_range: tuple[str, str] | None = None, offset: int = 0, count: int = 20) -> tuple[int, list[dict]]:
+        """Entries of one chain, newest first; `agent` matches the user, organisation or subject."""
+        query: dict = {"record": chain}
+        if seq is not None:
+            query["seq"] = seq
+        if agent:
+            reference = str(agent)
+            query["$or"] = [{"body.agent.fhirUser": reference}, {"body.agent.organization": reference},
+                            {"body.agent.sub": reference}]
+        if at_range:
+            query["body.at"] = {"$gte": at_range[0], "$lt": at_range[1]}
+        total = self.audit.count_documents(query)
+        cursor = self.audit.find(query, {"_id": 0, "cp_at": 0}).sort("seq", DESCENDING).skip(offset).limit(count)
+        return total, list(cursor)
+
+    def chains(self) -> list[str]:
+        return sorted(self.audit.distinct("record"))
+
+    def version_hashes(self, record: str) -> Iterator[tuple[str, str]]:
+        for doc in self.history.find({"record": record}, {"type": 1, "rid": 1, "vid": 1, "hash": 1}):
+            yield f"{doc['type']}/{doc['rid']}/_history/{doc['vid']}", doc["hash"]
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _is_chain_race(exc: DuplicateKeyError) -> bool:
+    return "audit" in str(exc)
+
+
+def envelope(write: VersionWrite) -> dict:
+    """The stored document of one version (current and history share it)."""
+    doc = {
+        "_id": f"{write.type}/{write.id}", "type": write.type, "rid": write.id, "vid": write.vid,
+        "updated": write.updated, "record": write.record, "section": write.section,
+        "res": write.resource, "idx": write.index, "hash": write.hash,
+    }
+    doc.update(write.extra)
+    return doc
+
+
+def _version(doc: dict) -> Version:
+    updated = doc["updated"]
+    if updated.tzinfo is None:
+        updated = updated.replace(tzinfo=timezone.utc)
+    return Version(doc["type"], doc["rid"], doc["vid"], updated, doc["res"], doc.get("record"),
+                   doc.get("section"), doc.get("hash", ""), doc.get("owner"), doc.get("owner_actor"))
+
+
+def _search_filter(query: SearchQuery, visibility: Visibility) -> dict:
+    clauses: list[dict] = [{"type": query.resource_type}]
+    clauses.extend(_criterion_filter(c) for c in query.criteria)
+    if query.resource_type == "Subscription":
+        clauses.append({"owner": visibility.owner})
+    if not visibility.everything:
+        clauses.append(_visibility_filter(visibility))
+    return {"$and": clauses}
+
+
+def _visibility_filter(visibility: Visibility) -> dict:
+    allowed: list[dict] = []
+    if visibility.directory:
+        allowed.append({"record": None})
+    everything = [r for r, sections in visibility.per_record.items() if sections is None]
+    if everything:
+        allowed.append({"record": {"$in": everything}})
+    for record, sections in visibility.per_record.items():
+        if sections is not None:
+            allowed.append({"record": record, "section": {"$in": sorted(sections)}})
+    return {"$or": allowed} if allowed else {"_id": {"$exists": False}}
+
+
+def _criterion_filter(criterion: Criterion) -> dict:
+    if criterion.kind == "id":
+        return {"rid": {"$in": [str(v) for v in criterion.values]}}
+    if criterion.kind == "date":
+        field_name = "updated" if criterion.field == "_lastUpdated" else criterion.field
+        return {"$or": [_date_clause(field_name, v, criterion.field == "_lastUpdated") for v in criterion.values]}
+    values = [str(v) for v in criterion.values]
+    if criterion.negate:
+        return {criterion.field: {"$nin": values}}
+    return {criterion.field: {"$in": values}}
+
+
+def _date_clause(field_name: str, value: tuple[str, datetime, datetime], point: bool) -> dict:
+    """FHIR R4 date prefixes over [lo, hi) ranges; `_lastUpdated` is a point in time."""
+    prefix, lo, hi = value
+    if point:
+        conditions = {
+            "eq": {"$gte": lo, "$lt": hi}, "lt": {"$lt": lo}, "le": {"$lt": hi}, "gt": {"$gte": hi},
+            "ge": {"$gte": lo}, "sa": {"$gte": hi}, "eb": {"$lt": lo},
+        }
+        if prefix == "ne":
+            return {"$or": [{field_name: {"$lt": lo}}, {field_name: {"$gte": hi}}]}
+        return {field_name: conditions[prefix]}
+    element = {
+        "eq": {"lo": {"$gte": lo}, "hi": {"$lte": hi}}, "lt": {"lo": {"$lt": lo}}, "le": {"lo": {"$lt": hi}},
+        "gt": {"hi": {"$gt": hi}}, "ge": {"hi": {"$gt": lo}}, "sa": {"lo": {"$gte": hi}}, "eb": {"hi": {"$lte": lo}},
+    }
+    if prefix == "ne":
+        return {field_name: {"$not": {"$elemMatch": element["eq"]}}}
+    return {field_name: {"$elemMatch": element[prefix]}}
+
+
+def _sort_spec(keys: list[SortKey]) -> list[tuple[str, int]]:
+    spec: list[tuple[str, int]] = []
+    for key in keys:
+        field_name = {"_lastUpdated": "updated", "_id": "rid"}.get(key.field, f"{key.field}.lo")
+        spec.append((field_name, DESCENDING if key.descending else ASCENDING))
+    spec.append(("_id", ASCENDING))
+    if not keys:
+        spec.insert(0, ("updated", DESCENDING))
+    return spec
+
+
+def utc_now() -> datetime:
+    """Mongo keeps milliseconds; truncate so what we return equals what we stored."""
+    now = datetime.now(timezone.utc)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+

@@ -1,0 +1,123 @@
+"""Storage for transfers across deployments (part of the repository layer: pymongo here only).
+
+Receiving side: the one transaction that imports a record, and the receipt of each transfer
+(idempotency: transfer id -> bundle hash, sender, signed acknowledgement).
+Sending side: the export (an audit entry and a signed checkpoint that the transferred chain ends
+at), and the delivery state (the hash of every bundle sent for a transfer), so that an
+acknowledgement of an earlier bundle can be recognised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from pymongo import ASCENDING
+from pymongo.client_session import ClientSession
+from pymongo.errors import DuplicateKeyError
+
+from ehcp_record.errors import conflict
+from ehcp_record.store.repository import AuditAppend, Repository, VersionWrite, envelope
+
+
+@dataclass
+class ImportedRecord:
+    """Everything a received transfer stores, prepared and checked before the transaction."""
+
+    transfer_id: str
+    bundle_sha256: str
+    sender: str
+    ack: dict
+    record: str
+    history: list[VersionWrite]
+    audit_entries: list[dict]
+    record_state: dict
+    documents: dict[str, bytes]
+    directory: list[VersionWrite]
+    new_versions: list[VersionWrite] = field(default_factory=list)
+    import_audit: AuditAppend | None = None
+
+
+class TransferStore:
+    def __init__(self, repo: Repository) -> None:
+        self.repo = repo
+        self.received = repo.db.transfers_received
+        self.deliveries = repo.db.transfer_deliveries
+
+    # --- receiving ----------------------------------------------------------------------
+
+    def received_ack(self, transfer_id: str) -> dict | None:
+        return self.received.find_one({"_id": transfer_id})
+
+    def import_record(self, imported: ImportedRecord) -> None:
+        """All of it or none of it: versions, chain, custody, documents, and the receipt."""
+
+        def work(session: ClientSession) -> None:
+            try:
+                self.received.insert_one({"_id": imported.transfer_id, "sha256": imported.bundle_sha256,
+                                          "sender": imported.sender, "ack": imported.ack, "record": imported.record},
+                                         session=session)
+            except DuplicateKeyError:
+                raise conflict("this transfer has already been received") from None
+            if self.repo.current.find_one({"record": imported.record}, {"_id": 1}, session=session):
+                raise conflict(f"a record {imported.record} already exists here (a plan coming back to a deployment "
+                               "that held it before is not supported yet)")
+            self._insert_versions(session, imported.history, only_if_absent=False)
+            self._insert_versions(session, imported.directory, only_if_absent=True)
+            if imported.audit_entries:
+                self.repo.audit.insert_many([dict(e) for e in imported.audit_entries], session=session)
+            self.repo.records.insert_one({"_id": imported.record, **imported.record_state}, session=session)
+            for key, data in imported.documents.items():
+                self.repo.db.documents.insert_one({"_id": key, "record": imported.record, "data": data}, session=session)
+            for write in imported.new_versions:
+                self.repo._write_version(session, write)
+            if imported.import_audit is not None:
+                self.repo._append(session, imported.import_audit)
+
+        self.repo.in_transaction(work)
+
+    def _insert_versions(self, session: ClientSession, writes: list[VersionWrite], only_if_absent: bool) -> None:
+        latest: dict[str, VersionWrite] = {}
+        for write in writes:
+            key = f"{write.type}/{write.id}"
+            if only_if_absent and self.repo.current.find_one({"_id": key}, {"_id": 1}, session=session):
+                continue
+            doc = envelope(write)
+            self.repo.history.insert_one(dict(doc, _id=f"{key}/{write.vid}"), session=session)
+            if key not in latest or latest[key].vid < write.vid:
+                latest[key] = write
+        for write in latest.values():
+            self.repo.current.insert_one(envelope(write), session=session)
+
+    # --- sending ------------------------------------------------------------------------
+
+    def version_count(self, record: str, excluding: str) -> int:
+        """How many versions the record holds, not counting one resource's (the transfer Task's
+        own bookkeeping): history is insert-only, so a change anywhere else raises the count."""
+        resource_type, _, resource_id = excluding.partition("/")
+        return self.repo.history.count_documents(
+            {"record": record, "$nor": [{"type": resource_type, "rid": resource_id}]})
+
+    def export_chain(self, record: str, body: dict) -> list[dict]:
+        """Record the export in the chain with a signed checkpoint right after it, and return the
+        chain up to that checkpoint: the transferred chain ends at a signature, whatever is
+        appended here later (reads go on while the transfer waits)."""
+
+        def work(session: ClientSession) -> int:
+            return self.repo._append(session, AuditAppend(record, body, checkpoint=True))["seq"]
+
+        seq = self.repo.in_transaction(work)
+        last = seq + 1 if self.repo.signing_key is not None else seq
+        cursor = self.repo.audit.find({"record": record, "seq": {"$lte": last}}, {"_id": 0, "cp_at": 0})
+        return list(cursor.sort("seq", ASCENDING))
+
+    def note_sent(self, transfer_id: str, sha256: str, key: str) -> None:
+        """Remember every bundle built for a transfer: the receiver may hold any one of them."""
+        self.deliveries.update_one({"_id": transfer_id},
+                                   {"$set": {f"bundles.{sha256}": {"key": key, "at": datetime.now(timezone.utc)}}},
+                                   upsert=True)
+
+    def sent(self, transfer_id: str) -> dict[str, str]:
+        """Bundle hash -> storage key of every bundle built for this transfer."""
+        doc = self.deliveries.find_one({"_id": transfer_id}) or {}
+        return {sha: value["key"] for sha, value in (doc.get("bundles") or {}).items()}

@@ -1,0 +1,1 @@
+"""Moving a plan to another local authority (reg 15), within and between deployments."""
