@@ -9,7 +9,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from api.auth import TokenVerifier
-from api.context import request_id
+from api.context import current_store, request_id
 from api.http import error_response
 from ehcp_record.config import Settings, load_settings
 from ehcp_record.errors import FhirError
@@ -64,6 +64,11 @@ def _common_headers(response: Response) -> Response:
 def _register_errors(app: Flask) -> None:
     @app.errorhandler(FhirError)
     def _fhir_error(error: FhirError) -> Response:
+        from ehcp_record.access.policy import Refusal
+
+        scoped = current_store()
+        if isinstance(error, Refusal) and scoped is not None:
+            scoped.settle(error)  # refused outside a store method: audited once, here
         return error_response(error)
 
     @app.errorhandler(HTTPException)

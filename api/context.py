@@ -7,6 +7,7 @@ import uuid
 from flask import current_app, g, request
 
 from ehcp_record.access.caller import Caller
+from ehcp_record.access.scoped import ScopedStore
 from ehcp_record.wiring import Services
 
 
@@ -22,6 +23,18 @@ def caller() -> Caller:
             request.headers.get("User-Agent", ""), request_id(),
         )
     return g.caller
+
+
+def store() -> ScopedStore:
+    """The caller-scoped store, made once per request: the only door to a child's record."""
+    if "store" not in g:
+        g.store = services().records.for_caller(caller())
+    return g.store
+
+
+def current_store() -> ScopedStore | None:
+    """The request's store if one was made (the error handler settles refusals with it)."""
+    return g.get("store")
 
 
 def request_id() -> str:

@@ -8,7 +8,7 @@ from typing import Any
 from flask import Response, current_app, request
 
 from ehcp_record.errors import FhirError, invalid, outcome_of
-from ehcp_record.store.repository import Version
+from ehcp_record.store.versions import Version
 
 FHIR_JSON = "application/fhir+json"
 _ACCEPTED_BODY_TYPES = ("application/fhir+json", "application/json")

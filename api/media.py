@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, request, stream_with_context
 
-from api.context import caller, services
+from api.context import services, store
 from api.http import FHIR_JSON, fhir_response, if_match, json_body, version_headers, write_response
 from ehcp_record.errors import FhirError
 
@@ -24,9 +24,9 @@ def _wants_json() -> bool:
 @bp.post("/Binary")
 def upload() -> Response:
     if request.mimetype in _JSON_TYPES:
-        version, created = services().records.create(caller(), json_body(), "Binary", request.headers.get("If-None-Exist"))
-        return write_response(version, created, version.resource)
-    version, created = services().media.upload(caller(), request.mimetype, request.headers.get("X-Security-Context"),
+        version, shown, created = store().create(json_body(), "Binary", request.headers.get("If-None-Exist"))
+        return write_response(version, created, shown)
+    version, created = services().media.upload(store(), request.mimetype, request.headers.get("X-Security-Context"),
                                                request.stream)
     return write_response(version, created, version.resource)
 
@@ -34,9 +34,9 @@ def upload() -> Response:
 @bp.put("/Binary/<binary_id>")
 def replace(binary_id: str) -> Response:
     if request.mimetype in _JSON_TYPES:
-        version, created = services().records.update(caller(), json_body(), "Binary", binary_id, if_match())
-        return write_response(version, created, version.resource)
-    version, created = services().media.upload(caller(), request.mimetype, request.headers.get("X-Security-Context"),
+        version, shown, created = store().update(json_body(), "Binary", binary_id, if_match())
+        return write_response(version, created, shown)
+    version, created = services().media.upload(store(), request.mimetype, request.headers.get("X-Security-Context"),
                                                request.stream, binary_id, if_match())
     return write_response(version, created, version.resource)
 
@@ -45,10 +45,10 @@ def replace(binary_id: str) -> Response:
 @bp.get("/Binary/<binary_id>/_history/<vid>")
 def download(binary_id: str, vid: str | None = None) -> Response:
     media_service = services().media
-    version, shown = media_service.fetch(caller(), binary_id, vid)
-    media = media_service.media_of(version)
+    version, shown = media_service.fetch(store(), binary_id, vid)
+    media = store().media_of(version)
     if _wants_json() or media is None:
-        return fhir_response(media_service.inline(shown, media), 200, version_headers(version))
+        return fhir_response(media_service.inline(store(), shown, media), 200, version_headers(version))
     return _file_response(version, media)
 
 
@@ -65,7 +65,7 @@ def _file_response(version, media: dict) -> Response:
             return response
         start, end = bounds
         status = 206
-    body = stream_with_context(services().media.stream(media, start, end))
+    body = stream_with_context(services().media.stream(store(), media, start, end))
     response = Response(body, status=status, mimetype=version.resource.get("contentType"), direct_passthrough=True)
     response.headers.update(version_headers(version))
     response.headers["Accept-Ranges"] = "bytes"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response
 
 from api.capability import OPERATIONS
-from api.context import caller, services
+from api.context import services, store
 from api.http import fhir_response, json_body, version_headers
 
 bp = Blueprint("operations", __name__, url_prefix="/fhir")
@@ -21,21 +21,21 @@ def operation(name: str, resource_type: str | None):
 @bp.post("/Composition/<composition_id>/$propose")
 @operation("propose", "Composition")
 def propose(composition_id: str) -> Response:
-    task = services().proposals.propose(caller(), composition_id, json_body())
+    task = services().proposals.propose(store(), composition_id, json_body())
     return fhir_response(task.resource, 201, version_headers(task, location=True))
 
 
 @bp.post("/Task/<task_id>/$respond")
 @operation("respond", "Task")
 def respond(task_id: str) -> Response:
-    task = services().proposals.respond(caller(), task_id, json_body())
+    task = services().proposals.respond(store(), task_id, json_body())
     return fhir_response(task.resource, 200, version_headers(task))
 
 
 @bp.post("/Task/<task_id>/$issue")
 @operation("issue", "Task")
 def issue(task_id: str) -> Response:
-    plan = services().proposals.issue(caller(), task_id)
+    plan = services().proposals.issue(store(), task_id)
     return fhir_response(plan.resource, 200, version_headers(plan))
 
 
@@ -45,7 +45,7 @@ def access_log(patient_id: str) -> Response:
     from flask import request
 
     pairs = [("patient", patient_id)] + [(k, v) for k, v in request.args.items(multi=True) if k != "patient"]
-    total, events, _, _ = services().audit_log.search(caller(), pairs)
+    total, events, _, _ = services().audit_log.search(store(), pairs)
     entries = [{"resource": e, "search": {"mode": "match"}} for e in events]
     return fhir_response({"resourceType": "Bundle", "type": "searchset", "total": total, "entry": entries})
 
@@ -53,7 +53,7 @@ def access_log(patient_id: str) -> Response:
 @bp.get("/Patient/<patient_id>/$verify-audit")
 @operation("verify-audit", "Patient")
 def verify_audit(patient_id: str) -> Response:
-    return fhir_response(services().audit_log.verify(caller(), patient_id))
+    return fhir_response(services().audit_log.verify(store(), patient_id))
 
 
 
@@ -61,7 +61,7 @@ def verify_audit(patient_id: str) -> Response:
 @bp.get("/Composition/<composition_id>/_history/<vid>/$document")
 @operation("document", "Composition")
 def document(composition_id: str, vid: str | None = None) -> Response:
-    data = services().documents.document(caller(), composition_id, vid)
+    data = services().documents.document(store(), composition_id, vid)
     return Response(data, 200, content_type="application/fhir+json; charset=utf-8")
 
 
@@ -70,14 +70,14 @@ def document(composition_id: str, vid: str | None = None) -> Response:
 def diff(composition_id: str) -> Response:
     from flask import request
 
-    return fhir_response(services().documents.diff(caller(), composition_id, request.args.get("from"),
+    return fhir_response(services().documents.diff(store(), composition_id, request.args.get("from"),
                                                    request.args.get("to")))
 
 
 @bp.get("/Patient/<patient_id>/$everything")
 @operation("everything", "Patient")
 def everything(patient_id: str) -> Response:
-    resources = services().everything.everything(caller(), patient_id)
+    resources = services().everything.everything(store(), patient_id)
     entries = [{"resource": r, "search": {"mode": "match"}} for r in resources]
     return fhir_response({"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries})
 
@@ -88,20 +88,20 @@ def validate(resource_type: str) -> Response:
     from ehcp_record.fhir.model import require_served_type
 
     require_served_type(resource_type)
-    return fhir_response(services().validate.validate(caller(), resource_type, json_body()))
+    return fhir_response(services().validate.validate(store(), resource_type, json_body()))
 
 
 @bp.post("/Patient/<patient_id>/$transfer")
 @operation("transfer", "Patient")
 def transfer(patient_id: str) -> Response:
-    task = services().transfers.start(caller(), patient_id, json_body())
+    task = services().transfers.start(store(), patient_id, json_body())
     return fhir_response(task.resource, 201, version_headers(task, location=True))
 
 
 @bp.post("/Task/<task_id>/$accept")
 @operation("accept", "Task")
 def accept(task_id: str) -> Response:
-    task = services().transfers.accept(caller(), task_id)
+    task = services().transfers.accept(store(), task_id)
     return fhir_response(task.resource, 200, version_headers(task))
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response
 
-from api.context import caller, services
+from api.context import services, store
 from api.http import bundle_link, fhir_response, if_match, json_body, query_pairs, version_headers, write_response
-from ehcp_record.operations import bundles
 from ehcp_record.errors import FhirError, not_supported
 from ehcp_record.fhir.model import require_served_type
 from ehcp_record.fhir.search import DEFAULT_COUNT, MAX_COUNT
@@ -16,7 +15,7 @@ bp = Blueprint("fhir_rest", __name__, url_prefix="/fhir")
 
 @bp.post("")
 def transaction_or_batch() -> Response:
-    return fhir_response(bundles.process(services().records, caller(), json_body()))
+    return fhir_response(store().process_bundle(json_body()))
 
 
 @bp.get("/<resource_type>")
@@ -25,13 +24,13 @@ def search(resource_type: str) -> Response:
     require_served_type(resource_type)
     if resource_type == "AuditEvent":
         return _audit_search()
-    result = services().records.search(caller(), resource_type, query_pairs())
+    result = store().search(resource_type, query_pairs())
     return fhir_response(_searchset(resource_type, result))
 
 
 def _audit_search() -> Response:
     pairs = query_pairs()
-    total, events, offset, count = services().audit_log.search(caller(), pairs)
+    total, events, offset, count = services().audit_log.search(store(), pairs)
     path = "/fhir/AuditEvent"
     links = [{"relation": "self", "url": bundle_link(path, pairs)}]
     rest = [(k, v) for k, v in pairs if k not in ("_count", "_offset")]
@@ -66,25 +65,24 @@ def _entry(resource: dict, mode: str) -> dict:
 def create(resource_type: str) -> Response:
     require_served_type(resource_type)
     from flask import request
-    version, created = services().records.create(caller(), json_body(), resource_type,
-                                                 request.headers.get("If-None-Exist"))
-    return write_response(version, created, version.resource)
+    version, shown, created = store().create(json_body(), resource_type, request.headers.get("If-None-Exist"))
+    return write_response(version, created, shown)
 
 
 @bp.get("/<resource_type>/<resource_id>")
 def read(resource_type: str, resource_id: str) -> Response:
     require_served_type(resource_type)
     if resource_type == "AuditEvent":
-        return fhir_response(services().audit_log.read(caller(), resource_id))
-    version, shown = services().records.read(caller(), resource_type, resource_id)
+        return fhir_response(services().audit_log.read(store(), resource_id))
+    version, shown = store().read(resource_type, resource_id)
     return fhir_response(shown, 200, version_headers(version))
 
 
 @bp.put("/<resource_type>/<resource_id>")
 def update(resource_type: str, resource_id: str) -> Response:
     require_served_type(resource_type)
-    version, created = services().records.update(caller(), json_body(), resource_type, resource_id, if_match())
-    return write_response(version, created, version.resource)
+    version, shown, created = store().update(json_body(), resource_type, resource_id, if_match())
+    return write_response(version, created, shown)
 
 
 @bp.delete("/<resource_type>/<resource_id>")
@@ -99,7 +97,7 @@ def history(resource_type: str, resource_id: str) -> Response:
     from flask import request
     count = min(_int_arg(request.args.get("_count"), DEFAULT_COUNT), MAX_COUNT)
     offset = _int_arg(request.args.get("_offset"), 0)
-    total, versions = services().records.history(caller(), resource_type, resource_id, offset, count)
+    total, versions = store().history(resource_type, resource_id, offset, count)
     entries = [{
         "fullUrl": bundle_link(f"/fhir/{resource_type}/{resource_id}", []), "resource": shown,
         "request": {"method": "POST" if v.vid == 1 else "PUT",
@@ -113,7 +111,7 @@ def history(resource_type: str, resource_id: str) -> Response:
 @bp.get("/<resource_type>/<resource_id>/_history/<vid>")
 def vread(resource_type: str, resource_id: str, vid: str) -> Response:
     require_served_type(resource_type)
-    version, shown = services().records.vread(caller(), resource_type, resource_id, vid)
+    version, shown = store().vread(resource_type, resource_id, vid)
     return fhir_response(shown, 200, version_headers(version))
 
 

@@ -53,7 +53,7 @@ class Server:
         self.port = free_port()
         env = {**os.environ, "EHCP_DATA_DIR": str(data_dir), "EHCP_ENV": "local"}
         env.pop("EHCP_MONGODB_URI", None)
-        command = [sys.executable, "-m", "ehcp_record.cli", "serve", "--port", str(self.port), "--workers", str(workers)]
+        command = [sys.executable, "-m", "api.cli", "serve", "--port", str(self.port), "--workers", str(workers)]
         self.log = open(data_dir / "server.log", "wb")
         self.process = subprocess.Popen(command, env=env, stdout=self.log, stderr=self.log, start_new_session=True)
         self.base = f"http://127.0.0.1:{self.port}"

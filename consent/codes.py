@@ -62,3 +62,8 @@ REDACTED_CODE = "REDACTED"
 
 # Grace period after the handover in which a parent's consent still holds (days).
 PARENT_CONSENT_GRACE_DAYS = 28
+
+#: Extensions on an issued Composition that are the family's own: their recorded response to
+#: the proposal (agree / disagree / comment, their words, the mediation and appeal text). Only
+#: the family and the custodian LA see them, whatever sections a consent shares.
+FAMILY_ONLY_EXTENSIONS: frozenset[str] = frozenset({f"{BASE}/StructureDefinition/ehcp-family-recorded-view"})

@@ -91,9 +91,9 @@ def redact(resource: Mapping, decision: Decision,
         return None
     if resource.get("resourceType") != "Composition":
         return resource
-    if visible_sections(decision, actor_is_family_or_custodian) is None:
-        return resource  # sees the whole record: nothing to take out, whatever the coding
     privileged = _privileged(decision, actor_is_family_or_custodian)
+    if privileged and visible_sections(decision, actor_is_family_or_custodian) is None:
+        return resource  # sees the whole record: nothing to take out, whatever the coding
     return _redact_composition(resource, decision, privileged,
                                {ref_key(r) for r in removed_refs})
 
@@ -144,6 +144,8 @@ def _redact_composition(resource: Mapping, decision: Decision, privileged: bool,
                         removed: set[str]) -> dict:
     doc = copy.deepcopy(dict(resource))
     changed = _filter_contained(doc, decision, privileged, removed)
+    if not privileged:
+        changed = _drop_family_extensions(doc) or changed
     sections, pruned = _filter_sections(doc.get("section"), decision.sections, None, removed)
     changed = changed or pruned
     _set_list(doc, "section", sections)
@@ -151,6 +153,16 @@ def _redact_composition(resource: Mapping, decision: Decision, privileged: bool,
         doc.pop("text", None)
         _label_redacted(doc)
     return doc
+
+
+def _drop_family_extensions(doc: dict) -> bool:
+    """The family's recorded view is theirs and the custodian's, not a consented reader's."""
+    extensions = doc.get("extension")
+    if not isinstance(extensions, list):
+        return False
+    kept = [e for e in extensions if not (isinstance(e, Mapping) and e.get("url") in codes.FAMILY_ONLY_EXTENSIONS)]
+    _set_list(doc, "extension", kept)
+    return len(kept) != len(extensions)
 
 
 def _filter_contained(doc: dict, decision: Decision, privileged: bool,

@@ -74,3 +74,11 @@ def composition_section_code(section: Mapping) -> str | None:
             if value in codes.ALL_SECTIONS:
                 return value
     return None
+
+
+def binary_section(context_section: str | None) -> str:
+    """The section a Binary is shown under: its document's section (A photo, K advice), or
+    governance (family and custodian only) when its securityContext is not sectioned content
+    (the Composition, the Patient, a RelatedPerson, a proposal), so a file never reaches
+    someone just because they may see one section of the plan."""
+    return context_section if context_section in codes.ALL_SECTIONS else GOVERNANCE

@@ -1,100 +1,177 @@
-"""The access policy: the one place every read and write path asks who may do what.
+"""The access policy for one caller during one request: scopes, launch patient, consent.
 
-Like Medplum's AccessPolicy applied inside the repository and HAPI's IConsentService asked on
-every path, no endpoint can forget the check: the record service calls this module for reads,
-vreads, history, searches (results, totals, includes), operations and writes. Decisions come
-from the pure engine in `consent/`; this module only gathers what the engine needs (custody
-state, consents) from the repository.
+Like HAPI's IConsentService, it answers three questions (may this start, may the caller see
+this resource, what should they see of it) from the pure engine in `consent/`; this module
+only gathers what the engine needs. It is used by the caller-scoped store and nothing else,
+so no route or operation can forget it. Decisions are cached per (record, operation) for the
+request, and custody states and consents are fetched in batches: a search costs the same
+few queries whatever the number of records in the caller's custody.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import date, datetime, timezone
-from typing import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Callable
 
 from consent import engine, redaction
 from consent.model import Decision, Grant, RecordState, parse_grant
 from ehcp_record.access.caller import Caller, owner_key
-from ehcp_record.errors import FhirError, forbidden, not_found
-from ehcp_record.store.repository import Repository, Version, Visibility
+from ehcp_record.errors import FhirError
+from ehcp_record.store.repository import Repository
+from ehcp_record.store.versions import Version, Visibility
 
 Clock = Callable[[], datetime]
+#: Operations whose refusal says nothing at all: who looked at a record is not even known to
+#: exist for those who may not see it (hidden equals missing), whatever else they may read.
+_UNKNOWN_UNLESS_PERMITTED = frozenset({"read", "audit-log"})
 _INTERACTION_WORDS = {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search"}
 
 
-def _utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+class Refusal(FhirError):
+    """A refusal decided by the policy: the scoped store audits it once, then it is answered.
+
+    `record` names the chain the refusal entry goes to (None: the directory chain) and
+    `reason` is what the audit says, which may be more than the caller is told.
+    """
+
+    def __init__(self, status: int, code: str, diagnostics: str, record: str | None, reason: str,
+                 target: str | None = None) -> None:
+        super().__init__(status, code, diagnostics)
+        self.record = record
+        self.reason = reason
+        self.target = target
+        self.audited = False
+
+
+def hidden(label: str, record: str | None, reason: str) -> Refusal:
+    """404 worded exactly as for a resource that does not exist (hidden equals missing)."""
+    return Refusal(404, "not-found", f"{label} was not found", record, reason, label)
+
+
+def denied(message: str, record: str | None, target: str | None = None) -> Refusal:
+    return Refusal(403, "forbidden", message, record, message, target)
+
+
+def record_state_of(record: str, doc: dict | None) -> RecordState | None:
+    if doc is None:
+        return None
+    birth = doc.get("birth_date")
+    return RecordState(
+        record_id=record, custodian=doc.get("custodian"),
+        birth_date=date.fromisoformat(birth) if birth else None,
+        parents=frozenset(doc.get("parents", ())), lacks_capacity=bool(doc.get("lacks_capacity")),
+        representative=doc.get("representative"), transferred_out=bool(doc.get("transferred_out")),
+        former_custodians=frozenset(doc.get("former_custodians", ())),
+    )
 
 
 @dataclass
-class AccessPolicy:
+class RequestAccess:
+    """Every access decision for one caller in one request, each taken once."""
+
     repo: Repository
-    clock: Clock = _utc_now
+    caller: Caller
+    clock: Clock
+    _states: dict[str, RecordState | None] = field(default_factory=dict)
+    _grants: dict[str, list[Grant]] = field(default_factory=dict)
+    _decisions: dict[tuple[str, str], Decision] = field(default_factory=dict)
 
     # --- scopes (the outer fence) -------------------------------------------------------
 
-    def require_scope(self, caller: Caller, resource_type: str, interaction: str) -> None:
-        if not caller.scopes.allows(resource_type, interaction):
-            raise forbidden(
-                f"the token's scopes do not allow {_INTERACTION_WORDS.get(interaction, interaction)} of {resource_type}"
-            )
+    def scope_allows(self, resource_type: str, interaction: str) -> bool:
+        return self.caller.scopes.allows(resource_type, interaction)
 
-    def confine_to_launch_patient(self, caller: Caller, resource_type: str, interaction: str, record: str | None) -> None:
+    def scope_refusal(self, resource_type: str, interaction: str, record: str | None, target: str | None) -> Refusal:
+        word = _INTERACTION_WORDS.get(interaction, interaction)
+        return denied(f"the token's scopes do not allow {word} of {resource_type}", record, target)
+
+    def outside_launch_patient(self, resource_type: str, interaction: str, record: str | None) -> bool:
         """A `patient/` scope reaches only the token's own patient's record (SMART v2)."""
-        if record is None or not caller.scopes.patient_only(resource_type, interaction):
-            return
-        if caller.actor.patient not in (record, f"Patient/{record}"):
-            raise not_found(f"{resource_type} in that record")
+        if record is None or not self.caller.scopes.patient_only(resource_type, interaction):
+            return False
+        return self.caller.actor.patient not in (record, f"Patient/{record}")
 
     # --- record state and decisions -----------------------------------------------------
 
-    def record_state(self, record: str) -> RecordState | None:
-        doc = self.repo.record_state(record)
-        if doc is None:
-            return None
-        birth = doc.get("birth_date")
-        return RecordState(
-            record_id=record, custodian=doc.get("custodian"),
-            birth_date=date.fromisoformat(birth) if birth else None,
-            parents=frozenset(doc.get("parents", ())), lacks_capacity=bool(doc.get("lacks_capacity")),
-            representative=doc.get("representative"), transferred_out=bool(doc.get("transferred_out")),
-            former_custodians=frozenset(doc.get("former_custodians", ())),
-        )
+    def prime(self, record: str, state: dict | None, consents: list[Version]) -> None:
+        """Take what a read fetched with the resource, so deciding costs no further query."""
+        if record not in self._states:
+            self._states[record] = record_state_of(record, state)
+            self._grants[record] = [parse_grant(v.resource) for v in consents]
 
-    def grants(self, record: str) -> list[Grant]:
-        return [parse_grant(v.resource) for v in self.repo.consents_of_record(record)]
+    def prefetch(self, records: list[str]) -> None:
+        """States of many records in one query, then the consents of those decided by consent."""
+        missing = [r for r in dict.fromkeys(records) if r and r not in self._states]
+        if not missing:
+            return
+        docs = self.repo.record_states(missing)
+        for record in missing:
+            self._states[record] = record_state_of(record, docs.get(record))
+        by_consent = [r for r in missing if self._needs_grants(r)]
+        for record, versions in self.repo.consents_of_records(by_consent).items():
+            self._grants[record] = [parse_grant(v.resource) for v in versions]
 
-    def _lazy_grants(self, record: str) -> Iterator[Grant]:
-        """The record's consents, read from the database only if the engine asks for them."""
-        yield from self.grants(record)
-
-    def decide(self, caller: Caller, operation: str, record: str) -> Decision:
-        """The engine's decision for this caller, operation and record, at this instant."""
-        state = self.record_state(record)
+    def _needs_grants(self, record: str) -> bool:
+        state = self._states.get(record)
         if state is None:
-            return Decision(permit=False, reasons=("the record does not exist",))
-        return engine.decide(caller.actor, operation, state, self._lazy_grants(record), self.clock())
+            return False
+        actor, today = self.caller.actor, self.clock().date()
+        return not (engine.is_custodian(actor, state) or engine.is_family(actor, state, today))
 
-    def require(self, caller: Caller, operation: str, record: str, hide: bool = True) -> Decision:
-        """Permit or raise: 404 when the caller may not know the record exists, else 403."""
-        decision = self.decide(caller, operation, record)
+    def state(self, record: str) -> RecordState | None:
+        if record not in self._states:
+            self._states[record] = record_state_of(record, self.repo.record_state(record))
+        return self._states[record]
+
+    def _lazy_grants(self, record: str):
+        """The record's consents, read from the database only if the engine asks for them."""
+        if record not in self._grants:
+            self._grants[record] = [parse_grant(v.resource) for v in self.repo.consents_of_record(record)]
+        yield from self._grants[record]
+
+    def decide(self, operation: str, record: str) -> Decision:
+        """The engine's decision for this caller, operation and record (once per request)."""
+        key = (record, operation)
+        if key not in self._decisions:
+            state = self.state(record)
+            if state is None:
+                self._decisions[key] = Decision(permit=False, reasons=("the record does not exist",))
+            else:
+                self._decisions[key] = engine.decide(self.caller.actor, operation, state,
+                                                     self._lazy_grants(record), self.clock())
+        return self._decisions[key]
+
+    def require(self, operation: str, record: str, label: str = "the record") -> Decision:
+        """Permit, or a refusal: 404 when the caller may not know the record exists, else 403."""
+        decision = self.decide(operation, record)
         if decision.permit:
             return decision
-        if hide and not self.decide(caller, "read", record).permit:
-            raise not_found("the record")
-        raise FhirError(403, "forbidden", _first_reason(decision, operation))
+        reason = first_reason(decision, operation)
+        if operation in _UNKNOWN_UNLESS_PERMITTED or not self.decide("read", record).permit:
+            raise hidden(label, record, reason)
+        raise denied(reason, record, label if label != "the record" else None)
+
+    def require_scope(self, resource_type: str, interaction: str, record: str | None = None,
+                      target: str | None = None) -> None:
+        if not self.scope_allows(resource_type, interaction):
+            raise self.scope_refusal(resource_type, interaction, record, target)
+
+    def confine_to_launch_patient(self, resource_type: str, interaction: str, record: str | None,
+                                  label: str) -> None:
+        if self.outside_launch_patient(resource_type, interaction, record):
+            raise hidden(label, record, "outside the token's launch patient")
 
     # --- reads --------------------------------------------------------------------------
 
-    def visible(self, caller: Caller, version: Version) -> tuple[dict | None, Decision | None]:
+    def visible(self, version: Version) -> tuple[dict | None, Decision | None]:
         """The resource as this caller may see it (redacted), or None when hidden."""
         if version.type == "Subscription":
-            mine = version.owner is not None and version.owner == owner_key(caller)
+            mine = version.owner is not None and version.owner == owner_key(self.caller)
             return (version.resource if mine else None), None
         if version.record is None:
             return version.resource, None
-        decision = self.decide(caller, "read", version.record)
+        decision = self.decide("read", version.record)
         if not decision.permit:
             return None, decision
         shown = redaction.redact(version.resource, decision, section=version.section)
@@ -105,7 +182,7 @@ class AccessPolicy:
     def _flag_for_confirmation(self, consent: dict, record: str) -> dict:
         """After the 16+ handover, the family's view of a parent's consent says it needs the
         young person's confirmation (the view only; the stored version is unchanged)."""
-        state = self.record_state(record)
+        state = self.state(record)
         flag = engine.confirmation_flag(parse_grant(consent), state, self.clock().date()) if state else None
         if flag is None:
             return consent
@@ -113,25 +190,29 @@ class AccessPolicy:
         meta["tag"] = [t for t in meta.get("tag", []) if t.get("code") != flag["code"]] + [flag]
         return dict(consent, meta=meta)
 
-    def search_visibility(self, caller: Caller, records: tuple[str, ...]) -> Visibility:
-        """Per-record section lists, so the database counts only what the caller may see."""
-        actor = caller.actor
-        candidates = list(records) if records else self._candidate_records(caller)
+    def search_visibility(self, records: tuple[str, ...]) -> Visibility:
+        """An indexable filter: the caller's custody as one clause, plus the few records seen
+        through the family link or a consent, each with the sections it may match."""
+        actor = self.caller.actor
+        custodian = actor.organization if actor.role == "la" and actor.organization and not records else None
+        candidates = list(records) if records else self._linked_records()
+        self.prefetch(candidates)
         per_record: dict[str, frozenset[str] | None] = {}
         for record in candidates:
-            decision = self.decide(caller, "read", record)
+            decision = self.decide("read", record)
             if decision.permit:
                 per_record[record] = redaction.visible_sections(decision)
-        if caller.scopes.patient_only("Patient", "s") and actor.patient:
+        if self.caller.scopes.patient_only("Patient", "s") and actor.patient:
             own = actor.patient.removeprefix("Patient/")
             per_record = {r: s for r, s in per_record.items() if r == own}
-        return Visibility(everything=False, per_record=per_record, directory=True, owner=owner_key(caller))
+            custodian = None
+        return Visibility(everything=False, per_record=per_record, directory=True, owner=owner_key(self.caller),
+                          custodian=custodian)
 
-    def _candidate_records(self, caller: Caller) -> list[str]:
-        actor = caller.actor
+    def _linked_records(self) -> list[str]:
+        """Records the caller reaches other than through custody: family links and consents."""
+        actor = self.caller.actor
         found: set[str] = set()
-        if actor.organization:
-            found.update(self.repo.records_in_custody_of(actor.organization))
         if actor.fhir_user:
             found.update(self.repo.records_of_parent(actor.fhir_user))
             if actor.fhir_user.startswith("Patient/"):
@@ -143,7 +224,7 @@ class AccessPolicy:
         return sorted(found)
 
 
-def _first_reason(decision: Decision, operation: str) -> str:
+def first_reason(decision: Decision, operation: str) -> str:
     if decision.reasons:
         return decision.reasons[0]
     return f"you may not {operation} in this record"

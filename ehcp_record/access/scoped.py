@@ -1,31 +1,52 @@
-"""The record service: FHIR interactions with the record's rules applied on every path.
+"""The caller-scoped store: the only door to a child's record.
 
-HTTP -> api (parse, authenticate) -> here (load, consent decision, custody, parental-input
-gate, validation) -> repository (one transaction: version + history + audit) -> api.
+Like Medplum's per-request `Repository`, one `ScopedStore` is made for each request from the
+authenticated caller (`RecordStore.for_caller`). Routes, Bundles, operations, documents, media,
+transfers, subscriptions and the audit log receive it and nothing else: the raw repository is
+private to this module. Inside it, once, for every path: the scope check, launch-patient
+confinement, the consent decision (cached per record for the request), redaction, the
+hidden-equals-missing answer, the read audit (one batch per response) and the refusal audit
+(every refusal, one entry naming the reason).
+
+Writes come in two kinds. A client write (`prepare`, `prepare_put`, `prepare_transaction`)
+is validated, authorised (`write_rules`) and checked against the parental-input gate. The
+server's own writes are named methods, each with its own decision and audit action:
+`prepare_proposed_content` and `prepare_issued_plan` ($issue, SEND Regulations 2014 regs 13
+and 22), `record_parental_response` ($respond), `prepare_transfer_update` and
+`commit_custody_move` (reg 15), `import_transfer` ($receive-transfer). There is no flag that
+switches a check off.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
-from consent.sections import section_of
-from ehcp_record.audit import entries as audit
-from ehcp_record.audit import chain as audit_chain
-from ehcp_record.workflow import task_clocks
+from consent import redaction
+from consent.model import Decision
+from consent.sections import binary_section, section_of
 from ehcp_record.access import write_rules
-from ehcp_record.access.policy import AccessPolicy
-from ehcp_record.access.compartment import Compartment
 from ehcp_record.access.caller import Caller
+from ehcp_record.access.compartment import Compartment
+from ehcp_record.access.policy import Refusal, RequestAccess, denied, hidden
+from ehcp_record.audit import chain as audit_chain
+from ehcp_record.audit import entries as audit
 from ehcp_record.errors import FhirError, invalid, not_found, precondition_failed, precondition_required, unprocessable
 from ehcp_record.fhir.dates import instant
-from ehcp_record.fhir.model import STORED_TYPES, parse_resource, ref_key
 from ehcp_record.fhir.identifiers import identifier_problems
-from ehcp_record.store.repository import AuditAppend, Repository, Version, VersionWrite, utc_now
+from ehcp_record.fhir.model import STORED_TYPES, parse_resource, ref_key
 from ehcp_record.fhir.search import SearchQuery, SearchRegistry, parse_search
+from ehcp_record.store.media import MediaStore
+from ehcp_record.store.repository import Repository
+from ehcp_record.store.versions import AuditAppend, Version, VersionWrite, utc_now
+from ehcp_record.store.transfers import TransferStore
+from ehcp_record.store.versions import ImportedRecord
+from ehcp_record.workflow import task_clocks
 
 _ID_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.")
 
@@ -33,13 +54,14 @@ _ID_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-
 class WriteGate(Protocol):
     """Checks a direct write against the parental-input gate (issued plans change only by $issue)."""
 
-    def check_direct_write(self, write: VersionWrite) -> None: ...
+    def check_direct_write(self, write: VersionWrite, current_of_type: Callable[[str, str], list[Version]],
+                           read: Callable[[str, str], Version | None]) -> None: ...
 
 
 class SubscriptionHooks(Protocol):
-    def prepare_subscription(self, caller: Caller, resource: dict, current: Version | None) -> dict: ...
+    def prepare_subscription(self, store: "ScopedStore", resource: dict, current: Version | None) -> dict: ...
 
-    def after_commit(self, versions: list[Version]) -> None: ...
+    def after_commit(self, store: "RecordStore", versions: list[Version]) -> None: ...
 
 
 class ResourceValidator(Protocol):
@@ -73,78 +95,162 @@ class SearchResult:
 
 
 @dataclass
-class RecordService:
+class RecordStore:
+    """What lives as long as the app: the repository and the rules. Hands out scoped stores."""
+
     repo: Repository
     registry: SearchRegistry
     compartment: Compartment
-    access: AccessPolicy
     validator: ResourceValidator | None = None
     gate: WriteGate | None = None
     clock: Callable[[], datetime] = utc_now
     subscriptions: SubscriptionHooks | None = None
+    media: MediaStore | None = None
+    transfers: TransferStore | None = None
 
-    # --- reads --------------------------------------------------------------------------
+    def for_caller(self, caller: Caller) -> "ScopedStore":
+        return ScopedStore(self, caller)
 
-    def read(self, caller: Caller, resource_type: str, resource_id: str) -> tuple[Version, dict]:
-        return self._read_one(caller, resource_type, self.repo.read(resource_type, resource_id), "read",
-                              f"{resource_type}/{resource_id}")
+    def for_received_transfer(self, caller: Caller, record: str) -> "ScopedStore":
+        """$receive-transfer: the destination LA taking in a record whose signature, sender and
+        chain were verified; it may write that record's arrival (Task completed, notice)."""
+        store = ScopedStore(self, caller)
+        store._arrivals.add(record)
+        return store
 
-    def vread(self, caller: Caller, resource_type: str, resource_id: str, vid: str) -> tuple[Version, dict]:
-        if not vid.isdigit() or len(vid) > 9:
-            raise not_found(f"{resource_type}/{resource_id}/_history/{vid[:12]}")
-        version = self.repo.read_version(resource_type, resource_id, int(vid))
-        return self._read_one(caller, resource_type, version, "vread", f"{resource_type}/{resource_id}/_history/{vid}")
+    @property
+    def signing_key(self):
+        return self.repo.signing_key
 
-    def _read_one(self, caller: Caller, resource_type: str, version: Version | None, action: str,
-                  label: str) -> tuple[Version, dict]:
-        version, shown, consent_ids = self._visible_or_404(caller, resource_type, version, action, label)
-        self.repo.append_audit(audit.for_versions(caller, action, [version], self.clock(), consent_ids))
+    def ping(self) -> bool:
+        return self.repo.ping()
+
+    def active_subscriptions(self, resource_types: set[str]) -> list[Version]:
+        """The notifier's own question (no caller: it then asks as each subscriber)."""
+        return self.repo.active_subscriptions(resource_types)
+
+
+def audited(method: Callable) -> Callable:
+    """Every refusal raised inside a public method is written to the audit once, then raised."""
+
+    @functools.wraps(method)
+    def wrapper(self: "ScopedStore", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except Refusal as refusal:
+            if not refusal.audited:
+                refusal.audited = True
+                self._audit_refusal(refusal, method.__name__)
+            raise
+
+    return wrapper
+
+
+class ScopedStore:
+    """One caller's view of the record store for one request."""
+
+    def __init__(self, shared: RecordStore, caller: Caller) -> None:
+        self._shared = shared
+        self._repo = shared.repo
+        self.caller = caller
+        self.registry = shared.registry
+        self.clock = shared.clock
+        self.validator = shared.validator
+        self.access = RequestAccess(shared.repo, caller, shared.clock)
+        self._arrivals: set[str] = set()  # records this request takes custody of (reg 15)
+
+    @property
+    def signing_key(self):
+        return self._repo.signing_key
+
+    # --- audit ----------------------------------------------------------------------------
+
+    def _audit_refusal(self, refusal: Refusal, action: str) -> None:
+        entry = audit.refusal(self.caller, action, refusal.record, self.clock(), refusal.reason, refusal.target)
+        self._repo.append_audit([entry])
+
+    def _audit_permits(self, action: str, shown: list[Version], decision: Decision | None = None,
+                       reason: str = "", tips: dict | None = None) -> None:
+        consent_ids = decision.consent_ids if decision else ()
+        self._repo.append_audit(audit.for_versions(self.caller, action, shown, self.clock(), consent_ids, reason), tips)
+
+    def audit_record(self, record: str | None, action: str, reason: str,
+                     resources: list[tuple[str, str | None]] = (), consent_ids: tuple[str, ...] = (),
+                     checkpoint: bool = False, outcome: str = "permit") -> None:
+        """An audit entry for something an operation did in a record it was allowed into."""
+        body = audit.body(self.caller, action, outcome, self.clock(), reason, list(resources), consent_ids)
+        self._repo.append_audit([AuditAppend(audit.chain_of(record), body, checkpoint=checkpoint)])
+
+    # --- single reads ---------------------------------------------------------------------
+
+    @audited
+    def read(self, resource_type: str, resource_id: str) -> tuple[Version, dict]:
+        context = self._repo.read_in_context(resource_type, resource_id)
+        label = f"{resource_type}/{resource_id}"
+        version, shown, decision = self._visible_or_404(resource_type, context.version, label, context)
+        self._audit_permits("read", [version], decision, tips={audit.chain_of(version.record): context.tip})
         return version, shown
 
-    def _visible_or_404(self, caller: Caller, resource_type: str, version: Version | None, action: str,
-                        label: str) -> tuple[Version, dict, tuple[str, ...]]:
-        """The one check of a single resource: scope, launch patient, consent; a refusal is
-        audited and answered 404, so nobody learns that a hidden resource exists."""
-        self.access.require_scope(caller, resource_type, "r")
-        if version is None:
+    @audited
+    def vread(self, resource_type: str, resource_id: str, vid: str) -> tuple[Version, dict]:
+        label = f"{resource_type}/{resource_id}/_history/{vid[:12]}"
+        if not vid.isdigit() or len(vid) > 9:
+            self.access.require_scope(resource_type, "r")
             raise not_found(label)
-        self.access.confine_to_launch_patient(caller, resource_type, "r", version.record)
-        shown, decision = self.access.visible(caller, version)
-        consent_ids = decision.consent_ids if decision else ()
-        if shown is None:
-            reason = decision.reasons[0] if decision and decision.reasons else "not visible to this caller"
-            self.repo.append_audit([audit.refusal(caller, action, version.record, self.clock(), reason, label, consent_ids)])
-            raise not_found(label)
-        return version, shown, consent_ids
+        context = self._repo.read_in_context(resource_type, resource_id, int(vid))
+        version, shown, decision = self._visible_or_404(resource_type, context.version, label, context)
+        self._audit_permits("vread", [version], decision, tips={audit.chain_of(version.record): context.tip})
+        return version, shown
 
-    def history(self, caller: Caller, resource_type: str, resource_id: str, offset: int, count: int
+    @audited
+    def history(self, resource_type: str, resource_id: str, offset: int, count: int
                 ) -> tuple[int, list[tuple[Version, dict]]]:
-        label = f"{resource_type}/{resource_id}"
-        self._visible_or_404(caller, resource_type, self.repo.read(resource_type, resource_id), "history", label)
-        total, versions = self.repo.history_of(resource_type, resource_id, offset, count)
-        shown = self._shown(caller, versions)
-        self.repo.append_audit(audit.for_versions(caller, "history", [v for v, _ in shown], self.clock()))
+        context = self._repo.read_in_context(resource_type, resource_id)
+        self._visible_or_404(resource_type, context.version, f"{resource_type}/{resource_id}", context)
+        total, versions = self._repo.history_of(resource_type, resource_id, offset, count)
+        shown = self._shown(versions)
+        self._audit_permits("history", [v for v, _ in shown])
         return total, shown
 
-    def search(self, caller: Caller, resource_type: str, pairs: list[tuple[str, str]]) -> SearchResult:
-        self.access.require_scope(caller, resource_type, "s")
-        query = parse_search(self.registry, resource_type, pairs)
-        visibility = self.access.search_visibility(caller, query.patient_filter)
-        total, versions = self.repo.search(query, visibility)
-        matches = self._shown(caller, versions)
-        included = self._included(caller, query, versions)
-        self.repo.append_audit(audit.for_versions(caller, "search", versions + [v for v, _ in included], self.clock()))
-        return SearchResult(total, [m for _, m in matches], [r for _, r in included], query)
+    def _visible_or_404(self, resource_type: str, version: Version | None, label: str, context: Any = None
+                        ) -> tuple[Version, dict, Decision | None]:
+        """The one check of a single resource: scope, launch patient, consent. A hidden
+        resource is answered exactly as a missing one (and the refusal is audited)."""
+        record = version.record if version else None
+        self.access.require_scope(resource_type, "r", record, label)
+        if version is None:
+            raise not_found(label)
+        if record is not None and context is not None:
+            self.access.prime(record, context.state, context.consents)
+        self.access.confine_to_launch_patient(resource_type, "r", record, label)
+        shown, decision = self.access.visible(version)
+        if shown is None:
+            reason = decision.reasons[0] if decision and decision.reasons else "not visible to this caller"
+            raise hidden(label, record, reason)
+        return version, shown, decision
 
-    def _shown(self, caller: Caller, versions: list[Version]) -> list[tuple[Version, dict]]:
+    def _shown(self, versions: list[Version]) -> list[tuple[Version, dict]]:
+        self.access.prefetch([v.record for v in versions if v.record])
         shown = []
         for version in versions:
-            visible, _ = self.access.visible(caller, version)
+            visible, _ = self.access.visible(version)
             if visible is not None:
                 shown.append((version, visible))
         return shown
 
-    def _included(self, caller: Caller, query: SearchQuery, versions: list[Version]) -> list[tuple[Version, dict]]:
+    # --- searches -------------------------------------------------------------------------
+
+    @audited
+    def search(self, resource_type: str, pairs: list[tuple[str, str]]) -> SearchResult:
+        self.access.require_scope(resource_type, "s")
+        query = parse_search(self.registry, resource_type, pairs)
+        total, versions = self._repo.search(query, self.access.search_visibility(query.patient_filter))
+        matches = self._shown(versions)
+        included = self._included(query, versions)
+        self._audit_permits("search", [v for v, _ in matches + included])
+        return SearchResult(total, [m for _, m in matches], [r for _, r in included], query)
+
+    def _included(self, query: SearchQuery, versions: list[Version]) -> list[tuple[Version, dict]]:
         refs: list[str] = []
         for include in query.includes:
             param = self.registry.get(include.source_type, include.param)
@@ -155,72 +261,117 @@ class RecordService:
                         refs.append(ref_key(target))
         own = {f"{v.type}/{v.id}" for v in versions}
         wanted = [r for r in dict.fromkeys(refs) if r not in own]
-        found = self.repo.read_many(wanted)
-        return self._shown(caller, [found[r] for r in wanted if r in found and self._scope_ok(caller, found[r])])
+        found = self._repo.read_many(wanted)
+        allowed = [found[r] for r in wanted if r in found and self.access.scope_allows(found[r].type, "r")]
+        return self._shown(allowed)
 
-    def _scope_ok(self, caller: Caller, version: Version) -> bool:
-        return caller.scopes.allows(version.type, "r")
+    def conditional_match(self, resource_type: str, criteria: str, candidate: dict | None = None
+                          ) -> tuple[Version, dict] | None:
+        """If-None-Exist: a match is only what this caller may see, returned as they may see it
+        (FHIR R4 http.html#ccreate); the caller needs create and read scopes for the type."""
+        self.access.require_scope(resource_type, "c")
+        self.access.require_scope(resource_type, "r")
+        pairs = _parse_query_string(criteria)
+        query = parse_search(self.registry, resource_type, pairs + [("_count", "2")])
+        total, versions = self._repo.search(query, self.access.search_visibility(query.patient_filter))
+        if total > 1:
+            raise precondition_failed(f"If-None-Exist matched {total} {resource_type} resources; it must match at most one")
+        shown = self._shown(versions)
+        if not shown:
+            return None
+        match = shown[0][0]
+        # A match is answered only to a caller who could have made the create: otherwise the
+        # same refusal as for no match, so If-None-Exist is never a way to read or to probe.
+        write_rules.authorize_write(self.access, dict(candidate or match.resource, id=match.id), match.record,
+                                    True, False)
+        self._audit_permits("read", [match], reason="conditional create matched an existing resource")
+        return shown[0]
 
-    # --- writes -------------------------------------------------------------------------
+    # --- client writes --------------------------------------------------------------------
 
-    def create(self, caller: Caller, body: object, resource_type: str, if_none_exist: str | None = None
-               ) -> tuple[Version, bool]:
+    @audited
+    def create(self, body: object, resource_type: str, if_none_exist: str | None = None
+               ) -> tuple[Version, dict, bool]:
         resource = parse_resource(body, resource_type)
         if if_none_exist:
-            existing = self.conditional_match(caller, resource_type, if_none_exist)
+            existing = self.conditional_match(resource_type, if_none_exist, resource)
             if existing is not None:
-                return existing, False
-        prepared = self.prepare(caller, resource, str(uuid.uuid4()), expected=None)
+                return existing[0], existing[1], False
+        prepared = self.prepare(resource, str(uuid.uuid4()), expected=None)
         self.commit([prepared])
-        return version_of(prepared.write), True
+        return version_of(prepared.write), prepared.write.resource, True
 
-    def update(self, caller: Caller, body: object, resource_type: str, resource_id: str,
-               if_match: int | None) -> tuple[Version, bool]:
+    @audited
+    def update(self, body: object, resource_type: str, resource_id: str, if_match: int | None
+               ) -> tuple[Version, dict, bool]:
         resource = parse_resource(body, resource_type)
         if resource.get("id") != resource_id:
             raise invalid(f"the resource id '{resource.get('id')}' does not match the URL id '{resource_id}'",
                           "invalid", [f"{resource_type}.id"])
-        prepared = self.prepare_put(caller, resource, resource_id, if_match)
+        prepared = self.prepare_put(resource, resource_id, if_match)
         self.commit([prepared])
-        return version_of(prepared.write), prepared.created
+        return version_of(prepared.write), prepared.write.resource, prepared.created
 
-    def prepare_put(self, caller: Caller, resource: dict, resource_id: str, if_match: int | None,
-                    pending: dict[str, str | None] | None = None, through_issue: bool = False,
-                    extra: dict | None = None) -> PreparedWrite:
-        """PUT: update with a mandatory If-Match, or create at a client-chosen id."""
+    def prepare_put(self, resource: dict, resource_id: str, if_match: int | None,
+                    pending: dict[str, str | None] | None = None, extra: dict | None = None) -> PreparedWrite:
+        """PUT: update with a mandatory If-Match, or create at a client-chosen id. A resource
+        the caller may not read is treated as missing, so no version or existence leaks."""
         resource_type = resource["resourceType"]
-        current = self.repo.read(resource_type, resource_id)
+        label = f"{resource_type}/{resource_id}"
+        current = self._repo.read(resource_type, resource_id)
+        if current is not None and not self._may_see(current):
+            if if_match is not None:
+                raise hidden(label, current.record, "update of a resource the caller may not see")
+            self._authorize_as_if_new(resource, resource_id, pending or {})
+            raise hidden(label, current.record, "update of a resource the caller may not see")
         if current is None:
             if if_match is not None:
-                raise not_found(f"{resource_type}/{resource_id}")
-            return self.prepare(caller, resource, resource_id, expected=None, pending=pending,
-                                through_issue=through_issue, extra=extra)
-        if if_match is None and through_issue:
-            if_match = current.vid
+                raise not_found(label)
+            return self.prepare(resource, resource_id, expected=None, pending=pending, extra=extra)
         if if_match is None:
-            raise precondition_required("updates need If-Match: W/\"<versionId>\" (read the resource first)")
-        return self.prepare(caller, resource, resource_id, expected=if_match, current=current, pending=pending,
-                            through_issue=through_issue, extra=extra)
+            raise precondition_required(f"updates need If-Match: W/\"{current.vid}\" (read the resource first)")
+        return self.prepare(resource, resource_id, expected=if_match, current=current, pending=pending, extra=extra)
 
-    def conditional_match(self, caller: Caller, resource_type: str, criteria: str) -> Version | None:
-        pairs = _parse_query_string(criteria)
-        query = parse_search(self.registry, resource_type, pairs + [("_count", "2")])
-        visibility = self.access.search_visibility(caller, query.patient_filter)
-        total, versions = self.repo.search(query, visibility)
-        if total > 1:
-            raise precondition_failed(f"If-None-Exist matched {total} {resource_type} resources; it must match at most one")
-        return versions[0] if versions else None
+    def _may_see(self, version: Version) -> bool:
+        if version.type == "Subscription":
+            return True  # owner-only: refused with 403 by the subscription rules
+        if version.record is not None:
+            self.access.prefetch([version.record])
+        return self.access.visible(version)[0] is not None
 
-    def prepare(self, caller: Caller, resource: dict, resource_id: str, expected: int | None,
-                current: Version | None = None, pending: dict[str, str | None] | None = None,
-                through_issue: bool = False, authorized: str | None = None,
-                extra: dict | None = None) -> PreparedWrite:
-        """Validate, authorise and build one version; nothing is stored yet.
+    def _authorize_as_if_new(self, resource: dict, resource_id: str, pending: dict[str, str | None]) -> None:
+        """The refusal a create at a fresh id would get (so hidden answers as missing does)."""
+        candidate = dict(resource, id=resource_id)
+        record = self._shared.compartment.record_of(candidate, lambda ref: self._record_lookup(ref, pending))
+        write_rules.authorize_write(self.access, candidate, record, True, False)
 
-        Every write path (create, update, transaction, batch, operations) comes through here,
-        so validation, custody, consent and the parental-input gate cannot be skipped; only
-        `$issue` passes `through_issue`, after checking the family's response.
-        """
+    def prepare(self, resource: dict, resource_id: str, expected: int | None, current: Version | None = None,
+                pending: dict[str, str | None] | None = None, extra: dict | None = None) -> PreparedWrite:
+        """A client write: validated, authorised and gated; nothing is stored yet."""
+        return self._prepare(resource, resource_id, expected, current, pending, extra, gated=True)
+
+    def prepare_transaction(self, entries: list[dict]):
+        from ehcp_record.operations import bundles
+
+        return bundles.prepare_transaction(self, entries, self.prepare, self.prepare_put)
+
+    @audited
+    def process_bundle(self, body: object) -> dict:
+        """`POST /fhir` with a transaction or batch Bundle (FHIR R4 http.html#transaction)."""
+        from ehcp_record.operations import bundles
+
+        return bundles.process(self, body)
+
+    def settle(self, refusal: Refusal) -> None:
+        """The API's last word on a refusal raised outside a store method: audit it once."""
+        if not refusal.audited:
+            refusal.audited = True
+            self._audit_refusal(refusal, "request")
+
+    def _prepare(self, resource: dict, resource_id: str, expected: int | None, current: Version | None,
+                 pending: dict[str, str | None] | None, extra: dict | None, gated: bool,
+                 decision: write_rules.WriteDecision | None = None) -> PreparedWrite:
+        """Validate, authorise (unless a named privileged path decided already) and build."""
         resource_type = resource["resourceType"]
         if resource_type not in STORED_TYPES:
             raise FhirError(405, "not-supported", f"{resource_type} is written by the server, not by clients")
@@ -229,36 +380,35 @@ class RecordService:
             raise invalid(f"'{resource_id}' is reserved")
         resource = task_clocks.apply(copy.deepcopy(resource)) if resource_type == "Task" else copy.deepcopy(resource)
         resource["id"] = resource_id
-        self._check_identifiers(resource)
+        _check_identifiers(resource)
         if expected is not None and current is not None and current.vid != expected:
             raise precondition_failed(f"{resource_type}/{resource_id} is at version {current.vid}, not {expected}")
-        record = self.compartment.record_of(resource, lambda ref: self._record_lookup(ref, pending or {}))
+        pending = pending or {}
+        record = self._shared.compartment.record_of(resource, lambda ref: self._record_lookup(ref, pending))
         if resource_type == "Binary" and "_section" not in resource:
-            resource["_section"] = self._section_of_security_context(resource, pending or {})
+            resource["_section"] = self._section_of_security_context(resource)
         if current is not None:
             write_rules.check_record_unchanged(resource_type, current.record, record)
-        new_record = record is not None and (pending or {}).get(f"Patient/{record}") == record
-        decision = (write_rules.WriteDecision(authorized) if authorized else
-                    write_rules.authorize_write(self.access, caller, resource, record, current is None, new_record))
-        if resource_type == "Subscription" and self.subscriptions is not None:
+        new_record = record is not None and pending.get(f"Patient/{record}") == record
+        if decision is None:
+            decision = write_rules.authorize_write(self.access, resource, record, current is None, new_record)
+        if resource_type == "Subscription" and self._shared.subscriptions is not None:
             resource["status"] = "active"  # R4: the server activates what it accepts
-            extra = {**(extra or {}), **self.subscriptions.prepare_subscription(caller, resource, current)}
+            extra = {**(extra or {}), **self._shared.subscriptions.prepare_subscription(self, resource, current)}
         if self.validator is not None:
             self.validator.check(resource)
-        write = self._build(resource, record, expected, current)
+        write = self._build(resource, record, expected, current, new_record)
         write.extra.update(extra or {})
-        if self.gate is not None and not through_issue:
-            self.gate.check_direct_write(write)
-        change = write_rules.record_changes(resource, record, current is None, caller) if record else None
-        return PreparedWrite(write, change, decision.operation, decision.consent_ids, current is None, caller)
+        if gated and self._shared.gate is not None:
+            self._shared.gate.check_direct_write(write, self._current_of_type_raw, self._repo.read)
+        change = write_rules.record_changes(resource, record, current is None, self.caller) if record else None
+        return PreparedWrite(write, change, decision.operation, decision.consent_ids, current is None, self.caller)
 
-    def _check_identifiers(self, resource: dict) -> None:
-        problems = identifier_problems(resource)
-        if problems:
-            path, reason = problems[0]
-            raise unprocessable(reason, "value", [path])
+    def _current_of_type_raw(self, record: str, resource_type: str) -> list[Version]:
+        return self._repo.current_of_type(record, resource_type)
 
-    def _build(self, resource: dict, record: str | None, expected: int | None, current: Version | None) -> VersionWrite:
+    def _build(self, resource: dict, record: str | None, expected: int | None, current: Version | None,
+               new_record: bool) -> VersionWrite:
         vid = (current.vid + 1) if current is not None else 1
         now = self.clock()
         resource["meta"] = {k: v for k, v in (resource.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
@@ -268,15 +418,25 @@ class RecordService:
             type=resource["resourceType"], id=resource["id"], vid=vid, updated=now, resource=resource,
             record=record, section=section, index=self.registry.index(resource),
             hash=audit_chain.content_hash(resource), expected=expected if current is not None else None,
-            extra=_extra_fields(resource),
+            extra=_extra_fields(resource), custodian=self._custodian_of(resource, record, current, new_record),
         )
 
-    def _section_of_security_context(self, binary: dict, pending: dict[str, str | None]) -> str:
-        """A Binary is shown to whoever may see the section of the document it belongs to."""
+    def _custodian_of(self, resource: dict, record: str | None, current: Version | None, new_record: bool) -> str | None:
+        """The LA a version is searchable by through custody (kept in step by custody moves)."""
+        if record is None:
+            return None
+        if new_record or record in self._arrivals or (resource["resourceType"] == "Patient" and current is None):
+            return self.caller.actor.organization
+        state = self.access.state(record)
+        return state.custodian if state is not None and not state.transferred_out else None
+
+    def _section_of_security_context(self, binary: dict) -> str:
+        """A Binary is shown to whoever may see its document's section; with no sectioned
+        document as its context it is the family's and the custodian's only."""
         target = (binary.get("securityContext") or {}).get("reference", "")
-        resource_type, _, resource_id = target.partition("/")
-        version = self.repo.read(resource_type, resource_id) if resource_type and resource_id else None
-        return (version.section if version else None) or "governance"
+        resource_type, _, resource_id = ref_key(target).partition("/")
+        version = self._repo.read(resource_type, resource_id) if resource_type and resource_id else None
+        return binary_section(version.section if version else None)
 
     def _record_lookup(self, reference: str, pending: dict[str, str | None]) -> str | None:
         """The record a referenced resource belongs to, seeing earlier entries of a Bundle."""
@@ -284,25 +444,338 @@ class RecordService:
             return pending[reference]
         resource_type, _, resource_id = reference.partition("/")
         if resource_type == "Patient":
-            return resource_id if self.repo.read("Patient", resource_id) else None
-        version = self.repo.read(resource_type, resource_id)
-        return version.record if version else None
+            # A child's record the caller may not know of is answered as one that does not exist.
+            record = resource_id if self._repo.read("Patient", resource_id) else None
+            return record if record is None or self._reachable(record) else None
+        version = self._repo.read(resource_type, resource_id)
+        if version is None or version.record is None:
+            return None if version is None else version.record
+        if self.access.decide("write", version.record).permit or self.view(version) is not None:
+            return version.record
+        return None  # a resource the caller may not see is answered as a reference to nothing
 
+    def _reachable(self, record: str) -> bool:
+        """May the caller know this record exists (read it or contribute to it)? A reference
+        into a record they may not know is answered as a reference to nothing."""
+        if record in self._arrivals:
+            return True
+        return any(self.access.decide(operation, record).permit for operation in ("read", "contribute"))
+
+    @audited
     def commit(self, prepared: list[PreparedWrite], extra_audit: list[AuditAppend] | None = None,
-               record_updates: list[tuple[str, dict]] | None = None) -> None:
+               record_updates: list[tuple[str, dict]] | None = None,
+               custody: tuple[str, str | None] | None = None) -> None:
         """One transaction for all the versions, their custody changes and audit entries."""
         now = self.clock()
         updates = [(p.write.record, p.record_change) for p in prepared if p.record_change and p.write.record]
         updates += list(record_updates or [])
         audits = [p.audit_entry(now) for p in prepared] + list(extra_audit or [])
-        self.repo.commit([p.write for p in prepared], audits, updates)
-        if self.subscriptions is not None:
-            self.subscriptions.after_commit([version_of(p.write) for p in prepared])
+        if custody is not None:
+            for p in prepared:
+                if p.write.record == custody[0]:
+                    p.write.custodian = custody[1]
+        self._repo.commit([p.write for p in prepared], audits, updates, custody)
+        if self._shared.subscriptions is not None:
+            self._shared.subscriptions.after_commit(self._shared, [version_of(p.write) for p in prepared])
+
+    # --- operations: resources and records they are allowed into ---------------------------
+
+    @audited
+    def resource(self, resource_type: str, resource_id: str, purpose: str = "read", vid: str | None = None,
+                 label: str | None = None) -> tuple[Version, Decision]:
+        """A resource for an operation, checked for `purpose` (read, write, respond, transfer,
+        audit-log) on its record. Hidden and missing answer alike; a caller who may read the
+        resource but not do `purpose` gets 403. The resource comes back unredacted only to an
+        operation: anything shown to the caller goes through `view` or `view_all`."""
+        label = label or f"{resource_type}/{resource_id}" + (f"/_history/{vid}" if vid else "")
+        if vid is not None and (not vid.isdigit() or len(vid) > 9):
+            self.access.require_scope(resource_type, "r")
+            raise not_found(label)
+        context = self._repo.read_in_context(resource_type, resource_id, int(vid) if vid else None)
+        version, _, decision = self._visible_or_404(resource_type, context.version, label, context)
+        if purpose != "read":
+            if version.record is None:
+                raise denied(f"{label} is not part of a child's record", None, label)
+            decision = self.access.require(purpose, version.record, label)
+        return version, decision  # type: ignore[return-value]
+
+    def notification_view(self, resource_type: str, pairs: list[tuple[str, str]], version: Version) -> dict | None:
+        """Subscriptions: the changed resource as this subscriber may see it, when it matches
+        their criteria and their consent at this moment; None (nothing is sent) otherwise."""
+        query = parse_search(self.registry, resource_type, pairs + [("_id", version.id), ("_count", "1")])
+        visibility = self.access.search_visibility(query.patient_filter or (version.record or "",))
+        total, _ = self._repo.search(query, visibility)
+        return self.view(version) if total else None
+
+    def shown_lookup(self, resource_type: str, resource_id: str) -> dict | None:
+        """A referenced resource as the caller may see it, or None (for $validate's thread
+        check, which reports what is missing, not what is there)."""
+        version = self._repo.read(resource_type, resource_id)
+        return self.view(version) if version is not None else None
+
+    def view(self, version: Version) -> dict | None:
+        return self.access.visible(version)[0]
+
+    def view_all(self, resources: list[dict], decision: Decision) -> list[dict]:
+        """Resources shown together ($document): hidden ones dropped, references to them too."""
+        return redaction.redact_bundle_entries(resources, decision)
+
+    @audited
+    def open_record(self, record: str, purpose: str, label: str | None = None,
+                    scope_type: str = "Patient") -> "RecordScope":
+        """A record an operation works on, once the caller is allowed `purpose` in it."""
+        label = label or f"Patient/{record}"
+        interaction = "r" if purpose in ("read", "audit-log") else "u"
+        exists = self.access.state(record) is not None
+        self.access.require_scope(scope_type, interaction, record if exists else None, label)
+        self.access.confine_to_launch_patient(scope_type, interaction, record, label)
+        if not exists:
+            raise not_found(label)
+        decision = self.access.require(purpose, record, label)
+        return RecordScope(self, record, purpose, decision)
+
+    @audited
+    def everything(self, patient_id: str, limit: int) -> list[tuple[Version, dict]]:
+        """`$everything`: every current resource of the record as this caller may see it."""
+        scope = self.open_record(patient_id, "read")
+        versions = [v for v in self._repo.current_of_record(patient_id)[:limit]
+                    if self.access.scope_allows(v.type, "r")]
+        shown = self._shown(versions)
+        if not any(version.type == "Patient" for version, _ in shown):
+            raise hidden(f"Patient/{patient_id}", patient_id, "sees nothing of the child")
+        self._audit_permits("export", [v for v, _ in shown], scope.decision, "$everything")
+        return shown
+
+    # --- plan documents (rendered by plan.documents, kept here) ---------------------------
+
+    def stored_document(self, plan: Version) -> bytes | None:
+        return self._repo.stored_document(_document_key(plan))
+
+    def keep_document(self, plan: Version, data: bytes) -> bytes:
+        return self._repo.store_document(_document_key(plan), plan.record or "", data, hashlib.sha256(data).hexdigest())
+
+    def as_of(self, references: list[str], plan: Version) -> list[tuple[str, dict]]:
+        """Each referenced resource (same record, or the directory) as it stood at `plan`'s
+        version: one query for the current versions, history only for those changed since.
+        Unredacted: for rendering the signed document, which callers see through `view_all`."""
+        current = self._repo.read_many([ref_key(r) for r in references if "/_history/" not in r])
+        found = []
+        for reference in references:
+            version = self._version_for(reference, plan, current)
+            if version is not None and version.record in (None, plan.record):
+                found.append((reference, version.resource))
+        return found
+
+    def _version_for(self, reference: str, plan: Version, current: dict[str, Version]) -> Version | None:
+        key = ref_key(reference)
+        resource_type, _, resource_id = key.partition("/")
+        pinned = reference.split("/_history/")
+        if len(pinned) == 2 and pinned[1].isdigit():
+            return self._repo.read_version(resource_type, resource_id, int(pinned[1]))
+        latest = current.get(key)
+        if latest is not None and latest.updated <= plan.updated:
+            return latest
+        return self._repo.version_at(resource_type, resource_id, plan.updated)
+
+    # --- named privileged writes ------------------------------------------------------------
+
+    def prepare_proposed_content(self, entries: list[dict]):
+        """The content of a proposal ($propose) or of an answered one ($issue): validated and
+        authorised as the custodian's write, not gated, because it reaches an issued plan only
+        through `prepare_issued_plan` after the family's response (regs 13 and 22)."""
+        from ehcp_record.operations import bundles
+
+        def prepare(resource, resource_id, expected, current=None, pending=None, extra=None):
+            return self._prepare(resource, resource_id, expected, current, pending, extra, gated=False)
+
+        def prepare_put(resource, resource_id, if_match, pending=None, extra=None):
+            current = self._repo.read(resource["resourceType"], resource_id)
+            if current is not None and if_match is None:
+                if_match = current.vid
+            if current is None and if_match is not None:
+                raise not_found(f"{resource['resourceType']}/{resource_id}")
+            return prepare(resource, resource_id, if_match if current else None, current, pending, extra)
+
+        return bundles.prepare_transaction(self, entries, prepare, prepare_put)
+
+    def prepare_issued_plan(self, content: dict, plan_id: str) -> PreparedWrite:
+        """$issue: the plan made final or amended, by the custodian, past the gate."""
+        current = self._repo.read("Composition", plan_id)
+        decision = self.access.require("write", current.record if current else "", f"Composition/{plan_id}")
+        prepared = self._prepare(content, plan_id, current.vid if current else None, current, None, None,
+                                 gated=False, decision=write_rules.WriteDecision("issue", decision.consent_ids))
+        return prepared
+
+    def prepare_server_task(self, task: dict, current: Version | None, operation: str, purpose: str,
+                            pending: dict[str, str | None] | None = None) -> PreparedWrite:
+        """A Task the server writes for a statutory step the caller may take (`purpose`:
+        respond, transfer, or arrival: the new custodian's Tasks on a transfer this request
+        accepted or received): audited under `operation`, never gated."""
+        record = current.record if current is not None else (task.get("for") or {}).get("reference", "").removeprefix("Patient/")
+        if purpose == "arrival":
+            if record not in self._arrivals:
+                raise denied("only the destination local authority, on accepting a transfer, writes its arrival", record)
+            decision = write_rules.WriteDecision(operation)
+        else:
+            decision = write_rules.WriteDecision(operation, self.access.require(purpose, record).consent_ids)
+        return self._prepare(task, task["id"], current.vid if current else None, current, pending, None,
+                             gated=False, decision=decision)
+
+    @audited
+    def transfer_for_destination(self, task_id: str, is_transfer: Callable[[dict], bool]) -> Version:
+        """$accept: the transfer Task, for the destination LA only (before custody moves it
+        cannot read the record; everyone else is answered as if the Task did not exist)."""
+        label = f"Task/{task_id}"
+        task = self._repo.read("Task", task_id)
+        if task is None or task.record is None:
+            raise not_found(label)
+        destination = (task.resource.get("owner") or {}).get("reference")
+        actor = self.caller.actor
+        if not is_transfer(task.resource) or actor.role != "la" or actor.organization != destination:
+            if self._may_see(task):
+                raise not_found(label)  # seen, but not a transfer to this caller
+            raise hidden(label, task.record, "only the destination local authority may accept a transfer")
+        self.access.require_scope("Task", "u", task.record, label)
+        self._arrivals.add(task.record)
+        return task
+
+    def custody_state(self, record: str):
+        return self.access.state(record)
+
+    @audited
+    def commit_custody_move(self, prepared: list[PreparedWrite], record: str, new_custodian: str | None,
+                            record_update: list[dict] | dict, audit_body: dict) -> None:
+        """Custody moves (reg 15): the versions, the records document, every current document's
+        searchable custodian and a checkpointed audit entry, in one transaction."""
+        self.commit(prepared, [AuditAppend(audit.chain_of(record), audit_body, checkpoint=True)],
+                    record_updates=[(record, record_update)], custody=(record, new_custodian))
+
+    def import_transfer(self, imported: ImportedRecord) -> None:
+        """$receive-transfer: the signed record of another deployment, checked by the caller."""
+        assert self._shared.transfers is not None
+        self._shared.transfers.import_record(imported)
+
+    # --- transfer storage (the custodian's own transfer) ------------------------------------
+
+    def transfer_storage(self, record: str) -> "TransferStorage":
+        self.access.require("transfer", record)
+        assert self._shared.transfers is not None
+        return TransferStorage(self._shared.transfers, self._repo, self._shared.media, record)
+
+    def record_tasks_for_destination(self, transfer: Version) -> list[Version]:
+        """$accept: the record's open Tasks the new LA closes (assessments stop, reg 15(6))."""
+        return self._repo.current_of_type(transfer.record or "", "Task")
+
+    def receipt_of(self, transfer_id: str) -> dict | None:
+        assert self._shared.transfers is not None
+        return self._shared.transfers.received_ack(transfer_id)
+
+    # --- media (GridFS) ----------------------------------------------------------------------
+
+    @property
+    def media_store(self) -> MediaStore:
+        assert self._shared.media is not None
+        return self._shared.media
+
+    def media_of(self, version: Version) -> dict | None:
+        """The stored file of a Binary version the caller was already shown (read/vread)."""
+        return self._repo.media_info(version.type, version.id, version.vid)
+
+
+@dataclass
+class RecordScope:
+    """A record an operation was allowed into for one purpose; unredacted, for the rules."""
+
+    store: ScopedStore
+    record: str
+    purpose: str
+    decision: Decision
+
+    def current(self) -> list[Version]:
+        return self.store._repo.current_of_record(self.record)
+
+    def current_of_type(self, resource_type: str) -> list[Version]:
+        return self.store._repo.current_of_type(self.record, resource_type)
+
+    def versions(self) -> Iterator[Version]:
+        return self.store._repo.versions_of_record(self.record)
+
+    def read(self, resource_type: str, resource_id: str) -> Version | None:
+        version = self.store._repo.read(resource_type, resource_id)
+        return version if version is not None and version.record in (self.record, None) else None
+
+    def state(self):
+        return self.store.access.state(self.record)
+
+    def audit_entries(self, **query: Any) -> tuple[int, list[dict]]:
+        return self.store._repo.audit_search(self.record, **query)
+
+    def verify(self, keys: dict):
+        from ehcp_record.audit import verify as audit_verify
+
+        return audit_verify.verify_record(self.store._repo, self.record, keys)
+
+
+@dataclass
+class TransferStorage:
+    """The custodian's own transfer of one record: what the signed Bundle is built from, and
+    the bookkeeping of bundles sent. Handed out only after the `transfer` decision."""
+
+    transfers: TransferStore
+    repo: Repository
+    media: MediaStore | None
+    record: str
+
+    def _own(self, record: str) -> str:
+        if record != self.record:
+            raise ValueError("transfer storage is for one record")
+        return record
+
+    def outbound(self, key: str) -> bytes | None:
+        return self.repo.outbound_transfer(key)
+
+    def keep_outbound(self, key: str, body: bytes) -> bytes:
+        return self.repo.keep_outbound_transfer(key, body)
+
+    def sent(self, transfer_id: str) -> dict[str, str]:
+        return self.transfers.sent(transfer_id)
+
+    def note_sent(self, transfer_id: str, sha256: str, key: str) -> None:
+        self.transfers.note_sent(transfer_id, sha256, key)
+
+    def version_count(self, record: str, excluding: str) -> int:
+        return self.transfers.version_count(self._own(record), excluding)
+
+    def export_chain(self, record: str, body: dict) -> list[dict]:
+        return self.transfers.export_chain(self._own(record), body)
+
+    def record_state(self, record: str) -> dict | None:
+        return self.repo.record_state(self._own(record))
+
+    def documents_of_record(self, record: str) -> dict[str, bytes]:
+        return self.repo.documents_of_record(self._own(record))
+
+    def current_of_record(self, record: str) -> list[Version]:
+        return self.repo.current_of_record(self._own(record))
+
+    def read_many(self, refs: list[str]) -> dict[str, Version]:
+        return {k: v for k, v in self.repo.read_many(refs).items() if v.record in (None, self.record)}
+
+    def media_info(self, resource_type: str, resource_id: str, vid: int) -> dict | None:
+        return self.repo.media_info(resource_type, resource_id, vid)
+
+    def read_media(self, file_id: Any) -> bytes:
+        assert self.media is not None
+        return self.media.read_all(file_id)
 
 
 def version_of(write: VersionWrite) -> Version:
     return Version(write.type, write.id, write.vid, write.updated, write.resource, write.record,
                    write.section, write.hash)
+
+
+def _document_key(plan: Version) -> str:
+    return f"Composition/{plan.id}/{plan.vid}"
 
 
 def _extra_fields(resource: dict) -> dict:
@@ -313,6 +786,13 @@ def _extra_fields(resource: dict) -> dict:
     grant = parse_grant(resource)
     recipients = [r for r in (grant.recipient_org, f"role:{grant.recipient_role}" if grant.recipient_role else None) if r]
     return {"recipients": recipients}
+
+
+def _check_identifiers(resource: dict) -> None:
+    problems = identifier_problems(resource)
+    if problems:
+        path, reason = problems[0]
+        raise unprocessable(reason, "value", [path])
 
 
 def _check_id(resource_id: str) -> None:
@@ -328,3 +808,4 @@ def _parse_query_string(text: str) -> list[tuple[str, str]]:
         return parse_qsl(text, keep_blank_values=True, strict_parsing=True, max_num_fields=50)
     except ValueError:
         raise invalid("If-None-Exist must be a search query string such as identifier=system|value") from None
+

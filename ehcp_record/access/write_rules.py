@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from consent.model import grant_problems, is_sharing_grant
 from consent.sections import section_of
-from ehcp_record.access.policy import AccessPolicy
+from ehcp_record.access.policy import RequestAccess, denied
 from ehcp_record.access.caller import Caller
-from ehcp_record.errors import FhirError, forbidden, unprocessable
+from ehcp_record.errors import unprocessable
 
 DIRECTORY_WRITERS = frozenset({"la", "system"})
 CONTRIBUTABLE_TYPES = frozenset({"DocumentReference", "Binary"})
@@ -32,48 +32,52 @@ class WriteDecision:
     consent_ids: tuple[str, ...] = ()
 
 
-def authorize_write(access: AccessPolicy, caller: Caller, resource: dict, record: str | None,
+def authorize_write(access: RequestAccess, resource: dict, record: str | None,
                     creating: bool, new_record: bool = False) -> WriteDecision:
-    """Raise 403/404 unless this caller may write this resource into this record.
+    """Refuse (403/404, audited by the scoped store) unless this caller may write this resource
+    into this record.
 
     `new_record`: the child's Patient is created earlier in the same transaction Bundle, so the
     caller is the LA opening the record and becomes its custodian when the Bundle commits.
     """
     resource_type = resource["resourceType"]
-    access.require_scope(caller, resource_type, "c" if creating else "u")
-    access.confine_to_launch_patient(caller, resource_type, "c" if creating else "u", record)
+    label = f"{resource_type}/{resource.get('id')}"
+    access.require_scope(resource_type, "c" if creating else "u", record, label)
+    access.confine_to_launch_patient(resource_type, "c" if creating else "u", record, "the record")
+    caller = access.caller
     if resource_type == "Subscription":
         return WriteDecision("subscribe")  # anyone may ask to be told of what they may see
     if record is None:
         return _directory_write(caller, resource_type)
     if (resource_type == "Patient" and creating) or new_record:
-        return _new_record(caller)
+        return _new_record(caller, record)
     if resource_type == "Consent":
-        return _consent_write(access, caller, resource, record)
+        return _consent_write(access, resource, record)
     if resource_type in CONTRIBUTABLE_TYPES:
-        return _contribution(access, caller, resource, record)
-    decision = access.require(caller, "write", record)
+        return _contribution(access, resource, record)
+    decision = access.require("write", record)
     return WriteDecision("write", decision.consent_ids)
 
 
 def _directory_write(caller: Caller, resource_type: str) -> WriteDecision:
     if caller.actor.role not in DIRECTORY_WRITERS:
-        raise forbidden(f"only a local authority or a system may maintain {resource_type} directory entries")
+        raise denied(f"only a local authority or a system may maintain {resource_type} directory entries", None)
     return WriteDecision("write")
 
 
-def _new_record(caller: Caller) -> WriteDecision:
+def _new_record(caller: Caller, record: str) -> WriteDecision:
     """A child's record is opened by the LA that will hold it (custodian)."""
     if caller.actor.role != "la" or not caller.actor.organization:
-        raise forbidden("only a local authority (a token with role 'la' and an organization) can open a child's record")
+        raise denied("only a local authority (a token with role 'la' and an organization) can open a child's record",
+                     None)
     return WriteDecision("write")
 
 
-def _consent_write(access: AccessPolicy, caller: Caller, resource: dict, record: str) -> WriteDecision:
+def _consent_write(access: RequestAccess, resource: dict, record: str) -> WriteDecision:
     """Consents from the family are always sharing grants and must be complete; an LA may also
     keep a plain R4 Consent (e.g. a research opt-in) on the record, which grants nothing."""
-    decision = access.require(caller, "manage-consent", record)
-    if caller.actor.role not in ("parent", "young-person") and not is_sharing_grant(resource):
+    decision = access.require("manage-consent", record)
+    if access.caller.actor.role not in ("parent", "young-person") and not is_sharing_grant(resource):
         return WriteDecision("manage-consent", decision.consent_ids)
     problems = grant_problems(resource)
     if problems:
@@ -81,13 +85,13 @@ def _consent_write(access: AccessPolicy, caller: Caller, resource: dict, record:
     return WriteDecision("manage-consent", decision.consent_ids)
 
 
-def _contribution(access: AccessPolicy, caller: Caller, resource: dict, record: str) -> WriteDecision:
-    if access.decide(caller, "write", record).permit:
+def _contribution(access: RequestAccess, resource: dict, record: str) -> WriteDecision:
+    if access.decide("write", record).permit:
         return WriteDecision("write")
-    decision = access.require(caller, "contribute", record)
+    decision = access.require("contribute", record)
     section = resource.get("_section") or section_of(resource)
     if section not in decision.sections:
-        raise FhirError(403, "forbidden", f"your consent does not cover contributing to section {section}")
+        raise denied(f"your consent does not cover contributing to section {section}", record)
     return WriteDecision("contribute", decision.consent_ids)
 
 

@@ -12,7 +12,7 @@ from typing import Iterable
 
 from ehcp_record.access.caller import Caller
 from ehcp_record.fhir.dates import instant
-from ehcp_record.store.repository import AuditAppend, Version
+from ehcp_record.store.versions import AuditAppend, Version
 
 #: A valid FHIR id (AuditEvent ids are "<chain>-<seq>"); reserved, so no child's record can take it.
 DIRECTORY_CHAIN = "ehcp-directory"

@@ -11,11 +11,12 @@ the signed checkpoints kept somewhere else as well; they are signed so that they
 
 from __future__ import annotations
 
+from typing import Iterable, Protocol
+
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ehcp_record.audit import chain as audit_chain
 from ehcp_record.config import Settings
-from ehcp_record.store.repository import Repository
 from ehcp_record.audit.signing import key_id, load_or_create_private_key, public_key_from_pem
 
 
@@ -31,13 +32,23 @@ def trusted_keys(settings: Settings) -> dict[str, Ed25519PublicKey]:
     return keys
 
 
-def verify_record(repo: Repository, record: str, keys: dict[str, Ed25519PublicKey]) -> audit_chain.ChainVerdict:
+class ChainSource(Protocol):
+    """What verification reads: the store package's repository satisfies it."""
+
+    def audit_entries(self, chain: str) -> Iterable[dict]: ...
+
+    def version_hashes(self, record: str) -> Iterable[tuple[str, str]]: ...
+
+    def chains(self) -> list[str]: ...
+
+
+def verify_record(repo: ChainSource, record: str, keys: dict[str, Ed25519PublicKey]) -> audit_chain.ChainVerdict:
     return audit_chain.verify_chain(
         repo.audit_entries(record), record, version_hashes=repo.version_hashes(record), public_keys=keys,
     )
 
 
-def verify_all(repo: Repository, settings: Settings, record: str | None = None) -> tuple[bool, list[str]]:
+def verify_all(repo: ChainSource, settings: Settings, record: str | None = None) -> tuple[bool, list[str]]:
     keys = trusted_keys(settings)
     chains = [record] if record else repo.chains()
     ok, lines = True, []

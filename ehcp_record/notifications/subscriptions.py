@@ -26,9 +26,9 @@ from consent.scopes import parse_scopes
 from ehcp_record.audit import entries as audit
 from ehcp_record.access.caller import Caller, owner_key
 from ehcp_record.errors import FhirError, forbidden, unprocessable
-from ehcp_record.access.scoped import RecordService
-from ehcp_record.store.repository import AuditAppend, Version
-from ehcp_record.fhir.search import parse_search
+from ehcp_record.access.scoped import RecordStore, ScopedStore
+from ehcp_record.store.versions import Version
+from ehcp_record.fhir.search import SearchRegistry, parse_search
 
 log = logging.getLogger("ehcp_record.notifications.subscriptions")
 _TIMEOUT = (3, 10)
@@ -36,21 +36,22 @@ _TIMEOUT = (3, 10)
 
 @dataclass
 class SubscriptionService:
-    records: RecordService
+    registry: SearchRegistry
     allow_plain_http: bool = False
     session_factory: Callable[[], requests.Session] = field(default=lambda: _session())
     _pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(max_workers=4), repr=False)
 
     # --- writes -------------------------------------------------------------------------
 
-    def prepare_subscription(self, caller: Caller, resource: dict, current: Version | None) -> dict:
+    def prepare_subscription(self, store: ScopedStore, resource: dict, current: Version | None) -> dict:
         """Check a new or changed Subscription and return the envelope fields to keep with it."""
+        caller = store.caller
         if current is not None and current.owner != owner_key(caller):
             raise forbidden("only the caller who created a subscription may change it")
         criteria = resource.get("criteria", "")
         resource_type, _, query = criteria.partition("?")
         try:
-            parse_search(self.records.registry, resource_type, _pairs(query))
+            parse_search(self.registry, resource_type, _pairs(query))
         except FhirError as error:
             raise unprocessable(f"Subscription.criteria: {error.diagnostics}", "value", ["Subscription.criteria"]) from None
         channel = resource.get("channel") or {}
@@ -71,44 +72,36 @@ class SubscriptionService:
 
     # --- notifications ------------------------------------------------------------------
 
-    def after_commit(self, versions: list[Version]) -> None:
+    def after_commit(self, stores: RecordStore, versions: list[Version]) -> None:
         """Called once a transaction has committed; deliveries run off the request thread."""
         changed = [v for v in versions if v.record is not None and v.type != "Subscription"]
         if not changed:
             return
-        for subscription in self.records.repo.active_subscriptions({v.type for v in changed}):
+        for subscription in stores.active_subscriptions({v.type for v in changed}):
             for version in changed:
-                self._pool.submit(self._notify_safely, subscription, version)
+                self._pool.submit(self._notify_safely, stores, subscription, version)
 
-    def _notify_safely(self, subscription: Version, version: Version) -> None:
+    def _notify_safely(self, stores: RecordStore, subscription: Version, version: Version) -> None:
         try:
-            self._notify(subscription, version)
+            self._notify(stores, subscription, version)
         except Exception:  # a subscriber's endpoint must never break the server
             log.exception("notification for Subscription/%s failed", subscription.id)
 
-    def _notify(self, subscription: Version, version: Version) -> None:
+    def _notify(self, stores: RecordStore, subscription: Version, version: Version) -> None:
         criteria = subscription.resource["criteria"]
         resource_type, _, query = criteria.partition("?")
         if resource_type != version.type:
             return
-        subscriber = _caller_of(subscription)
-        pairs = _pairs(query) + [("_id", version.id), ("_count", "1")]
-        parsed = parse_search(self.records.registry, resource_type, pairs)
-        visibility = self.records.access.search_visibility(subscriber, parsed.patient_filter or (version.record or "",))
-        total, _ = self.records.repo.search(parsed, visibility)
-        if total == 0:
+        store = stores.for_caller(_caller_of(subscription))
+        shown = store.notification_view(resource_type, _pairs(query), version)
+        if shown is None:
             return  # not a match, or not the subscriber's to see: nothing is sent, nothing is said
         channel = subscription.resource["channel"]
-        body = None
-        if channel.get("payload") == "application/fhir+json":
-            shown, _ = self.records.access.visible(subscriber, version)
-            body = shown
-        headers = _headers(channel)
-        response = self.session_factory().post(channel["endpoint"], json=body, headers=headers, timeout=_TIMEOUT)
-        outcome = "permit" if response.ok else "error"
-        entry = audit.body(subscriber, "notify", outcome, self.records.clock(), f"Subscription/{subscription.id}",
-                           [audit.version_ref(version)] if body is not None else [(f"{version.type}/{version.id}", None)])
-        self.records.repo.append_audit([AuditAppend(audit.chain_of(version.record), entry)])
+        body = shown if channel.get("payload") == "application/fhir+json" else None
+        response = self.session_factory().post(channel["endpoint"], json=body, headers=_headers(channel), timeout=_TIMEOUT)
+        refs = [audit.version_ref(version)] if body is not None else [(f"{version.type}/{version.id}", None)]
+        store.audit_record(version.record, "notify", f"Subscription/{subscription.id}", refs,
+                           outcome="permit" if response.ok else "error")
 
 
 def _session() -> requests.Session:

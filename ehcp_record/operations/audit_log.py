@@ -9,14 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ehcp_record.audit import entries as audit
 
-from ehcp_record.audit import verify as audit_verify
+from ehcp_record.access.scoped import RecordScope, ScopedStore
 from ehcp_record.audit.events import to_audit_event
-from ehcp_record.access.caller import Caller
 from ehcp_record.errors import invalid, not_found
 from ehcp_record.fhir.dates import DateFormatError, instant, parse_range
-from ehcp_record.access.scoped import RecordService
 from ehcp_record.fhir.search import DEFAULT_COUNT, MAX_COUNT
 
 _PARAMS = {"patient", "agent", "date", "_count", "_offset", "_format"}
@@ -24,62 +21,53 @@ _PARAMS = {"patient", "agent", "date", "_count", "_offset", "_format"}
 
 @dataclass
 class AuditLog:
-    records: RecordService
     base_url: str
     keys: dict  # trusted checkpoint keys (audit_verify.trusted_keys)
 
-    def read(self, caller: Caller, event_id: str) -> dict:
+    def read(self, store: ScopedStore, event_id: str) -> dict:
         record, _, seq = event_id.rpartition("-")
+        label = f"AuditEvent/{event_id}"
         if not record or not seq.isdigit():
-            raise not_found(f"AuditEvent/{event_id}")
-        agent_filter = self._allowed(caller, record, f"AuditEvent/{event_id}")
-        entries = self.records.repo.audit_search(record, seq=int(seq), agent=agent_filter)
-        if not entries[1]:
-            raise not_found(f"AuditEvent/{event_id}")
-        self._record_reading(caller, record, "audit-read")
-        return to_audit_event(entries[1][0], self.base_url)
+            store.access.require_scope("AuditEvent", "r")
+            raise not_found(label)
+        scope = self._open(store, record, label)
+        _, entries = scope.audit_entries(seq=int(seq), agent=self._agent_filter(store, scope))
+        if not entries:
+            raise not_found(label)
+        store.audit_record(record, "audit-read", "audit trail read")
+        return to_audit_event(entries[0], self.base_url)
 
-    def search(self, caller: Caller, pairs: list[tuple[str, str]]) -> tuple[int, list[dict], int, int]:
+    def search(self, store: ScopedStore, pairs: list[tuple[str, str]]) -> tuple[int, list[dict], int, int]:
         values = _single_values(pairs)
         patient = values.get("patient", "").removeprefix("Patient/")
         if not patient:
             raise invalid("AuditEvent searches need patient=<id>: the audit trail is kept per child's record", "required")
-        forced_agent = self._allowed(caller, patient, f"the audit trail of Patient/{patient}")
+        scope = self._open(store, patient, f"the audit trail of Patient/{patient}")
         count = min(_int(values.get("_count"), DEFAULT_COUNT), MAX_COUNT)
         offset = _int(values.get("_offset"), 0)
-        total, entries = self.records.repo.audit_search(
-            patient, agent=forced_agent or values.get("agent"), at_range=_date_range(values.get("date")),
+        total, entries = scope.audit_entries(
+            agent=self._agent_filter(store, scope) or values.get("agent"), at_range=_date_range(values.get("date")),
             offset=offset, count=count,
         )
-        self._record_reading(caller, patient, "audit-read")
+        store.audit_record(patient, "audit-read", "audit trail read")
         return total, [to_audit_event(e, self.base_url) for e in entries], offset, count
 
-    def verify(self, caller: Caller, patient: str) -> dict:
-        self._allowed(caller, patient, f"the audit trail of Patient/{patient}")
-        verdict = audit_verify.verify_record(self.records.repo, patient, self.keys)
-        self._record_reading(caller, patient, "verify-audit")
+    def verify(self, store: ScopedStore, patient: str) -> dict:
+        scope = self._open(store, patient, f"the audit trail of Patient/{patient}")
+        verdict = scope.verify(self.keys)
+        store.audit_record(patient, "verify-audit", "audit trail read")
         parameters = [{"name": "valid", "valueBoolean": verdict.valid}, {"name": "entries", "valueInteger": verdict.entries}]
         if not verdict.valid:
             parameters.append({"name": "firstInvalid", "valueInteger": verdict.first_invalid or 0})
             parameters.append({"name": "reason", "valueString": verdict.reason})
         return {"resourceType": "Parameters", "parameter": parameters}
 
-    def _allowed(self, caller: Caller, record: str, label: str) -> str | None:
-        """Permit or 404; returns the organisation filter a former custodian is held to."""
-        self.records.access.require_scope(caller, "AuditEvent", "r")
-        self.records.access.confine_to_launch_patient(caller, "AuditEvent", "r", record)
-        decision = self.records.access.decide(caller, "audit-log", record)
-        if not decision.permit:
-            self.records.repo.append_audit([audit.refusal(caller, "audit-read", record, self.records.clock(),
-                                                          decision.reasons[0] if decision.reasons else "not permitted")])
-            raise not_found(label)
-        return caller.actor.organization if decision.basis == "former-custodian" else None
+    def _open(self, store: ScopedStore, record: str, label: str) -> RecordScope:
+        return store.open_record(record, "audit-log", label, scope_type="AuditEvent")
 
-    def _record_reading(self, caller: Caller, record: str, action: str) -> None:
-        body = audit.body(caller, action, "permit", self.records.clock(), "audit trail read")
-        from ehcp_record.store.repository import AuditAppend
-
-        self.records.repo.append_audit([AuditAppend(audit.chain_of(record), body)])
+    def _agent_filter(self, store: ScopedStore, scope: RecordScope) -> str | None:
+        """A former custodian sees only its own entries."""
+        return store.caller.actor.organization if scope.decision.basis == "former-custodian" else None
 
 
 def _single_values(pairs: list[tuple[str, str]]) -> dict[str, str]:

@@ -12,12 +12,18 @@ import uuid
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
-from ehcp_record.access.caller import Caller
+from typing import TYPE_CHECKING, Callable
+
 from ehcp_record.errors import FhirError, invalid, not_supported, outcome_of
 from ehcp_record.fhir.dates import instant
 from ehcp_record.fhir.model import STORED_TYPES, parse_resource
-from ehcp_record.access.scoped import PreparedWrite, RecordService
-from ehcp_record.store.repository import Version
+from ehcp_record.store.versions import Version
+
+if TYPE_CHECKING:
+    from ehcp_record.access.scoped import PreparedWrite, ScopedStore
+
+#: How an entry is prepared: the store's client write, or its named path for proposed content.
+Prepare = Callable[..., "PreparedWrite"]
 
 MAX_ENTRIES = 500
 # Entries whose record follows another resource in the same Bundle are prepared last.
@@ -38,7 +44,7 @@ class EntryPlan:
     url: str
 
 
-def process(service: RecordService, caller: Caller, body: object) -> dict:
+def process(store: "ScopedStore", body: object) -> dict:
     bundle = parse_resource(body, "Bundle")
     kind = bundle.get("type")
     entries = bundle.get("entry") or []
@@ -47,8 +53,8 @@ def process(service: RecordService, caller: Caller, body: object) -> dict:
     if len(entries) > MAX_ENTRIES:
         raise FhirError(413, "too-costly", f"a Bundle may hold at most {MAX_ENTRIES} entries")
     if kind == "transaction":
-        return _transaction(service, caller, entries)
-    return _batch(service, caller, entries)
+        return _transaction(store, entries)
+    return _batch(store, entries)
 
 
 def _plan(entries: list[dict]) -> list[EntryPlan]:
@@ -95,12 +101,12 @@ def _if_match(value: object, index: int) -> int | None:
     return int(digits)
 
 
-def _transaction(service: RecordService, caller: Caller, entries: list[dict]) -> dict:
-    prepared = prepare_transaction(service, caller, entries)
-    service.commit([prepared.writes[i] for i in sorted(prepared.writes)])
+def _transaction(store: "ScopedStore", entries: list[dict]) -> dict:
+    prepared = store.prepare_transaction(entries)
+    store.commit([prepared.writes[i] for i in sorted(prepared.writes)])
     return _response_bundle("transaction-response", [
         _write_entry(prepared.writes.get(p.index), prepared.existing.get(p.index)) if p.method != "GET"
-        else _get_entry(service, caller, p)
+        else _get_entry(store, p)
         for p in prepared.plans
     ])
 
@@ -108,21 +114,22 @@ def _transaction(service: RecordService, caller: Caller, entries: list[dict]) ->
 @dataclass
 class PreparedTransaction:
     plans: list[EntryPlan]
-    writes: dict[int, PreparedWrite]
-    existing: dict[int, Version]
+    writes: dict[int, "PreparedWrite"]
+    existing: dict[int, tuple[Version, dict]]
 
 
-def prepare_transaction(service: RecordService, caller: Caller, entries: list[dict],
-                        through_issue: bool = False) -> PreparedTransaction:
+def prepare_transaction(store: "ScopedStore", entries: list[dict], prepare: Prepare,
+                        prepare_put: Prepare) -> PreparedTransaction:
     """Check and build every version of a transaction without storing anything.
 
-    `through_issue` is set only by `$issue`, which applies content the family has answered.
+    `prepare`/`prepare_put` are the store's: its client write, or (for `$propose` and
+    `$issue`) its named path for proposed content.
     """
     plans = _plan(entries)
     for plan in plans:
         if plan.method in ("POST", "PUT"):
             plan.resource = parse_resource(plan.resource, plan.resource_type)
-    ids = _assign_ids(service, caller, plans)
+    ids = _assign_ids(store, plans)
     _resolve_references(plans, ids)
     prepared: dict[int, PreparedWrite] = {}
     existing: dict[int, Version] = {}
@@ -131,7 +138,7 @@ def prepare_transaction(service: RecordService, caller: Caller, entries: list[di
         if plan.index in ids.matched:
             existing[plan.index] = ids.matched[plan.index]
             continue
-        item = _prepare(service, caller, plan, pending, through_issue)
+        item = _prepare(plan, pending, prepare, prepare_put)
         pending[f"{item.write.type}/{item.write.id}"] = item.write.record
         prepared[plan.index] = item
     return PreparedTransaction(plans, prepared, existing)
@@ -140,17 +147,18 @@ def prepare_transaction(service: RecordService, caller: Caller, entries: list[di
 @dataclass
 class _Ids:
     by_url: dict[str, str]
-    matched: dict[int, Version]
+    matched: dict[int, tuple[Version, dict]]
 
 
-def _assign_ids(service: RecordService, caller: Caller, plans: list[EntryPlan]) -> _Ids:
+def _assign_ids(store: "ScopedStore", plans: list[EntryPlan]) -> _Ids:
     ids = _Ids({}, {})
     for plan in plans:
         if plan.method == "POST":
-            match = service.conditional_match(caller, plan.resource_type, plan.if_none_exist) if plan.if_none_exist else None
+            match = (store.conditional_match(plan.resource_type, plan.if_none_exist, plan.resource)
+                     if plan.if_none_exist else None)
             if match is not None:
                 ids.matched[plan.index] = match
-                plan.resource_id = match.id
+                plan.resource_id = match[0].id
             else:
                 plan.resource_id = str(uuid.uuid4())
         if plan.full_url and plan.resource_id:
@@ -186,24 +194,24 @@ def _rewrite(value: object, mapping: dict[str, str], index: int) -> object:
     return value
 
 
-def _prepare(service: RecordService, caller: Caller, plan: EntryPlan, pending: dict[str, str | None],
-             through_issue: bool = False) -> PreparedWrite:
+def _prepare(plan: EntryPlan, pending: dict[str, str | None], prepare: Prepare, prepare_put: Prepare) -> "PreparedWrite":
     if plan.resource_type not in STORED_TYPES:
         raise not_supported(f"entry {plan.index}: {plan.resource_type} cannot be written", 405)
     assert plan.resource is not None and plan.resource_id is not None
     try:
         if plan.method == "POST":
-            return service.prepare(caller, plan.resource, plan.resource_id, None, pending=pending,
-                                   through_issue=through_issue)
-        return service.prepare_put(caller, plan.resource, plan.resource_id, plan.if_match, pending, through_issue)
+            return prepare(plan.resource, plan.resource_id, None, pending=pending)
+        return prepare_put(plan.resource, plan.resource_id, plan.if_match, pending=pending)
     except FhirError as error:
         error.diagnostics = f"entry {plan.index} ({plan.method} {plan.url}): {error.diagnostics}"
         raise
 
 
-def _write_entry(prepared: PreparedWrite | None, existing: Version | None) -> dict:
+def _write_entry(prepared: "PreparedWrite | None", existing: tuple[Version, dict] | None) -> dict:
     if existing is not None:
-        return {"response": _response("200 OK", existing.type, existing.id, existing.vid, instant(existing.updated))}
+        version, shown = existing
+        return {"resource": shown,
+                "response": _response("200 OK", version.type, version.id, version.vid, instant(version.updated))}
     assert prepared is not None
     write = prepared.write
     status = "201 Created" if prepared.created else "200 OK"
@@ -216,13 +224,13 @@ def _response(status: str, resource_type: str, resource_id: str, vid: int, modif
             "etag": f'W/"{vid}"', "lastModified": modified}
 
 
-def _get_entry(service: RecordService, caller: Caller, plan: EntryPlan) -> dict:
+def _get_entry(store: "ScopedStore", plan: EntryPlan) -> dict:
     try:
         if plan.resource_id and "?" not in plan.url:
-            version, shown = service.read(caller, plan.resource_type, plan.resource_id)
+            version, shown = store.read(plan.resource_type, plan.resource_id)
             return {"resource": shown, "response": {"status": "200 OK", "etag": f'W/"{version.vid}"'}}
         pairs = parse_qsl(plan.url.split("?", 1)[1], keep_blank_values=True) if "?" in plan.url else []
-        result = service.search(caller, plan.resource_type, pairs)
+        result = store.search(plan.resource_type, pairs)
         inner = {"resourceType": "Bundle", "type": "searchset", "total": result.total,
                  "entry": [{"resource": r} for r in result.matches]}
         return {"resource": inner, "response": {"status": "200 OK"}}
@@ -230,27 +238,27 @@ def _get_entry(service: RecordService, caller: Caller, plan: EntryPlan) -> dict:
         return {"response": {"status": str(error.status), "outcome": outcome_of(error)}}
 
 
-def _batch(service: RecordService, caller: Caller, entries: list[dict]) -> dict:
+def _batch(store: "ScopedStore", entries: list[dict]) -> dict:
     results = []
     for index, entry in enumerate(entries):
         try:
             plan = _plan_entry(index, entry)
-            results.append(_batch_entry(service, caller, plan))
+            results.append(_batch_entry(store, plan))
         except FhirError as error:
             results.append({"response": {"status": str(error.status), "outcome": outcome_of(error)}})
     return _response_bundle("batch-response", results)
 
 
-def _batch_entry(service: RecordService, caller: Caller, plan: EntryPlan) -> dict:
+def _batch_entry(store: "ScopedStore", plan: EntryPlan) -> dict:
     if plan.method == "GET":
-        return _get_entry(service, caller, plan)
+        return _get_entry(store, plan)
     if plan.method == "POST":
-        version, created = service.create(caller, plan.resource, plan.resource_type, plan.if_none_exist)
+        version, shown, created = store.create(plan.resource, plan.resource_type, plan.if_none_exist)
     else:
         assert plan.resource_id is not None
-        version, created = service.update(caller, plan.resource, plan.resource_type, plan.resource_id, plan.if_match)
+        version, shown, created = store.update(plan.resource, plan.resource_type, plan.resource_id, plan.if_match)
     status = "201 Created" if created else "200 OK"
-    return {"resource": version.resource,
+    return {"resource": shown,
             "response": _response(status, version.type, version.id, version.vid, instant(version.updated))}
 
 

@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
 from consent.sections import section_of
-from ehcp_record.access.caller import Caller
+from ehcp_record.access.scoped import ScopedStore
 from ehcp_record.errors import FhirError, invalid, unprocessable
-from ehcp_record.store.media import MediaStore, StoredMedia, TooLarge
-from ehcp_record.access.scoped import RecordService
-from ehcp_record.store.repository import Version
+from ehcp_record.store.versions import StoredMedia, TooLarge
+from ehcp_record.store.versions import Version
 
 SNIFF_BYTES = 64 * 1024
 MAX_INLINE_JSON = 8 * 1024 * 1024
@@ -45,41 +44,40 @@ def sniff_matches(content_type: str, head: bytes) -> bool:
 
 @dataclass
 class MediaService:
-    records: RecordService
-    store: MediaStore
     limit: int
 
-    def upload(self, caller: Caller, content_type: str, security_context: str | None, stream: BinaryIO,
+    def upload(self, store: ScopedStore, content_type: str, security_context: str | None, stream: BinaryIO,
                resource_id: str | None = None, if_match: int | None = None) -> tuple[Version, bool]:
         content_type = content_type.split(";")[0].strip().lower()
         if content_type not in ALLOWED_TYPES:
             raise FhirError(415, "not-supported", f"'{content_type}' is not an allowed upload type ({', '.join(ALLOWED_TYPES)})")
-        document = self._document(caller, security_context)
+        document = self._document(store, security_context)
         head = _read_head(stream)
         if not sniff_matches(content_type, head):
             raise unprocessable(f"the file's content does not look like {content_type}", "invalid")
         try:
-            stored = self.store.save(head, stream, self.limit, content_type, document.record or "")
+            stored = store.media_store.save(head, stream, self.limit, content_type, document.record or "")
         except TooLarge:
             raise FhirError(413, "too-costly", f"uploads are limited to {self.limit // (1024 * 1024)} MiB") from None
         try:
-            return self._commit(caller, content_type, document, stored, resource_id, if_match)
+            return self._commit(store, content_type, document, stored, resource_id, if_match)
         except BaseException:
-            self.store.delete(stored.file_id)
+            store.media_store.delete(stored.file_id)
             raise
 
-    def _document(self, caller: Caller, security_context: str | None) -> Version:
+    def _document(self, store: ScopedStore, security_context: str | None) -> Version:
         if not security_context or not security_context.startswith("DocumentReference/"):
             raise invalid("send X-Security-Context: DocumentReference/<id>, the document this file belongs to", "required")
-        document = self.records.repo.read("DocumentReference", security_context.split("/", 1)[1])
-        if document is None:
-            raise unprocessable(f"{security_context} does not exist")
-        shown, _ = self.records.access.visible(caller, document)
-        if shown is None:
-            raise unprocessable(f"{security_context} does not exist")
+        document_id = security_context.split("/", 1)[1]
+        try:
+            document, _ = store.resource("DocumentReference", document_id, "read")
+        except FhirError as error:
+            if error.status != 404:
+                raise
+            raise unprocessable(f"{security_context} does not exist") from None
         return document
 
-    def _commit(self, caller: Caller, content_type: str, document: Version, stored: StoredMedia,
+    def _commit(self, store: ScopedStore, content_type: str, document: Version, stored: StoredMedia,
                 resource_id: str | None, if_match: int | None) -> tuple[Version, bool]:
         import uuid
 
@@ -88,30 +86,29 @@ class MediaService:
                   "_section": document.section or section_of(document.resource)}
         extra = {"media": {"file": stored.file_id, "size": stored.size, "sha256": stored.sha256}}
         if resource_id is None:
-            prepared = self.records.prepare(caller, binary, binary["id"], None, extra=extra)
+            prepared = store.prepare(binary, binary["id"], None, extra=extra)
         else:
-            prepared = self.records.prepare_put(caller, binary, resource_id, if_match, extra=extra)
-        self.records.commit([prepared])
-        return self.records.repo.read_version("Binary", prepared.write.id, prepared.write.vid), prepared.created  # type: ignore[return-value]
+            prepared = store.prepare_put(binary, resource_id, if_match, extra=extra)
+        store.commit([prepared])
+        from ehcp_record.access.scoped import version_of
 
-    def fetch(self, caller: Caller, resource_id: str, vid: str | None) -> tuple[Version, dict]:
+        return version_of(prepared.write), prepared.created
+
+    def fetch(self, store: ScopedStore, resource_id: str, vid: str | None) -> tuple[Version, dict]:
         if vid is None:
-            return self.records.read(caller, "Binary", resource_id)
-        return self.records.vread(caller, "Binary", resource_id, vid)
+            return store.read("Binary", resource_id)
+        return store.vread("Binary", resource_id, vid)
 
-    def media_of(self, version: Version) -> dict | None:
-        return self.records.repo.media_info(version.type, version.id, version.vid)
+    def stream(self, store: ScopedStore, media: dict, start: int, end: int) -> Iterator[bytes]:
+        return store.media_store.read_range(media["file"], start, end)
 
-    def stream(self, media: dict, start: int, end: int) -> Iterator[bytes]:
-        return self.store.read_range(media["file"], start, end)
-
-    def inline(self, resource: dict, media: dict | None) -> dict:
+    def inline(self, store: ScopedStore, resource: dict, media: dict | None) -> dict:
         """The Binary as FHIR JSON, with its bytes base64-encoded (small files only)."""
         if media is None:
             return resource
         if media["size"] > MAX_INLINE_JSON:
             raise FhirError(406, "too-costly", "this file is too large for JSON; ask for its own content type instead")
-        return dict(resource, data=base64.b64encode(self.store.read_all(media["file"])).decode())
+        return dict(resource, data=base64.b64encode(store.media_store.read_all(media["file"])).decode())
 
 
 def _read_head(stream: BinaryIO) -> bytes:

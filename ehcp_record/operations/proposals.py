@@ -16,23 +16,24 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
+from consent import engine
 from ehcp_record.audit import entries as audit
 
 from ehcp_record.audit import chain as audit_chain
 
 from ehcp_record.workflow import clocks
-from ehcp_record.operations.bundles import PreparedTransaction, prepare_transaction
+from ehcp_record.operations.bundles import PreparedTransaction
 from ehcp_record.plan.documents import DocumentService
 from ehcp_record.access.caller import Caller
+from ehcp_record.access.scoped import PreparedWrite, RecordScope, ScopedStore, version_of
 from ehcp_record.errors import business_rule, invalid, not_found
 from ehcp_record.fhir.dates import instant
 from ehcp_record.fhir.model import parse_resource
 from ehcp_record.plan.gate import PLAN_CONTENT_TYPES, is_issued, is_plan
 from ehcp_record.plan.provenance import signed_provenance
-from ehcp_record.access.scoped import PreparedWrite, RecordService, version_of
 from ehcp_record.workflow.task_values import TASK_CODE_SYSTEM, TASK_INPUT_SYSTEM, concept, is_task, task_input, task_output
-from ehcp_record.plan.validation import plan_resources
-from ehcp_record.store.repository import AuditAppend, Version
+from ehcp_record.plan.validation import ProfileChecks, plan_resources
+from ehcp_record.store.versions import AuditAppend, Version
 
 BASE = "http://ehcp-record.example.org/fhir"
 RESPONSE_SYSTEM = f"{BASE}/CodeSystem/parental-response"
@@ -50,46 +51,40 @@ RIGHTS_TEXT = (
 
 @dataclass
 class ProposalService:
-    records: RecordService
-    documents: "DocumentService | None" = None
+    checks: ProfileChecks | None = None
+    documents: DocumentService | None = None
 
     # --- $propose -----------------------------------------------------------------------
 
-    def propose(self, caller: Caller, composition_id: str, body: object) -> Version:
-        plan = self._plan(caller, composition_id)
-        self.records.access.require(caller, "write", plan.record or "")
+    def propose(self, store: ScopedStore, composition_id: str, body: object) -> Version:
+        plan = self._plan(store, composition_id)
+        scope = store.open_record(plan.record or "", "write")
         proposal = _proposal_bundle(body)
-        trial = prepare_transaction(self.records, caller, copy.deepcopy(proposal["entry"]), through_issue=True)
+        trial = store.prepare_proposed_content(copy.deepcopy(proposal["entry"]))
         _check_proposal_scope(trial, plan)
-        self._check_plan(trial, plan)
-        owner = self._owner(plan.record or "")
+        self._check_plan(scope, trial, plan)
+        owner = _owner(scope, store.clock().date())
         if owner is None:
             raise business_rule("this child's record names no parent with parental responsibility (or young person) "
                                 "to respond; add them before proposing")
-        now = self.records.clock()
+        now = store.clock()
         content_hash = audit_chain.content_hash(proposal)
-        binary = self._proposal_binary(plan, proposal)
-        task = _review_task(plan, caller, owner, binary["id"], content_hash,
-                            self._fingerprint(plan.record or ""), now)
-        writes = [self.records.prepare(caller, binary, binary["id"], None),
-                  self.records.prepare(caller, task, task["id"], None)]
-        writes += self._supersede_open_reviews(caller, plan, task["id"])
-        self.records.commit(writes)
-        return self.records.repo.read("Task", task["id"])  # type: ignore[return-value]
+        binary = _proposal_binary(plan, proposal)
+        task = _review_task(plan, store.caller, owner, binary["id"], content_hash, _fingerprint(scope), now)
+        writes = [store.prepare(binary, binary["id"], None), store.prepare(task, task["id"], None)]
+        writes += self._supersede_open_reviews(store, scope, plan, task["id"])
+        store.commit(writes)
+        return version_of(writes[1].write)
 
-    def _plan(self, caller: Caller, composition_id: str) -> Version:
-        version = self.records.repo.read("Composition", composition_id)
-        if version is None or version.record is None:
-            raise not_found(f"Composition/{composition_id}")
-        if not is_plan(version.resource):
+    def _plan(self, store: ScopedStore, composition_id: str) -> Version:
+        plan, _ = store.resource("Composition", composition_id, "write")
+        if not is_plan(plan.resource):
             raise business_rule(f"Composition/{composition_id} is not an EHCP plan (type ehcp, sections A to K)")
-        self.records.access.confine_to_launch_patient(caller, "Composition", "u", version.record)
-        return version
+        return plan
 
-    def _check_plan(self, trial: PreparedTransaction, plan: Version) -> None:
+    def _check_plan(self, scope: RecordScope, trial: PreparedTransaction, plan: Version) -> None:
         """The plan as it would be issued must keep the golden thread (refused at propose and issue)."""
-        checks = self.records.validator
-        if checks is None:
+        if self.checks is None:
             return
         pending = {f"{w.write.type}/{w.write.id}": w.write.resource for w in trial.writes.values()}
         composition = copy.deepcopy(pending.get(f"Composition/{plan.id}", plan.resource))
@@ -99,94 +94,62 @@ class ProposalService:
             if reference in pending:
                 return pending[reference]
             resource_type, _, resource_id = reference.partition("/")
-            version = self.records.repo.read(resource_type, resource_id)
+            version = scope.read(resource_type, resource_id)
             return version.resource if version and version.record == plan.record else None
 
-        checks.check_plan(composition, plan_resources(composition, lookup))
+        self.checks.check_plan(composition, plan_resources(composition, lookup))
 
-    def _proposal_binary(self, plan: Version, proposal: dict) -> dict:
-        return {
-            "resourceType": "Binary", "id": str(uuid.uuid4()), "contentType": "application/fhir+json",
-            "securityContext": {"reference": f"Composition/{plan.id}"},
-            "data": base64.b64encode(audit_chain.canonical_json(proposal)).decode(),
-            "_section": "governance",
-        }
-
-    def _owner(self, record: str) -> str | None:
-        from consent import engine
-
-        state = self.records.access.record_state(record)
-        if state is None:
-            return None
-        makers = sorted(engine.decision_makers(state, self.records.clock().date()))
-        return makers[0] if makers else None
-
-    def _fingerprint(self, record: str) -> str:
-        """What 'the plan has not changed since' means: every plan resource's current version."""
-        versions = [v for v in self.records.repo.current_of_record(record) if v.type in PLAN_CONTENT_TYPES]
-        return audit_chain.content_hash({"versions": sorted(f"{v.type}/{v.id}/{v.vid}" for v in versions)})
-
-    def _supersede_open_reviews(self, caller: Caller, plan: Version, new_task: str) -> list[PreparedWrite]:
+    def _supersede_open_reviews(self, store: ScopedStore, scope: RecordScope, plan: Version,
+                                new_task: str) -> list[PreparedWrite]:
         writes = []
-        for task in self.records.repo.current_of_type(plan.record or "", "Task"):
+        for task in scope.current_of_type("Task"):
             resource = task.resource
             if is_review(resource) and resource.get("status") == "requested" and _plan_of(resource) == plan.id:
                 updated = dict(resource, status="cancelled",
                                statusReason={"text": f"superseded by a later proposal, Task/{new_task}"})
-                writes.append(self.records.prepare(caller, updated, task.id, task.vid, current=task))
+                writes.append(store.prepare(updated, task.id, task.vid, current=task))
         return writes
 
     # --- $respond -----------------------------------------------------------------------
 
-    def respond(self, caller: Caller, task_id: str, body: object) -> Version:
-        task = self._review(caller, task_id)
-        self.records.access.require_scope(caller, "Task", "u")
+    def respond(self, store: ScopedStore, task_id: str, body: object) -> Version:
+        task = _review(store, task_id, "respond")
+        store.access.require_scope("Task", "u", task.record, f"Task/{task_id}")
         response, comment = _parse_response(body)
-        decision = self.records.access.require(caller, "respond", task.record or "")
         status = task.resource.get("status")
         if status != "requested":
             raise business_rule(f"this review is {status}; only an open review (status requested) can be answered")
-        now = self.records.clock()
+        now = store.clock()
         answered = dict(task.resource, status="completed", lastModified=instant(now),
-                        output=_response_outputs(response, comment, caller, task_input(task.resource, "content-hash"), now))
-        prepared = self.records.prepare(caller, answered, task.id, task.vid, current=task,
-                                        authorized=f"respond:{response}")
-        prepared.consent_ids = decision.consent_ids
-        self.records.commit([prepared])
-        return self.records.repo.read("Task", task.id)  # type: ignore[return-value]
-
-    def _review(self, caller: Caller, task_id: str) -> Version:
-        task = self.records.repo.read("Task", task_id)
-        if task is None or task.record is None or not is_review(task.resource):
-            raise not_found(f"parental-review Task/{task_id}")
-        self.records.access.confine_to_launch_patient(caller, "Task", "u", task.record)
-        if not self.records.access.decide(caller, "read", task.record).permit:
-            raise not_found(f"Task/{task_id}")
-        return task
+                        output=_response_outputs(response, comment, store.caller,
+                                                 task_input(task.resource, "content-hash"), now))
+        prepared = store.prepare_server_task(answered, task, f"respond:{response}", "respond")
+        store.commit([prepared])
+        return version_of(prepared.write)
 
     # --- $issue -------------------------------------------------------------------------
 
-    def issue(self, caller: Caller, task_id: str) -> Version:
-        task = self._review(caller, task_id)
-        record = task.record or ""
-        self.records.access.require(caller, "write", record)
-        plan = self.records.repo.read("Composition", _plan_of(task.resource) or "")
+    def issue(self, store: ScopedStore, task_id: str) -> Version:
+        task = _review(store, task_id, "write")
+        scope = store.open_record(task.record or "", "write", f"Task/{task_id}")
+        plan = scope.read("Composition", _plan_of(task.resource) or "")
         if plan is None:
             raise not_found("the plan this review is about")
-        proposal = self._check_issuable(task, plan)
-        trial = prepare_transaction(self.records, caller, proposal["entry"], through_issue=True)
-        self._check_plan(trial, plan)
-        writes = self._issued_writes(caller, trial, plan, task)
-        provenance = signed_provenance(self.records.repo.signing_key, writes, caller, task, self.records.clock())
-        writes.append(self.records.prepare(caller, provenance, provenance["id"], None))
-        writes.append(self._mark_issued(caller, task, writes))
-        self.records.commit(writes, [self._issue_audit(caller, record, writes)])
-        issued = self.records.repo.read("Composition", plan.id)
-        if self.documents is not None and issued is not None:
-            self.documents.issued_bytes(issued)  # the signed document, kept as issued
-        return issued  # type: ignore[return-value]
+        proposal = self._check_issuable(scope, task, plan, store.clock().date())
+        trial = store.prepare_proposed_content(proposal["entry"])
+        self._check_plan(scope, trial, plan)
+        writes = self._issued_writes(store, trial, plan, task)
+        provenance = signed_provenance(store.signing_key, writes, store.caller, task, store.clock())
+        writes.append(store.prepare(provenance, provenance["id"], None))
+        writes.append(self._mark_issued(store, task, writes))
+        store.commit(writes, [self._issue_audit(store, task.record or "", writes)])
+        issued = next(w for w in writes if w.operation == "issue")
+        version = version_of(issued.write)
+        if self.documents is not None:
+            self.documents.issued_bytes(store, version)  # the signed document, kept as issued
+        return version
 
-    def _check_issuable(self, task: Version, plan: Version) -> dict:
+    def _check_issuable(self, scope: RecordScope, task: Version, plan: Version, today) -> dict:
         """Refuse (409 business-rule) unless the family answered exactly this, and nothing moved."""
         resource = task.resource
         if resource.get("status") == "cancelled":
@@ -196,59 +159,84 @@ class ProposalService:
         pinned = task_input(resource, "content-hash")
         if task_output(resource, "content-hash") != pinned:
             raise business_rule("the response on this Task is for a different proposal than the one pinned")
-        proposal = self._load_proposal(resource)
+        proposal = _load_proposal(scope, resource)
         if audit_chain.content_hash(proposal) != pinned:
             raise business_rule("the stored proposal no longer matches the content the family was shown")
-        if self._fingerprint(plan.record or "") != task_input(resource, "plan-fingerprint"):
+        if _fingerprint(scope) != task_input(resource, "plan-fingerprint"):
             raise business_rule("the plan has changed since this proposal was made; propose again and ask the family")
-        self._check_responder(task)
-        return proposal
-
-    def _check_responder(self, task: Version) -> None:
-        from consent import engine
-
-        responder = task_output(task.resource, "responder")
-        state = self.records.access.record_state(task.record or "")
-        makers = engine.decision_makers(state, self.records.clock().date()) if state else frozenset()
+        responder = task_output(resource, "responder")
+        state = scope.state()
+        makers = engine.decision_makers(state, today) if state else frozenset()
         if responder not in makers:
             raise business_rule(f"the response was given by {responder}, who is not now the decision-maker for this plan")
+        return proposal
 
-    def _load_proposal(self, task: dict) -> dict:
-        focus = (task.get("focus") or {}).get("reference", "")
-        binary = self.records.repo.read("Binary", focus.split("/")[-1]) if focus.startswith("Binary/") else None
-        if binary is None:
-            raise business_rule("the proposal this review is about is missing")
-        return json.loads(base64.b64decode(binary.resource["data"]))
-
-    def _issued_writes(self, caller: Caller, trial: PreparedTransaction, plan: Version, task: Version) -> list[PreparedWrite]:
+    def _issued_writes(self, store: ScopedStore, trial: PreparedTransaction, plan: Version,
+                       task: Version) -> list[PreparedWrite]:
         writes = [trial.writes[i] for i in sorted(trial.writes)]
         composition = next((w for w in writes if w.write.type == "Composition" and w.write.id == plan.id), None)
         content = copy.deepcopy(composition.write.resource if composition else plan.resource)
         content["status"] = "amended" if is_issued(plan.resource) else "final"
-        content["date"] = instant(self.records.clock())
+        content["date"] = instant(store.clock())
         content["extension"] = [e for e in content.get("extension", []) if e.get("url") != RECORDED_VIEW_EXTENSION]
         content["extension"].append(_recorded_view(task))
         content.pop("meta", None)
-        current = self.records.repo.read("Composition", plan.id)
-        issued = self.records.prepare(caller, content, plan.id, current.vid if current else None, current=current,
-                                      through_issue=True)
-        issued.operation = "issue"
+        issued = store.prepare_issued_plan(content, plan.id)
         return [w for w in writes if w is not composition] + [issued]
 
-    def _mark_issued(self, caller: Caller, task: Version, writes: list[PreparedWrite]) -> PreparedWrite:
+    def _mark_issued(self, store: ScopedStore, task: Version, writes: list[PreparedWrite]) -> PreparedWrite:
         issued = next(w for w in writes if w.operation == "issue").write
         outputs = list(task.resource.get("output", [])) + [{
             "type": concept(TASK_INPUT_SYSTEM, "issued-version"),
             "valueReference": {"reference": f"Composition/{issued.id}/_history/{issued.vid}"},
         }]
         updated = dict(task.resource, businessStatus={"text": "issued"}, output=outputs)
-        return self.records.prepare(caller, updated, task.id, task.vid, current=task, through_issue=True)
+        return store.prepare(updated, task.id, task.vid, current=task)
 
-    def _issue_audit(self, caller: Caller, record: str, writes: list[PreparedWrite]) -> AuditAppend:
+    def _issue_audit(self, store: ScopedStore, record: str, writes: list[PreparedWrite]) -> AuditAppend:
         """A signed checkpoint at every issued plan version (DESIGN.md "Audit")."""
-        body = audit.body(caller, "issue", "permit", self.records.clock(), "plan issued after the family's response",
+        body = audit.body(store.caller, "issue", "permit", store.clock(), "plan issued after the family's response",
                           [audit.version_ref(version_of(w.write)) for w in writes])
         return AuditAppend(audit.chain_of(record), body, checkpoint=True)
+
+
+def _review(store: ScopedStore, task_id: str, purpose: str) -> Version:
+    """The parental-review Task for `purpose`; anything else is answered as a missing Task."""
+    task, _ = store.resource("Task", task_id, purpose)
+    if task.record is None or not is_review(task.resource):
+        raise not_found(f"Task/{task_id}")
+    return task
+
+
+def _owner(scope: RecordScope, today) -> str | None:
+    state = scope.state()
+    if state is None:
+        return None
+    makers = sorted(engine.decision_makers(state, today))
+    return makers[0] if makers else None
+
+
+def _fingerprint(scope: RecordScope) -> str:
+    """What 'the plan has not changed since' means: every plan resource's current version."""
+    versions = [v for v in scope.current() if v.type in PLAN_CONTENT_TYPES]
+    return audit_chain.content_hash({"versions": sorted(f"{v.type}/{v.id}/{v.vid}" for v in versions)})
+
+
+def _proposal_binary(plan: Version, proposal: dict) -> dict:
+    return {
+        "resourceType": "Binary", "id": str(uuid.uuid4()), "contentType": "application/fhir+json",
+        "securityContext": {"reference": f"Composition/{plan.id}"},
+        "data": base64.b64encode(audit_chain.canonical_json(proposal)).decode(),
+        "_section": "governance",
+    }
+
+
+def _load_proposal(scope: RecordScope, task: dict) -> dict:
+    focus = (task.get("focus") or {}).get("reference", "")
+    binary = scope.read("Binary", focus.split("/")[-1]) if focus.startswith("Binary/") else None
+    if binary is None:
+        raise business_rule("the proposal this review is about is missing")
+    return json.loads(base64.b64decode(binary.resource["data"]))
 
 
 def _proposal_bundle(body: object) -> dict:

@@ -9,22 +9,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ehcp_record.access.caller import Caller
 from ehcp_record.errors import FhirError, invalid, outcome_of
 from ehcp_record.fhir.model import parse_resource
 from ehcp_record.plan.gate import is_plan
 from ehcp_record.fhir.identifiers import identifier_problems
-from ehcp_record.access.scoped import RecordService
+from ehcp_record.access.scoped import ScopedStore
 from ehcp_record.plan.validation import ProfileChecks, plan_resources
 
 
 @dataclass
 class ValidateOperation:
-    records: RecordService
     checks: ProfileChecks
 
-    def validate(self, caller: Caller, resource_type: str, body: object) -> dict:
-        self.records.access.require_scope(caller, resource_type, "r")
+    def validate(self, store: ScopedStore, resource_type: str, body: object) -> dict:
+        store.access.require_scope(resource_type, "r")
         resource, profile = _unwrap(body)
         try:
             parse_resource(resource, resource_type)
@@ -35,20 +33,17 @@ class ValidateOperation:
         issues += [{"severity": "error", "code": "value", "diagnostics": reason, "expression": [path]}
                    for path, reason in identifier_problems(resource)]
         if resource_type == "Composition" and is_plan(resource):
-            issues += self._plan_issues(caller, resource)
+            issues += self._plan_issues(store, resource)
         if not issues:
             issues = [{"severity": "information", "code": "informational", "diagnostics": "no problems found"}]
         return {"resourceType": "OperationOutcome", "issue": _unique(issues)}
 
-    def _plan_issues(self, caller: Caller, composition: dict) -> list[dict]:
-        """What the plan would lack if issued now: missing sections, broken golden thread."""
+    def _plan_issues(self, store: ScopedStore, composition: dict) -> list[dict]:
+        """What the plan would lack if issued now: missing sections, broken golden thread
+        (references resolve only to what the caller may see)."""
         def lookup(reference: str) -> dict | None:
             resource_type, _, resource_id = reference.partition("/")
-            version = self.records.repo.read(resource_type, resource_id)
-            if version is None:
-                return None
-            shown, _ = self.records.access.visible(caller, version)
-            return shown
+            return store.shown_lookup(resource_type, resource_id)
 
         as_issued = dict(composition, status="final")
         return [i.as_outcome_issue() for i in self.checks.plan_issues(as_issued, plan_resources(as_issued, lookup))]

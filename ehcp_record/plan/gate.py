@@ -9,10 +9,14 @@ batch, conditional), is refused here; `$issue` is the only caller allowed past.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from ehcp_record.errors import business_rule
 from ehcp_record.fhir.model import ref_key
-from ehcp_record.store.repository import Repository, VersionWrite
+from ehcp_record.store.versions import Version, VersionWrite
+
+CurrentOfType = Callable[[str, str], list[Version]]
+Read = Callable[[str, str], "Version | None"]
 
 ISSUED_STATUSES = frozenset({"final", "amended"})
 #: Resource types that make up a plan's content (DESIGN.md "FHIR mapping of the plan").
@@ -26,16 +30,16 @@ PLAN_TYPE_SYSTEM = f"{BASE}/CodeSystem/ehcp-document-type"
 
 @dataclass
 class ParentalInputGate:
-    repo: Repository
+    """Asked by the scoped store for every client write; it reads through the store's lookups."""
 
-    def check_direct_write(self, write: VersionWrite) -> None:
+    def check_direct_write(self, write: VersionWrite, current_of_type: CurrentOfType, read: Read) -> None:
         """Refuse any direct write that would issue a plan or change issued plan content."""
         if write.record is None or write.type not in CITABLE_TYPES:
             return  # the child's details, parents, consents and tasks are not plan content
         if write.type == "Composition" and is_plan(write.resource):
-            self._check_plan_write(write)
+            self._check_plan_write(write, current_of_type, read)
             return
-        issued = [v.resource for v in self.repo.current_of_type(write.record, "Composition")
+        issued = [v.resource for v in current_of_type(write.record, "Composition")
                   if is_plan(v.resource) and is_issued(v.resource)]
         if not issued:
             return
@@ -44,15 +48,15 @@ class ParentalInputGate:
         if write.type in PLAN_CONTENT_TYPES and has_section_coding(write.resource):
             raise _refusal(write.type)
 
-    def _check_plan_write(self, write: VersionWrite) -> None:
-        current = self.repo.read("Composition", write.id) if write.expected is not None else None
+    def _check_plan_write(self, write: VersionWrite, current_of_type: CurrentOfType, read: Read) -> None:
+        current = read("Composition", write.id) if write.expected is not None else None
         if current is not None and is_issued(current.resource):
             raise _refusal(write.type)
         if is_issued(write.resource):
             raise business_rule("a plan becomes final or amended only through $propose, the family's response and "
                                 "$issue (SEND Regulations 2014 regs 13 and 22); write drafts as preliminary")
         if any(is_plan(v.resource) and is_issued(v.resource) and v.id != write.id
-               for v in self.repo.current_of_type(write.record or "", "Composition")):
+               for v in current_of_type(write.record or "", "Composition")):
             raise business_rule("this child already has an issued plan; change it through $propose and $issue")
 
 

@@ -20,7 +20,7 @@ from ehcp_record.audit import chain as audit_chain
 from ehcp_record.audit import signing
 from ehcp_record.access.caller import Caller
 from ehcp_record.fhir.dates import instant
-from ehcp_record.store.repository import Version
+from ehcp_record.store.versions import Version
 from ehcp_record.workflow.task_values import task_output
 
 _AGENT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"

@@ -8,7 +8,6 @@ overwritten: each Binary version has its own file, so `vread` of an old version 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
 import gridfs
@@ -18,15 +17,7 @@ from pymongo.database import Database
 CHUNK = 255 * 1024
 
 
-class TooLarge(Exception):
-    """The upload went past the size limit; nothing was kept."""
-
-
-@dataclass(frozen=True)
-class StoredMedia:
-    file_id: str
-    size: int
-    sha256: str
+from ehcp_record.store.versions import StoredMedia, TooLarge  # noqa: E402,F401
 
 
 class MediaStore:

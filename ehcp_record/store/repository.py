@@ -14,15 +14,14 @@ its audit entry are all there after a crash, or none of them is.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 import gridfs
 from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
 from pymongo.client_session import ClientSession
-from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, PyMongoError
 from pymongo.read_concern import ReadConcern
 from pymongo.read_preferences import ReadPreference
 from pymongo.write_concern import WriteConcern
@@ -30,66 +29,12 @@ from pymongo.write_concern import WriteConcern
 from ehcp_record.audit import chain as audit_chain
 from ehcp_record.errors import conflict, precondition_failed
 from ehcp_record.fhir.search import Criterion, SearchQuery, SortKey
+from ehcp_record.store.versions import (AuditAppend, RecordContext, Version, VersionWrite, Visibility,  # noqa: F401
+                                         utc_now)
 
 T = TypeVar("T")
 _MAJORITY = WriteConcern("majority")
 _RETRIES = 200
-
-
-@dataclass(frozen=True)
-class Version:
-    """One stored version of a resource, as the service sees it."""
-
-    type: str
-    id: str
-    vid: int
-    updated: datetime
-    resource: dict
-    record: str | None
-    section: str | None
-    hash: str
-    owner: str | None = None  # Subscriptions: who created it (issuer|subject)
-    owner_actor: dict | None = None
-
-
-@dataclass
-class VersionWrite:
-    """A version the service has built and checked; `expected` is the If-Match (None = create)."""
-
-    type: str
-    id: str
-    vid: int
-    updated: datetime
-    resource: dict
-    record: str | None
-    section: str | None
-    index: dict[str, list]
-    hash: str
-    expected: int | None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class AuditAppend:
-    """An audit body for one record's chain; appended in the same transaction as the change.
-
-    `checkpoint` asks for a signed checkpoint right after this entry (an issued plan version);
-    otherwise one is added when the chain's last checkpoint is over an hour old.
-    """
-
-    chain: str
-    body: dict
-    checkpoint: bool = False
-
-
-@dataclass(frozen=True)
-class Visibility:
-    """What a caller may see in a search: everything, or per-record section lists."""
-
-    everything: bool = False
-    per_record: dict[str, frozenset[str] | None] = field(default_factory=dict)
-    directory: bool = True
-    owner: str | None = None  # Subscriptions are seen by their owner only
 
 
 CHECKPOINT_INTERVAL = timedelta(hours=1)
@@ -123,11 +68,25 @@ class Repository:
         self.current.create_index([("type", ASCENDING), ("updated", DESCENDING)])
         self.current.create_index([("record", ASCENDING), ("type", ASCENDING)])
         self.current.create_index([("type", ASCENDING), ("recipients", ASCENDING)])
+        # Search visibility by custody; also serves the default sort (newest first) per type.
+        self.current.create_index([("custodian", ASCENDING), ("type", ASCENDING), ("updated", DESCENDING),
+                                   ("_id", ASCENDING)])
+        self.current.create_index([("type", ASCENDING), ("updated", DESCENDING), ("_id", ASCENDING)])
         for param in ("identifier", "patient", "subject", "status", "code", "category", "owner", "focus", "actor"):
             self.current.create_index([("type", ASCENDING), (f"idx.{param}", ASCENDING)], sparse=True)
         self.audit.create_index([("record", ASCENDING), ("seq", ASCENDING)], unique=True)
+        self._backfill_custodians()
         self.records.create_index([("custodian", ASCENDING)])
         self.records.create_index([("parents", ASCENDING)])
+
+    def _backfill_custodians(self) -> None:
+        """Current documents stored before they carried `custodian` get it from custody state."""
+        if self.current.find_one({"record": {"$ne": None}, "custodian": {"$exists": False}}, {"_id": 1}) is None:
+            return
+        for state in self.records.find({}, {"custodian": 1, "transferred_out": 1}):
+            custodian = None if state.get("transferred_out") else state.get("custodian")
+            self.current.update_many({"record": state["_id"], "custodian": {"$exists": False}},
+                                     {"$set": {"custodian": custodian}})
 
     def ping(self) -> bool:
         try:
@@ -157,10 +116,16 @@ class Repository:
         raise RuntimeError("unreachable")
 
     def commit(self, writes: list[VersionWrite], audits: list[AuditAppend],
-               record_updates: list[tuple[str, dict]] | None = None) -> None:
-        """Store versions, their history rows, record-state changes and audit entries atomically."""
+               record_updates: list[tuple[str, dict]] | None = None,
+               custody: tuple[str, str | None] | None = None) -> None:
+        """Store versions, their history rows, record-state changes and audit entries atomically.
+
+        `custody` (record, new custodian) moves the searchable custodian of every current
+        document of the record in the same transaction (reg 15 transfers)."""
 
         def work(session: ClientSession) -> None:
+            if custody is not None:
+                self.move_custody_of_versions(session, *custody)
             for write in writes:
                 self._write_version(session, write)
             for record, changes in record_updates or []:
@@ -170,19 +135,76 @@ class Repository:
 
         self.in_transaction(work)
 
-    def append_audit(self, audits: list[AuditAppend]) -> None:
-        """Audit entries with no version change (reads, searches, refusals): no transaction is
-        needed, since each is one insert; the unique (record, seq) index makes a racing writer
-        fail and retry at the new tip, so a chain never forks."""
+    def append_audit(self, audits: list[AuditAppend], tips: dict[str, dict | None] | None = None) -> None:
+        """Audit entries with no version change (reads, searches, refusals), written together.
+
+        One query finds the tip of every chain involved (skipped when the caller already
+        fetched them with the resource), one `insert_many` adds the first entry of each chain,
+        a second adds the signed checkpoints that fell due. No transaction is needed: the
+        unique (record, seq) index makes a racing writer fail, and only the chains that lost
+        a race are appended again one by one at their new tip, so a chain never forks.
+        """
+        if not audits:
+            return
+        first: dict[str, AuditAppend] = {}
+        later: list[AuditAppend] = []
         for append in audits:
-            for attempt in range(_RETRIES):
-                try:
-                    self._append(None, append)
-                    break
-                except DuplicateKeyError:
-                    if attempt == _RETRIES - 1:
-                        raise
-                    time.sleep(min(0.001 * (attempt + 1), 0.02))
+            (later.append(append) if append.chain in first else first.__setitem__(append.chain, append))
+        known = tips if tips is not None and set(first) <= set(tips) else self._chain_tips(list(first))
+        entries, checkpoints, lost = [], [], []
+        for chain, append in first.items():
+            entry, checkpoint = self._next(append, known.get(chain))
+            entries.append(entry)
+            if checkpoint is not None:
+                checkpoints.append(checkpoint)
+        failed = self._insert_unordered(entries)
+        lost = [first[e["record"]] for e in entries if e["record"] in failed]
+        self._insert_unordered([c for c in checkpoints if c["record"] not in failed])
+        for append in lost + later:
+            self._append_retrying(append)
+
+    def _chain_tips(self, chains: list[str]) -> dict[str, dict | None]:
+        pipeline = [{"$match": {"record": {"$in": chains}}}, {"$sort": {"record": 1, "seq": -1}},
+                    {"$group": {"_id": "$record", "seq": {"$first": "$seq"}, "hash": {"$first": "$hash"},
+                                "cp_at": {"$first": "$cp_at"}}}]
+        found = {d["_id"]: d for d in self.audit.aggregate(pipeline)}
+        return {chain: found.get(chain) for chain in chains}
+
+    def _next(self, append: AuditAppend, last: dict | None) -> tuple[dict, dict | None]:
+        """The entry after `last`, and the signed checkpoint to follow it when one is due."""
+        head = audit_chain.ChainHead(last["seq"], last["hash"]) if last else None
+        checkpoint_at = _aware(last["cp_at"]) if last and last.get("cp_at") else None
+        entry = audit_chain.next_entry(append.chain, head, append.body)
+        now = datetime.now(timezone.utc)
+        due = append.checkpoint or checkpoint_at is None or now - checkpoint_at >= CHECKPOINT_INTERVAL
+        if self.signing_key is None or not due:
+            return dict(entry, cp_at=checkpoint_at), None
+        tip = audit_chain.ChainHead(entry["seq"], entry["hash"])
+        checkpoint = audit_chain.next_checkpoint_entry(self.signing_key, append.chain, tip, audit_chain.iso_instant(now))
+        return dict(entry, cp_at=now), dict(checkpoint, cp_at=now)
+
+    def _insert_unordered(self, docs: list[dict]) -> set[str]:
+        """Insert independent entries (one per chain); the chains whose entry lost a race."""
+        if not docs:
+            return set()
+        try:
+            self.audit.insert_many(docs, ordered=False)
+        except BulkWriteError as error:
+            errors = error.details.get("writeErrors", [])
+            if any(e.get("code") != 11000 for e in errors):
+                raise
+            return {docs[e["index"]]["record"] for e in errors}
+        return set()
+
+    def _append_retrying(self, append: AuditAppend) -> None:
+        for attempt in range(_RETRIES):
+            try:
+                self._append(None, append)
+                return
+            except DuplicateKeyError:
+                if attempt == _RETRIES - 1:
+                    raise
+                time.sleep(min(0.001 * (attempt + 1), 0.02))
 
     def _write_version(self, session: ClientSession, write: VersionWrite) -> None:
         doc = envelope(write)
@@ -206,18 +228,11 @@ class Repository:
     def _append(self, session: ClientSession | None, append: AuditAppend) -> dict:
         """Add one entry (and a signed checkpoint when due) at the tip of the record's chain."""
         last = self.audit.find_one({"record": append.chain}, sort=[("seq", DESCENDING)], session=session)
-        head = audit_chain.ChainHead(last["seq"], last["hash"]) if last else None
-        checkpoint_at = _aware(last["cp_at"]) if last and last.get("cp_at") else None
-        entry = audit_chain.next_entry(append.chain, head, append.body)
-        now = datetime.now(timezone.utc)
-        due = append.checkpoint or checkpoint_at is None or now - checkpoint_at >= CHECKPOINT_INTERVAL
-        signed = self.signing_key is not None and due
-        self.audit.insert_one(dict(entry, cp_at=now if signed else checkpoint_at), session=session)
-        if signed:
-            tip = audit_chain.ChainHead(entry["seq"], entry["hash"])
-            checkpoint = audit_chain.next_checkpoint_entry(self.signing_key, append.chain, tip, audit_chain.iso_instant(now))
+        entry, checkpoint = self._next(append, last)
+        self.audit.insert_one(entry, session=session)
+        if checkpoint is not None:
             try:
-                self.audit.insert_one(dict(checkpoint, cp_at=now), session=session)
+                self.audit.insert_one(checkpoint, session=session)
             except DuplicateKeyError:
                 if session is not None:
                     raise
@@ -225,6 +240,44 @@ class Repository:
         return entry
 
     # --- reads --------------------------------------------------------------------------
+
+    def read_in_context(self, resource_type: str, resource_id: str, vid: int | None = None) -> RecordContext:
+        """A resource (current, or version `vid`) with its record's custody state, consents and
+        audit-chain tip, in one round trip, so a read costs this and its audit insert."""
+        collection = self.current if vid is None else self.history
+        key = f"{resource_type}/{resource_id}" if vid is None else f"{resource_type}/{resource_id}/{vid}"
+        pipeline = [
+            {"$match": {"_id": key}},
+            {"$lookup": {"from": "records", "localField": "record", "foreignField": "_id", "as": "_state"}},
+            {"$lookup": {"from": "current", "let": {"r": "$record"}, "as": "_consents", "pipeline": [
+                {"$match": {"$expr": {"$and": [{"$eq": ["$type", "Consent"]}, {"$eq": ["$record", "$$r"]}]}}}]}},
+            {"$lookup": {"from": "audit", "let": {"r": {"$ifNull": ["$record", "ehcp-directory"]}}, "as": "_tip",
+                         "pipeline": [{"$match": {"$expr": {"$eq": ["$record", "$$r"]}}}, {"$sort": {"seq": -1}},
+                                      {"$limit": 1}, {"$project": {"seq": 1, "hash": 1, "cp_at": 1}}]}},
+        ]
+        docs = list(collection.aggregate(pipeline))
+        if not docs:
+            return RecordContext(None, None, [], None)
+        doc = docs[0]
+        return RecordContext(_version(doc), (doc.get("_state") or [None])[0],
+                             [_version(c) for c in doc.get("_consents", [])], (doc.get("_tip") or [None])[0])
+
+    def record_states(self, records: list[str]) -> dict[str, dict]:
+        """Custody state of many records in one query (a search's results)."""
+        if not records:
+            return {}
+        return {d["_id"]: d for d in self.records.find({"_id": {"$in": records}})}
+
+    def consents_of_records(self, records: list[str]) -> dict[str, list[Version]]:
+        found: dict[str, list[Version]] = {r: [] for r in records}
+        if records:
+            for doc in self.current.find({"type": "Consent", "record": {"$in": records}}):
+                found[doc["record"]].append(_version(doc))
+        return found
+
+    def move_custody_of_versions(self, session: ClientSession, record: str, custodian: str | None) -> None:
+        """Keep the searchable `custodian` of every current document in step with custody."""
+        self.current.update_many({"record": record}, {"$set": {"custodian": custodian}}, session=session)
 
     def read(self, resource_type: str, resource_id: str) -> Version | None:
         doc = self.current.find_one({"_id": f"{resource_type}/{resource_id}"})
@@ -373,7 +426,7 @@ def envelope(write: VersionWrite) -> dict:
     doc = {
         "_id": f"{write.type}/{write.id}", "type": write.type, "rid": write.id, "vid": write.vid,
         "updated": write.updated, "record": write.record, "section": write.section,
-        "res": write.resource, "idx": write.index, "hash": write.hash,
+        "res": write.resource, "idx": write.index, "hash": write.hash, "custodian": write.custodian,
     }
     doc.update(write.extra)
     return doc
@@ -399,6 +452,8 @@ def _search_filter(query: SearchQuery, visibility: Visibility) -> dict:
 
 def _visibility_filter(visibility: Visibility) -> dict:
     allowed: list[dict] = []
+    if visibility.custodian:
+        allowed.append({"custodian": visibility.custodian})
     if visibility.directory:
         allowed.append({"record": None})
     everything = [r for r, sections in visibility.per_record.items() if sections is None]
@@ -451,10 +506,3 @@ def _sort_spec(keys: list[SortKey]) -> list[tuple[str, int]]:
     if not keys:
         spec.insert(0, ("updated", DESCENDING))
     return spec
-
-
-def utc_now() -> datetime:
-    """Mongo keeps milliseconds; truncate so what we return equals what we stored."""
-    now = datetime.now(timezone.utc)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
-

@@ -9,7 +9,6 @@ acknowledgement of an earlier bundle can be recognised.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from pymongo import ASCENDING
@@ -17,25 +16,8 @@ from pymongo.client_session import ClientSession
 from pymongo.errors import DuplicateKeyError
 
 from ehcp_record.errors import conflict
-from ehcp_record.store.repository import AuditAppend, Repository, VersionWrite, envelope
-
-
-@dataclass
-class ImportedRecord:
-    """Everything a received transfer stores, prepared and checked before the transaction."""
-
-    transfer_id: str
-    bundle_sha256: str
-    sender: str
-    ack: dict
-    record: str
-    history: list[VersionWrite]
-    audit_entries: list[dict]
-    record_state: dict
-    documents: dict[str, bytes]
-    directory: list[VersionWrite]
-    new_versions: list[VersionWrite] = field(default_factory=list)
-    import_audit: AuditAppend | None = None
+from ehcp_record.store.repository import Repository, envelope
+from ehcp_record.store.versions import AuditAppend, ImportedRecord, VersionWrite  # noqa: F401
 
 
 class TransferStore:
@@ -73,6 +55,7 @@ class TransferStore:
                 self.repo._write_version(session, write)
             if imported.import_audit is not None:
                 self.repo._append(session, imported.import_audit)
+            self.repo.move_custody_of_versions(session, imported.record, imported.record_state.get("custodian"))
 
         self.repo.in_transaction(work)
 

@@ -25,24 +25,21 @@ from ehcp_record.fhir import dates as fhir_dates
 from ehcp_record.access.caller import Caller
 from ehcp_record.errors import FhirError, invalid, unprocessable
 from ehcp_record.fhir.model import parse_resource
-from ehcp_record.store.media import MediaStore
-from ehcp_record.access.scoped import RecordService
-from ehcp_record.store.repository import AuditAppend, Version, VersionWrite
+from ehcp_record.access.scoped import RecordStore, ScopedStore
+from ehcp_record.store.versions import AuditAppend, Version, VersionWrite
 from ehcp_record.workflow.task_values import task_input
 from ehcp_record.transfer.service import TransferService, is_transfer
 from ehcp_record.transfer.remote import (AUDIT_URL, DOCUMENT_PREFIX, MEDIA_PREFIX, STATE_URL, already_received,
                                          check_signature, decode, make_ack, parse_bundle)
-from ehcp_record.store.transfers import ImportedRecord, TransferStore
+from ehcp_record.store.versions import ImportedRecord
 
 _VERSION_URL = re.compile(r"^([A-Za-z]+)/([A-Za-z0-9\-.]{1,64})/_history/([0-9]{1,9})$")
 
 
 @dataclass
 class ReceiveTransfer:
-    records: RecordService
+    stores: RecordStore
     transfers: TransferService
-    store: TransferStore
-    media: MediaStore
 
     def receive(self, body: bytes, headers: dict[str, str]) -> tuple[int, dict]:
         settings = self.transfers.settings
@@ -52,11 +49,11 @@ class ReceiveTransfer:
         answer = self._replay(bundle["id"], digest, peer.organization)
         if answer is not None:
             return answer
-        imported = self._check_and_build(bundle, peer.organization, digest)
+        store, imported = self._check_and_build(bundle, peer.organization, digest)
         try:
-            self.store.import_record(imported)
+            store.import_transfer(imported)
         except Exception as failure:
-            self._discard_media(imported)
+            self._discard_media(store, imported)
             if isinstance(failure, FhirError):  # a concurrent retry of the same delivery got there first?
                 answer = self._replay(bundle["id"], digest, peer.organization)
                 if answer is not None:
@@ -67,7 +64,7 @@ class ReceiveTransfer:
     def _replay(self, transfer_id: str, digest: str, sender: str) -> tuple[int, dict] | None:
         """A transfer already received: the same acknowledgement for the same bytes; for other
         bytes under that id, 409 with the acknowledgement of what is held (to its sender only)."""
-        seen = self.store.received_ack(transfer_id)
+        seen = self.stores.transfers.received_ack(transfer_id) if self.stores.transfers else None
         if seen is None:
             return None
         if seen["sha256"] == digest:
@@ -76,12 +73,12 @@ class ReceiveTransfer:
             raise FhirError(409, "conflict", "a different transfer was already received under this id")
         return 409, already_received(seen["ack"])
 
-    def _discard_media(self, imported: ImportedRecord) -> None:
+    def _discard_media(self, store: ScopedStore, imported: ImportedRecord) -> None:
         for write in imported.history:
             if "media" in write.extra:
-                self.media.delete(write.extra["media"]["file"])
+                store.media_store.delete(write.extra["media"]["file"])
 
-    def _check_and_build(self, bundle: dict, sender: str, digest: str) -> ImportedRecord:
+    def _check_and_build(self, bundle: dict, sender: str, digest: str) -> tuple[ScopedStore, ImportedRecord]:
         versions, directory, extras = _split(bundle)
         record = _record_id(versions)
         task = _transfer_task(versions, bundle["id"])
@@ -93,25 +90,26 @@ class ReceiveTransfer:
         chain = json.loads(decode(extras[AUDIT_URL]))
         self._check_integrity(record, versions, chain)
         caller = _receiving_caller(destination, sender)
-        now = self.records.clock()
+        store = self.stores.for_received_transfer(caller, record)
+        now = store.clock()
         writes = self._writes(versions, record)
         state = json.loads(decode(extras[STATE_URL]))
         imported = ImportedRecord(
             transfer_id=bundle["id"], bundle_sha256=digest, sender=sender, record=record,
-            ack=make_ack(self.records.repo.signing_key, bundle["id"], digest, destination, now),
+            ack=make_ack(store.signing_key, bundle["id"], digest, destination, now),
             history=writes, audit_entries=chain, directory=self._writes(directory, None),
             record_state={"custodian": destination, "parents": state.get("parents", []), "birth_date": state.get("birth_date"),
                           "lacks_capacity": bool(state.get("lacks_capacity")), "representative": state.get("representative"),
                           "former_custodians": [sender], "transferred_from": sender},
             documents={url.removeprefix(DOCUMENT_PREFIX): decode(e) for url, e in extras.items() if url.startswith(DOCUMENT_PREFIX)},
         )
-        imported.new_versions = self._arrival_versions(caller, task, writes, state, destination, record, now)
+        imported.new_versions = self._arrival_versions(store, task, writes, state, destination, record, now)
         arrivals = [(f"{w.type}/{w.id}/_history/{w.vid}", w.hash) for w in imported.new_versions]
         imported.import_audit = AuditAppend(record, audit.body(
             caller, "transfer-received", "permit", now, f"plan received from {sender} (reg 15)",
             [(f"Task/{task.id}/_history/{task.vid}", task.hash), *arrivals]), checkpoint=True)
-        self._attach_media(imported, extras)  # last: files are the one thing stored before the transaction
-        return imported
+        self._attach_media(store, imported, extras)  # last: files are the one thing stored before the transaction
+        return store, imported
 
     def _check_integrity(self, record: str, versions: list[Version], chain: list[dict]) -> None:
         """Every version sent must be the one the sender's chain recorded, and the chain whole."""
@@ -122,7 +120,7 @@ class ReceiveTransfer:
             raise unprocessable(f"the transfer failed its integrity check: {verdict.reason}", "invalid")
 
     def _writes(self, versions: list[Version], record: str | None) -> list[VersionWrite]:
-        index, by_ref = self.records.registry.index, {f"{v.type}/{v.id}": v for v in versions}
+        index, by_ref = self.stores.registry.index, {f"{v.type}/{v.id}": v for v in versions}
         writes = []
         for version in versions:
             section = section_of(version.resource)
@@ -134,28 +132,28 @@ class ReceiveTransfer:
                                        record, section, index(version.resource), version.hash, None))
         return writes
 
-    def _attach_media(self, imported: ImportedRecord, extras: dict[str, dict]) -> None:
+    def _attach_media(self, store: ScopedStore, imported: ImportedRecord, extras: dict[str, dict]) -> None:
         for write in imported.history:
             entry = extras.get(f"{MEDIA_PREFIX}Binary/{write.id}/_history/{write.vid}")
             if entry is not None:
                 data = decode(entry)
-                stored = self.media.save(data, _Empty(), len(data), entry["resource"]["contentType"], imported.record)
+                stored = store.media_store.save(data, _Empty(), len(data), entry["resource"]["contentType"], imported.record)
                 write.extra["media"] = {"file": stored.file_id, "size": stored.size, "sha256": stored.sha256}
 
-    def _arrival_versions(self, caller: Caller, task: Version, writes: list[VersionWrite], state: dict,
+    def _arrival_versions(self, store: ScopedStore, task: Version, writes: list[VersionWrite], state: dict,
                           destination: str, record: str, now: datetime) -> list[VersionWrite]:
         """The transfer Task completed here, and the family's notice (reg 15(4))."""
         pending = {f"{w.type}/{w.id}": w.record for w in writes}
         done = dict(task.resource, status="completed", lastModified=fhir_dates.instant(now),
                     output=[{"type": {"coding": [{"system": "http://ehcp-record.example.org/fhir/CodeSystem/ehcp-task-input",
                                                   "code": "transferred-on"}]}, "valueDate": now.date().isoformat()}])
-        completed = self.records.prepare(caller, done, task.id, task.vid, current=replace(task, record=record),
-                                         pending=pending, authorized="receive-transfer")
+        completed = store.prepare_server_task(done, replace(task, record=record), "receive-transfer", "arrival",
+                                              pending=pending)
         birth = state.get("birth_date")
         record_state = RecordState(record_id=record, custodian=destination, parents=frozenset(state.get("parents", [])),
                                    birth_date=date.fromisoformat(birth) if birth else None,
                                    lacks_capacity=bool(state.get("lacks_capacity")), representative=state.get("representative"))
-        notice = self.transfers._family_notice(caller, task, record_state, now, pending=pending)
+        notice = self.transfers._family_notice(store, task, record_state, now, pending=pending)
         return [completed.write, notice.write]
 
 

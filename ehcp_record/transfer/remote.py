@@ -37,7 +37,7 @@ from ehcp_record.audit import signing
 from ehcp_record.config import Settings
 from ehcp_record.errors import FhirError, invalid
 from ehcp_record.fhir.dates import instant
-from ehcp_record.store.repository import Repository, Version
+from ehcp_record.store.versions import Version
 
 SIGNATURE_HEADER = "X-EHCP-Signature"
 KEY_HEADER = "X-EHCP-Key-Id"
@@ -74,12 +74,13 @@ def peer_for_key(settings: Settings, kid: str) -> Peer | None:
 
 # --- sender -------------------------------------------------------------------------------
 
-def build_bundle(repo: Repository, record: str, transfer_id: str, now: datetime, media: Any,
+def build_bundle(repo: Any, record: str, transfer_id: str, now: datetime,
                  versions: list[Version], chain: list[dict]) -> dict:
     """Everything the record is: its versions, then the chain, state, documents and files.
 
     `versions` must be read before `chain`: every version is committed with its audit entry,
-    so a chain read afterwards names each of them (the receiver checks exactly that).
+    so a chain read afterwards names each of them (the receiver checks exactly that). `repo`
+    is the custodian's transfer storage handed out by the scoped store (`TransferStorage`).
     """
     entries = [{"fullUrl": f"{v.type}/{v.id}/_history/{v.vid}", "resource": v.resource} for v in versions]
     entries += [_directory_entry(v) for v in _directory_versions(repo, record)]
@@ -93,7 +94,7 @@ def build_bundle(repo: Repository, record: str, transfer_id: str, now: datetime,
         if info:
             entries.append({"fullUrl": f"{MEDIA_PREFIX}Binary/{version.id}/_history/{version.vid}",
                             "resource": _binary(version.resource.get("contentType", "application/octet-stream"),
-                                                media.store.read_all(info["file"]))})
+                                                repo.read_media(info["file"]))})
     return {"resourceType": "Bundle", "id": transfer_id, "type": "collection", "timestamp": instant(now),
             "identifier": {"system": "http://ehcp-record.example.org/fhir/NamingSystem/transfer", "value": transfer_id},
             "entry": entries}
@@ -105,7 +106,7 @@ def version_refs(body: bytes) -> set[str]:
             if "/_history/" in e.get("fullUrl", "") and (e.get("search") or {}).get("mode") != "include"}
 
 
-def _directory_versions(repo: Repository, record: str) -> list[Version]:
+def _directory_versions(repo: Any, record: str) -> list[Version]:
     """Organisations and practitioners the record cites, so its documents resolve on arrival."""
     from ehcp_record.fhir.model import literal_references, ref_key
 

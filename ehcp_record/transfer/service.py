@@ -23,15 +23,13 @@ from ehcp_record.audit import entries as audit
 from ehcp_record.workflow import clocks
 from ehcp_record.transfer import remote as transfer_remote
 from ehcp_record.config import Settings
-from ehcp_record.access.caller import Caller
-from ehcp_record.errors import business_rule, invalid, not_found, unprocessable
+from ehcp_record.access.scoped import PreparedWrite, RecordScope, ScopedStore, version_of
+from ehcp_record.errors import business_rule, invalid, unprocessable
 from ehcp_record.fhir.dates import instant
 from ehcp_record.fhir.model import parse_resource
 from ehcp_record.plan.gate import is_issued, is_plan
 from ehcp_record.fhir.identifiers import la_by_number
-from ehcp_record.access.scoped import PreparedWrite, RecordService
-from ehcp_record.store.repository import AuditAppend, Version
-from ehcp_record.store.transfers import TransferStore
+from ehcp_record.store.versions import Version
 from ehcp_record.workflow.task_values import TASK_CODE_SYSTEM, TASK_INPUT_SYSTEM, concept, is_task, task_input
 
 STOPPED = "assessment stopped on transfer to another local authority (SEND Regulations 2014 reg 15(6))"
@@ -48,99 +46,92 @@ class TransferRequest:
 
 @dataclass
 class TransferService:
-    records: RecordService
     settings: Settings
-    store: TransferStore
-    media: Any = None  # MediaService: files travel with a cross-deployment transfer
     session_factory: Callable[[], Any] = transfer_remote.delivery_session
 
     # --- $transfer ----------------------------------------------------------------------
 
-    def start(self, caller: Caller, patient_id: str, body: object) -> Version:
-        access = self.records.access
-        access.require_scope(caller, "Task", "c")
-        access.confine_to_launch_patient(caller, "Patient", "u", patient_id)
-        if self.records.repo.read("Patient", patient_id) is None:
-            raise not_found(f"Patient/{patient_id}")
-        access.require(caller, "transfer", patient_id)
+    def start(self, store: ScopedStore, patient_id: str, body: object) -> Version:
+        store.access.require_scope("Task", "c")
+        scope = store.open_record(patient_id, "transfer")
         request = parse_transfer(body)
-        pending = self._pending_remote(patient_id)
+        pending = self._pending_remote(scope)
         if pending is not None:
             if pending.resource["owner"]["reference"] != request.destination:
                 raise business_rule(f"a transfer of this plan to {pending.resource['owner']['reference']} is waiting "
                                     "to be delivered; call $transfer with that destination to send it again")
-            return self._deliver(caller, pending)  # the receiver was down: try the same transfer again
-        state = access.record_state(patient_id)
-        self._check(patient_id, request, state.custodian if state else None)
-        task = self._transfer_task(caller, patient_id, request)
+            return self._deliver(store, scope, pending)  # the receiver was down: try the same transfer again
+        state = scope.state()
+        self._check(store, scope, request, state.custodian if state else None)
+        task = self._transfer_task(store, scope, request)
         peer = transfer_remote.peer_for_organization(self.settings, request.destination)
         if peer is not None:
             task["input"].append({"type": concept(TASK_INPUT_SYSTEM, "deployment"), "valueUrl": peer.base_url})
-        prepared = self.records.prepare(caller, task, task["id"], None)
-        prepared.operation = "transfer"
-        self.records.commit([prepared])
-        created = self.records.repo.read("Task", task["id"])
-        return self._deliver(caller, created) if peer is not None else created  # type: ignore[arg-type,return-value]
+        prepared = store.prepare_server_task(task, None, "transfer", "transfer")
+        store.commit([prepared])
+        created = version_of(prepared.write)
+        return self._deliver(store, scope, created) if peer is not None else created
 
     # --- across deployments -------------------------------------------------------------
 
-    def _pending_remote(self, record: str) -> Version | None:
-        for task in self.records.repo.current_of_type(record, "Task"):
+    def _pending_remote(self, scope: RecordScope) -> Version | None:
+        for task in scope.current_of_type("Task"):
             if is_transfer(task.resource) and task.resource.get("status") == "requested" and task_input(task.resource, "deployment"):
                 return task
         return None
 
-    def _deliver(self, caller: Caller, task: Version) -> Version:
+    def _deliver(self, store: ScopedStore, scope: RecordScope, task: Version) -> Version:
         """Send the signed Bundle; custody leaves only on a valid signed acknowledgement."""
         destination = task.resource["owner"]["reference"]
         peer = transfer_remote.peer_for_organization(self.settings, destination)
         if peer is None:
             raise business_rule(f"{destination} is no longer in this deployment's trust list")
-        body = self._outbound_body(caller, task)
-        headers = transfer_remote.signed_headers(body, self.records.repo.signing_key, task.id)
-        sent = self.store.sent(task.id)
+        storage = store.transfer_storage(scope.record)
+        body = self._outbound_body(store, scope, storage, task)
+        headers = transfer_remote.signed_headers(body, store.signing_key, task.id)
+        sent = storage.sent(task.id)
         try:
             ack = transfer_remote.deliver(peer, body, headers, self.session_factory(), earlier=sent)
         except transfer_remote.DeliveryFailed as failure:
-            return self._note_pending(caller, task, str(failure))
-        received = self.records.repo.outbound_transfer(sent[transfer_remote.acknowledged_hash(ack) or ""]) or body
-        return self._complete_remote(caller, task, ack, self._not_carried(task, received))
+            return self._note_pending(store, task, str(failure))
+        received = storage.outbound(sent[transfer_remote.acknowledged_hash(ack) or ""]) or body
+        return self._complete_remote(store, task, ack, self._not_carried(scope, task, received))
 
-    def _outbound_body(self, caller: Caller, task: Version) -> bytes:
+    def _outbound_body(self, store: ScopedStore, scope: RecordScope, storage, task: Version) -> bytes:
         """The same bytes on every attempt while the record stays as it was (a receiver that
         got them but whose answer was lost replays its acknowledgement); a new bundle once
         anything in the record has changed, so the change travels too."""
         record = task.record or ""
-        key = f"{task.id}.{self.store.version_count(record, f'Task/{task.id}')}"
-        stored = self.records.repo.outbound_transfer(key)
+        key = f"{task.id}.{storage.version_count(record, f'Task/{task.id}')}"
+        stored = storage.outbound(key)
         if stored is not None:
             return stored
-        versions = list(self.records.repo.versions_of_record(record))
-        now = self.records.clock()
-        export = audit.body(caller, "transfer-export", "permit", now,
+        versions = list(scope.versions())
+        now = store.clock()
+        export = audit.body(store.caller, "transfer-export", "permit", now,
                             f"signed transfer Bundle for {task.resource['owner']['reference']} (reg 15)",
                             [(f"Task/{task.id}/_history/{task.vid}", task.hash)])
-        chain = self.store.export_chain(record, export)
-        bundle = transfer_remote.build_bundle(self.records.repo, record, task.id, now, self.media, versions, chain)
-        body = self.records.repo.keep_outbound_transfer(key, transfer_remote.encode_bundle(bundle))
-        self.store.note_sent(task.id, hashlib.sha256(body).hexdigest(), key)
+        chain = storage.export_chain(record, export)
+        bundle = transfer_remote.build_bundle(storage, record, task.id, now, versions, chain)
+        body = storage.keep_outbound(key, transfer_remote.encode_bundle(bundle))
+        storage.note_sent(task.id, hashlib.sha256(body).hexdigest(), key)
         return body
 
-    def _not_carried(self, task: Version, received: bytes) -> list[str]:
+    def _not_carried(self, scope: RecordScope, task: Version, received: bytes) -> list[str]:
         """Versions written here after the bundle the receiver holds was built (its answer to
         that one was lost): they did not travel, and the old LA must send them on."""
         carried = transfer_remote.version_refs(received)
-        return [f"{v.type}/{v.id}/_history/{v.vid}" for v in self.records.repo.versions_of_record(task.record or "")
+        return [f"{v.type}/{v.id}/_history/{v.vid}" for v in scope.versions()
                 if f"{v.type}/{v.id}/_history/{v.vid}" not in carried and not (v.type == "Task" and v.id == task.id)]
 
-    def _note_pending(self, caller: Caller, task: Version, reason: str) -> Version:
+    def _note_pending(self, store: ScopedStore, task: Version, reason: str) -> Version:
         waiting = dict(task.resource, businessStatus={"text": f"delivery pending: {reason}"[:500]})
-        prepared = self.records.prepare(caller, waiting, task.id, task.vid, current=task, authorized="transfer-delivery")
-        self.records.commit([prepared])
-        return self.records.repo.read("Task", task.id)  # type: ignore[return-value]
+        prepared = store.prepare_server_task(waiting, task, "transfer-delivery", "transfer")
+        store.commit([prepared])
+        return version_of(prepared.write)
 
-    def _complete_remote(self, caller: Caller, task: Version, ack: dict, not_carried: list[str]) -> Version:
-        now = self.records.clock()
+    def _complete_remote(self, store: ScopedStore, task: Version, ack: dict, not_carried: list[str]) -> Version:
+        now = store.clock()
         values = transfer_remote.ack_values(ack)
         outputs = [{"type": concept(TASK_INPUT_SYSTEM, "transferred-on"), "valueDate": now.date().isoformat()},
                    {"type": concept(TASK_INPUT_SYSTEM, "acknowledgement"), "valueString": json.dumps(values, sort_keys=True)}]
@@ -150,33 +141,34 @@ class TransferService:
             status += f"; {len(not_carried)} later change(s) did not travel and must be sent on"
         done = dict(task.resource, status="completed", businessStatus={"text": status},
                     lastModified=instant(now), output=outputs)
-        prepared = self.records.prepare(caller, done, task.id, task.vid, current=task, authorized="transfer-delivery")
-        state = self.records.access.record_state(task.record or "")
+        prepared = store.prepare_server_task(done, task, "transfer-delivery", "transfer")
+        state = store.custody_state(task.record or "")
         custody = {"$set": {"transferred_out": True}, "$addToSet": {"former_custodians": state.custodian if state else None}}
-        body = audit.body(caller, "transferred-out", "permit", now, f"acknowledged by {values.get('receiver')} (reg 15)",
+        body = audit.body(store.caller, "transferred-out", "permit", now, f"acknowledged by {values.get('receiver')} (reg 15)",
                           [(ref, None) for ref in not_carried])
-        self.records.commit([prepared], [AuditAppend(audit.chain_of(task.record), body, checkpoint=True)],
-                            record_updates=[(task.record or "", custody)])
-        return self.records.repo.read("Task", task.id)  # type: ignore[return-value]
+        store.commit_custody_move([prepared], task.record or "", None, custody, body)
+        return version_of(prepared.write)
 
-    def _check(self, record: str, request: TransferRequest, custodian: str | None) -> None:
+    def _check(self, store: ScopedStore, scope: RecordScope, request: TransferRequest, custodian: str | None) -> None:
         number = request.destination.removeprefix("Organization/la-")
         if not request.destination.startswith("Organization/la-") or la_by_number(number) is None:
             raise unprocessable(f"{request.destination} is not a local authority in England (Organization/la-<DfE number>)",
                                 "value", ["Parameters.parameter.destination"])
         if request.destination == custodian:
             raise business_rule(f"the plan is already held by {custodian}; a transfer needs another local authority")
-        if not any(is_plan(v.resource) and is_issued(v.resource) for v in self.records.repo.current_of_type(record, "Composition")):
+        if not any(is_plan(v.resource) and is_issued(v.resource) for v in scope.current_of_type("Composition")):
             raise business_rule("only an issued plan transfers (reg 15); this child has no final or amended plan")
-        if any(is_transfer(t.resource) and t.resource.get("status") in _OPEN for t in self.records.repo.current_of_type(record, "Task")):
+        if any(is_transfer(t.resource) and t.resource.get("status") in _OPEN for t in scope.current_of_type("Task")):
             raise business_rule("a transfer of this plan is already in progress; the destination must accept it first")
-        if request.notified_date > self.records.clock().date():
+        if request.notified_date > store.clock().date():
             raise unprocessable("notifiedDate (when the LA learned of the move) cannot be in the future", "value")
 
-    def _transfer_task(self, caller: Caller, record: str, request: TransferRequest) -> dict:
-        last_review = self._last_review_or_made(record)
+    def _transfer_task(self, store: ScopedStore, scope: RecordScope, request: TransferRequest) -> dict:
+        record = scope.record
+        caller = store.caller
+        last_review = self._last_review_or_made(scope, store.clock().date())
         due = clocks.transfer_clocks(request.move_date, request.notified_date, last_review)
-        now = self.records.clock()
+        now = store.clock()
         inputs = [("destination", {"valueReference": {"reference": request.destination}}),
                   ("move-date", {"valueDate": request.move_date.isoformat()}),
                   ("notified-date", {"valueDate": request.notified_date.isoformat()}),
@@ -195,17 +187,16 @@ class TransferService:
             "input": [{"type": concept(TASK_INPUT_SYSTEM, code), **value} for code, value in inputs],
         }
 
-    def _last_review_or_made(self, record: str) -> date:
+    def _last_review_or_made(self, scope: RecordScope, today: date) -> date:
         """When the plan was made or last reviewed (reg 15(5) counts 12 months from it): the
         later of the issued plan's `date` (the current version of an issued plan is its newest
         final/amended one) and the meeting date of any annual review already held, decided or
         not (a review happens at its meeting; reg 20), unless that review was withdrawn."""
         dates = []
-        for version in self.records.repo.current_of_type(record, "Composition"):
+        for version in scope.current_of_type("Composition"):
             if is_plan(version.resource) and is_issued(version.resource) and version.resource.get("date"):
                 dates.append(date.fromisoformat(version.resource["date"][:10]))
-        today = self.records.clock().date()
-        for task in self.records.repo.current_of_type(record, "Task"):
+        for task in scope.current_of_type("Task"):
             if is_task(task.resource, "annual-review") and task.resource.get("status") not in _WITHDRAWN:
                 meeting = task_input(task.resource, "meeting-date")
                 if isinstance(meeting, str) and date.fromisoformat(meeting) <= today:
@@ -214,48 +205,43 @@ class TransferService:
 
     # --- $accept ------------------------------------------------------------------------
 
-    def accept(self, caller: Caller, task_id: str) -> Version:
-        task = self.records.repo.read("Task", task_id)
-        if task is None or task.record is None or not is_transfer(task.resource):
-            raise not_found(f"transfer Task/{task_id}")
+    def accept(self, store: ScopedStore, task_id: str) -> Version:
+        task = store.transfer_for_destination(task_id, is_transfer)
         destination = (task.resource.get("owner") or {}).get("reference")
-        if caller.actor.role != "la" or caller.actor.organization != destination:
-            raise not_found(f"transfer Task/{task_id}")  # only the destination LA may know of it
-        self.records.access.require_scope(caller, "Task", "u")
+        caller = store.caller
         if task.resource.get("status") != "requested":
             raise business_rule(f"this transfer is {task.resource.get('status')}; only a requested transfer can be accepted")
         if task_input(task.resource, "deployment"):
             raise business_rule(f"{destination} is served by another deployment: the plan is delivered there, "
                                 "not accepted here")
-        state = self.records.access.record_state(task.record)
+        record = task.record or ""
+        state = store.custody_state(record)
         old = state.custodian if state else None
-        now = self.records.clock()
-        writes = [self._complete(caller, task, now)]
-        writes += self._stop_assessments(caller, task.record, task.id)
-        writes.append(self._family_notice(caller, task, state, now))
+        now = store.clock()
+        writes = [self._complete(store, task, now)]
+        writes += self._stop_assessments(store, task, task.id)
+        writes.append(self._family_notice(store, task, state, now))
         body = audit.body(caller, "transfer-accepted", "permit", now, f"custody moved from {old} to {destination} (reg 15)",
                           [(f"Task/{task.id}/_history/{task.vid + 1}", None)])
-        self.records.commit(writes, [AuditAppend(audit.chain_of(task.record), body, checkpoint=True)],
-                            record_updates=[(task.record, _custody_moves(old, destination))])
-        return self.records.repo.read("Task", task.id)  # type: ignore[return-value]
+        store.commit_custody_move(writes, record, destination, _custody_moves(old, destination), body)
+        return version_of(writes[0].write)
 
-    def _complete(self, caller: Caller, task: Version, now: datetime) -> PreparedWrite:
+    def _complete(self, store: ScopedStore, task: Version, now: datetime) -> PreparedWrite:
         outputs = [{"type": concept(TASK_INPUT_SYSTEM, "transferred-on"), "valueDate": now.date().isoformat()}]
         done = dict(task.resource, status="completed", lastModified=instant(now), output=outputs)
-        return self.records.prepare(caller, done, task.id, task.vid, current=task, authorized="accept-transfer")
+        return store.prepare_server_task(done, task, "accept-transfer", "arrival")
 
-    def _stop_assessments(self, caller: Caller, record: str, transfer_id: str) -> list[PreparedWrite]:
+    def _stop_assessments(self, store: ScopedStore, transfer: Version, transfer_id: str) -> list[PreparedWrite]:
         writes = []
-        for task in self.records.repo.current_of_type(record, "Task"):
+        for task in store.record_tasks_for_destination(transfer):
             resource = task.resource
             if task.id != transfer_id and resource.get("status") in _OPEN and (
                     is_task(resource, "parental-review") or is_task(resource, "annual-review")):
                 stopped = dict(resource, status="cancelled", statusReason={"text": STOPPED})
-                writes.append(self.records.prepare(caller, stopped, task.id, task.vid, current=task,
-                                                   authorized="accept-transfer"))
+                writes.append(store.prepare_server_task(stopped, task, "accept-transfer", "arrival"))
         return writes
 
-    def _family_notice(self, caller: Caller, task: Version, state, now: datetime,
+    def _family_notice(self, store: ScopedStore, task: Version, state, now: datetime,
                        pending: dict[str, str | None] | None = None) -> PreparedWrite:
         """Reg 15(4): within 6 weeks the new LA tells the family the plan has transferred,
         whether it will reassess, and when it will review (reg 15(5))."""
@@ -267,18 +253,18 @@ class TransferService:
         notice = {
             "resourceType": "Task", "id": str(uuid.uuid4()), "status": "requested", "intent": "order",
             "code": concept(TASK_CODE_SYSTEM, "notice-to-family"),
-            "description": (f"Your child's EHC plan has moved to {caller.actor.organization}. By {notice_due} we will "
+            "description": (f"Your child's EHC plan has moved to {store.caller.actor.organization}. By {notice_due} we will "
                             f"write to tell you whether we will reassess and when we will review the plan; the first "
                             f"review will be before {review_due}."),
             "for": task.resource["for"], "authoredOn": instant(now),
-            "requester": {"reference": caller.actor.organization}, "basedOn": [{"reference": f"Task/{task.id}"}],
+            "requester": {"reference": store.caller.actor.organization}, "basedOn": [{"reference": f"Task/{task.id}"}],
             "restriction": {"period": {"start": transferred.isoformat(), "end": notice_due.isoformat()}},
             "input": [{"type": concept(TASK_INPUT_SYSTEM, "notice-due"), "valueDate": notice_due.isoformat()},
                       {"type": concept(TASK_INPUT_SYSTEM, "review-due"), "valueDate": review_due.isoformat()}],
         }
         if makers:
             notice["owner"] = {"reference": makers[0]}
-        return self.records.prepare(caller, notice, notice["id"], None, authorized="accept-transfer", pending=pending)
+        return store.prepare_server_task(notice, None, "accept-transfer", "arrival", pending=pending)
 
 
 def _custody_moves(old: str | None, new: str) -> list[dict]:

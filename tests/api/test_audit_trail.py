@@ -115,7 +115,7 @@ def test_family_sees_who_looked(api):
 def test_cli_audit_verify_exit_codes(api, busy_record, tmp_path):
     env = {"EHCP_MONGODB_URI": api.settings.mongodb_uri, "EHCP_DATABASE": api.settings.database,
            "EHCP_DATA_DIR": str(api.settings.data_dir), "PATH": ""}
-    command = [sys.executable, "-m", "ehcp_record.cli", "audit", "verify", "--record", busy_record["id"]]
+    command = [sys.executable, "-m", "api.cli", "audit", "verify", "--record", busy_record["id"]]
     ok = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "ok" in ok.stdout

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from consent import engine
+from ehcp_record.access.policy import record_state_of
 from consent.model import Actor, parse_grant
 from tests.consent_support import SECTIONS, composition_sections, grant, load_issued_example, section_of
 
@@ -53,7 +54,7 @@ def test_no_response_exceeds_the_engines_decision(api, record, drawn, role):
         assert response.status_code == 201, response.text
         stored.append(response.json())
     token = api.token(role, organization)
-    state = api.services.access.record_state(child)
+    state = record_state_of(child, api.services.repo.record_state(child))
     actor = Actor(role=role, sub=organization, organization=organization)
     decision = engine.decide(actor, "read", state, [parse_grant(c) for c in stored], datetime.now(timezone.utc))
     allowed = decision.sections if decision.permit else frozenset()

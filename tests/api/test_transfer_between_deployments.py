@@ -107,7 +107,7 @@ def _outputs(task: dict) -> dict:
 
 def _stored_bundle(origin: Deployment, task_id: str) -> bytes:
     """The newest bundle the origin built for this transfer, as it would send it."""
-    store = origin.api.services.transfers.store
+    store = origin.api.services.records.transfers
     key = max(store.sent(task_id).values(), key=lambda k: int(k.rsplit(".", 1)[1]))
     return origin.api.services.repo.outbound_transfer(key)
 

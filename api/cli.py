@@ -69,7 +69,7 @@ def database(settings: Settings) -> Iterator[Settings]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ehcp_record.server import run_gunicorn
+    from api.server import run_gunicorn
 
     settings = load_settings({"base_url": f"http://{args.host}:{args.port}/fhir"})
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -93,17 +93,11 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
-    from ehcp_record.audit.verify import verify_all
+    from ehcp_record.wiring import verify_audit_chains
 
     settings = load_settings()
     with database(settings) as ready:
-        from ehcp_record.store.repository import Repository
-
-        repo = Repository.connect(ready.mongodb_uri or "", ready.database)
-        try:
-            ok, lines = verify_all(repo, ready, args.record)
-        finally:
-            repo.close()
+        ok, lines = verify_audit_chains(ready, args.record)
     for line in lines:
         print(line)
     return 0 if ok else 1
