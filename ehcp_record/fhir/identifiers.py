@@ -20,11 +20,13 @@ from typing import Any, Callable, Iterator
 from stdnum import exceptions as stdnum_errors
 from stdnum.gb import upn as stdnum_upn
 
+from ehcp_record.fhir.canonical import naming_system
+
 NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
-UPN_SYSTEM = "http://ehcp-record.example.org/fhir/NamingSystem/upn"
+UPN_SYSTEM = naming_system("upn")
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
-LA_NUMBER_SYSTEM = "http://ehcp-record.example.org/fhir/NamingSystem/dfe-la-number"
-GSS_SYSTEM = "http://ehcp-record.example.org/fhir/NamingSystem/ons-gss-code"
+LA_NUMBER_SYSTEM = naming_system("dfe-la-number")
+GSS_SYSTEM = naming_system("ons-gss-code")
 
 _TEN_DIGITS = re.compile(r"[0-9]{10}")
 _NINE_DIGITS = re.compile(r"[0-9]{9}")

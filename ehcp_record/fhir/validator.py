@@ -45,10 +45,11 @@ from fhirpathpy.models import models as _fhirpath_models
 from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
-CANONICAL_BASE = "http://ehcp-record.example.org/fhir"
-EXT_DEFAULT_PROFILE = f"{CANONICAL_BASE}/StructureDefinition/default-profile-for-type"
-EXT_APPLIES_WHEN = f"{CANONICAL_BASE}/StructureDefinition/profile-applies-when"
-EXT_CONSTRAINT_MESSAGE = f"{CANONICAL_BASE}/StructureDefinition/constraint-message"
+from ehcp_record.fhir.canonical import CANONICAL_BASE, structure_definition  # noqa: F401 (re-exported)
+
+EXT_DEFAULT_PROFILE = structure_definition("default-profile-for-type")
+EXT_APPLIES_WHEN = structure_definition("profile-applies-when")
+EXT_CONSTRAINT_MESSAGE = structure_definition("constraint-message")
 CORE_SD_PREFIX = "http://hl7.org/fhir/StructureDefinition/"
 DEFAULT_PROFILES_DIR = Path(__file__).resolve().parents[2] / "profiles"
 

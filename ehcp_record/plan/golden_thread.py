@@ -21,9 +21,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ehcp_record.fhir.validator import CANONICAL_BASE, Issue, ProfileValidator, default_validator
+from ehcp_record.fhir.canonical import structure_definition
+from ehcp_record.fhir.validator import Issue, ProfileValidator, default_validator
 
-PLAN_DOCUMENT_PROFILE = f"{CANONICAL_BASE}/StructureDefinition/ehcp-plan-document"
+PLAN_DOCUMENT_PROFILE = structure_definition("ehcp-plan-document")
 
 
 def plan_bundle(composition: dict, resources: Mapping[str, dict]) -> dict:
