@@ -13,6 +13,7 @@ from typing import Any
 
 from consent import codes
 from consent.clock import parse_bound, parse_date
+from consent.references import reference_of
 
 # Consent.status, FHIR R4 (https://hl7.org/fhir/R4/valueset-consent-state-codes.html).
 CONSENT_STATUSES = ("draft", "proposed", "active", "rejected", "inactive", "entered-in-error")
@@ -47,7 +48,7 @@ class RecordState:
     former_custodians: frozenset[str] = frozenset()
 
     @property
-    def patient_ref(self) -> str:
+    def patientreference_of(self) -> str:
         return f"Patient/{self.record_id}"
 
 
@@ -117,20 +118,15 @@ def _extension(consent: Mapping, url: str) -> Mapping | None:
     return None
 
 
-def _ref(value: Any) -> str | None:
-    ref = _dict(value).get("reference")
-    return ref if isinstance(ref, str) and ref else None
-
-
 def _grantor(consent: Mapping) -> str | None:
     performers = _list(consent.get("performer"))
-    return _ref(performers[0]) if performers else None
+    return reference_of(performers[0]) if performers else None
 
 
 def _recipient(actor: Mapping) -> tuple[str | None, str | None]:
     """(organisation ref, role code) named by one provision.actor."""
     reference = _dict(actor.get("reference"))
-    ref = _ref(reference)
+    ref = reference_of(reference)
     if ref and ref.startswith("Organization/"):
         return ref, None
     identifier = _dict(reference.get("identifier"))
@@ -173,10 +169,10 @@ def parse_grant(consent: Mapping) -> Grant:
                           and c.get("code") in codes.CONSENT_ACTIONS),
         start=start,
         end=end,
-        confirmed_by=_ref(confirmed.get("valueReference")) if confirmed else None,
+        confirmed_by=reference_of(confirmed.get("valueReference")) if confirmed else None,
         lapse_date=lapse,
         recorded_by_la=has_source and bool(grantor and grantor.startswith("Organization/")),
-        patient=_ref(consent.get("patient")),
+        patient=reference_of(consent.get("patient")),
         problems=problems,
     )
 
@@ -234,7 +230,7 @@ def _status_problems(consent: Mapping) -> list[str]:
 
 def _party_problems(consent: Mapping) -> list[str]:
     problems = []
-    patient = _ref(consent.get("patient"))
+    patient = reference_of(consent.get("patient"))
     if not patient or not patient.startswith("Patient/"):
         problems.append("the consent must name the child or young person it is about (patient)")
     performers = _list(consent.get("performer"))
@@ -335,7 +331,7 @@ def _extension_problems(consent: Mapping) -> list[str]:
     problems = []
     confirmed = _extension(consent, codes.EXT_CONFIRMED_BY)
     if confirmed is not None:
-        ref = _ref(confirmed.get("valueReference"))
+        ref = reference_of(confirmed.get("valueReference"))
         if not ref or not ref.startswith("Patient/"):
             problems.append("confirmed-by must reference the young person (a Patient)")
     lapse = _extension(consent, codes.EXT_LAPSE_DATE)
