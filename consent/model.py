@@ -48,7 +48,7 @@ class RecordState:
     former_custodians: frozenset[str] = frozenset()
 
     @property
-    def patientreference_of(self) -> str:
+    def patient_ref(self) -> str:
         return f"Patient/{self.record_id}"
 
 
