@@ -7,7 +7,7 @@ from datetime import date, datetime, timezone
 import pytest
 
 from consent import codes
-from consent.clock import parse_bound, uk_date, uk_midnight
+from consent.clock import parse_bound, parse_date, uk_date, uk_midnight
 from consent.model import grant_problems, parse_grant
 
 UTC = timezone.utc
@@ -159,3 +159,16 @@ def test_parse_bound_partial_dates_and_instants():
         parse_bound("2026-02-30", end=False)
     with pytest.raises(ValueError):
         parse_bound("2026-06-01T10:00:00", end=False)  # a time needs a zone
+
+
+def test_one_fhir_date_grammar():
+    from ehcp_record.fhir import dates
+
+    assert dates.parse_date is parse_date and dates.parse_bound is parse_bound
+    assert parse_date("2026-09-01") == date(2026, 9, 1)
+    for text in ("20260901", "2026-W36-2", "2026-09", "2026-02-30", "2026-09-01T00:00:00Z", None):
+        with pytest.raises(ValueError):
+            parse_date(text)
+    with pytest.raises(ValueError):
+        parse_bound("2026-06-01T10:00Z", end=False)  # a dateTime has seconds
+    assert dates.parse_range("2026-06-01T10:00Z")[0] == datetime(2026, 6, 1, 10, tzinfo=UTC)  # a search value may not
