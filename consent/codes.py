@@ -6,11 +6,18 @@ SEND Regulations 2014, reg 12 (each section "must be separately identified").
 
 from __future__ import annotations
 
+from consent.terminology import code_system_codes, value_set_codes
+
 BASE = "http://ehcp-record.example.org/fhir"
 
 SECTION_SYSTEM = BASE + "/CodeSystem/ehcp-section"
-SECTIONS: tuple[str, ...] = ("A", "B", "C", "D", "E", "F", "G", "H1", "H2", "I", "J", "K")
+# The sections, in plan order, from profiles/CodeSystem/ehcp-section.json.
+SECTIONS: tuple[str, ...] = code_system_codes("ehcp-section")
 ALL_SECTIONS: frozenset[str] = frozenset(SECTIONS)
+# The sections each kind of plan content may be filed under, from the shipped ValueSets.
+NEED_SECTIONS: frozenset[str] = frozenset(value_set_codes("ehcp-need-section", SECTION_SYSTEM))
+PROVISION_SECTIONS: frozenset[str] = frozenset(value_set_codes("ehcp-provision-section", SECTION_SYSTEM))
+ADVICE_SECTIONS: frozenset[str] = frozenset(value_set_codes("ehcp-advice-section", SECTION_SYSTEM))
 
 CONSENT_ACTION_SYSTEM = BASE + "/CodeSystem/ehcp-consent-action"
 ACTION_READ = "read"
