@@ -37,11 +37,8 @@ ACTOR_ROLES: tuple[str, ...] = (
     ROLE_PARENT, ROLE_YOUNG_PERSON, ROLE_LA, ROLE_SCHOOL, ROLE_HEALTH, ROLE_SOCIAL_CARE,
     ROLE_AUDITOR, ROLE_SYSTEM,
 )
-# Roles a Consent may name as a role-wide recipient. The young person and the auditor have
-# their own access by right, and "system" is machinery, so a grant naming them is refused.
-GRANTABLE_ROLES: frozenset[str] = frozenset(
-    {ROLE_PARENT, ROLE_LA, ROLE_SCHOOL, ROLE_HEALTH, ROLE_SOCIAL_CARE}
-)
+# Which roles a Consent may name as a role-wide recipient is profile data:
+# profiles/ValueSet/ehcp-grantable-role.json, applied by the ehcp-consent profile.
 
 EXT_CONFIRMED_BY = BASE + "/StructureDefinition/ehcp-consent-confirmed-by"
 EXT_LAPSE_DATE = BASE + "/StructureDefinition/ehcp-consent-lapse-date"

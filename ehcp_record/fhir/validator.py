@@ -687,7 +687,7 @@ class ProfileValidator:
         profiles, issues = self._select(resource, profile_url, path)
         for profile in profiles:
             issues += self._apply_profile(profile, resource, path)
-        issues += self._check_codes(resource, path)
+        issues += _not_reported(self._check_codes(resource, path), issues)
         if resource.get("resourceType") == "Bundle":
             issues += self._validate_entries(resource)
         if label:
@@ -847,6 +847,14 @@ class ProfileValidator:
                 issues.append(Issue("warning", "code-invalid", where, f"Display '{coding['display']}' for code '{code}' "
                                     f"should be '{system.displays[code]}' ({system.name})", system.url))
         return issues
+
+
+def _not_reported(code_issues: list[Issue], issues: list[Issue]) -> list[Issue]:
+    """Undefined-code errors inside an element whose required binding already failed: one
+    wrong code is one problem, reported once (by the binding, which names the ValueSet)."""
+    bound = [i.path for i in issues if i.code == "code-invalid" and i.severity == "error"]
+    return [i for i in code_issues
+            if i.severity != "error" or not any(i.path == p or i.path.startswith((p + ".", p + "[")) for p in bound)]
 
 
 def _holds(condition: Compiled, resource: dict) -> bool:
