@@ -113,13 +113,17 @@ def document(bundle_id: str, identifier: dict, timestamp: str, entries: Iterable
     return bundle
 
 
-def collection(entries: Iterable[dict], bundle_id: str | None = None, timestamp: str | None = None) -> dict:
+def collection(entries: Iterable[dict], bundle_id: str | None = None, timestamp: str | None = None,
+               identifier: dict | None = None) -> dict:
+    """A collection Bundle (a transfer's content, a plan gathered for validation)."""
     bundle: dict[str, Any] = {"resourceType": "Bundle"}
     if bundle_id is not None:
         bundle["id"] = bundle_id
     bundle["type"] = "collection"
     if timestamp is not None:
         bundle["timestamp"] = timestamp
+    if identifier is not None:
+        bundle["identifier"] = identifier
     bundle["entry"] = list(entries)
     return bundle
 

@@ -77,3 +77,5 @@ def test_document_and_collection():
     parse_resource(bundles.collection([bundles.entry(GOAL, url="Goal/g1/_history/1")], "t1", "2026-01-01T00:00:00.000Z"),
                    "Bundle")
     assert bundles.collection([]) == {"resourceType": "Bundle", "type": "collection", "entry": []}
+    transfer = bundles.collection([], "t1", "2026-01-01T00:00:00.000Z", {"system": "urn:x", "value": "t1"})
+    assert list(transfer) == ["resourceType", "id", "type", "timestamp", "identifier", "entry"]  # as transfer/remote.py
