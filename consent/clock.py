@@ -14,12 +14,25 @@ from datetime import date, datetime, timedelta, timezone
 
 _HOUR = timedelta(hours=1)
 _TICK = timedelta(microseconds=1)
-_PATTERN = re.compile(
+# The one grammar of FHIR date, dateTime and instant text (https://hl7.org/fhir/R4/datatypes.html):
+# YYYY, YYYY-MM, YYYY-MM-DD, or a date with a time (seconds and fraction optional here, for search
+# values) and a zone. `ehcp_record.fhir.dates` builds its search ranges on the same grammar.
+FHIR_DATE_PATTERN = re.compile(
     r"^(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2})"
-    r"(?:T(?P<H>\d{2}):(?P<M>\d{2}):(?P<S>\d{2})(?:\.(?P<f>\d{1,9}))?"
-    r"(?P<tz>Z|[+-]\d{2}:\d{2}))?)?)?$"
+    r"(?:T(?P<H>\d{2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?:\.(?P<f>\d{1,9}))?)?"
+    r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?$"
 )
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def date_parts(text: object) -> dict[str, str | None]:
+    """The parts (y, m, d, H, M, S, f, tz) of FHIR date/dateTime text; ValueError otherwise.
+
+    Only the shape is checked here; whether the date exists is for the caller building it.
+    """
+    match = FHIR_DATE_PATTERN.match(text) if isinstance(text, str) else None
+    if not match:
+        raise ValueError(f"'{text}' is not a FHIR date or dateTime")
+    return match.groupdict()
 
 
 def _last_sunday(year: int, month: int) -> date:
@@ -63,10 +76,9 @@ def parse_bound(text: str, *, end: bool) -> datetime:
     as an end covers the whole of 1 May. Partial dates (YYYY, YYYY-MM) cover their whole span.
     Raises ValueError when the text is not a FHIR date or dateTime.
     """
-    match = _PATTERN.match(text) if isinstance(text, str) else None
-    if not match:
-        raise ValueError(f"'{text}' is not a FHIR date or dateTime")
-    p = match.groupdict()
+    p = date_parts(text)
+    if p["H"] is not None and (p["S"] is None or p["tz"] is None):
+        raise ValueError(f"'{text}' is not a FHIR dateTime: a time needs seconds and a zone (Z or +hh:mm)")
     try:
         if p["H"] is not None:
             return _instant(p)
@@ -98,8 +110,18 @@ def _span(year: int, month: str | None, day: str | None) -> tuple[date, date]:
     return first, first + timedelta(days=1)
 
 
-def parse_date(text: str) -> date:
-    """A full FHIR date (YYYY-MM-DD). Raises ValueError otherwise."""
-    if not isinstance(text, str) or not _DATE.match(text):
+def parse_date(text: object) -> date:
+    """A full FHIR date (YYYY-MM-DD) that exists. Raises ValueError otherwise.
+
+    Stricter than `date.fromisoformat`, which also takes "20260901" and week dates.
+    """
+    try:
+        p = date_parts(text)
+    except ValueError:
+        p = {}
+    if not p or p["d"] is None or p["H"] is not None:
         raise ValueError(f"'{text}' is not a full date (YYYY-MM-DD)")
-    return date.fromisoformat(text)
+    try:
+        return date(int(p["y"]), int(p["m"]), int(p["d"]))
+    except ValueError as exc:
+        raise ValueError(f"'{text}' is not a real date: {exc}") from None

@@ -6,11 +6,18 @@ SEND Regulations 2014, reg 12 (each section "must be separately identified").
 
 from __future__ import annotations
 
+from consent.terminology import code_system_codes, value_set_codes
+
 BASE = "http://ehcp-record.example.org/fhir"
 
 SECTION_SYSTEM = BASE + "/CodeSystem/ehcp-section"
-SECTIONS: tuple[str, ...] = ("A", "B", "C", "D", "E", "F", "G", "H1", "H2", "I", "J", "K")
+# The sections, in plan order, from profiles/CodeSystem/ehcp-section.json.
+SECTIONS: tuple[str, ...] = code_system_codes("ehcp-section")
 ALL_SECTIONS: frozenset[str] = frozenset(SECTIONS)
+# The sections each kind of plan content may be filed under, from the shipped ValueSets.
+NEED_SECTIONS: frozenset[str] = frozenset(value_set_codes("ehcp-need-section", SECTION_SYSTEM))
+PROVISION_SECTIONS: frozenset[str] = frozenset(value_set_codes("ehcp-provision-section", SECTION_SYSTEM))
+ADVICE_SECTIONS: frozenset[str] = frozenset(value_set_codes("ehcp-advice-section", SECTION_SYSTEM))
 
 CONSENT_ACTION_SYSTEM = BASE + "/CodeSystem/ehcp-consent-action"
 ACTION_READ = "read"
@@ -30,11 +37,8 @@ ACTOR_ROLES: tuple[str, ...] = (
     ROLE_PARENT, ROLE_YOUNG_PERSON, ROLE_LA, ROLE_SCHOOL, ROLE_HEALTH, ROLE_SOCIAL_CARE,
     ROLE_AUDITOR, ROLE_SYSTEM,
 )
-# Roles a Consent may name as a role-wide recipient. The young person and the auditor have
-# their own access by right, and "system" is machinery, so a grant naming them is refused.
-GRANTABLE_ROLES: frozenset[str] = frozenset(
-    {ROLE_PARENT, ROLE_LA, ROLE_SCHOOL, ROLE_HEALTH, ROLE_SOCIAL_CARE}
-)
+# Which roles a Consent may name as a role-wide recipient is profile data:
+# profiles/ValueSet/ehcp-grantable-role.json, applied by the ehcp-consent profile.
 
 EXT_CONFIRMED_BY = BASE + "/StructureDefinition/ehcp-consent-confirmed-by"
 EXT_LAPSE_DATE = BASE + "/StructureDefinition/ehcp-consent-lapse-date"

@@ -160,9 +160,6 @@ def grantor_blocker(grant: Grant, record: RecordState, today: date) -> str | Non
     makers = decision_makers(record, today)
     if grant.grantor in makers or (grant.confirmed_by and grant.confirmed_by in makers):
         return None
-    if (grant.recorded_by_la and grant.grantor == record.custodian
-            and not record.transferred_out):
-        return None
     if grant.grantor in record.parents and handed_over(record, today):
         handover = handover_date(record.birth_date)  # type: ignore[arg-type]
         lapse = parent_consent_lapse(grant, handover)
@@ -261,7 +258,7 @@ def _manage_consent(actor: Actor, record: RecordState, grants: Iterable[Grant],
                        "decision-maker")
     if is_custodian(actor, record):
         return _permit(frozenset(), f"{actor.organization} holds custody and may record a "
-                       "signed paper consent", "custodian")
+                       "consent from the family's signed form", "custodian")
     return _deny("only the parent with parental responsibility, or the young person from the "
                  "end of compulsory school age, decides who sees the plan")
 

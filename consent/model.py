@@ -13,12 +13,11 @@ from typing import Any
 
 from consent import codes
 from consent.clock import parse_bound, parse_date
+from consent.references import reference_of
 
-# Consent.status, FHIR R4 (https://hl7.org/fhir/R4/valueset-consent-state-codes.html).
-CONSENT_STATUSES = ("draft", "proposed", "active", "rejected", "inactive", "entered-in-error")
-GRANTOR_TYPES = ("RelatedPerson", "Patient", "Organization")
 # Provision elements that narrow a permit. Ignoring one would grant more than the family
-# agreed to, so a Consent carrying any of them is refused rather than half-understood.
+# agreed to, so a Consent carrying any of them is unusable rather than half-understood. (On
+# write the ehcp-consent profile refuses them, max 0; this is how the reader fails closed.)
 NARROWING_ELEMENTS = ("data", "class", "securityLabel", "purpose", "dataPeriod", "provision")
 
 
@@ -55,8 +54,11 @@ class RecordState:
 class Grant:
     """One FHIR Consent reduced to the permit it expresses.
 
-    `problems` holds what grant_problems() found; a grant with problems is never used, so a
-    malformed stored Consent denies instead of crashing a read path.
+    `grantor` is the performer, always the decision-maker who gave it. `recorded_by_la` says
+    the LA (Consent.organization) recorded it from the family's signed form; it records, it
+    does not decide, so the grant holds exactly when the grantor does. `problems` holds what
+    parse_grant() could not use; a grant with problems is never used, so a malformed stored
+    Consent denies instead of crashing a read path.
     """
 
     id: str
@@ -117,24 +119,22 @@ def _extension(consent: Mapping, url: str) -> Mapping | None:
     return None
 
 
-def _ref(value: Any) -> str | None:
-    ref = _dict(value).get("reference")
-    return ref if isinstance(ref, str) and ref else None
-
-
 def _grantor(consent: Mapping) -> str | None:
     performers = _list(consent.get("performer"))
-    return _ref(performers[0]) if performers else None
+    return reference_of(performers[0]) if len(performers) == 1 else None
 
 
-def _recipient(actor: Mapping) -> tuple[str | None, str | None]:
-    """(organisation ref, role code) named by one provision.actor."""
-    reference = _dict(actor.get("reference"))
-    ref = _ref(reference)
+def _recipient(actors: list) -> tuple[str | None, str | None]:
+    """(organisation ref, role code) named by the one provision.actor; (None, None) when there
+    is not exactly one, so an ambiguous consent names nobody."""
+    if len(actors) != 1:
+        return None, None
+    reference = _dict(_dict(actors[0]).get("reference"))
+    ref = reference_of(reference)
     if ref and ref.startswith("Organization/"):
         return ref, None
     identifier = _dict(reference.get("identifier"))
-    if identifier.get("system") == codes.ACTOR_ROLE_SYSTEM and isinstance(identifier.get("value"), str):
+    if identifier.get("system") == codes.ACTOR_ROLE_SYSTEM and identifier.get("value") in codes.ACTOR_ROLES:
         return None, identifier["value"]
     return None, None
 
@@ -145,19 +145,25 @@ def _bound(period: Mapping, key: str) -> datetime | None:
 
 
 def parse_grant(consent: Mapping) -> Grant:
-    """Reduce a FHIR R4 Consent to a Grant, never raising: what cannot be read stays unused."""
-    problems = tuple(grant_problems(consent))
-    provision = _dict(consent.get("provision"))
-    actors = _list(provision.get("actor"))
-    org, role = _recipient(_dict(actors[0])) if actors else (None, None)
+    """Reduce a FHIR R4 Consent to a Grant, never raising: what cannot be read stays unused.
+
+    The rules a sharing Consent must meet are the ehcp-consent profile's, applied once, on
+    write, by the profile validator. This only reads, and fails closed: what it reads
+    incompletely grants nothing (no sections, actions or single recipient), and content it
+    would have to ignore to use the grant at all makes the grant unusable (`problems`).
+    """
+    provision = _dict(consent.get("provision")) if isinstance(consent, Mapping) else {}
+    org, role = _recipient(_list(provision.get("actor")))
     period = _dict(provision.get("period"))
     try:
         start, end = _bound(period, "start"), _bound(period, "end")
     except ValueError:
         start = end = None
+    consent = consent if isinstance(consent, Mapping) else {}
     grantor = _grantor(consent)
-    lapse = _lapse_date(consent)
     confirmed = _extension(consent, codes.EXT_CONFIRMED_BY)
+    confirmed_by = reference_of(confirmed.get("valueReference")) if confirmed else None
+    recorder = next((reference_of(o) for o in _list(consent.get("organization"))), None)
     has_source = bool(consent.get("sourceAttachment") or consent.get("sourceReference"))
     return Grant(
         id=str(consent.get("id") or ""),
@@ -173,11 +179,11 @@ def parse_grant(consent: Mapping) -> Grant:
                           and c.get("code") in codes.CONSENT_ACTIONS),
         start=start,
         end=end,
-        confirmed_by=_ref(confirmed.get("valueReference")) if confirmed else None,
-        lapse_date=lapse,
-        recorded_by_la=has_source and bool(grantor and grantor.startswith("Organization/")),
-        patient=_ref(consent.get("patient")),
-        problems=problems,
+        confirmed_by=confirmed_by if confirmed_by and confirmed_by.startswith("Patient/") else None,
+        lapse_date=_lapse_date(consent),
+        recorded_by_la=has_source and bool(recorder and recorder.startswith("Organization/")),
+        patient=reference_of(consent.get("patient")),
+        problems=tuple(grant_problems(consent) + _unusable(consent)),
     )
 
 
@@ -189,12 +195,45 @@ def _lapse_date(consent: Mapping) -> date | None:
         return None
 
 
+def _unusable(consent: Mapping) -> list[str]:
+    """What the reader would have to ignore, and so grant more than the family agreed to: a
+    permit that is not one, a narrowing element, a period or lapse date it cannot read, no
+    child named. Not write rules (the profile states those, with the messages clients see):
+    this keeps a Consent that never met the profile (stored before a rule existed, garbage)
+    from being used."""
+    if not isinstance(consent, Mapping) or consent.get("resourceType") != "Consent":
+        return []
+    provision = _dict(consent.get("provision"))
+    cannot = []
+    if provision.get("type") != "permit":
+        cannot.append("it is not a permit (provision.type)")
+    cannot += [f"provision.{name} would narrow it" for name in NARROWING_ELEMENTS if provision.get(name)]
+    period = provision.get("period")
+    try:
+        if period is not None:
+            _bound(_dict(period), "start"), _bound(_dict(period), "end")
+            if not isinstance(period, Mapping):
+                raise ValueError("not a Period")
+    except ValueError:
+        cannot.append("its period cannot be read")
+    lapse = _extension(consent, codes.EXT_LAPSE_DATE)
+    if lapse is not None and _lapse_date(consent) is None:
+        cannot.append("its lapse date cannot be read")
+    confirmed = _extension(consent, codes.EXT_CONFIRMED_BY)
+    if confirmed is not None and not (reference_of(confirmed.get("valueReference")) or "").startswith("Patient/"):
+        cannot.append("its confirmation is not by the young person")
+    if not reference_of(consent.get("patient")):
+        cannot.append("it names no child or young person")
+    return [f"the consent cannot be used as read: {reason}" for reason in cannot]
+
+
 # ---------------------------------------------------------------- refusing a Consent
 
 def is_sharing_grant(consent: Mapping) -> bool:
     """Does this Consent speak the EHCP sharing vocabulary (sections or actions coded with our
-    systems)? A plain R4 Consent (research opt-in, advance directive...) is kept as a record but
-    grants nothing here, since `parse_grant` finds problems with it and `decide` skips it."""
+    systems)? Such a Consent is checked against the ehcp-consent profile (its applies-when
+    condition states the same test in FHIRPath). A plain R4 Consent (research opt-in, advance
+    directive...) is kept as a record but grants nothing here."""
     provision = _dict(consent.get("provision"))
     sections = any(c.get("system") == codes.SECTION_SYSTEM for c in _codings(provision.get("code")))
     actions = any(c.get("system") == codes.CONSENT_ACTION_SYSTEM for c in _codings(provision.get("action")))
@@ -202,150 +241,23 @@ def is_sharing_grant(consent: Mapping) -> bool:
 
 
 def grant_problems(consent: Mapping) -> list[str]:
-    """Plain-English reasons the server must refuse this Consent; empty when it is usable.
+    """Plain-English reasons a Consent the family gives cannot be a sharing grant; empty when
+    it can.
 
-    Shape checks of FHIR itself (Consent.scope, category) belong to the FHIR model validator;
-    these are the rules of EHCP sharing: one recipient, named sections, known actions, a sane
-    period, and nothing the engine would have to ignore.
+    Only the rules that are not profile data live here. Everything a sharing Consent must say
+    (one recipient, known roles, sections and actions, a permit with a sane period, the
+    decision-maker as performer, the signed form when an LA records it...) is the ehcp-consent
+    profile's, applied once by the profile validator on every write and by $validate. What the
+    profile cannot say is which Consents it applies to when the family writes: a family's
+    consent is always a sharing grant, so one that speaks none of its vocabulary is refused.
     """
     if not isinstance(consent, Mapping) or consent.get("resourceType") != "Consent":
         return ["this is not a Consent resource"]
-    problems: list[str] = []
-    problems += _status_problems(consent)
-    problems += _party_problems(consent)
-    provision = consent.get("provision")
-    if not isinstance(provision, Mapping):
-        return problems + ["the consent has no provision saying what is permitted"]
-    problems += _type_problems(provision)
-    problems += _actor_problems(provision)
-    problems += _action_problems(provision)
-    problems += _section_problems(provision)
-    problems += _period_problems(provision)
-    problems += _extension_problems(consent)
-    return problems
-
-
-def _status_problems(consent: Mapping) -> list[str]:
-    status = consent.get("status")
-    if status not in CONSENT_STATUSES:
-        return [f"consent status '{status}' is not one of {', '.join(CONSENT_STATUSES)}"]
+    if not is_sharing_grant(consent):
+        return ["the consent names no plan sections (provision.code, " + codes.SECTION_SYSTEM
+                + ") and no action (provision.action, read or contribute), so it shares nothing"]
     return []
-
-
-def _party_problems(consent: Mapping) -> list[str]:
-    problems = []
-    patient = _ref(consent.get("patient"))
-    if not patient or not patient.startswith("Patient/"):
-        problems.append("the consent must name the child or young person it is about (patient)")
-    performers = _list(consent.get("performer"))
-    grantor = _grantor(consent)
-    if not grantor:
-        problems.append("the consent must say who gave it (performer)")
-    elif grantor.split("/")[0] not in GRANTOR_TYPES:
-        problems.append(f"the consent was given by {grantor}; it must be a parent (RelatedPerson), "
-                        "the young person (Patient) or the local authority recording a paper form")
-    elif grantor.startswith("Organization/") and not (
-            consent.get("sourceAttachment") or consent.get("sourceReference")):
-        problems.append("a consent recorded by an organisation must attach the signed form "
-                        "(sourceAttachment or sourceReference)")
-    if len(performers) > 1:
-        problems.append("the consent names more than one performer; give one consent per person")
-    return problems
-
-
-def _type_problems(provision: Mapping) -> list[str]:
-    problems = []
-    kind = provision.get("type")
-    if kind == "deny":
-        problems.append("provision type deny is not supported: sharing is denied unless "
-                        "permitted, so revoke the permit consent instead (status inactive)")
-    elif kind != "permit":
-        problems.append("provision.type must be permit")
-    for name in NARROWING_ELEMENTS:
-        if provision.get(name):
-            problems.append(f"provision.{name} is not supported: consent is given per plan "
-                            "section, recipient, action and period")
-    return problems
-
-
-def _actor_problems(provision: Mapping) -> list[str]:
-    actors = _list(provision.get("actor"))
-    if not actors:
-        return ["the consent names no recipient (provision.actor)"]
-    if len(actors) > 1:
-        return [f"the consent names {len(actors)} recipients; give one consent per recipient"]
-    org, role = _recipient(_dict(actors[0]))
-    if org:
-        return []
-    if role is None:
-        return ["the recipient must be an Organization reference or a role identifier "
-                f"from {codes.ACTOR_ROLE_SYSTEM}"]
-    if role not in codes.ACTOR_ROLES:
-        return [f"unknown recipient role '{role}'"]
-    if role not in codes.GRANTABLE_ROLES:
-        return [f"the role '{role}' cannot be named in a consent"]
-    return []
-
-
-def _action_problems(provision: Mapping) -> list[str]:
-    codings = _codings(provision.get("action"))
-    if not codings:
-        return ["the consent names no action (read or contribute)"]
-    problems = []
-    for coding in codings:
-        if coding.get("system") != codes.CONSENT_ACTION_SYSTEM:
-            problems.append(f"action coding system '{coding.get('system')}' is not "
-                            f"{codes.CONSENT_ACTION_SYSTEM}")
-        elif coding.get("code") not in codes.CONSENT_ACTIONS:
-            problems.append(f"unknown action '{coding.get('code')}' (use read or contribute)")
-    return problems
-
-
-def _section_problems(provision: Mapping) -> list[str]:
-    codings = _codings(provision.get("code"))
-    if not codings:
-        return ["the consent names no plan sections (provision.code)"]
-    problems = []
-    for coding in codings:
-        if coding.get("system") != codes.SECTION_SYSTEM:
-            problems.append(f"section coding system '{coding.get('system')}' is not "
-                            f"{codes.SECTION_SYSTEM}")
-        elif coding.get("code") not in codes.ALL_SECTIONS:
-            problems.append(f"unknown plan section '{coding.get('code')}' "
-                            f"(sections are {' '.join(codes.SECTIONS)})")
-    return problems
-
-
-def _period_problems(provision: Mapping) -> list[str]:
-    period = provision.get("period")
-    if period is None:
-        return []
-    if not isinstance(period, Mapping):
-        return ["provision.period must be a Period"]
-    try:
-        start, end = _bound(period, "start"), _bound(period, "end")
-    except ValueError as exc:
-        return [f"provision.period: {exc}"]
-    if start and end and end < start:
-        return [f"the consent period ends ({period['end']}) before it starts ({period['start']})"]
-    return []
-
-
-def _extension_problems(consent: Mapping) -> list[str]:
-    problems = []
-    confirmed = _extension(consent, codes.EXT_CONFIRMED_BY)
-    if confirmed is not None:
-        ref = _ref(confirmed.get("valueReference"))
-        if not ref or not ref.startswith("Patient/"):
-            problems.append("confirmed-by must reference the young person (a Patient)")
-    lapse = _extension(consent, codes.EXT_LAPSE_DATE)
-    if lapse is not None:
-        try:
-            parse_date(lapse.get("valueDate"))
-        except ValueError as exc:
-            problems.append(f"lapse-date: {exc}")
-    return problems
 
 
 __all__ = ["Actor", "RecordState", "Grant", "Decision", "parse_grant", "grant_problems",
-           "CONSENT_STATUSES"]
+           "is_sharing_grant"]

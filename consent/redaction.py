@@ -14,6 +14,7 @@ from typing import Any
 
 from consent import codes
 from consent.model import Decision
+from consent.references import ref_key, reference_of
 from consent.sections import DIRECTORY, GOVERNANCE, PLAN, RECORD, composition_section_code, section_of
 
 PRIVILEGED_BASES = frozenset({"custodian", "decision-maker", "family"})
@@ -115,27 +116,14 @@ def redact_bundle_entries(resources: Iterable[Mapping], decision: Decision,
 
 # ---------------------------------------------------------------- references
 
-def ref_key(reference: str) -> str:
-    """A reference reduced to the form it is compared by: "Type/id" (or "#id", "urn:...").
-
-    Absolute URLs and version-specific references ("Condition/1/_history/2") reach the same
-    resource as "Condition/1", so they compare equal.
-    """
-    if reference.startswith(("#", "urn:")):
-        return reference
-    path = reference.split("/_history/")[0].rstrip("/")
-    parts = path.split("/")
-    return "/".join(parts[-2:]) if len(parts) >= 2 else path
-
-
 def _own_key(resource: Mapping) -> str | None:
     kind, rid = resource.get("resourceType"), resource.get("id")
     return f"{kind}/{rid}" if kind and rid else None
 
 
 def _points_at(ref_holder: Any, removed: set[str]) -> bool:
-    ref = ref_holder.get("reference") if isinstance(ref_holder, Mapping) else None
-    return isinstance(ref, str) and ref_key(ref) in removed
+    ref = reference_of(ref_holder)
+    return ref is not None and ref_key(ref) in removed
 
 
 # ---------------------------------------------------------------- Composition

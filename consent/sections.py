@@ -24,13 +24,18 @@ _FIXED = {
     "Composition": PLAN,
     "Goal": "E",
 }
-# (allowed sections, default) for types whose section is carried in `category`.
+# (allowed sections, default) for types whose section is carried in `category`. The allowed
+# sections are the shipped ValueSets the profiles bind `category` to (ehcp-need-section,
+# ehcp-provision-section, ehcp-advice-section); the default is where an uncategorised
+# resource is filed: the first need section (B), special educational provision (F), advice (K).
 _CATEGORISED: dict[str, tuple[frozenset[str], str]] = {
-    "Condition": (frozenset({"B", "C", "D"}), "B"),
-    "CarePlan": (frozenset({"F", "G", "H1", "H2"}), "F"),
-    "ServiceRequest": (frozenset({"F", "G", "H1", "H2"}), "F"),
-    "DocumentReference": (frozenset({"K", "A"}), "K"),
+    "Condition": (codes.NEED_SECTIONS, "B"),
+    "CarePlan": (codes.PROVISION_SECTIONS, "F"),
+    "ServiceRequest": (codes.PROVISION_SECTIONS, "F"),
+    "DocumentReference": (codes.ADVICE_SECTIONS, "K"),
 }
+if not all(default in allowed for allowed, default in _CATEGORISED.values()):
+    raise ValueError("a shipped section ValueSet no longer holds the default section of its type")
 
 
 def _category_sections(resource: Mapping) -> list[str]:

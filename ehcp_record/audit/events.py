@@ -29,14 +29,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ehcp_record.fhir.canonical import code_system, structure_definition
+
 __all__ = ["AUDIT_ACTION_SYSTEM", "AUDIT_CHAIN_EXTENSION", "to_audit_event"]
 
-_BASE = "http://ehcp-record.example.org/fhir"
 #: valueString "seq:hash" of the chain entry the AuditEvent renders.
-AUDIT_CHAIN_EXTENSION = f"{_BASE}/StructureDefinition/audit-chain"
+AUDIT_CHAIN_EXTENSION = structure_definition("audit-chain")
 #: Our own action names (propose, issue, transfer...), kept as a second subtype coding so the
 #: exact step survives where restful-interaction only says "operation".
-AUDIT_ACTION_SYSTEM = f"{_BASE}/CodeSystem/audit-action"
+AUDIT_ACTION_SYSTEM = code_system("audit-action")
 
 _EVENT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
 _DCM = "http://dicom.nema.org/resources/ontology/DCM"

@@ -2,19 +2,19 @@
 
 FHIR search compares ranges, not points (R4 search §3.1.1.5.6 "date"): `2026` means the whole
 year, `2026-03` the whole month. Both indexed values and search values become [lo, hi).
+
+The project's one date module for everything above the consent package: the grammar and the
+full-date and Period-bound parsers live in `consent.clock` (the bottom layer, which may import
+nothing of ours) and are re-exported here: `parse_date` for a full YYYY-MM-DD, `parse_bound`
+for a Period bound in UK civil time.
 """
 
 from __future__ import annotations
 
 import calendar
-import re
 from datetime import datetime, timedelta, timezone
 
-_PATTERN = re.compile(
-    r"^(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2})"
-    r"(?:T(?P<H>\d{2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?:\.(?P<f>\d{1,9}))?)?"
-    r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?$"
-)
+from consent.clock import date_parts, parse_bound, parse_date  # noqa: F401 (re-exported)
 MIN = datetime(1, 1, 1, tzinfo=timezone.utc)
 MAX = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc)
 
@@ -25,10 +25,10 @@ class DateFormatError(ValueError):
 
 def parse_range(text: str) -> tuple[datetime, datetime]:
     """Return the half-open UTC range [lo, hi) that a FHIR date/dateTime value covers."""
-    match = _PATTERN.match(text)
-    if not match:
-        raise DateFormatError(f"'{text}' is not a FHIR date (YYYY, YYYY-MM, YYYY-MM-DD or a dateTime)")
-    parts = match.groupdict()
+    try:
+        parts = date_parts(text)
+    except ValueError:
+        raise DateFormatError(f"'{text}' is not a FHIR date (YYYY, YYYY-MM, YYYY-MM-DD or a dateTime)") from None
     try:
         return _range(parts)
     except ValueError as exc:

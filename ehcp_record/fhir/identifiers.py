@@ -4,7 +4,9 @@ Pure functions, no I/O beyond reading the LA table shipped in the package. Each
 ``*_problem`` function returns ``None`` for a good value, else one plain-English reason
 that the API can put straight into ``OperationOutcome.issue.diagnostics`` (HTTP 422).
 Values are checked exactly as sent: nothing is trimmed, upper-cased or re-spaced, so a
-stored identifier always equals the one that passed the check.
+stored identifier always equals the one that passed the check (an NHS number written
+with spaces is recognised, checked, and refused with its compact form; see
+``nhs_number_problem``).
 """
 
 from __future__ import annotations
@@ -18,16 +20,18 @@ from importlib import resources
 from typing import Any, Callable, Iterator
 
 from stdnum import exceptions as stdnum_errors
+from stdnum.gb import nhs as stdnum_nhs
 from stdnum.gb import upn as stdnum_upn
 
+from ehcp_record.fhir.canonical import naming_system
+
 NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
-UPN_SYSTEM = "http://ehcp-record.example.org/fhir/NamingSystem/upn"
+UPN_SYSTEM = naming_system("upn")
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
-LA_NUMBER_SYSTEM = "http://ehcp-record.example.org/fhir/NamingSystem/dfe-la-number"
-GSS_SYSTEM = "http://ehcp-record.example.org/fhir/NamingSystem/ons-gss-code"
+LA_NUMBER_SYSTEM = naming_system("dfe-la-number")
+GSS_SYSTEM = naming_system("ons-gss-code")
 
 _TEN_DIGITS = re.compile(r"[0-9]{10}")
-_NINE_DIGITS = re.compile(r"[0-9]{9}")
 _THREE_DIGITS = re.compile(r"[0-9]{3}")
 # GSS codes for English upper-tier LAs: unitary (E06), metropolitan district (E08),
 # London borough (E09), county (E10).
@@ -38,43 +42,40 @@ _WHITESPACE = re.compile(r"\s")
 # --------------------------------------------------------------------------- NHS number
 
 
-def nhs_check_digit(first_nine: str) -> int | None:
-    """The NHS number check digit for nine digits, or None when none exists.
+def compact_nhs_number(value: str) -> str:
+    """The NHS number without the spaces of its printed form: "943 476 5919" -> "9434765919".
 
-    NHS Data Dictionary, "NHS Number": weight the first nine digits 10 down to 2, take
-    11 - (sum mod 11); a result of 11 becomes 0 and a result of 10 means the nine digits
-    cannot start an NHS number at all.
+    Only ASCII spaces are removed. stdnum's own ``compact`` also drops dashes and folds
+    full-width digits to ASCII, which would let "\uff19000000009" pass as a number here.
     """
-    if not _NINE_DIGITS.fullmatch(first_nine):
-        raise ValueError("nhs_check_digit needs exactly nine digits 0-9")
-    total = sum(int(d) * w for d, w in zip(first_nine, range(10, 1, -1)))
-    check = 11 - total % 11
-    if check == 11:
-        return 0
-    if check == 10:
-        return None
-    return check
+    return value.replace(" ", "")
 
 
 def nhs_number_problem(value: Any) -> str | None:
-    """None when ``value`` is a valid NHS number, else why not.
+    """None when ``value`` is a valid NHS number as a stored ``Identifier.value``, else why not.
 
-    Only the bare 10-digit form is accepted (no spaces or dashes): it is the form
-    UK Core and PDS exchange in ``Identifier.value``.
+    The check digit is python-stdnum's (``stdnum.gb.nhs``, NHS Data Dictionary "NHS Number",
+    modulus 11). The printed form with spaces ("943 476 5919") is recognised: it is compacted
+    before the check, so the reason names the real fault, and a correct number written with
+    spaces is refused with the form to send instead. It is not rewritten: UK Core and PDS
+    exchange ``Identifier.value`` as 10 digits, searches and conditional creates match it
+    exactly, and a resource reads back as written, so a stored NHS number is always compact.
     """
     if not isinstance(value, str):
         return "NHS number must be a string of 10 digits"
-    if _WHITESPACE.search(value):
-        return "NHS number must be 10 digits with no spaces"
-    if not _TEN_DIGITS.fullmatch(value):
+    compact = compact_nhs_number(value)
+    if not _TEN_DIGITS.fullmatch(compact):
+        if _WHITESPACE.search(value):
+            return "NHS number must be 10 digits with no spaces"
         return "NHS number must be 10 digits"
-    check = nhs_check_digit(value[:9])
-    if check is None:
-        return (f"NHS number {value} fails the modulus 11 check: "
-                "no NHS number can begin with these nine digits")
-    if check != int(value[9]):
-        return (f"NHS number {value} fails the modulus 11 check: "
+    if not stdnum_nhs.is_valid(compact):
+        if not any(stdnum_nhs.is_valid(compact[:9] + digit) for digit in "0123456789"):
+            return (f"NHS number {compact} fails the modulus 11 check: "
+                    "no NHS number can begin with these nine digits")
+        return (f"NHS number {compact} fails the modulus 11 check: "
                 "the last digit does not match the first nine")
+    if compact != value:
+        return f"NHS number must be 10 digits with no spaces: send {compact}"
     return None
 
 

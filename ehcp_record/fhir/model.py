@@ -12,6 +12,7 @@ from typing import Any
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
+from consent.references import literal_key, ref_key  # noqa: F401 (ref_key re-exported)
 from ehcp_record.errors import FhirError, invalid
 
 #: The types this server stores (API.md "Resource interactions"). AuditEvent is rendered from
@@ -75,11 +76,6 @@ def _element_path(resource_type: str, loc: tuple) -> str:
     return path
 
 
-def ref_key(reference: str) -> str:
-    """"Type/id" of a literal reference, whether relative, absolute or versioned."""
-    return "/".join(reference.split("/_history/")[0].rstrip("/").split("/")[-2:])
-
-
 def literal_references(value: object) -> list[str]:
     """Every literal reference (Type/id, absolute or versioned) anywhere in a resource, in
     document order, without duplicates; contained (#) and urn: references are left out."""
@@ -89,7 +85,7 @@ def literal_references(value: object) -> list[str]:
         item = stack.pop()
         if isinstance(item, dict):
             reference = item.get("reference")
-            if isinstance(reference, str) and "/" in reference and not reference.startswith(("#", "urn:")):
+            if literal_key(reference):
                 found.append(reference)
             stack.extend(reversed([v for k, v in item.items() if k != "reference"]))
         elif isinstance(item, list):

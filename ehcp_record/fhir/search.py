@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable
 
 from fhirpathpy import compile as compile_fhirpath
 
+from consent.references import literal_key, ref_key, reference_of
 from ehcp_record.fhir import dates as fhir_dates
 from ehcp_record.errors import invalid, not_supported, too_costly
 
@@ -151,13 +152,8 @@ def _tokens(value: Any) -> list[str]:
 
 
 def _references(value: Any) -> list[str]:
-    reference = value.get("reference") if isinstance(value, dict) else None
-    if not isinstance(reference, str) or reference.startswith(("urn:", "#")):
-        return []
-    parts = reference.split("/_history/")[0].rstrip("/").split("/")
-    if len(parts) < 2:
-        return []
-    return [f"{parts[-2]}/{parts[-1]}", parts[-1]]
+    key = literal_key(reference_of(value))
+    return [key, key.split("/", 1)[1]] if key else []
 
 
 def _date_ranges(value: Any) -> list[dict]:
@@ -270,10 +266,10 @@ def _typed_criterion(param: SearchParam, modifier: str, values: tuple[str, ...])
 
 
 def _reference_value(param: SearchParam, value: str) -> str:
-    parts = value.split("/_history/")[0].rstrip("/").split("/")
-    if len(parts) == 1 and len(param.targets) == 1:
-        return f"{param.targets[0]}/{parts[0]}"
-    return "/".join(parts[-2:]) if len(parts) >= 2 else parts[0]
+    key = ref_key(value)
+    if "/" not in key and len(param.targets) == 1:
+        return f"{param.targets[0]}/{key}"
+    return key
 
 
 def _date_value(code: str, value: str) -> tuple[str, datetime, datetime]:

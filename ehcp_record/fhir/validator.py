@@ -45,10 +45,11 @@ from fhirpathpy.models import models as _fhirpath_models
 from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
-CANONICAL_BASE = "http://ehcp-record.example.org/fhir"
-EXT_DEFAULT_PROFILE = f"{CANONICAL_BASE}/StructureDefinition/default-profile-for-type"
-EXT_APPLIES_WHEN = f"{CANONICAL_BASE}/StructureDefinition/profile-applies-when"
-EXT_CONSTRAINT_MESSAGE = f"{CANONICAL_BASE}/StructureDefinition/constraint-message"
+from ehcp_record.fhir.canonical import CANONICAL_BASE, structure_definition  # noqa: F401 (re-exported)
+
+EXT_DEFAULT_PROFILE = structure_definition("default-profile-for-type")
+EXT_APPLIES_WHEN = structure_definition("profile-applies-when")
+EXT_CONSTRAINT_MESSAGE = structure_definition("constraint-message")
 CORE_SD_PREFIX = "http://hl7.org/fhir/StructureDefinition/"
 DEFAULT_PROFILES_DIR = Path(__file__).resolve().parents[2] / "profiles"
 
@@ -686,7 +687,7 @@ class ProfileValidator:
         profiles, issues = self._select(resource, profile_url, path)
         for profile in profiles:
             issues += self._apply_profile(profile, resource, path)
-        issues += self._check_codes(resource, path)
+        issues += _not_reported(self._check_codes(resource, path), issues)
         if resource.get("resourceType") == "Bundle":
             issues += self._validate_entries(resource)
         if label:
@@ -846,6 +847,14 @@ class ProfileValidator:
                 issues.append(Issue("warning", "code-invalid", where, f"Display '{coding['display']}' for code '{code}' "
                                     f"should be '{system.displays[code]}' ({system.name})", system.url))
         return issues
+
+
+def _not_reported(code_issues: list[Issue], issues: list[Issue]) -> list[Issue]:
+    """Undefined-code errors inside an element whose required binding already failed: one
+    wrong code is one problem, reported once (by the binding, which names the ValueSet)."""
+    bound = [i.path for i in issues if i.code == "code-invalid" and i.severity == "error"]
+    return [i for i in code_issues
+            if i.severity != "error" or not any(i.path == p or i.path.startswith((p + ".", p + "[")) for p in bound)]
 
 
 def _holds(condition: Compiled, resource: dict) -> bool:

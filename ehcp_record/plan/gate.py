@@ -13,6 +13,7 @@ from typing import Callable
 
 from ehcp_record.errors import business_rule
 from ehcp_record.fhir.model import ref_key
+from ehcp_record.fhir.canonical import code_system
 from ehcp_record.store.versions import Version, VersionWrite
 
 CurrentOfType = Callable[[str, str], list[Version]]
@@ -23,9 +24,8 @@ ISSUED_STATUSES = frozenset({"final", "amended"})
 PLAN_CONTENT_TYPES = frozenset({"Composition", "Condition", "Goal", "CarePlan"})
 #: What a plan's sections may cite (needs, outcomes, provision, advice); nothing else is gated.
 CITABLE_TYPES = PLAN_CONTENT_TYPES | {"DocumentReference"}
-BASE = "http://ehcp-record.example.org/fhir"
-SECTION_SYSTEM = f"{BASE}/CodeSystem/ehcp-section"
-PLAN_TYPE_SYSTEM = f"{BASE}/CodeSystem/ehcp-document-type"
+SECTION_SYSTEM = code_system("ehcp-section")
+PLAN_TYPE_SYSTEM = code_system("ehcp-document-type")
 
 
 @dataclass

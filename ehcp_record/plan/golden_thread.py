@@ -21,9 +21,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ehcp_record.fhir.validator import CANONICAL_BASE, Issue, ProfileValidator, default_validator
+from ehcp_record.fhir import bundles
+from ehcp_record.fhir.canonical import structure_definition
+from ehcp_record.fhir.validator import Issue, ProfileValidator, default_validator
 
-PLAN_DOCUMENT_PROFILE = f"{CANONICAL_BASE}/StructureDefinition/ehcp-plan-document"
+PLAN_DOCUMENT_PROFILE = structure_definition("ehcp-plan-document")
 
 
 def plan_bundle(composition: dict, resources: Mapping[str, dict]) -> dict:
@@ -31,10 +33,10 @@ def plan_bundle(composition: dict, resources: Mapping[str, dict]) -> dict:
     with its reference (as the Composition and its resources write it, e.g. `Condition/n1` or
     `urn:uuid:...`) as fullUrl, so that FHIRPath resolve() finds it."""
     composition_ref = f"Composition/{composition['id']}" if composition.get("id") else "Composition"
-    entries = [{"fullUrl": composition_ref, "resource": composition}]
-    entries += [{"fullUrl": reference, "resource": resource} for reference, resource in resources.items()
+    entries = [bundles.entry(composition, url=composition_ref)]
+    entries += [bundles.entry(resource, url=reference) for reference, resource in resources.items()
                 if resource is not composition]
-    return {"resourceType": "Bundle", "type": "collection", "entry": entries}
+    return bundles.collection(entries)
 
 
 def validate_plan(bundle: dict, validator: ProfileValidator | None = None) -> list[Issue]:

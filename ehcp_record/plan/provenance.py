@@ -19,13 +19,14 @@ from ehcp_record.audit import chain as audit_chain
 
 from ehcp_record.audit import signing
 from ehcp_record.access.caller import Caller
+from ehcp_record.fhir.canonical import naming_system
 from ehcp_record.fhir.dates import instant
 from ehcp_record.store.versions import Version
 from ehcp_record.workflow.task_values import task_output
 
 _AGENT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
 _SIGNATURE_TYPE = "urn:iso-astm:E1762-95:2013"
-KEY_ID_SYSTEM = "http://ehcp-record.example.org/fhir/NamingSystem/signing-key"
+KEY_ID_SYSTEM = naming_system("signing-key")
 
 
 def signed_provenance(key: Ed25519PrivateKey, writes: Iterable, caller: Caller, task: Version, now: datetime) -> dict:

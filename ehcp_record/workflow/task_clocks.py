@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import date
 
+from ehcp_record.fhir.dates import parse_date
 from ehcp_record.workflow import clocks
 from ehcp_record.errors import unprocessable
 from ehcp_record.workflow.task_values import TASK_INPUT_SYSTEM, has_coding, is_task
@@ -35,7 +36,7 @@ def _meeting_date(task: dict) -> date:
     for item in task.get("input", []) or []:
         if has_coding(item.get("type"), TASK_INPUT_SYSTEM, "meeting-date") and isinstance(item.get("valueDate"), str):
             try:
-                return date.fromisoformat(item["valueDate"])
+                return parse_date(item["valueDate"])
             except ValueError:
                 break
     raise unprocessable("an annual-review Task needs input meeting-date (valueDate): the date of the review meeting",

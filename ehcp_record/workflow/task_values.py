@@ -6,9 +6,10 @@ by ehcp-task-code. One place reads and builds them, so every workflow speaks the
 
 from __future__ import annotations
 
-BASE = "http://ehcp-record.example.org/fhir"
-TASK_CODE_SYSTEM = f"{BASE}/CodeSystem/ehcp-task-code"
-TASK_INPUT_SYSTEM = f"{BASE}/CodeSystem/ehcp-task-input"
+from ehcp_record.fhir.canonical import code_system
+
+TASK_CODE_SYSTEM = code_system("ehcp-task-code")
+TASK_INPUT_SYSTEM = code_system("ehcp-task-input")
 
 
 def concept(system: str, code: str) -> dict:

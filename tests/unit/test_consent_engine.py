@@ -204,12 +204,16 @@ def test_from_parsed_fhir_consent():
 # ---------------------------------------------------------------- paper consent, custody
 
 def test_paper_consent_recorded_by_custodian():
-    paper = grant(grantor=LA, recorded_by_la=True)
+    # The LA records the decision-maker's signed form; the parent is the grantor (performer),
+    # so the grant holds exactly when the parent decides, whoever recorded it.
+    paper = grant(recorded_by_la=True)
+    assert paper.grantor != LA
     assert decide(SCHOOL_ACTOR, "read", RECORD, [paper], NOW).permit
-    not_custodian = grant(grantor=OTHER_LA, recorded_by_la=True)
-    assert not decide(SCHOOL_ACTOR, "read", RECORD, [not_custodian], NOW).permit
-    gone = replace(RECORD, transferred_out=True)
-    assert not decide(SCHOOL_ACTOR, "read", gone, [paper], NOW).permit
+    # An LA is never the grantor: a grant naming one decides nothing, custodian or not.
+    for la in (LA, OTHER_LA):
+        by_la = grant(grantor=la, recorded_by_la=True)
+        decision = decide(SCHOOL_ACTOR, "read", RECORD, [by_la], NOW)
+        assert not decision.permit and f"was given by {la}, who does not decide" in decision.reason
 
 
 def test_former_custodian_reads_nothing_even_with_a_grant():

@@ -23,7 +23,7 @@ from ehcp_record.fhir.identifiers import (
     la_number_problem,
     gss_problem,
     local_authorities,
-    nhs_check_digit,
+    compact_nhs_number,
     nhs_number_problem,
     upn_problem,
 )
@@ -46,13 +46,25 @@ def test_valid_nhs_numbers(value):
     assert nhs_number_problem(value) is None
 
 
+def modulus_11_check_digit(first_nine: str) -> int | None:
+    """Test oracle, NHS Data Dictionary "NHS Number": weights 10 down to 2, 11 - (sum mod 11);
+    11 becomes 0 and 10 means no NHS number begins with these nine digits."""
+    check = 11 - sum(int(d) * w for d, w in zip(first_nine, range(10, 1, -1), strict=True)) % 11
+    return {11: 0, 10: None}.get(check, check)
+
+
 @pytest.mark.parametrize("value, reason", [
     ("9000000008", "NHS number 9000000008 fails the modulus 11 check: the last digit does not match the first nine"),
     # 123456789: weighted sum 210, 210 mod 11 = 1, 11 - 1 = 10 -> no check digit exists
     ("1234567890", "NHS number 1234567890 fails the modulus 11 check: no NHS number can begin with these nine digits"),
     ("1234567899", "NHS number 1234567899 fails the modulus 11 check: no NHS number can begin with these nine digits"),
-    ("943 476 5870", "NHS number must be 10 digits with no spaces"),
-    (" 9000000009", "NHS number must be 10 digits with no spaces"),
+    # the printed form is recognised and checked, but stored Identifier.value is compact
+    ("943 476 5870", "NHS number must be 10 digits with no spaces: send 9434765870"),
+    ("943 476 5919", "NHS number must be 10 digits with no spaces: send 9434765919"),
+    (" 9000000009", "NHS number must be 10 digits with no spaces: send 9000000009"),
+    ("943 476 5871", "NHS number 9434765871 fails the modulus 11 check: the last digit does not match the first nine"),
+    ("943\t476 5870", "NHS number must be 10 digits with no spaces"),
+    ("900 000 000", "NHS number must be 10 digits with no spaces"),
     ("900-000-0009", "NHS number must be 10 digits"),
     ("900000000", "NHS number must be 10 digits"),
     ("90000000090", "NHS number must be 10 digits"),
@@ -72,19 +84,27 @@ def test_invalid_nhs_numbers(value, reason):
     ("401023213", 7),
 ])
 def test_nhs_check_digit(prefix, check):
-    assert nhs_check_digit(prefix) == check
+    assert modulus_11_check_digit(prefix) == check
+    valid = [d for d in "0123456789" if nhs_number_problem(prefix + d) is None]
+    assert valid == ([] if check is None else [str(check)])
 
 
-def test_nhs_check_digit_rejects_anything_but_nine_digits():
-    with pytest.raises(ValueError):
-        nhs_check_digit("12345678")
+def test_compact_removes_only_spaces():
+    assert compact_nhs_number("943 476 5919") == "9434765919"
+    assert compact_nhs_number("943-476-5919") == "943-476-5919"
 
 
 @given(st.from_regex(r"[0-9]{9}", fullmatch=True))
 def test_each_prefix_has_exactly_one_valid_check_digit_or_none(prefix):
     valid = [d for d in "0123456789" if nhs_number_problem(prefix + d) is None]
-    expected = nhs_check_digit(prefix)
+    expected = modulus_11_check_digit(prefix)
     assert valid == ([] if expected is None else [str(expected)])
+    # the spaced printed form names the same fault, or the compact form to send
+    for d in "0123456789":
+        spaced = f"{prefix[:3]} {prefix[3:6]} {prefix[6:]}{d}"
+        reason = nhs_number_problem(spaced)
+        assert reason is not None
+        assert (reason.endswith(f"send {prefix}{d}")) == (d in valid)
     # python-stdnum is an independent implementation of the same check
     assert valid == [d for d in "0123456789" if stdnum_nhs.is_valid(prefix + d)]
 
@@ -281,7 +301,7 @@ def test_single_identifier_and_references_by_identifier():
     }
     assert identifier_problems(composition) == [
         ("Composition.identifier.value", "123 is not a DfE local authority number in England"),
-        ("Composition.subject.identifier.value", "NHS number must be 10 digits with no spaces"),
+        ("Composition.subject.identifier.value", "NHS number must be 10 digits with no spaces: send 9000000009"),
     ]
 
 
