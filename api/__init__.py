@@ -13,7 +13,8 @@ from pymongo.errors import ConnectionFailure, ExecutionTimeout, OperationFailure
 from werkzeug.exceptions import HTTPException
 
 from api.auth import TokenVerifier
-from api.context import request_id, services
+from api.context import request_id
+from api.context import services as request_services
 from api.http import FHIR_JSON, error_response
 from ehcp_record.config import Settings, load_settings
 from ehcp_record.errors import FhirError, issue_code_for_status, outcome_of, unavailable
@@ -66,7 +67,7 @@ def _guard_database() -> None:
     spend on the database (a transaction's retries included) by `db_request_timeout`."""
     if request.endpoint is None or request.blueprint == "open":
         return
-    client = services().repo.client
+    client = request_services().repo.client
     if not client.topology_description.has_writable_server():
         with pymongo.timeout(_PROBE_SECONDS):  # also wakes the driver's monitor: recovery is prompt
             client.admin.command("ping")
