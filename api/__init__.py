@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from http import HTTPStatus
 from typing import Any, Mapping
 
-from flask import Flask, Response, request
+from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from api.auth import TokenVerifier
 from api.context import current_store, request_id
-from api.http import error_response
+from api.context import services as request_services
+from api.http import FHIR_JSON, error_response
 from ehcp_record.config import Settings, load_settings
-from ehcp_record.errors import FhirError
+from ehcp_record.errors import FhirError, issue_code_for_status, outcome_of, unavailable
+from ehcp_record.store import health
 from ehcp_record.wiring import build_services
 
 log = logging.getLogger("ehcp_record.api")
-_HTTP_CODES = {404: "not-found", 405: "not-supported", 413: "too-costly", 414: "too-costly", 415: "not-supported"}
+#: Requests that legitimately outlast the per-request database deadline: streamed media and
+#: deliveries between deployments (their single operations are still bounded by the client).
+_NO_DEADLINE = frozenset({"media.upload", "media.replace", "media.download", "operations.transfer",
+                          "operations.receive_transfer"})
 
 
 def create_app(test_config: Mapping[str, Any] | None = None, settings: Settings | None = None) -> Flask:
@@ -29,7 +36,10 @@ def create_app(test_config: Mapping[str, Any] | None = None, settings: Settings 
     _register_blueprints(app)
     _register_errors(app)
     app.before_request(_check_limits)
+    app.before_request(_guard_database)
+    app.teardown_request(_end_database_deadline)
     app.after_request(_common_headers)
+    app.after_request(_errors_as_outcomes)
     return app
 
 
@@ -48,6 +58,24 @@ def _check_limits() -> None:
         raise FhirError(414, "too-costly", f"the query string is longer than {limit // 1024} KiB")
 
 
+def _guard_database() -> None:
+    """Fail fast (503) while the driver knows of no primary, and bound the time one request may
+    spend on the database (a transaction's retries included) by `db_request_timeout`."""
+    if request.endpoint is None or request.blueprint == "open":
+        return
+    request_services().records.probe_when_no_primary()
+    if request.endpoint not in _NO_DEADLINE:
+        deadline = health.request_deadline(request_settings().db_request_timeout)
+        deadline.__enter__()
+        g.database_deadline = deadline
+
+
+def _end_database_deadline(_: BaseException | None) -> None:
+    deadline = g.pop("database_deadline", None)
+    if deadline is not None:
+        deadline.__exit__(None, None, None)
+
+
 def request_settings() -> Settings:
     from flask import current_app
 
@@ -58,6 +86,24 @@ def _common_headers(response: Response) -> Response:
     response.headers["X-Request-ID"] = request_id()
     response.headers.setdefault("Cache-Control", "no-store")
     response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+def _errors_as_outcomes(response: Response) -> Response:
+    """Every error answers an OperationOutcome, even one a view built bare (e.g. a 416)."""
+    if response.status_code < 400 or response.mimetype in (FHIR_JSON, "application/json"):
+        return response
+    status = response.status_code
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "error"
+    message = f"{status} {phrase}"
+    if status == 416 and response.headers.get("Content-Range"):
+        message += f": the range is outside the content ({response.headers['Content-Range']})"
+    response.direct_passthrough = False
+    response.set_data(json.dumps(outcome_of(FhirError(status, issue_code_for_status(status), message))))
+    response.headers["Content-Type"] = f"{FHIR_JSON}; charset=utf-8"
     return response
 
 
@@ -76,9 +122,12 @@ def _register_errors(app: Flask) -> None:
         status = error.code or 500
         message = {404: "no such endpoint", 405: "that method is not allowed on this endpoint",
                    413: "the request body is too large"}.get(status, error.description or error.name)
-        return error_response(FhirError(status, _HTTP_CODES.get(status, "invalid" if status < 500 else "exception"), message))
+        return error_response(FhirError(status, issue_code_for_status(status), message))
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> Response:
+        if health.database_unavailable(error):
+            log.warning("database unavailable in request %s: %s", request_id(), error)
+            return error_response(unavailable())
         log.exception("unhandled error in request %s", request_id())
         return error_response(FhirError(500, "exception", f"internal error; quote request id {request_id()}"))

@@ -1,7 +1,9 @@
 """Bearer-token authentication: PyJWT against the trusted issuers (JWKS) and the dev issuer.
 
 Only `iss`, `aud`, `exp`, signature and the claims API.md names are trusted. JWKS documents are
-fetched with `requests` and cached; a token naming an unknown `kid` refreshes the cache once.
+fetched with `requests` and cached; a token naming an unknown `kid` refreshes the cache, at most
+once a minute per issuer. Each key verifies only with its own algorithm (the dev key: EdDSA; a
+JWKS key: its `alg`, or its key type's), whatever the token's header claims.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from ehcp_record.audit.signing import load_or_create_private_key
 ROLES = frozenset({"parent", "young-person", "la", "school", "health", "social-care", "auditor", "system"})
 PROFESSIONAL_ROLES = frozenset({"la", "school", "health", "social-care", "system"})
 ALGORITHMS = ["RS256", "ES256", "EdDSA"]
+DEV_ALGORITHM = "EdDSA"
 JWKS_TTL_SECONDS = 300
+JWKS_MIN_REFETCH_SECONDS = 60
 VERIFIED_CACHE_SIZE = 4096
 _LEEWAY_SECONDS = 30
 
@@ -40,22 +44,32 @@ class JwksCache:
     """JWKS per issuer, fetched over HTTPS with retries and cached for a few minutes."""
 
     session: requests.Session = field(default_factory=lambda: _retrying_session())
+    min_refetch_seconds: float = JWKS_MIN_REFETCH_SECONDS
     _keys: dict[str, tuple[float, jwt.PyJWKSet]] = field(default_factory=dict)
+    _attempted: dict[str, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def key_for(self, jwks_uri: str, kid: str | None) -> Any:
-        for refresh in (False, True):
-            jwks = self._get(jwks_uri, refresh)
-            for key in jwks.keys:
-                if kid is None or key.key_id == kid:
-                    return key.key
-        raise unauthorized("the token's signing key is not in its issuer's JWKS")
+    def key_for(self, jwks_uri: str, kid: str | None) -> jwt.PyJWK:
+        """The issuer's key for `kid`; an unknown `kid` refetches the JWKS only if the last
+        fetch is over a minute old (a negative cache: junk kids cannot hammer the issuer)."""
+        key = _find(self._get(jwks_uri, refresh=False), kid)
+        if key is None and self._may_refetch(jwks_uri):
+            key = _find(self._get(jwks_uri, refresh=True), kid)
+        if key is None:
+            raise unauthorized("the token's signing key is not in its issuer's JWKS")
+        return key
+
+    def _may_refetch(self, jwks_uri: str) -> bool:
+        with self._lock:
+            last = self._attempted.get(jwks_uri)
+            return last is None or time.monotonic() - last >= self.min_refetch_seconds
 
     def _get(self, jwks_uri: str, refresh: bool) -> jwt.PyJWKSet:
         with self._lock:
             cached = self._keys.get(jwks_uri)
             if cached and not refresh and time.monotonic() - cached[0] < JWKS_TTL_SECONDS:
                 return cached[1]
+            self._attempted[jwks_uri] = time.monotonic()
         try:
             response = self.session.get(jwks_uri, timeout=5)
             response.raise_for_status()
@@ -67,6 +81,10 @@ class JwksCache:
         with self._lock:
             self._keys[jwks_uri] = (time.monotonic(), jwks)
         return jwks
+
+
+def _find(jwks: jwt.PyJWKSet, kid: object) -> jwt.PyJWK | None:
+    return next((key for key in jwks.keys if kid is None or key.key_id == kid), None)
 
 
 def _retrying_session() -> requests.Session:
@@ -111,10 +129,12 @@ class TokenVerifier:
             issuer = jwt.decode(token, options={"verify_signature": False}).get("iss")
         except jwt.PyJWTError:
             raise unauthorized("the bearer token is not a well-formed JWT") from None
-        key = self._key(issuer, header)
+        key, algorithm = self._key(issuer, header)
+        if header.get("alg") != algorithm:
+            raise unauthorized(f"the bearer token must be signed with {algorithm} for its issuer's key")
         try:
-            return jwt.decode(
-                token, key, algorithms=ALGORITHMS, audience=self.settings.audience, issuer=issuer,
+            claims = jwt.decode(
+                token, key, algorithms=[algorithm], audience=self.settings.audience, issuer=issuer,
                 leeway=_LEEWAY_SECONDS, options={"require": ["exp", "iss", "aud", "sub"]},
             )
         except jwt.ExpiredSignatureError:
@@ -123,14 +143,34 @@ class TokenVerifier:
             raise unauthorized("the bearer token is for another audience") from None
         except jwt.PyJWTError as exc:
             raise unauthorized(f"the bearer token was refused: {exc}") from None
+        except (TypeError, ValueError):  # a key that cannot check this token at all
+            raise unauthorized("the bearer token was refused: its signature cannot be checked") from None
+        _check_claim_types(claims)
+        return claims
 
-    def _key(self, issuer: object, header: dict) -> Any:
+    def _key(self, issuer: object, header: dict) -> tuple[Any, str]:
+        """The key for the token's issuer and the one algorithm that key verifies."""
         if issuer == DEV_ISSUER and self.dev_key is not None:
-            return self.dev_key.public_key()
+            return self.dev_key.public_key(), DEV_ALGORITHM
         trusted = self.issuers.get(issuer) if isinstance(issuer, str) else None
         if trusted is None:
             raise unauthorized("the token's issuer is not trusted here")
-        return self.jwks.key_for(trusted.jwks_uri, header.get("kid"))
+        key = self.jwks.key_for(trusted.jwks_uri, header.get("kid"))
+        if key.algorithm_name not in ALGORITHMS:
+            raise unauthorized(f"the issuer's key uses {key.algorithm_name}, which is not accepted here")
+        return key, key.algorithm_name
+
+
+def _check_claim_types(claims: dict) -> None:
+    """Claims PyJWT lets through in shapes nothing downstream expects: 401, never a crash."""
+    for name in ("exp", "iat", "nbf"):
+        value = claims.get(name)
+        if (value is not None or name == "exp") and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise unauthorized(f"the token's '{name}' claim must be a number (seconds since 1970)")
+    scope = claims.get("scope")
+    if scope is not None and not isinstance(scope, str) and not (
+            isinstance(scope, list) and all(isinstance(word, str) for word in scope)):
+        raise unauthorized("the token's 'scope' claim must be a space-separated string")
 
 
 def _bearer(authorization: str | None) -> str:
@@ -144,7 +184,7 @@ def _bearer(authorization: str | None) -> str:
 
 def _actor(claims: dict) -> Actor:
     role = claims.get("role")
-    if role not in ROLES:
+    if not isinstance(role, str) or role not in ROLES:
         raise unauthorized(f"the token's role must be one of {', '.join(sorted(ROLES))}")
     organization = _optional_reference(claims, "organization")
     if role in PROFESSIONAL_ROLES - {"system"} and not organization:
@@ -178,7 +218,7 @@ def issue_dev_token(settings: Settings, role: str, fhir_user: str | None = None,
         if value:
             claims[name] = value
     key = load_or_create_private_key(settings.dev_key_path)
-    return jwt.encode(claims, key, algorithm="EdDSA")
+    return jwt.encode(claims, key, algorithm=DEV_ALGORITHM)
 
 
 def default_scope(role: str, patient: str | None = None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 
 from flask import current_app, g, request
@@ -9,6 +10,9 @@ from flask import current_app, g, request
 from ehcp_record.access.caller import Caller
 from ehcp_record.access.scoped import ScopedStore
 from ehcp_record.wiring import Services
+
+#: A client's X-Request-ID is echoed and audited only if it is this plain; otherwise one is made.
+SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def services() -> Services:
@@ -40,5 +44,5 @@ def current_store() -> ScopedStore | None:
 def request_id() -> str:
     if "request_id" not in g:
         supplied = request.headers.get("X-Request-ID", "")
-        g.request_id = supplied if 0 < len(supplied) <= 64 and supplied.isprintable() else uuid.uuid4().hex
+        g.request_id = supplied if SAFE_REQUEST_ID.fullmatch(supplied) else uuid.uuid4().hex
     return g.request_id

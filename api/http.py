@@ -8,6 +8,7 @@ from typing import Any
 from flask import Response, current_app, request
 
 from ehcp_record.errors import FhirError, invalid, outcome_of
+from ehcp_record.fhir.model import check_nesting
 from ehcp_record.store.versions import Version
 
 FHIR_JSON = "application/fhir+json"
@@ -47,9 +48,12 @@ def json_body() -> Any:
     if not raw:
         raise invalid("the request has no body", "required")
     try:
-        return json.loads(raw, parse_constant=_no_constants)
+        body = json.loads(raw, parse_constant=_no_constants)
     except (ValueError, RecursionError) as exc:
         raise invalid(f"the body is not valid JSON: {str(exc)[:120]}", "structure") from None
+    root = body.get("resourceType") if isinstance(body, dict) else None
+    check_nesting(body, root if isinstance(root, str) and root.isalpha() and len(root) <= 64 else "", resource_types=False)
+    return body
 
 
 def _limited_body(limit: int) -> bytes:

@@ -38,7 +38,7 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    ready = services().repo.ping()
+    ready = services().records.ping()
     response = jsonify({"status": "ready" if ready else "database unreachable"})
     response.status_code = 200 if ready else 503
     return response

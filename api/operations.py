@@ -108,14 +108,28 @@ def accept(task_id: str) -> Response:
 @bp.post("/$receive-transfer")
 @operation("receive-transfer", None)
 def receive_transfer() -> Response:
-    """Authenticated by the sending deployment's Ed25519 signature, not a bearer token."""
-    from flask import current_app, request
+    """Authenticated by the sending deployment's Ed25519 signature, not a bearer token. Nothing
+    is read until the headers name a sender in the trust list and carry a signature-shaped
+    value, and never more than `max_transfer_bytes` (EHCP_MAX_TRANSFER_BYTES)."""
+    import re
 
-    limit = 2 * current_app.extensions["ehcp"].settings.max_binary_bytes
+    from flask import request
+
+    from ehcp_record.errors import FhirError
+    from ehcp_record.transfer.remote import KEY_HEADER, SIGNATURE_HEADER, peer_for_key
+
+    settings = services().settings
+    if not re.fullmatch(r"[A-Za-z0-9_-]{86}(==)?", request.headers.get(SIGNATURE_HEADER, "")):
+        raise FhirError(403, "security", f"a transfer must carry its Ed25519 signature in {SIGNATURE_HEADER}")
+    if peer_for_key(settings, request.headers.get(KEY_HEADER, "")) is None:
+        raise FhirError(403, "security", "the sending deployment is not in this deployment's trust list")
+    limit = settings.max_transfer_bytes
+    too_large = FhirError(413, "too-costly", f"the transfer is larger than the {limit} bytes this deployment accepts")
     if request.content_length is not None and request.content_length > limit:
-        from ehcp_record.errors import FhirError
-
-        raise FhirError(413, "too-costly", "the transfer is larger than this deployment accepts")
+        raise too_large
+    request.max_content_length = limit + 1  # a chunked body: read one byte past the limit at most
     body = request.get_data(cache=False)
+    if len(body) > limit:
+        raise too_large
     status, ack = services().receive_transfer.receive(body, dict(request.headers))
     return fhir_response(ack, status)

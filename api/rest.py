@@ -22,10 +22,26 @@ def transaction_or_batch() -> Response:
 @bp.post("/<resource_type>/_search")
 def search(resource_type: str) -> Response:
     require_served_type(resource_type)
+    _limit_search_form()
     if resource_type == "AuditEvent":
         return _audit_search()
     result = store().search(resource_type, query_pairs())
     return fhir_response(_searchset(resource_type, result))
+
+
+def _limit_search_form() -> None:
+    """A POST _search form body is a query string by another road: the same 8 KiB limit."""
+    from flask import request
+
+    if request.method != "POST":
+        return
+    limit = services().settings.max_query_bytes
+    too_long = FhirError(413, "too-costly", f"the search parameters are longer than {limit // 1024} KiB")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_long
+    request.max_content_length = limit + 1  # a chunked body: read one byte past the limit at most
+    if len(request.get_data(cache=True)) > limit:  # cached: the form is parsed from these bytes
+        raise too_long
 
 
 def _audit_search() -> Response:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
+from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
 
 from ehcp_record.config import Settings
+from ehcp_record.errors import FhirError, issue_code_for_status, outcome_of
 
 log = logging.getLogger("ehcp_record")
 
@@ -32,10 +35,21 @@ def _when_ready(server: Any) -> None:
     log.info("EHCP Record is ready at http://%s:%s/fhir (metadata: /fhir/metadata)", host, port)
 
 
+def _write_fhir_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's own refusals (request line or headers over its limits: 414, 431; malformed
+    HTTP: 400) as an OperationOutcome instead of its HTML page, otherwise the same reply."""
+    outcome = outcome_of(FhirError(status_int, issue_code_for_status(status_int), f"{reason}: {mesg}"[:300]))
+    body = json.dumps(outcome).encode("utf-8")
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+            f"Content-Type: application/fhir+json; charset=utf-8\r\nContent-Length: {len(body)}\r\n\r\n")
+    gunicorn_util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
 def run_gunicorn(settings: Settings, host: str, port: int, workers: int, threads: int) -> None:
     options = {
         "bind": f"{host}:{port}", "workers": workers, "threads": threads, "worker_class": "gthread",
         "timeout": 120, "graceful_timeout": 10, "accesslog": None, "errorlog": "-", "loglevel": "warning",
         "when_ready": _when_ready, "limit_request_line": 8190, "preload_app": False,
     }
+    gunicorn_util.write_error = _write_fhir_error  # the one function gunicorn's workers answer errors with
     _Application(options).run()

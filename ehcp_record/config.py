@@ -3,7 +3,9 @@
 Environment variables: EHCP_MONGODB_URI (unset -> the embedded mongod), EHCP_DATABASE,
 EHCP_DATA_DIR (default ./var), EHCP_ENV (production turns the dev issuer off), EHCP_BASE_URL,
 EHCP_AUDIENCE, EHCP_TRUSTED_ISSUERS (JSON list of {"iss", "jwks_uri"}), EHCP_DEV_ISSUER (1/0),
-EHCP_TRUST_LIST (JSON list of other deployments for transfer), EHCP_ORGANIZATION.
+EHCP_TRUST_LIST (JSON list of other deployments for transfer), EHCP_ORGANIZATION,
+EHCP_MAX_TRANSFER_BYTES (largest `$receive-transfer` body), EHCP_DB_REQUEST_TIMEOUT (seconds a
+request may spend waiting on the database before it answers 503).
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     max_binary_bytes: int = 100 * 1024 * 1024
     max_query_bytes: int = 8 * 1024
+    max_transfer_bytes: int = 200 * 1024 * 1024
+    db_request_timeout: float = 30.0
     profiles_dir: Path = PROFILES_DIR
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -85,6 +89,8 @@ class _SettingsSchema(Schema):
     dev_issuer = fields.Boolean(load_default=None, allow_none=True)
     trust_list = fields.List(fields.Dict(), load_default=list)
     organization = fields.String(load_default=None, allow_none=True)
+    max_transfer_bytes = fields.Integer(load_default=200 * 1024 * 1024, validate=validate.Range(min=1024))
+    db_request_timeout = fields.Float(load_default=30.0, validate=validate.Range(min=0.5, max=600))
 
     @post_load
     def make(self, data: dict, **_: Any) -> Settings:
@@ -104,6 +110,7 @@ _ENV = {
     "env": "EHCP_ENV", "base_url": "EHCP_BASE_URL", "audience": "EHCP_AUDIENCE",
     "trusted_issuers": "EHCP_TRUSTED_ISSUERS", "dev_issuer": "EHCP_DEV_ISSUER",
     "trust_list": "EHCP_TRUST_LIST", "organization": "EHCP_ORGANIZATION",
+    "max_transfer_bytes": "EHCP_MAX_TRANSFER_BYTES", "db_request_timeout": "EHCP_DB_REQUEST_TIMEOUT",
 }
 _JSON_KEYS = {"trusted_issuers", "trust_list"}
 

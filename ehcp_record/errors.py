@@ -70,3 +70,23 @@ def outcome_of(error: FhirError) -> dict:
     if error.expression:
         issue["expression"] = error.expression
     return {"resourceType": "OperationOutcome", "issue": [issue] + list(error.extra_issues)}
+
+
+#: Seconds a client should wait before retrying when the database is unavailable (503).
+RETRY_AFTER_SECONDS = 5
+_STATUS_CODES = {
+    400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
+    406: "not-supported", 409: "conflict", 410: "deleted", 412: "conflict", 413: "too-costly",
+    414: "too-costly", 415: "not-supported", 416: "not-supported", 417: "not-supported", 422: "invalid",
+    428: "required", 429: "throttled", 431: "too-costly", 501: "not-supported", 503: "transient",
+}
+
+
+def issue_code_for_status(status: int) -> str:
+    """The FHIR issue-type code for an HTTP error status that carries no more specific one."""
+    return _STATUS_CODES.get(status, "invalid" if status < 500 else "exception")
+
+
+def unavailable(message: str = "the database is unavailable just now; try again shortly") -> FhirError:
+    """503 transient, with Retry-After: storage trouble the client can simply retry."""
+    return FhirError(503, "transient", message, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})

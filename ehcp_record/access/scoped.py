@@ -125,6 +125,11 @@ class RecordStore:
     def ping(self) -> bool:
         return self.repo.ping()
 
+    def probe_when_no_primary(self) -> None:
+        from ehcp_record.store import health
+
+        health.probe_when_no_primary(self.repo.client)
+
     def active_subscriptions(self, resource_types: set[str]) -> list[Version]:
         """The notifier's own question (no caller: it then asks as each subscriber)."""
         return self.repo.active_subscriptions(resource_types)

@@ -7,13 +7,15 @@ resource reads back exactly as written, apart from `meta`.
 
 from __future__ import annotations
 
+import json
+from functools import lru_cache
 from typing import Any
 
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
 from consent.references import literal_key, ref_key  # noqa: F401 (ref_key re-exported)
-from ehcp_record.errors import FhirError, invalid
+from ehcp_record.errors import FhirError, invalid, too_costly
 
 #: The types this server stores (API.md "Resource interactions"). AuditEvent is rendered from
 #: the audit chain, never written by clients.
@@ -25,6 +27,10 @@ STORED_TYPES: tuple[str, ...] = (
 READ_ONLY_TYPES: tuple[str, ...] = ("AuditEvent",)
 SERVED_TYPES: tuple[str, ...] = STORED_TYPES + READ_ONLY_TYPES
 _MAX_ERRORS = 5
+#: Deepest JSON nesting (objects and arrays) accepted anywhere: MongoDB refuses documents nested
+#: 100 deep, and no real resource comes near 64.
+MAX_JSON_DEPTH = 64
+_ABSTRACT_TYPES = frozenset({"Resource", "DomainResource"})
 
 
 def require_served_type(resource_type: str) -> None:
@@ -44,17 +50,51 @@ def parse_resource(body: Any, expected_type: str | None = None) -> dict:
             f"resourceType '{resource_type}' does not match the URL's type '{expected_type}'",
             "invalid", ["resourceType"],
         )
+    if not is_resource_type(resource_type):
+        raise invalid(f"'{resource_type}' is not a FHIR R4 resource type", "not-supported")
+    check_nesting(body, resource_type)
     try:
-        model = get_fhir_model_class(resource_type)
-    except (ValueError, KeyError):
-        raise invalid(f"'{resource_type}' is not a FHIR R4 resource type", "not-supported") from None
-    try:
-        model.model_validate(body)
+        get_fhir_model_class(resource_type).model_validate(body)
     except ValidationError as exc:
         raise _structure_error(resource_type, exc) from None
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, KeyError) as exc:
         raise invalid(f"{resource_type} is not valid FHIR: {exc}", "structure") from None
     return body
+
+
+@lru_cache(maxsize=512)
+def is_resource_type(name: str) -> bool:
+    """True for a concrete FHIR resource type the models know (not a datatype, not abstract)."""
+    if name in _ABSTRACT_TYPES:
+        return False
+    try:
+        return bool(get_fhir_model_class(name).has_resource_base())
+    except (ValueError, KeyError, AttributeError, TypeError):
+        return False
+
+
+def check_nesting(value: Any, path: str = "", limit: int = MAX_JSON_DEPTH, resource_types: bool = True) -> None:
+    """Refuse JSON nested deeper than `limit` and, below the root, any `resourceType` that is not
+    a resource type (Bundle entries, `contained`, Parameters): 400 naming the element, before
+    the models (which fail on those with KeyError) or the database (depth) see it."""
+    stack: list[tuple[Any, str, int]] = [(value, path, 1)]
+    while stack:
+        item, where, depth = stack.pop()
+        if depth > limit:
+            error = too_costly(f"JSON nested more than {limit} levels deep is refused")
+            error.expression = [where] if where else []
+            raise error
+        if isinstance(item, dict):
+            if resource_types and item is not value and "resourceType" in item:
+                nested = item["resourceType"]
+                if not isinstance(nested, str) or not is_resource_type(nested):
+                    shown = nested if isinstance(nested, str) else json.dumps(nested)[:40]
+                    raise invalid(f"{where}: '{shown[:64]}' is not a FHIR R4 resource type", "structure",
+                                  [where])
+            stack.extend((v, f"{where}.{k}" if where else str(k), depth + 1)
+                         for k, v in item.items() if isinstance(v, (dict, list)))
+        elif isinstance(item, list):
+            stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(item) if isinstance(v, (dict, list)))
 
 
 def _structure_error(resource_type: str, exc: ValidationError) -> FhirError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import logging
 import os
 import signal
 import socket
@@ -23,6 +24,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 
 REPLICA_SET = "rs0"
 _PR_SET_PDEATHSIG = 1
+log = logging.getLogger("ehcp_record.mongod")
 
 
 class EmbeddedMongoError(RuntimeError):
@@ -108,6 +110,7 @@ class EmbeddedMongo:
             args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_die_with_parent
         )
         (self.data_dir / "mongod.pid").write_text(str(self.process.pid))
+        (self.data_dir / "mongod.launcher").write_text(str(os.getpid()))
         (self.data_dir / "mongod.port").write_text(str(self.port))
         try:
             self._wait_until_primary(timeout)
@@ -131,6 +134,7 @@ class EmbeddedMongo:
             self.process.stderr.close()
         self.process = None
         (self.data_dir / "mongod.pid").unlink(missing_ok=True)
+        (self.data_dir / "mongod.launcher").unlink(missing_ok=True)
 
     def _choose_port(self) -> int:
         """Reuse the last port when free: the replica-set config stores host:port."""
@@ -147,18 +151,23 @@ class EmbeddedMongo:
         return free_port()
 
     def _clear_stale_lock(self) -> None:
-        """A crash leaves mongod.lock behind; refuse only if its owner is really alive."""
+        """A crash leaves mongod.lock behind, and a killed server may leave its mongod running
+        (or still shutting down). A mongod of ours on this data dir whose launcher is gone is
+        stopped cleanly and started afresh; one whose launcher is alive is in use: refuse."""
         pid_file = self.data_dir / "mongod.pid"
         if pid_file.exists():
-            try:
-                pid = int(pid_file.read_text().strip() or 0)
-            except ValueError:
-                pid = 0
-            if pid and _pid_alive(pid) and _is_mongod(pid):
-                raise EmbeddedMongoError(
-                    f"the data dir {self.data_dir} is in use by mongod pid {pid}; stop that server first"
-                )
+            pid = _read_pid(pid_file)
+            if pid and _mongod_on(pid, self.db_path):
+                launcher = _read_pid(self.data_dir / "mongod.launcher")
+                if not launcher or _parent_of(pid) == launcher:
+                    raise EmbeddedMongoError(
+                        f"the data dir {self.data_dir} is in use by mongod pid {pid}; stop that server first"
+                    )
+                log.warning("mongod pid %d was left running on %s by a server that was killed; stopping it",
+                            pid, self.db_path)
+                _terminate(pid)
             pid_file.unlink(missing_ok=True)
+            (self.data_dir / "mongod.launcher").unlink(missing_ok=True)
         lock = self.db_path / "mongod.lock"
         if lock.exists() and lock.stat().st_size:
             lock.write_text("")
@@ -205,8 +214,57 @@ class EmbeddedMongo:
         return any(m.get("stateStr") == "PRIMARY" and m.get("self") for m in status["members"])
 
 
-def _is_mongod(pid: int) -> bool:
+def _read_pid(path: Path) -> int:
     try:
-        return "mongod" in Path(f"/proc/{pid}/comm").read_text()
+        return int(path.read_text().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/<pid>/stat after the command name: [state, ppid, ...]; [] if there is no such process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return []
+
+
+def _parent_of(pid: int) -> int:
+    fields = _stat_fields(pid)
+    return int(fields[1]) if len(fields) > 1 else 0
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped (which holds no files and no port)."""
+    fields = _stat_fields(pid)
+    return bool(fields) and fields[0] not in ("Z", "X") and _pid_alive(pid)
+
+
+def _mongod_on(pid: int, db_path: Path) -> bool:
+    """True only when `pid` is a running mongod whose --dbpath is `db_path` (not a reused pid)."""
+    if not _running(pid):
+        return False
+    try:
+        args = [os.fsdecode(a) for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
     except OSError:
         return False
+    if not args or Path(args[0]).name != "mongod" or "--dbpath" not in args[:-1]:
+        return False
+    return Path(args[args.index("--dbpath") + 1]).resolve() == db_path.resolve()
+
+
+def _terminate(pid: int, timeout: float = 60.0) -> None:
+    """SIGTERM (a clean shutdown: checkpoint, lock released), SIGKILL if it will not go."""
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            raise EmbeddedMongoError(f"mongod pid {pid} holds the data dir and cannot be stopped by this user") from None
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not _running(pid):
+                return
+            time.sleep(0.1)
+    raise EmbeddedMongoError(f"mongod pid {pid} holds the data dir and did not stop")

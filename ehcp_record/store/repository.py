@@ -52,8 +52,15 @@ class Repository:
 
     @classmethod
     def connect(cls, uri: str, database: str, signing_key: Ed25519PrivateKey | None = None) -> "Repository":
+        """Every wait is bounded, so an unreachable database fails fast (the API answers 503)
+        rather than hanging: finding a primary, connecting, each socket read, a slot in the
+        pool. The API also bounds each request as a whole with `pymongo.timeout` (a client-wide
+        `timeoutMS` would replace the 3 s server selection by one long limit, and would not cap a
+        transaction's retries). Single reads and writes are retried once on a network error."""
         client: MongoClient = MongoClient(
-            uri, w="majority", serverSelectionTimeoutMS=5000, tz_aware=True, maxPoolSize=50
+            uri, w="majority", tz_aware=True, maxPoolSize=50, serverSelectionTimeoutMS=3000,
+            connectTimeoutMS=3000, socketTimeoutMS=60000, waitQueueTimeoutMS=10000,
+            retryWrites=True, retryReads=True,
         )
         repo = cls(client, database, signing_key)
         repo.ensure_indexes()
@@ -110,7 +117,9 @@ class Repository:
                 if not _is_chain_race(exc) or attempt == _RETRIES - 1:
                     raise
             except OperationFailure as exc:
-                if not exc.has_error_label("TransientTransactionError") or attempt == _RETRIES - 1:
+                # past the request's deadline pymongo keeps the transient label: do not retry then
+                if getattr(exc, "timeout", False) or not exc.has_error_label("TransientTransactionError") \
+                        or attempt == _RETRIES - 1:
                     raise
             time.sleep(min(0.002 * (attempt + 1), 0.05))
         raise RuntimeError("unreachable")
