@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test bench clean
+.PHONY: install serve test bench bench-search clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (or set PYTHON=python3)"; exit 1; }
@@ -23,6 +23,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py
+
+# Search at 2,000 and 20,000 records beside raw pymongo (~8 min); BENCH_ARGS=--quick for a smoke run.
+BENCH_ARGS ?=
+bench-search: $(STAMP)
+	$(BIN)/python bench/search.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .hypothesis

@@ -14,22 +14,16 @@ through the API, and measures with real HTTP clients on loopback:
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
-import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
-import requests
 from pymongo import MongoClient
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
@@ -38,123 +32,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from api.auth import issue_dev_token  # noqa: E402
+from bench.harness import Client, Server, measure  # noqa: E402
 from ehcp_record.config import load_settings  # noqa: E402
-from ehcp_record.store.mongod import free_port  # noqa: E402
 from tests.consent_support import grant  # noqa: E402
 from tests.e2e.plan_builders import parent  # noqa: E402
 
 LA = "Organization/la-866"
 SECTION = "http://ehcp-record.example.org/fhir/CodeSystem/ehcp-section"
 NEED = "http://ehcp-record.example.org/fhir/CodeSystem/sen-primary-need"
-
-
-class Server:
-    def __init__(self, data_dir: Path, workers: int) -> None:
-        self.port = free_port()
-        env = {**os.environ, "EHCP_DATA_DIR": str(data_dir), "EHCP_ENV": "local"}
-        env.pop("EHCP_MONGODB_URI", None)
-        command = [sys.executable, "-m", "api.cli", "serve", "--port", str(self.port), "--workers", str(workers)]
-        self.log = open(data_dir / "server.log", "wb")
-        self.process = subprocess.Popen(command, env=env, stdout=self.log, stderr=self.log, start_new_session=True)
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.data_dir = data_dir
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError((data_dir / "server.log").read_text()[-2000:])
-            try:
-                if requests.get(self.base + "/readyz", timeout=1).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("server did not start")
-
-    @property
-    def mongo_uri(self) -> str:
-        port = (self.data_dir / "mongod.port").read_text().strip()
-        return f"mongodb://127.0.0.1:{port}/?replicaSet=rs0"
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGINT)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-        self.log.close()
-
-
-class Reply:
-    def __init__(self, status: int, body: bytes) -> None:
-        self.status_code = status
-        self.content = body
-
-    @property
-    def text(self) -> str:
-        return self.content.decode(errors="replace")
-
-    def json(self) -> dict:
-        return json.loads(self.content)
-
-
-class Client:
-    """One keep-alive HTTP/1.1 connection (http.client): light enough that the load generator
-    does not take the server's CPU on a 2-core machine."""
-
-    def __init__(self, base: str, token: str) -> None:
-        self.base = base
-        host, port = base.removeprefix("http://").split(":")
-        self.connection = http.client.HTTPConnection(host, int(port), timeout=60)
-        self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"}
-
-    def _call(self, method: str, path: str, body: dict | None = None, extra: dict | None = None) -> Reply:
-        data = json.dumps(body).encode() if body is not None else None
-        for attempt in (1, 2):
-            try:
-                self.connection.request(method, path, body=data, headers={**self.headers, **(extra or {})})
-                response = self.connection.getresponse()
-                return Reply(response.status, response.read())
-            except (http.client.HTTPException, ConnectionError):
-                self.connection.close()
-                if attempt == 2:
-                    raise
-        raise RuntimeError("unreachable")
-
-    def get(self, path: str) -> Reply:
-        return self._call("GET", path)
-
-    def post(self, path: str, body: dict) -> Reply:
-        return self._call("POST", path, body)
-
-    def put(self, path: str, body: dict, version: int) -> Reply:
-        return self._call("PUT", path, body, {"If-Match": f'W/"{version}"'})
-
-
-def measure(name: str, clients: int, seconds: float, make_worker: Callable[[int], Callable[[], None]]) -> dict:
-    """Run `clients` threads each calling its worker until time is up; latency per call."""
-    latencies: list[float] = []
-    lock = threading.Lock()
-    stop_at = time.monotonic() + seconds
-
-    def run(index: int) -> None:
-        work = make_worker(index)
-        mine = []
-        while time.monotonic() < stop_at:
-            started = time.perf_counter()
-            work()
-            mine.append(time.perf_counter() - started)
-        with lock:
-            latencies.extend(mine)
-
-    started = time.monotonic()
-    with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(run, range(clients)))
-    elapsed = time.monotonic() - started
-    latencies.sort()
-    return {"name": name, "clients": clients, "requests": len(latencies), "per_second": len(latencies) / elapsed,
-            "p50_ms": 1000 * latencies[len(latencies) // 2], "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)]}
 
 
 def child_body(n: int) -> dict:
