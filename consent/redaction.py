@@ -93,22 +93,28 @@ def redact(resource: Mapping, decision: Decision,
     if resource.get("resourceType") != "Composition":
         return resource
     privileged = _privileged(decision, actor_is_family_or_custodian)
-    if privileged and visible_sections(decision, actor_is_family_or_custodian) is None:
+    removed = {ref_key(r) for r in removed_refs}
+    if privileged and not removed and visible_sections(decision, actor_is_family_or_custodian) is None:
         return resource  # sees the whole record: nothing to take out, whatever the coding
-    return _redact_composition(resource, decision, privileged,
-                               {ref_key(r) for r in removed_refs})
+    return _redact_composition(resource, decision, privileged, removed)
 
 
 def redact_bundle_entries(resources: Iterable[Mapping], decision: Decision,
-                          actor_is_family_or_custodian: bool | None = None) -> list[Any]:
+                          actor_is_family_or_custodian: bool | None = None, *,
+                          also_hidden: Iterable[str] = ()) -> list[Any]:
     """Redact a set of resources returned together, keeping order.
 
     Hidden resources are dropped, and a Composition among them loses its section entries
     that pointed at a dropped resource, so no reference to hidden content remains.
+    `also_hidden` ("Type/id") are dropped the same way for a reason outside consent (the
+    token's scopes do not cover their type).
     """
     items = list(resources)
-    removed = {key for r in items if not may_see(r, decision, actor_is_family_or_custodian)
+    hidden = {ref_key(r) for r in also_hidden}
+    removed = {key for r in items
+               if not may_see(r, decision, actor_is_family_or_custodian) or _own_key(r) in hidden
                for key in [_own_key(r)] if key}
+    items = [r for r in items if _own_key(r) not in hidden]
     kept = (redact(r, decision, actor_is_family_or_custodian, removed_refs=removed)
             for r in items)
     return [r for r in kept if r is not None]

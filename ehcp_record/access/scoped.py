@@ -522,8 +522,12 @@ class ScopedStore:
         return self.access.visible(version)[0]
 
     def view_all(self, resources: list[dict], decision: Decision) -> list[dict]:
-        """Resources shown together ($document): hidden ones dropped, references to them too."""
-        return redaction.redact_bundle_entries(resources, decision)
+        """Resources shown together ($document): hidden ones dropped, references to them too,
+        including those of a type the token's scopes do not cover (as `_include` and
+        `$everything` apply them)."""
+        out_of_scope = [f"{r['resourceType']}/{r['id']}" for r in resources
+                        if not self.access.scope_allows(r["resourceType"], "r")]
+        return redaction.redact_bundle_entries(resources, decision, also_hidden=out_of_scope)
 
     @audited
     def open_record(self, record: str, purpose: str, label: str | None = None,

@@ -29,6 +29,7 @@ from pymongo.write_concern import WriteConcern
 from ehcp_record.audit import chain as audit_chain
 from ehcp_record.errors import conflict, precondition_failed
 from ehcp_record.fhir.search import Criterion, SearchQuery, SortKey
+from ehcp_record.store.subscriptions import SubscriptionCache
 from ehcp_record.store.versions import (AuditAppend, RecordContext, Version, VersionWrite, Visibility,  # noqa: F401
                                          utc_now)
 
@@ -49,6 +50,7 @@ class Repository:
         self.history = self.db.history
         self.audit = self.db.audit
         self.records = self.db.records
+        self.subscriptions = SubscriptionCache(self.current, _version)
 
     @classmethod
     def connect(cls, uri: str, database: str, signing_key: Ed25519PrivateKey | None = None) -> "Repository":
@@ -67,6 +69,7 @@ class Repository:
         return repo
 
     def close(self) -> None:
+        self.subscriptions.close()
         self.client.close()
 
     def ensure_indexes(self) -> None:
@@ -143,6 +146,8 @@ class Repository:
                 self._append(session, append)
 
         self.in_transaction(work)
+        if any(write.type == "Subscription" for write in writes):
+            self.subscriptions.refresh()
 
     def append_audit(self, audits: list[AuditAppend], tips: dict[str, dict | None] | None = None) -> None:
         """Audit entries with no version change (reads, searches, refusals), written together.
@@ -319,8 +324,8 @@ class Repository:
         return _version(doc) if doc else None
 
     def active_subscriptions(self, resource_types: set[str]) -> list[Version]:
-        docs = self.current.find({"type": "Subscription", "res.status": "active"})
-        return [v for v in map(_version, docs) if v.resource.get("criteria", "").split("?")[0] in resource_types]
+        """From memory, kept in step by a change stream (no query per commit)."""
+        return self.subscriptions.active(resource_types)
 
     def documents_of_record(self, record: str) -> dict[str, bytes]:
         return {d["_id"]: bytes(d["data"]) for d in self.db.documents.find({"record": record})}

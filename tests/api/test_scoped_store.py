@@ -1,0 +1,213 @@
+"""The caller-scoped store: how much a read and a search cost, the named privileged writes,
+per-type scopes on `$document`, and batched audit appends under concurrency.
+
+Round trips are counted with pymongo's command monitoring on the server's own client, so a
+change that adds a query per record in custody, or a Subscription query per commit, fails here.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from pymongo import monitoring
+
+from ehcp_record.access.policy import Refusal
+from ehcp_record.access.scoped import ScopedStore
+from tests.conftest import start_server
+from tests.consent_support import grant, load_issued_example
+from tests.support import need
+
+
+class Commands(monitoring.CommandListener):
+    """Counts the commands sent while `recording` (register once, before the app's client)."""
+
+    def __init__(self) -> None:
+        self.recording = False
+        self.seen: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if self.recording and event.command_name not in ("endSessions", "hello", "isMaster", "ping"):
+            collection = event.command.get(event.command_name)
+            detail = str(event.command.get("filter") or event.command.get("pipeline") or "")
+            with self.lock:
+                self.seen.append((event.command_name, collection if isinstance(collection, str) else "", detail))
+
+    def succeeded(self, event) -> None: ...
+
+    def failed(self, event) -> None: ...
+
+    def count(self, action, filters: bool = False) -> list[tuple]:
+        """The commands `action` sent: (name, collection), with the filter text if asked."""
+        with self.lock:
+            self.seen = []
+        self.recording = True
+        try:
+            action()
+        finally:
+            self.recording = False
+        with self.lock:
+            return [c if filters else c[:2] for c in self.seen]
+
+
+COMMANDS = Commands()
+monitoring.register(COMMANDS)
+
+
+@pytest.fixture(scope="module")
+def api(mongo, data_dir):
+    client, server = start_server(mongo, data_dir)
+    yield client
+    server.shutdown()
+    client.session.close()
+    client.services.repo.client.drop_database(client.services.settings.database)
+    client.services.repo.close()
+
+
+def _children(api, count: int, organization: str = "Organization/la-866") -> list[str]:
+    token = api.token("la", organization)
+    entries = []
+    for _ in range(count):
+        entries.append({"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": {"resourceType": "Patient", "birthDate": "2015-03-14"},
+                        "request": {"method": "POST", "url": "Patient"}})
+    response = api.post("/fhir", {"resourceType": "Bundle", "type": "transaction", "entry": entries}, token)
+    assert response.status_code == 200, response.text
+    return [e["response"]["location"].split("/")[1] for e in response.json()["entry"]]
+
+
+def test_a_read_is_two_round_trips(api):
+    child = api.new_child()
+    api.get(f"/fhir/Patient/{child['id']}", api.la())  # warm: the chain has a checkpoint already
+    seen = COMMANDS.count(lambda: api.get(f"/fhir/Patient/{child['id']}", api.la()))
+    assert seen == [("aggregate", "current"), ("insert", "audit")], seen
+
+
+def test_search_cost_does_not_grow_with_the_records_in_custody(api):
+    ident = f"urn:test|{uuid.uuid4()}"
+    child = api.new_child(identifier=[{"system": "urn:test", "value": ident.split("|")[1]}])
+    query = f"/fhir/Patient?identifier={ident}"
+
+    def search():
+        response = api.get(query, api.la())
+        assert response.status_code == 200 and response.json()["total"] == 1, response.text
+        assert response.json()["entry"][0]["resource"]["id"] == child["id"]
+
+    search()
+    small = COMMANDS.count(search)
+    _children(api, 150)
+    large = COMMANDS.count(search)
+    assert len(large) == len(small) <= 8, (small, large)
+    assert Counter(name for name, _ in large)["insert"] == 1  # the response's audit, one insert
+
+
+def test_a_commit_asks_nothing_about_subscriptions(api):
+    child = api.new_child()
+    seen = COMMANDS.count(lambda: api.post("/fhir/Condition", need(child["id"]), api.la()), filters=True)
+    scans = [c for c in seen if c[0] in ("find", "aggregate") and "Subscription" in c[2]]
+    assert seen and scans == [], seen
+
+
+def test_a_subscription_made_here_is_known_at_once(api):
+    """The cache is refreshed by the writing process itself, not only by the change stream."""
+    child = api.new_child()
+    body = {"resourceType": "Subscription", "status": "requested", "reason": "test",
+            "criteria": f"Condition?patient=Patient/{child['id']}",
+            "channel": {"type": "rest-hook", "endpoint": "http://127.0.0.1:9/hook"}}
+    assert api.post("/fhir/Subscription", body, api.la()).status_code == 201
+    active = api.services.records.active_subscriptions({"Condition"})
+    assert any(s.resource["criteria"] == body["criteria"] for s in active)
+
+
+def test_document_leaves_out_types_the_token_does_not_cover(api):
+    record = load_issued_example(api)
+    plan = record["Composition"][0]
+    narrow = api.token("la", "Organization/la-866", scope="user/Composition.rs")
+    bundle = api.get(f"/fhir/Composition/{plan['id']}/$document", narrow).json()
+    types = {e["resource"]["resourceType"] for e in bundle["entry"]}
+    assert types == {"Composition"}, types
+    cited = [entry["reference"] for section in bundle["entry"][0]["resource"].get("section", [])
+             for entry in section.get("entry", [])]
+    assert not [c for c in cited if not c.startswith("Composition/")], cited
+    assert "signature" not in bundle  # not the signed whole: something was left out
+
+
+def _store(api, token: str) -> ScopedStore:
+    caller = api.services.verifier.caller(f"Bearer {token}", "127.0.0.1", "test", uuid.uuid4().hex)
+    return api.services.records.for_caller(caller)
+
+
+def test_arrival_tasks_are_refused_without_an_accepted_transfer(api):
+    record = load_issued_example(api)
+    child = record["Patient"][0]["id"]
+    store = _store(api, api.token("la", "Organization/la-916"))
+    notice = {"resourceType": "Task", "id": str(uuid.uuid4()), "status": "requested", "intent": "order",
+              "for": {"reference": f"Patient/{child}"}}
+    with pytest.raises(Refusal) as refused:
+        store.prepare_server_task(notice, None, "accept-transfer", "arrival")
+    assert refused.value.status == 403
+
+
+def test_a_parental_response_needs_the_decision_maker(api):
+    record = load_issued_example(api)
+    child = record["Patient"][0]["id"]
+    store = _store(api, api.token("school", "Organization/school-1"))
+    answered = {"resourceType": "Task", "id": str(uuid.uuid4()), "status": "completed", "intent": "order",
+                "for": {"reference": f"Patient/{child}"}}
+    with pytest.raises(Refusal) as refused:
+        store.prepare_server_task(answered, None, "respond:agree", "respond")
+    assert refused.value.status == 404  # the school may not know the record exists
+
+
+def test_issuing_past_the_gate_needs_the_custodian(api):
+    record = load_issued_example(api)
+    plan = record["Composition"][0]
+    parent = _store(api, record["parent_token"])
+    with pytest.raises(Refusal) as refused:
+        parent.prepare_issued_plan({k: v for k, v in plan.items() if k != "meta"}, plan["id"])
+    assert refused.value.status == 403
+    assert "custody" in refused.value.diagnostics
+
+
+def test_each_named_write_is_audited_under_its_own_action(api):
+    record = load_issued_example(api)
+    child = record["Patient"][0]["id"]
+    actions = {e["body"]["reason"] for e in api.services.repo.db.audit.find({"record": child, "body.action": "update"})}
+    actions |= {e["body"]["action"] for e in api.services.repo.db.audit.find({"record": child})}
+    assert {"respond:agree", "issue"} <= actions, actions
+
+
+def test_concurrent_batched_audits_never_fork_a_chain(api):
+    """Reads of one record and searches across many append at the same tips at once; every
+    chain still verifies and has no gap."""
+    children = [api.new_child()["id"] for _ in range(4)]
+    token = api.la()
+
+    def work(index: int) -> int:
+        child = children[index % len(children)]
+        if index % 3 == 0:
+            return api.get("/fhir/Patient?birthdate=2015-03-14&_count=50", token).status_code
+        return api.get(f"/fhir/Patient/{child}", token).status_code
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        assert set(pool.map(work, range(120))) == {200}
+    for child in children:
+        verdict = api.get(f"/fhir/Patient/{child}/$verify-audit", token).json()
+        values = {p["name"]: p.get("valueBoolean", p.get("valueInteger")) for p in verdict["parameter"]}
+        assert values["valid"] is True, verdict
+        seqs = [e["seq"] for e in api.services.repo.db.audit.find({"record": child}, {"seq": 1}).sort("seq", 1)]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs[:20]  # no gap, no repeat
+
+
+def test_consented_reader_search_costs_the_same_few_queries(api):
+    record = load_issued_example(api)
+    child = record["Patient"][0]["id"]
+    mum = record["RelatedPerson"][0]["id"]
+    assert api.post("/fhir/Consent", grant(child, f"RelatedPerson/{mum}", "Organization/school-9", ["A", "B"]),
+                    record["parent_token"]).status_code == 201
+    school = api.token("school", "Organization/school-9")
+    seen = COMMANDS.count(lambda: api.get(f"/fhir/Condition?patient={child}", school))
+    assert len(seen) <= 8, seen
