@@ -130,6 +130,11 @@ class RecordStore:
 
         health.probe_when_no_primary(self.repo.client)
 
+    def receipt_of(self, transfer_id: str) -> dict | None:
+        """$receive-transfer idempotency: the receipt of a transfer already taken in (who sent
+        which bytes, and the signed acknowledgement), read before any caller exists."""
+        return self.transfers.received_ack(transfer_id) if self.transfers is not None else None
+
     def active_subscriptions(self, resource_types: set[str]) -> list[Version]:
         """The notifier's own question (no caller: it then asks as each subscriber)."""
         return self.repo.active_subscriptions(resource_types)
@@ -674,10 +679,6 @@ class ScopedStore:
     def record_tasks_for_destination(self, transfer: Version) -> list[Version]:
         """$accept: the record's open Tasks the new LA closes (assessments stop, reg 15(6))."""
         return self._repo.current_of_type(transfer.record or "", "Task")
-
-    def receipt_of(self, transfer_id: str) -> dict | None:
-        assert self._shared.transfers is not None
-        return self._shared.transfers.received_ack(transfer_id)
 
     # --- media (GridFS) ----------------------------------------------------------------------
 

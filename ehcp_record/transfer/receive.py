@@ -64,7 +64,7 @@ class ReceiveTransfer:
     def _replay(self, transfer_id: str, digest: str, sender: str) -> tuple[int, dict] | None:
         """A transfer already received: the same acknowledgement for the same bytes; for other
         bytes under that id, 409 with the acknowledgement of what is held (to its sender only)."""
-        seen = self.stores.transfers.received_ack(transfer_id) if self.stores.transfers else None
+        seen = self.stores.receipt_of(transfer_id)
         if seen is None:
             return None
         if seen["sha256"] == digest:

@@ -17,7 +17,6 @@ from pymongo import monitoring
 
 from ehcp_record.access.policy import Refusal
 from ehcp_record.access.scoped import ScopedStore
-from tests.conftest import start_server
 from tests.consent_support import grant, load_issued_example
 from tests.support import need
 
@@ -55,17 +54,7 @@ class Commands(monitoring.CommandListener):
 
 
 COMMANDS = Commands()
-monitoring.register(COMMANDS)
-
-
-@pytest.fixture(scope="module")
-def api(mongo, data_dir):
-    client, server = start_server(mongo, data_dir)
-    yield client
-    server.shutdown()
-    client.session.close()
-    client.services.repo.client.drop_database(client.services.settings.database)
-    client.services.repo.close()
+monitoring.register(COMMANDS)  # at import, so the module's server client (conftest `api`) has it
 
 
 def _children(api, count: int, organization: str = "Organization/la-866") -> list[str]:

@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[2]
 #: that wraps it, and the composition root that builds both.
 REPOSITORY_HOLDERS = ("ehcp_record/store/", "ehcp_record/access/scoped.py", "ehcp_record/access/policy.py",
                       "ehcp_record/wiring.py")
-RAW_USE = re.compile(r"\.(repo|_repo)\.(?!signing_key\b)\w+|\bRepository\b")
+RAW_USE = re.compile(r"\.(repo|_repo)\.(?!signing_key\b)\w+|\b(stores|records)\.(transfers|media|repo)\b"
+                     r"|\bRepository\b|\bTransferStore\b|\bMediaStore\b")
 
 
 def test_import_contracts_hold():
