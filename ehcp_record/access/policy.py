@@ -53,6 +53,24 @@ def denied(message: str, record: str | None, target: str | None = None) -> Refus
     return Refusal(403, "forbidden", message, record, message, target)
 
 
+_GRANTS: dict[tuple[str, int, str], Grant] = {}
+_GRANTS_MAX = 50_000
+
+
+def grant_of(version: Version) -> Grant:
+    """A stored Consent version as the engine's Grant. A version never changes (revoking or
+    editing a consent makes a new one), so each is parsed once per process."""
+    if not version.hash:
+        return parse_grant(version.resource)
+    key = (version.id, version.vid, version.hash)
+    grant = _GRANTS.get(key)
+    if grant is None:
+        if len(_GRANTS) >= _GRANTS_MAX:
+            _GRANTS.clear()
+        grant = _GRANTS[key] = parse_grant(version.resource)
+    return grant
+
+
 def record_state_of(record: str, doc: dict | None) -> RecordState | None:
     if doc is None:
         return None
@@ -76,6 +94,7 @@ class RequestAccess:
     _states: dict[str, RecordState | None] = field(default_factory=dict)
     _grants: dict[str, list[Grant]] = field(default_factory=dict)
     _decisions: dict[tuple[str, str], Decision] = field(default_factory=dict)
+    _naming_grants: dict[str, list[Grant]] = field(default_factory=dict)
 
     # --- scopes (the outer fence) -------------------------------------------------------
 
@@ -98,7 +117,12 @@ class RequestAccess:
         """Take what a read fetched with the resource, so deciding costs no further query."""
         if record not in self._states:
             self._states[record] = record_state_of(record, state)
-            self._grants[record] = [parse_grant(v.resource) for v in consents]
+            self._grants[record] = [grant_of(v) for v in consents]
+
+    def prime_states(self, states: dict[str, dict | None]) -> None:
+        """Custody states a search fetched with its results (their consents load on demand)."""
+        for record, doc in states.items():
+            self._states.setdefault(record, record_state_of(record, doc))
 
     def prefetch(self, records: list[str]) -> None:
         """States of many records in one query, then the consents of those decided by consent."""
@@ -109,8 +133,11 @@ class RequestAccess:
         for record in missing:
             self._states[record] = record_state_of(record, docs.get(record))
         by_consent = [r for r in missing if self._needs_grants(r)]
-        for record, versions in self.repo.consents_of_records(by_consent).items():
-            self._grants[record] = [parse_grant(v.resource) for v in versions]
+        for record in [r for r in by_consent if r in self._naming_grants]:
+            self._grants[record] = self._naming_grants[record]
+        unknown = [r for r in by_consent if r not in self._naming_grants]
+        for record, versions in self.repo.consents_of_records(unknown).items():
+            self._grants[record] = [grant_of(v) for v in versions]
 
     def _needs_grants(self, record: str) -> bool:
         state = self._states.get(record)
@@ -127,7 +154,7 @@ class RequestAccess:
     def _lazy_grants(self, record: str):
         """The record's consents, read from the database only if the engine asks for them."""
         if record not in self._grants:
-            self._grants[record] = [parse_grant(v.resource) for v in self.repo.consents_of_record(record)]
+            self._grants[record] = [grant_of(v) for v in self.repo.consents_of_record(record)]
         yield from self._grants[record]
 
     def decide(self, operation: str, record: str) -> Decision:
@@ -220,7 +247,15 @@ class RequestAccess:
         if actor.patient:
             found.add(actor.patient.removeprefix("Patient/"))
         recipients = [f"role:{actor.role}"] + ([actor.organization] if actor.organization else [])
-        found.update(v.record for v in self.repo.consents_naming(recipients) if v.record)
+        naming: dict[str, list[Version]] = {}
+        for version in self.repo.consents_naming(recipients):
+            if version.record:
+                naming.setdefault(version.record, []).append(version)
+        for record, versions in naming.items():
+            # Consents only ever permit (a deny is refused on write), so for a reader who is
+            # neither family nor custodian the grants that name them are all that can decide.
+            self._naming_grants[record] = [grant_of(v) for v in versions]
+        found.update(naming)
         return sorted(found)
 
 

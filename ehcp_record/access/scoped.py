@@ -254,10 +254,13 @@ class ScopedStore:
     def search(self, resource_type: str, pairs: list[tuple[str, str]]) -> SearchResult:
         self.access.require_scope(resource_type, "s")
         query = parse_search(self.registry, resource_type, pairs)
-        total, versions = self._repo.search(query, self.access.search_visibility(query.patient_filter))
+        total, found = self._repo.search_in_context(query, self.access.search_visibility(query.patient_filter))
+        versions = [c.version for c in found if c.version is not None]
+        self.access.prime_states({v.record: c.state for v, c in zip(versions, found) if v.record})
         matches = self._shown(versions)
         included = self._included(query, versions)
-        self._audit_permits("search", [v for v, _ in matches + included])
+        tips = {audit.chain_of(v.record): c.tip for v, c in zip(versions, found)}
+        self._audit_permits("search", [v for v, _ in matches + included], tips=tips)
         return SearchResult(total, [m for _, m in matches], [r for _, r in included], query)
 
     def _included(self, query: SearchQuery, versions: list[Version]) -> list[tuple[Version, dict]]:

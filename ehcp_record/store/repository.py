@@ -39,6 +39,10 @@ _RETRIES = 200
 
 
 CHECKPOINT_INTERVAL = timedelta(hours=1)
+#: The newest entry of the audit chain of a document's record (or the directory chain).
+_TIP_LOOKUP = {"$lookup": {"from": "audit", "let": {"r": {"$ifNull": ["$record", "ehcp-directory"]}}, "as": "_tip",
+                           "pipeline": [{"$match": {"$expr": {"$eq": ["$record", "$$r"]}}}, {"$sort": {"seq": -1}},
+                                        {"$limit": 1}, {"$project": {"seq": 1, "hash": 1, "cp_at": 1}}]}}
 
 
 class Repository:
@@ -265,9 +269,7 @@ class Repository:
             {"$lookup": {"from": "records", "localField": "record", "foreignField": "_id", "as": "_state"}},
             {"$lookup": {"from": "current", "let": {"r": "$record"}, "as": "_consents", "pipeline": [
                 {"$match": {"$expr": {"$and": [{"$eq": ["$type", "Consent"]}, {"$eq": ["$record", "$$r"]}]}}}]}},
-            {"$lookup": {"from": "audit", "let": {"r": {"$ifNull": ["$record", "ehcp-directory"]}}, "as": "_tip",
-                         "pipeline": [{"$match": {"$expr": {"$eq": ["$record", "$$r"]}}}, {"$sort": {"seq": -1}},
-                                      {"$limit": 1}, {"$project": {"seq": 1, "hash": 1, "cp_at": 1}}]}},
+            _TIP_LOOKUP,
         ]
         docs = list(collection.aggregate(pipeline))
         if not docs:
@@ -368,12 +370,27 @@ class Repository:
         return {d["_id"]: _version(d) for d in self.current.find({"_id": {"$in": refs}})}
 
     def search(self, query: SearchQuery, visibility: Visibility) -> tuple[int, list[Version]]:
+        total, found = self.search_in_context(query, visibility)
+        return total, [c.version for c in found if c.version is not None]
+
+    def search_in_context(self, query: SearchQuery, visibility: Visibility) -> tuple[int, list[RecordContext]]:
+        """A page of matches, each with its record's custody state and chain tip (one
+        aggregate), and the total: counted only when the first page is full, since a page
+        that is not full from offset 0 already is the total (FHIR R4 search: Bundle.total)."""
         mongo_filter = _search_filter(query, visibility)
-        total = self.current.count_documents(mongo_filter)
         if query.summary_count or query.count == 0:
-            return total, []
-        cursor = self.current.find(mongo_filter).sort(_sort_spec(query.sort)).skip(query.offset).limit(query.count)
-        return total, [_version(d) for d in cursor]
+            return self.current.count_documents(mongo_filter), []
+        pipeline = [{"$match": mongo_filter}, {"$sort": dict(_sort_spec(query.sort))}]
+        if query.offset:
+            pipeline.append({"$skip": query.offset})
+        pipeline += [{"$limit": query.count},
+                     {"$lookup": {"from": "records", "localField": "record", "foreignField": "_id", "as": "_state"}},
+                     _TIP_LOOKUP]
+        found = [RecordContext(_version(d), (d.get("_state") or [None])[0], [], (d.get("_tip") or [None])[0])
+                 for d in self.current.aggregate(pipeline)]
+        if query.offset == 0 and len(found) < query.count:
+            return len(found), found
+        return self.current.count_documents(mongo_filter), found
 
     # --- custody state ------------------------------------------------------------------
 
