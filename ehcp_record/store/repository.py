@@ -232,8 +232,8 @@ class Repository:
             except DuplicateKeyError:
                 raise conflict(f"{write.type}/{write.id} already exists") from None
         else:
-            found = self.current.find_one_and_replace(
-                {"_id": doc["_id"], "vid": write.expected}, doc, session=session,
+            found = self.current.find_one_and_replace(  # the record id: the shard key (DESIGN "Scale")
+                {"_id": doc["_id"], "vid": write.expected, "record": write.record}, doc, session=session,
                 return_document=ReturnDocument.BEFORE, projection={"_id": 1},
             )
             if found is None:
