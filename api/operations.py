@@ -7,14 +7,14 @@ from flask import Blueprint, Response
 from api.capability import OPERATIONS
 from api.context import services, store
 from api.http import fhir_response, json_body, version_headers
+from ehcp_record.fhir.canonical import operation_definition
 
 bp = Blueprint("operations", __name__, url_prefix="/fhir")
-BASE = "http://ehcp-record.example.org/fhir/OperationDefinition"
 
 
 def operation(name: str, resource_type: str | None):
     """Register the operation in the CapabilityStatement as well as the route table."""
-    OPERATIONS.append((name, resource_type, f"{BASE}/{name}"))
+    OPERATIONS.append((name, resource_type, operation_definition(name)))
     return lambda handler: handler
 
 

@@ -23,12 +23,12 @@ from ehcp_record.fhir.dates import instant
 from ehcp_record.fhir.model import literal_references, ref_key
 from ehcp_record.plan.gate import is_issued
 from ehcp_record.plan.diff import diff_documents
+from ehcp_record.plan.provenance import KEY_ID_SYSTEM
 from ehcp_record.store.versions import Version
 
 MAX_DOCUMENT_RESOURCES = 2000
 _SIGNATURE_TYPE = "urn:iso-astm:E1762-95:2013"
 _DOCUMENT_NAMESPACE = uuid.UUID("6f1f3e55-2d0c-4b8e-9a53-2f0c5d6b9e11")
-KEY_ID_SYSTEM = "http://ehcp-record.example.org/fhir/NamingSystem/signing-key"
 
 
 @dataclass

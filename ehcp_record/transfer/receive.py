@@ -27,7 +27,7 @@ from ehcp_record.errors import FhirError, invalid, unprocessable
 from ehcp_record.fhir.model import parse_resource
 from ehcp_record.access.scoped import RecordStore, ScopedStore
 from ehcp_record.store.versions import AuditAppend, Version, VersionWrite
-from ehcp_record.workflow.task_values import task_input
+from ehcp_record.workflow.task_values import TASK_INPUT_SYSTEM, concept, task_input
 from ehcp_record.transfer.service import TransferService, is_transfer
 from ehcp_record.transfer.remote import (AUDIT_URL, DOCUMENT_PREFIX, MEDIA_PREFIX, STATE_URL, already_received,
                                          check_signature, decode, make_ack, parse_bundle)
@@ -145,8 +145,7 @@ class ReceiveTransfer:
         """The transfer Task completed here, and the family's notice (reg 15(4))."""
         pending = {f"{w.type}/{w.id}": w.record for w in writes}
         done = dict(task.resource, status="completed", lastModified=fhir_dates.instant(now),
-                    output=[{"type": {"coding": [{"system": "http://ehcp-record.example.org/fhir/CodeSystem/ehcp-task-input",
-                                                  "code": "transferred-on"}]}, "valueDate": now.date().isoformat()}])
+                    output=[{"type": concept(TASK_INPUT_SYSTEM, "transferred-on"), "valueDate": now.date().isoformat()}])
         completed = store.prepare_server_task(done, replace(task, record=record), "receive-transfer", "arrival",
                                               pending=pending)
         birth = state.get("birth_date")

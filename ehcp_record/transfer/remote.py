@@ -36,6 +36,7 @@ from ehcp_record.audit import chain as audit_chain
 from ehcp_record.audit import signing
 from ehcp_record.config import Settings
 from ehcp_record.errors import FhirError, invalid
+from ehcp_record.fhir.canonical import naming_system
 from ehcp_record.fhir.dates import instant
 from ehcp_record.store.versions import Version
 
@@ -46,6 +47,7 @@ STATE_URL = "urn:ehcp:record-state"
 DOCUMENT_PREFIX = "urn:ehcp:document:"
 MEDIA_PREFIX = "urn:ehcp:media:"
 CONNECT_TIMEOUT, READ_TIMEOUT = 5, 120
+TRANSFER_ID_SYSTEM = naming_system("transfer")
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,7 @@ def build_bundle(repo: Any, record: str, transfer_id: str, now: datetime,
                             "resource": _binary(version.resource.get("contentType", "application/octet-stream"),
                                                 repo.read_media(info["file"]))})
     return {"resourceType": "Bundle", "id": transfer_id, "type": "collection", "timestamp": instant(now),
-            "identifier": {"system": "http://ehcp-record.example.org/fhir/NamingSystem/transfer", "value": transfer_id},
+            "identifier": {"system": TRANSFER_ID_SYSTEM, "value": transfer_id},
             "entry": entries}
 
 
