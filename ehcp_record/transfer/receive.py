@@ -13,7 +13,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, replace
-from datetime import date, datetime
+from datetime import datetime
 
 from consent.model import Actor, RecordState
 from consent.scopes import parse_scopes
@@ -150,7 +150,7 @@ class ReceiveTransfer:
                                               pending=pending)
         birth = state.get("birth_date")
         record_state = RecordState(record_id=record, custodian=destination, parents=frozenset(state.get("parents", [])),
-                                   birth_date=date.fromisoformat(birth) if birth else None,
+                                   birth_date=fhir_dates.parse_date(birth) if birth else None,
                                    lacks_capacity=bool(state.get("lacks_capacity")), representative=state.get("representative"))
         notice = self.transfers._family_notice(store, task, record_state, now, pending=pending)
         return [completed.write, notice.write]

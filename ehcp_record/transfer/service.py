@@ -196,12 +196,12 @@ class TransferService:
         dates = []
         for version in scope.current_of_type("Composition"):
             if is_plan(version.resource) and is_issued(version.resource) and version.resource.get("date"):
-                dates.append(date.fromisoformat(version.resource["date"][:10]))
+                dates.append(parse_date(version.resource["date"][:10]))
         for task in scope.current_of_type("Task"):
             if is_task(task.resource, "annual-review") and task.resource.get("status") not in _WITHDRAWN:
                 meeting = task_input(task.resource, "meeting-date")
-                if isinstance(meeting, str) and date.fromisoformat(meeting) <= today:
-                    dates.append(date.fromisoformat(meeting))
+                if isinstance(meeting, str) and parse_date(meeting) <= today:
+                    dates.append(parse_date(meeting))
         return max(dates) if dates else today
 
     # --- $accept ------------------------------------------------------------------------
@@ -247,7 +247,7 @@ class TransferService:
         """Reg 15(4): within 6 weeks the new LA tells the family the plan has transferred,
         whether it will reassess, and when it will review (reg 15(5))."""
         transferred = now.date()
-        last_review = date.fromisoformat(str(task_input(task.resource, "last-review")))
+        last_review = parse_date(task_input(task.resource, "last-review"))
         notice_due = clocks.transfer_notice_due(transferred)
         review_due = clocks.transfer_review_due(last_review, transferred)
         makers = sorted(engine.decision_makers(state, transferred)) if state else []
