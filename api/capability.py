@@ -7,10 +7,10 @@ the code.
 
 from __future__ import annotations
 
+from ehcp_record.fhir.canonical import canonical
 from ehcp_record.fhir.model import READ_ONLY_TYPES, STORED_TYPES
 from ehcp_record.wiring import Services
 
-BASE = "http://ehcp-record.example.org/fhir"
 #: (name, resource type or None for system level, definition canonical); filled by api.operations
 OPERATIONS: list[tuple[str, str | None, str]] = []
 _WRITE = ["create", "update"]
@@ -71,5 +71,5 @@ def _search_params(services: Services, resource_type: str) -> list[dict]:
     params = [{"name": "_id", "type": "token"}, {"name": "_lastUpdated", "type": "date"}]
     for param in sorted(services.registry.for_type(resource_type), key=lambda p: p.code):
         params.append({"name": param.code, "type": param.type,
-                       "definition": f"{BASE}/SearchParameter/ehcp-{param.code}"})
+                       "definition": canonical("SearchParameter", f"ehcp-{param.code}")})
     return params

@@ -7,14 +7,15 @@ from flask import Blueprint, Response
 from api.capability import OPERATIONS
 from api.context import services, store
 from api.http import fhir_response, json_body, version_headers
+from ehcp_record.fhir import bundles
+from ehcp_record.fhir.canonical import operation_definition
 
 bp = Blueprint("operations", __name__, url_prefix="/fhir")
-BASE = "http://ehcp-record.example.org/fhir/OperationDefinition"
 
 
 def operation(name: str, resource_type: str | None):
     """Register the operation in the CapabilityStatement as well as the route table."""
-    OPERATIONS.append((name, resource_type, f"{BASE}/{name}"))
+    OPERATIONS.append((name, resource_type, operation_definition(name)))
     return lambda handler: handler
 
 
@@ -46,8 +47,7 @@ def access_log(patient_id: str) -> Response:
 
     pairs = [("patient", patient_id)] + [(k, v) for k, v in request.args.items(multi=True) if k != "patient"]
     total, events, _, _ = services().audit_log.search(store(), pairs)
-    entries = [{"resource": e, "search": {"mode": "match"}} for e in events]
-    return fhir_response({"resourceType": "Bundle", "type": "searchset", "total": total, "entry": entries})
+    return fhir_response(bundles.searchset([bundles.entry(e, mode="match") for e in events], total))
 
 
 @bp.get("/Patient/<patient_id>/$verify-audit")
@@ -78,8 +78,7 @@ def diff(composition_id: str) -> Response:
 @operation("everything", "Patient")
 def everything(patient_id: str) -> Response:
     resources = services().everything.everything(store(), patient_id)
-    entries = [{"resource": r, "search": {"mode": "match"}} for r in resources]
-    return fhir_response({"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries})
+    return fhir_response(bundles.searchset([bundles.entry(r, mode="match") for r in resources], len(resources)))
 
 
 @bp.post("/<resource_type>/$validate")

@@ -7,6 +7,7 @@ from flask import Blueprint, Response
 from api.context import services, store
 from api.http import bundle_link, fhir_response, if_match, json_body, query_pairs, version_headers, write_response
 from ehcp_record.errors import FhirError, not_supported
+from ehcp_record.fhir import bundles
 from ehcp_record.fhir.model import require_served_type
 from ehcp_record.fhir.search import DEFAULT_COUNT, MAX_COUNT
 
@@ -45,36 +46,34 @@ def _limit_search_form() -> None:
 
 
 def _audit_search() -> Response:
+    """AuditEvents are paged like every other search (the same self/next/previous links)."""
     pairs = query_pairs()
     total, events, offset, count = services().audit_log.search(store(), pairs)
-    path = "/fhir/AuditEvent"
-    links = [{"relation": "self", "url": bundle_link(path, pairs)}]
     rest = [(k, v) for k, v in pairs if k not in ("_count", "_offset")]
-    if offset + count < total:
-        links.append({"relation": "next", "url": bundle_link(path, rest + [("_count", str(count)), ("_offset", str(offset + count))])})
-    entries = [{"fullUrl": bundle_link(f"{path}/{e['id']}", []), "resource": e, "search": {"mode": "match"}} for e in events]
-    return fhir_response({"resourceType": "Bundle", "type": "searchset", "total": total, "link": links, "entry": entries})
+    links = bundles.paging_links(_search_url("AuditEvent"), pairs, rest, offset, count, total)
+    return fhir_response(bundles.searchset([_entry(e, "match") for e in events], total, links))
 
 
 def _searchset(resource_type: str, result) -> dict:
     query = result.query
-    path = f"/fhir/{resource_type}"
-    base_pairs = query.without_paging()
-    links = [{"relation": "self", "url": bundle_link(path, query.echo)}]
-    if query.offset + query.count < result.total and query.count:
-        links.append({"relation": "next", "url": bundle_link(path, base_pairs + [
-            ("_count", str(query.count)), ("_offset", str(query.offset + query.count))])})
-    if query.offset > 0:
-        previous = max(query.offset - query.count, 0)
-        links.append({"relation": "previous", "url": bundle_link(path, base_pairs + [
-            ("_count", str(query.count)), ("_offset", str(previous))])})
+    links = bundles.paging_links(_search_url(resource_type), query.echo, query.without_paging(),
+                                 query.offset, query.count, result.total)
     entries = [_entry(r, "match") for r in result.matches] + [_entry(r, "include") for r in result.included]
-    return {"resourceType": "Bundle", "type": "searchset", "total": result.total, "link": links, "entry": entries}
+    return bundles.searchset(entries, result.total, links)
+
+
+def _search_url(resource_type: str):
+    """Renders a search link on the host the client called (Bundle.link must be absolute)."""
+    return lambda pairs: bundle_link(f"/fhir/{resource_type}", pairs)
+
+
+def _base_url() -> str:
+    """This server's /fhir as the client reached it: the base of every fullUrl we answer with."""
+    return bundle_link("/fhir", [])
 
 
 def _entry(resource: dict, mode: str) -> dict:
-    return {"fullUrl": bundle_link(f"/fhir/{resource['resourceType']}/{resource['id']}", []),
-            "resource": resource, "search": {"mode": mode}}
+    return bundles.entry(resource, _base_url(), mode)
 
 
 @bp.post("/<resource_type>")
@@ -114,14 +113,9 @@ def history(resource_type: str, resource_id: str) -> Response:
     count = min(_int_arg(request.args.get("_count"), DEFAULT_COUNT), MAX_COUNT)
     offset = _int_arg(request.args.get("_offset"), 0)
     total, versions = store().history(resource_type, resource_id, offset, count)
-    entries = [{
-        "fullUrl": bundle_link(f"/fhir/{resource_type}/{resource_id}", []), "resource": shown,
-        "request": {"method": "POST" if v.vid == 1 else "PUT",
-                    "url": resource_type if v.vid == 1 else f"{resource_type}/{resource_id}"},
-        "response": {"status": "201 Created" if v.vid == 1 else "200 OK", "etag": f'W/"{v.vid}"',
-                     "lastModified": shown.get("meta", {}).get("lastUpdated")},
-    } for v, shown in versions]
-    return fhir_response({"resourceType": "Bundle", "type": "history", "total": total, "entry": entries})
+    entries = [bundles.history_entry(shown, _base_url(), resource_type, resource_id, v.vid,
+                                     shown.get("meta", {}).get("lastUpdated")) for v, shown in versions]
+    return fhir_response(bundles.history(entries, total))
 
 
 @bp.get("/<resource_type>/<resource_id>/_history/<vid>")

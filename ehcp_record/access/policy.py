@@ -11,13 +11,14 @@ few queries whatever the number of records in the caller's custody.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import datetime
 from typing import Callable
 
 from consent import engine, redaction
 from consent.model import Decision, Grant, RecordState, parse_grant
 from ehcp_record.access.caller import Caller, owner_key
 from ehcp_record.errors import FhirError
+from ehcp_record.fhir.dates import parse_date
 from ehcp_record.store.repository import Repository
 from ehcp_record.store.versions import Version, Visibility
 
@@ -77,7 +78,7 @@ def record_state_of(record: str, doc: dict | None) -> RecordState | None:
     birth = doc.get("birth_date")
     return RecordState(
         record_id=record, custodian=doc.get("custodian"),
-        birth_date=date.fromisoformat(birth) if birth else None,
+        birth_date=parse_date(birth) if birth else None,
         parents=frozenset(doc.get("parents", ())), lacks_capacity=bool(doc.get("lacks_capacity")),
         representative=doc.get("representative"), transferred_out=bool(doc.get("transferred_out")),
         former_custodians=frozenset(doc.get("former_custodians", ())),

@@ -15,15 +15,16 @@ from consent.sections import section_of
 from ehcp_record.access.policy import RequestAccess, denied
 from ehcp_record.access.caller import Caller
 from ehcp_record.errors import unprocessable
+from ehcp_record.fhir.canonical import code_system, structure_definition
 
 DIRECTORY_WRITERS = frozenset({"la", "system"})
 CONTRIBUTABLE_TYPES = frozenset({"DocumentReference", "Binary"})
 # profiles/CodeSystem/ehcp-relationship: who has parental responsibility (Children Act 1989
 # s3) and who represents a young person lacking capacity (CFA 2014 s80).
-RELATIONSHIP_SYSTEM = "http://ehcp-record.example.org/fhir/CodeSystem/ehcp-relationship"
+RELATIONSHIP_SYSTEM = code_system("ehcp-relationship")
 PARENTAL_RESPONSIBILITY = "parental-responsibility"
 REPRESENTATIVE = "representative"
-LACKS_CAPACITY_EXTENSION = "http://ehcp-record.example.org/fhir/StructureDefinition/ehcp-lacks-capacity"
+LACKS_CAPACITY_EXTENSION = structure_definition("ehcp-lacks-capacity")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl
 from typing import TYPE_CHECKING, Callable
 
 from ehcp_record.errors import FhirError, invalid, not_supported, outcome_of
+from ehcp_record.fhir import bundles
 from ehcp_record.fhir.dates import instant
 from ehcp_record.fhir.model import STORED_TYPES, parse_resource
 from ehcp_record.store.versions import Version
@@ -104,7 +105,7 @@ def _if_match(value: object, index: int) -> int | None:
 def _transaction(store: "ScopedStore", entries: list[dict]) -> dict:
     prepared = store.prepare_transaction(entries)
     store.commit([prepared.writes[i] for i in sorted(prepared.writes)])
-    return _response_bundle("transaction-response", [
+    return bundles.response_bundle("transaction-response", [
         _write_entry(prepared.writes.get(p.index), prepared.existing.get(p.index)) if p.method != "GET"
         else _get_entry(store, p)
         for p in prepared.plans
@@ -210,32 +211,35 @@ def _prepare(plan: EntryPlan, pending: dict[str, str | None], prepare: Prepare, 
 def _write_entry(prepared: "PreparedWrite | None", existing: tuple[Version, dict] | None) -> dict:
     if existing is not None:
         version, shown = existing
-        return {"resource": shown,
-                "response": _response("200 OK", version.type, version.id, version.vid, instant(version.updated))}
+        return _stored_entry("200 OK", version, shown)
     assert prepared is not None
     write = prepared.write
-    status = "201 Created" if prepared.created else "200 OK"
-    return {"resource": write.resource,
-            "response": _response(status, write.type, write.id, write.vid, instant(write.updated))}
+    return _stored_entry("201 Created" if prepared.created else "200 OK", write, write.resource)
 
 
-def _response(status: str, resource_type: str, resource_id: str, vid: int, modified: str) -> dict:
-    return {"status": status, "location": f"{resource_type}/{resource_id}/_history/{vid}",
-            "etag": f'W/"{vid}"', "lastModified": modified}
+def _stored_entry(status: str, version, shown: dict) -> dict:
+    """The entry answering a write: the resource as the caller sees it, and where it is stored.
+    `version` is a stored Version or a VersionWrite (both have type, id, vid and updated)."""
+    return bundles.entry(shown, response=bundles.version_response(
+        status, version.type, version.id, version.vid, instant(version.updated)))
+
+
+def _error_entry(error: FhirError) -> dict:
+    """A failed entry answers with its status and OperationOutcome, and no resource."""
+    return bundles.entry(response={"status": str(error.status), "outcome": outcome_of(error)})
 
 
 def _get_entry(store: "ScopedStore", plan: EntryPlan) -> dict:
     try:
         if plan.resource_id and "?" not in plan.url:
             version, shown = store.read(plan.resource_type, plan.resource_id)
-            return {"resource": shown, "response": {"status": "200 OK", "etag": f'W/"{version.vid}"'}}
+            return bundles.entry(shown, response={"status": "200 OK", "etag": f'W/"{version.vid}"'})
         pairs = parse_qsl(plan.url.split("?", 1)[1], keep_blank_values=True) if "?" in plan.url else []
         result = store.search(plan.resource_type, pairs)
-        inner = {"resourceType": "Bundle", "type": "searchset", "total": result.total,
-                 "entry": [{"resource": r} for r in result.matches]}
-        return {"resource": inner, "response": {"status": "200 OK"}}
+        inner = bundles.searchset([bundles.entry(r) for r in result.matches], result.total)
+        return bundles.entry(inner, response={"status": "200 OK"})
     except FhirError as error:
-        return {"response": {"status": str(error.status), "outcome": outcome_of(error)}}
+        return _error_entry(error)
 
 
 def _batch(store: "ScopedStore", entries: list[dict]) -> dict:
@@ -245,8 +249,8 @@ def _batch(store: "ScopedStore", entries: list[dict]) -> dict:
             plan = _plan_entry(index, entry)
             results.append(_batch_entry(store, plan))
         except FhirError as error:
-            results.append({"response": {"status": str(error.status), "outcome": outcome_of(error)}})
-    return _response_bundle("batch-response", results)
+            results.append(_error_entry(error))
+    return bundles.response_bundle("batch-response", results)
 
 
 def _batch_entry(store: "ScopedStore", plan: EntryPlan) -> dict:
@@ -257,10 +261,4 @@ def _batch_entry(store: "ScopedStore", plan: EntryPlan) -> dict:
     else:
         assert plan.resource_id is not None
         version, shown, created = store.update(plan.resource, plan.resource_type, plan.resource_id, plan.if_match)
-    status = "201 Created" if created else "200 OK"
-    return {"resource": shown,
-            "response": _response(status, version.type, version.id, version.vid, instant(version.updated))}
-
-
-def _response_bundle(kind: str, entries: list[dict]) -> dict:
-    return {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": kind, "entry": entries}
+    return _stored_entry("201 Created" if created else "200 OK", version, shown)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ehcp_record.errors import FhirError, invalid, outcome_of
+from ehcp_record.errors import FhirError, outcome_of
 from ehcp_record.fhir.model import parse_resource
+from ehcp_record.fhir.parameters import RESOURCE, read_parameters
 from ehcp_record.plan.gate import is_plan
 from ehcp_record.fhir.identifiers import identifier_problems
 from ehcp_record.access.scoped import ScopedStore
@@ -49,18 +50,19 @@ class ValidateOperation:
         return [i.as_outcome_issue() for i in self.checks.plan_issues(as_issued, plan_resources(as_issued, lookup))]
 
 
+#: $validate's inputs (R4 Resource-validate): the resource, and optionally the profile to check.
+VALIDATE_PARAMETERS = {"resource": RESOURCE, "profile": ("uri", "canonical")}
+
+
 def _unwrap(body: object) -> tuple[object, str | None]:
-    """A bare resource, or Parameters with `resource` (and optional `profile`) per the spec."""
+    """A bare resource, or Parameters with `resource` (and optional `profile`) per the spec.
+
+    The Parameters' own structure is not checked by the R4 model here: that would refuse an
+    invalid inner resource with a 400, where $validate must answer with its problems.
+    """
     if isinstance(body, dict) and body.get("resourceType") == "Parameters":
-        resource, profile = None, None
-        for parameter in body.get("parameter", []) or []:
-            if parameter.get("name") == "resource":
-                resource = parameter.get("resource")
-            elif parameter.get("name") == "profile":
-                profile = parameter.get("valueUri") or parameter.get("valueCanonical")
-        if resource is None:
-            raise invalid("Parameters for $validate need a 'resource' parameter", "required")
-        return resource, profile
+        values = read_parameters(body, VALIDATE_PARAMETERS, required=["resource"], check_structure=False)
+        return values["resource"], values.get("profile")
     return body, None
 
 

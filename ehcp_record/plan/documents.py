@@ -19,16 +19,17 @@ from ehcp_record.audit import chain as audit_chain
 from ehcp_record.audit import signing
 from ehcp_record.access.scoped import ScopedStore
 from ehcp_record.errors import invalid, not_found
+from ehcp_record.fhir import bundles
 from ehcp_record.fhir.dates import instant
 from ehcp_record.fhir.model import literal_references, ref_key
 from ehcp_record.plan.gate import is_issued
 from ehcp_record.plan.diff import diff_documents
+from ehcp_record.plan.provenance import KEY_ID_SYSTEM
 from ehcp_record.store.versions import Version
 
 MAX_DOCUMENT_RESOURCES = 2000
 _SIGNATURE_TYPE = "urn:iso-astm:E1762-95:2013"
 _DOCUMENT_NAMESPACE = uuid.UUID("6f1f3e55-2d0c-4b8e-9a53-2f0c5d6b9e11")
-KEY_ID_SYSTEM = "http://ehcp-record.example.org/fhir/NamingSystem/signing-key"
 
 
 @dataclass
@@ -83,14 +84,10 @@ class DocumentService:
                     included[key] = target
                     order.append(key)
                     level.append(target)
-        return {
-            "resourceType": "Bundle", "id": f"{plan.id}-{plan.vid}",
-            "meta": {"lastUpdated": instant(plan.updated)},
-            "identifier": {"system": "urn:ietf:rfc:3986",
-                           "value": f"urn:uuid:{uuid.uuid5(_DOCUMENT_NAMESPACE, f'{plan.id}/{plan.vid}')}"},
-            "type": "document", "timestamp": instant(plan.updated),
-            "entry": [_entry_for(self.base_url, included[k]) for k in order],
-        }
+        identifier = {"system": "urn:ietf:rfc:3986",
+                      "value": f"urn:uuid:{uuid.uuid5(_DOCUMENT_NAMESPACE, f'{plan.id}/{plan.vid}')}"}
+        return bundles.document(f"{plan.id}-{plan.vid}", identifier, instant(plan.updated),
+                                [_entry_for(self.base_url, included[k]) for k in order], instant(plan.updated))
 
     def _signature(self, key, bundle: dict) -> dict:
         raw = signing.sign(key, audit_chain.canonical_json(bundle))
@@ -114,7 +111,8 @@ def verify_document(public_key, document: dict) -> bool:
 
 
 def _entry_for(base_url: str, resource: dict) -> dict:
-    return {"fullUrl": f"{base_url}/{resource['resourceType']}/{resource['id']}", "resource": resource}
+    """fullUrl is the resource's absolute URL here, so every reference resolves inside the document."""
+    return bundles.entry(resource, base_url)
 
 
 def _encode(bundle: dict) -> bytes:

@@ -13,7 +13,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, replace
-from datetime import date, datetime
+from datetime import datetime
 
 from consent.model import Actor, RecordState
 from consent.scopes import parse_scopes
@@ -27,7 +27,7 @@ from ehcp_record.errors import FhirError, invalid, unprocessable
 from ehcp_record.fhir.model import parse_resource
 from ehcp_record.access.scoped import RecordStore, ScopedStore
 from ehcp_record.store.versions import AuditAppend, Version, VersionWrite
-from ehcp_record.workflow.task_values import task_input
+from ehcp_record.workflow.task_values import TASK_INPUT_SYSTEM, concept, task_input
 from ehcp_record.transfer.service import TransferService, is_transfer
 from ehcp_record.transfer.remote import (AUDIT_URL, DOCUMENT_PREFIX, MEDIA_PREFIX, STATE_URL, already_received,
                                          check_signature, decode, make_ack, parse_bundle)
@@ -145,13 +145,12 @@ class ReceiveTransfer:
         """The transfer Task completed here, and the family's notice (reg 15(4))."""
         pending = {f"{w.type}/{w.id}": w.record for w in writes}
         done = dict(task.resource, status="completed", lastModified=fhir_dates.instant(now),
-                    output=[{"type": {"coding": [{"system": "http://ehcp-record.example.org/fhir/CodeSystem/ehcp-task-input",
-                                                  "code": "transferred-on"}]}, "valueDate": now.date().isoformat()}])
+                    output=[{"type": concept(TASK_INPUT_SYSTEM, "transferred-on"), "valueDate": now.date().isoformat()}])
         completed = store.prepare_server_task(done, replace(task, record=record), "receive-transfer", "arrival",
                                               pending=pending)
         birth = state.get("birth_date")
         record_state = RecordState(record_id=record, custodian=destination, parents=frozenset(state.get("parents", [])),
-                                   birth_date=date.fromisoformat(birth) if birth else None,
+                                   birth_date=fhir_dates.parse_date(birth) if birth else None,
                                    lacks_capacity=bool(state.get("lacks_capacity")), representative=state.get("representative"))
         notice = self.transfers._family_notice(store, task, record_state, now, pending=pending)
         return [completed.write, notice.write]

@@ -36,6 +36,8 @@ from ehcp_record.audit import chain as audit_chain
 from ehcp_record.audit import signing
 from ehcp_record.config import Settings
 from ehcp_record.errors import FhirError, invalid
+from ehcp_record.fhir import bundles
+from ehcp_record.fhir.canonical import naming_system
 from ehcp_record.fhir.dates import instant
 from ehcp_record.store.versions import Version
 
@@ -46,6 +48,7 @@ STATE_URL = "urn:ehcp:record-state"
 DOCUMENT_PREFIX = "urn:ehcp:document:"
 MEDIA_PREFIX = "urn:ehcp:media:"
 CONNECT_TIMEOUT, READ_TIMEOUT = 5, 120
+TRANSFER_ID_SYSTEM = naming_system("transfer")
 
 
 @dataclass(frozen=True)
@@ -82,22 +85,24 @@ def build_bundle(repo: Any, record: str, transfer_id: str, now: datetime,
     so a chain read afterwards names each of them (the receiver checks exactly that). `repo`
     is the custodian's transfer storage handed out by the scoped store (`TransferStorage`).
     """
-    entries = [{"fullUrl": f"{v.type}/{v.id}/_history/{v.vid}", "resource": v.resource} for v in versions]
+    entries = [bundles.entry(v.resource, url=_version_url(v)) for v in versions]
     entries += [_directory_entry(v) for v in _directory_versions(repo, record)]
     entries.append(_json_binary(AUDIT_URL, chain))
     state = {k: v for k, v in (repo.record_state(record) or {}).items() if k in ("birth_date", "parents", "lacks_capacity", "representative")}
     entries.append(_json_binary(STATE_URL, state))
     for key, data in repo.documents_of_record(record).items():
-        entries.append({"fullUrl": DOCUMENT_PREFIX + key, "resource": _binary("application/fhir+json", data)})
+        entries.append(bundles.entry(_binary("application/fhir+json", data), url=DOCUMENT_PREFIX + key))
     for version in versions:
         info = repo.media_info(version.type, version.id, version.vid) if version.type == "Binary" else None
         if info:
-            entries.append({"fullUrl": f"{MEDIA_PREFIX}Binary/{version.id}/_history/{version.vid}",
-                            "resource": _binary(version.resource.get("contentType", "application/octet-stream"),
-                                                repo.read_media(info["file"]))})
-    return {"resourceType": "Bundle", "id": transfer_id, "type": "collection", "timestamp": instant(now),
-            "identifier": {"system": "http://ehcp-record.example.org/fhir/NamingSystem/transfer", "value": transfer_id},
-            "entry": entries}
+            content = _binary(version.resource.get("contentType", "application/octet-stream"), repo.read_media(info["file"]))
+            entries.append(bundles.entry(content, url=MEDIA_PREFIX + _version_url(version)))
+    return bundles.collection(entries, transfer_id, instant(now), {"system": TRANSFER_ID_SYSTEM, "value": transfer_id})
+
+
+def _version_url(version: Version) -> str:
+    """A version's relative URL, "Type/id/_history/n": how the receiver matches it to the chain."""
+    return bundles.full_url("", version.type, version.id, version.vid)
 
 
 def version_refs(body: bytes) -> set[str]:
@@ -116,12 +121,11 @@ def _directory_versions(repo: Any, record: str) -> list[Version]:
 
 
 def _directory_entry(version: Version) -> dict:
-    return {"fullUrl": f"{version.type}/{version.id}/_history/{version.vid}", "resource": version.resource,
-            "search": {"mode": "include"}}
+    return bundles.entry(version.resource, mode="include", url=_version_url(version))
 
 
 def _json_binary(url: str, value: object) -> dict:
-    return {"fullUrl": url, "resource": _binary("application/json", audit_chain.canonical_json(value))}
+    return bundles.entry(_binary("application/json", audit_chain.canonical_json(value)), url=url)
 
 
 def _binary(content_type: str, data: bytes) -> dict:

@@ -19,14 +19,15 @@ from datetime import date, datetime
 from typing import Any, Callable
 
 from consent import engine
+from consent.references import reference_of
 from ehcp_record.audit import entries as audit
 from ehcp_record.workflow import clocks
 from ehcp_record.transfer import remote as transfer_remote
 from ehcp_record.config import Settings
 from ehcp_record.access.scoped import PreparedWrite, RecordScope, ScopedStore, version_of
 from ehcp_record.errors import business_rule, invalid, unprocessable
-from ehcp_record.fhir.dates import instant
-from ehcp_record.fhir.model import parse_resource
+from ehcp_record.fhir.dates import instant, parse_date
+from ehcp_record.fhir.parameters import read_parameters
 from ehcp_record.plan.gate import is_issued, is_plan
 from ehcp_record.fhir.identifiers import la_by_number
 from ehcp_record.store.versions import Version
@@ -195,12 +196,12 @@ class TransferService:
         dates = []
         for version in scope.current_of_type("Composition"):
             if is_plan(version.resource) and is_issued(version.resource) and version.resource.get("date"):
-                dates.append(date.fromisoformat(version.resource["date"][:10]))
+                dates.append(parse_date(version.resource["date"][:10]))
         for task in scope.current_of_type("Task"):
             if is_task(task.resource, "annual-review") and task.resource.get("status") not in _WITHDRAWN:
                 meeting = task_input(task.resource, "meeting-date")
-                if isinstance(meeting, str) and date.fromisoformat(meeting) <= today:
-                    dates.append(date.fromisoformat(meeting))
+                if isinstance(meeting, str) and parse_date(meeting) <= today:
+                    dates.append(parse_date(meeting))
         return max(dates) if dates else today
 
     # --- $accept ------------------------------------------------------------------------
@@ -246,7 +247,7 @@ class TransferService:
         """Reg 15(4): within 6 weeks the new LA tells the family the plan has transferred,
         whether it will reassess, and when it will review (reg 15(5))."""
         transferred = now.date()
-        last_review = date.fromisoformat(str(task_input(task.resource, "last-review")))
+        last_review = parse_date(task_input(task.resource, "last-review"))
         notice_due = clocks.transfer_notice_due(transferred)
         review_due = clocks.transfer_review_due(last_review, transferred)
         makers = sorted(engine.decision_makers(state, transferred)) if state else []
@@ -274,21 +275,28 @@ def _custody_moves(old: str | None, new: str) -> list[dict]:
     return [{"$set": {"custodian": new, "former_custodians": {"$setDifference": [held, [new]]}}}]
 
 
+#: $transfer's inputs, all required: the new LA and the two dates the reg 15 clocks run from.
+TRANSFER_PARAMETERS = {"destination": "Reference", "moveDate": "date", "notifiedDate": "date"}
+
+
 def parse_transfer(body: object) -> TransferRequest:
-    parameters = parse_resource(body, "Parameters")
-    values = {p.get("name"): p for p in parameters.get("parameter", []) or []}
-    destination = (values.get("destination") or {}).get("valueReference", {}).get("reference")
-    if not isinstance(destination, str):
-        raise invalid("parameter 'destination' (valueReference to the new LA's Organization) is required", "required")
+    """Read through the one Parameters reader, so a missing, repeated or mistyped input is
+    refused the same way as in every other operation."""
+    values = read_parameters(body, TRANSFER_PARAMETERS, required=TRANSFER_PARAMETERS)
+    destination = reference_of(values["destination"])
+    if destination is None:
+        raise invalid("parameter 'destination' must be a valueReference with a reference to the new LA's "
+                      "Organization", "required", ["Parameters.parameter"])
     return TransferRequest(destination, _date(values, "moveDate"), _date(values, "notifiedDate"))
 
 
 def _date(values: dict, name: str) -> date:
-    text = (values.get(name) or {}).get("valueDate")
+    """A full date: the clocks count whole days, so "2026-09" is refused, not guessed."""
     try:
-        return date.fromisoformat(text)
-    except (TypeError, ValueError):
-        raise invalid(f"parameter '{name}' (valueDate, YYYY-MM-DD) is required", "required") from None
+        return parse_date(values[name])
+    except ValueError as exc:
+        raise invalid(f"parameter '{name}' must be a full date (YYYY-MM-DD): {exc}", "value",
+                      ["Parameters.parameter"]) from None
 
 
 def is_transfer(task: dict) -> bool:

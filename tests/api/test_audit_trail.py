@@ -122,3 +122,15 @@ def test_cli_audit_verify_exit_codes(api, busy_record, tmp_path):
     _db(api).audit.update_one({"record": busy_record["id"], "seq": 2}, {"$set": {"body.outcome": "deny"}})
     bad = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "INVALID at entry 2" in bad.stdout
+
+
+def test_audit_search_pages_like_every_search(api, busy_record):
+    """self, next and previous links as any searchset has them; no next link at _count=0."""
+    token = api.la()
+    first = api.get(f"/fhir/AuditEvent?patient={busy_record['id']}&_count=2", token).json()
+    links = {l["relation"]: l["url"] for l in first["link"]}
+    assert first["total"] > 4 and len(first["entry"]) == 2 and set(links) == {"self", "next"}
+    second = api.session.get(links["next"], headers=api.headers(token)).json()
+    assert {l["relation"] for l in second["link"]} == {"self", "next", "previous"}
+    counted = api.get(f"/fhir/AuditEvent?patient={busy_record['id']}&_count=0", token).json()
+    assert [l["relation"] for l in counted["link"]] == ["self"]

@@ -22,6 +22,13 @@ def transfer_parameters(destination: str = NEW_LA, move: date | None = None, not
         {"name": "moveDate", "valueDate": move.isoformat()}, {"name": "notifiedDate", "valueDate": notified.isoformat()}]}
 
 
+def _with(position: int, parameter: dict) -> dict:
+    """Valid transfer Parameters with one parameter replaced."""
+    body = transfer_parameters()
+    body["parameter"][position] = parameter
+    return body
+
+
 def _inputs(task: dict) -> dict:
     return {i["type"]["coding"][0]["code"]: next(v for k, v in i.items() if k.startswith("value")) for i in task["input"]}
 
@@ -53,6 +60,9 @@ def test_transfer_task_carries_the_reg15_clocks(api, record):
     (transfer_parameters("Organization/school-1"), 422, "value"),
     ({"resourceType": "Parameters", "parameter": [{"name": "destination", "valueReference": {"reference": NEW_LA}}]}, 400, "required"),
     (transfer_parameters(notified=date.today() + timedelta(days=3)), 422, "value"),
+    (_with(0, {"name": "destination", "valueReference": {"display": "the new LA"}}), 400, "required"),
+    (_with(1, {"name": "moveDate", "valueString": "next week"}), 400, "value"),
+    (_with(2, {"name": "notifiedDate", "valueDate": "2026-02-30"}), 400, "structure"),
 ])
 def test_bad_transfers_are_refused(api, record, parameters, status, code):
     child = record["Patient"][0]["id"]

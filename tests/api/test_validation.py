@@ -91,3 +91,20 @@ def test_subject_must_exist(api):
 def test_audit_event_is_read_only(api):
     response = api.post("/fhir/AuditEvent", {"resourceType": "AuditEvent"}, api.la())
     assert response.status_code in (400, 405) and response.json()["resourceType"] == "OperationOutcome"
+
+
+def test_validate_parameters_form(api):
+    """An invalid inner resource is answered with its problems (200); a missing or mistyped
+    parameter is a 400 naming it."""
+    bad = {"resourceType": "Patient", "birthDate": "2015-13-45"}
+    wrapped = {"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": bad}]}
+    response = api.post("/fhir/Patient/$validate", wrapped, api.la())
+    assert response.status_code == 200, response.text
+    assert any(i["severity"] == "error" for i in response.json()["issue"])
+    missing = api.post("/fhir/Patient/$validate", {"resourceType": "Parameters", "parameter": []}, api.la())
+    assert missing.status_code == 400 and outcome_code(missing) == "required"
+    assert "'resource'" in missing.json()["issue"][0]["diagnostics"]
+    mistyped = {"resourceType": "Parameters", "parameter": [
+        {"name": "resource", "resource": {"resourceType": "Patient"}}, {"name": "profile", "valueInteger": 1}]}
+    response = api.post("/fhir/Patient/$validate", mistyped, api.la())
+    assert response.status_code == 400 and outcome_code(response) == "value"
