@@ -77,6 +77,8 @@ class SubscriptionCache:
                         if stream.try_next() is not None:
                             self._load()
             except PyMongoError as error:
+                if self._stopped.is_set():
+                    return  # the repository was closed
                 log.warning("subscription change stream interrupted (%s); answering from the database", error)
                 with self._lock:
                     self._active = None

@@ -50,6 +50,9 @@ def test_parent_consents_are_flagged_for_the_young_person_to_confirm(api):
     seen = api.get(f"/fhir/Consent/{consent['id']}", young_person).json()
     flags = [t for t in seen["meta"].get("tag", []) if t["code"] == "needs-confirmation"]
     assert flags and "lapsed on 2026-09-29" in flags[0]["display"]
+    everything = api.get(f"/fhir/Patient/{child}/$everything", young_person).json()
+    listed = next(e["resource"] for e in everything["entry"] if e["resource"]["id"] == consent["id"])
+    assert listed["meta"].get("tag") == seen["meta"]["tag"]  # the same view on every read path
     college = api.token("school", "Organization/college-2")
     goal = record["Goal"][0]["id"]
     assert api.get(f"/fhir/Goal/{goal}", college).status_code == 404  # lapsed: nothing shared

@@ -30,7 +30,8 @@ class Commands(monitoring.CommandListener):
         self.lock = threading.Lock()
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
-        if self.recording and event.command_name not in ("endSessions", "hello", "isMaster", "ping"):
+        if (self.recording and event.command_name not in ("endSessions", "hello", "isMaster", "ping")
+                and threading.current_thread().name != "subscription-cache"):  # the cache's change stream
             collection = event.command.get(event.command_name)
             detail = str(event.command.get("filter") or event.command.get("pipeline") or "")
             with self.lock:

@@ -43,7 +43,8 @@ class Recorder(monitoring.CommandListener):
         self.lock = threading.Lock()
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
-        if self.on and event.database_name not in ("admin", "config", "local"):
+        if (self.on and event.database_name not in ("admin", "config", "local")
+                and threading.current_thread().name != "subscription-cache"):  # the cache's change stream
             with self.lock:
                 self.commands.append(dict(event.command, _name=event.command_name))
 
