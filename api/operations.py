@@ -47,13 +47,19 @@ def access_log(patient_id: str) -> Response:
     pairs = [("patient", patient_id)] + [(k, v) for k, v in request.args.items(multi=True) if k != "patient"]
     total, events, _, _ = services().audit_log.search(store(), pairs)
     entries = [{"resource": e, "search": {"mode": "match"}} for e in events]
-    return fhir_response({"resourceType": "Bundle", "type": "searchset", "total": total, "entry": entries})
+    bundle = {"resourceType": "Bundle", "type": "searchset", "total": total, "entry": entries}
+    head = services().audit_log.head_link(store(), patient_id)
+    if head is not None:
+        bundle["link"] = [head]
+    return fhir_response(bundle)
 
 
 @bp.get("/Patient/<patient_id>/$verify-audit")
 @operation("verify-audit", "Patient")
 def verify_audit(patient_id: str) -> Response:
-    return fhir_response(services().audit_log.verify(store(), patient_id))
+    from flask import request
+
+    return fhir_response(services().audit_log.verify(store(), patient_id, request.args.get("head")))
 
 
 
