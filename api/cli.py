@@ -11,7 +11,7 @@ import sys
 from typing import Iterator, Sequence
 
 from ehcp_record.config import Settings, load_settings
-from ehcp_record.store.mongod import EmbeddedMongo
+from ehcp_record.store.mongod import EmbeddedMongo, running_uri
 
 log = logging.getLogger("ehcp_record")
 
@@ -46,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     token.set_defaults(handler=_token)
     audit = commands.add_parser("audit", help="audit chain tools")
     audit_commands = audit.add_subparsers()
-    verify = audit_commands.add_parser("verify", help="verify every chain (exit 0) or report the first bad entry (exit 1)")
+    verify = audit_commands.add_parser(
+        "verify", help="verify every record (exit 0), report the first fault (exit 1), or say why it could not check (exit 2)")
     verify.add_argument("--record")
     verify.set_defaults(handler=_audit_verify)
     return parser
@@ -93,11 +94,27 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
+    """Exit 0: every record verifies; 1: a record is invalid (its first fault, one line each);
+    2: nothing could be checked (no database, unknown record). Beside a running server it
+    connects to that server's embedded mongod (the port is in the data dir)."""
+    from dataclasses import replace
+
     from ehcp_record.wiring import verify_audit_chains
 
-    settings = load_settings()
-    with database(settings) as ready:
-        ok, lines = verify_audit_chains(ready, args.record)
+    try:
+        settings = load_settings()
+        if not settings.mongodb_uri:
+            uri = running_uri(settings.data_dir.resolve())
+            if uri:
+                settings = replace(settings, mongodb_uri=uri)
+        with database(settings) as ready:
+            ok, lines = verify_audit_chains(ready, args.record)
+    except LookupError as exc:
+        print(f"could not check: {exc.args[0] if exc.args else exc}")
+        return 2
+    except Exception as exc:  # noqa: BLE001 - any failure to reach or read the database
+        print(f"could not check: {type(exc).__name__}: {str(exc)[:300]}")
+        return 2
     for line in lines:
         print(line)
     return 0 if ok else 1

@@ -47,13 +47,17 @@ def access_log(patient_id: str) -> Response:
 
     pairs = [("patient", patient_id)] + [(k, v) for k, v in request.args.items(multi=True) if k != "patient"]
     total, events, _, _ = services().audit_log.search(store(), pairs)
-    return fhir_response(bundles.searchset([bundles.entry(e, mode="match") for e in events], total))
+    head = services().audit_log.head_link(store(), patient_id)
+    links = [head] if head is not None else []
+    return fhir_response(bundles.searchset([bundles.entry(e, mode="match") for e in events], total, links))
 
 
 @bp.get("/Patient/<patient_id>/$verify-audit")
 @operation("verify-audit", "Patient")
 def verify_audit(patient_id: str) -> Response:
-    return fhir_response(services().audit_log.verify(store(), patient_id))
+    from flask import request
+
+    return fhir_response(services().audit_log.verify(store(), patient_id, request.args.get("head")))
 
 
 

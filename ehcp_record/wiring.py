@@ -12,6 +12,7 @@ from typing import Any
 
 from ehcp_record.access.compartment import Compartment
 from ehcp_record.access.scoped import RecordStore
+from ehcp_record.audit.anchor import AnchorLog, FileAnchorLog
 from ehcp_record.audit.signing import load_or_create_private_key
 from ehcp_record.audit.verify import trusted_keys, verify_all
 from ehcp_record.config import Settings
@@ -59,7 +60,7 @@ def build_services(settings: Settings) -> Services:
     if not settings.mongodb_uri:
         raise FhirError(500, "exception", "no database: set EHCP_MONGODB_URI or start with `ehcp-record serve`")
     signing_key = load_or_create_private_key(settings.signing_key_path)
-    repo = Repository.connect(settings.mongodb_uri, settings.database, signing_key)
+    repo = Repository.connect(settings.mongodb_uri, settings.database, signing_key, anchor_log(settings))
     registry = SearchRegistry.load(settings.profiles_dir / "SearchParameter")
     compartment = Compartment.load(settings.profiles_dir / "CompartmentDefinition" / "ehcp-record.json", registry)
     checks = ProfileChecks(ProfileValidator.load(settings.profiles_dir))
@@ -76,9 +77,16 @@ def build_services(settings: Settings) -> Services:
     )
 
 
+def anchor_log(settings: Settings) -> AnchorLog:
+    """Where chain heads are kept outside MongoDB: files in the data dir, one directory per
+    database. Replace here to send them to another deployment or a transparency service."""
+    return FileAnchorLog(settings.data_dir / "anchor" / settings.database)
+
+
 def verify_audit_chains(settings: Settings, record: str | None = None) -> tuple[bool, list[str]]:
-    """`ehcp-record audit verify`: the operator's check of every chain (or one)."""
-    repo = Repository.connect(settings.mongodb_uri or "", settings.database)
+    """`ehcp-record audit verify`: the operator's check of every chain (or one).
+    Raises LookupError for an unknown record."""
+    repo = Repository.connect(settings.mongodb_uri or "", settings.database, anchor=anchor_log(settings))
     try:
         return verify_all(repo, settings, record)
     finally:

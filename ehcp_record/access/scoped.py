@@ -723,10 +723,24 @@ class RecordScope:
     def audit_entries(self, **query: Any) -> tuple[int, list[dict]]:
         return self.store._repo.audit_search(self.record, **query)
 
-    def verify(self, keys: dict):
+    def verify(self, keys: dict, held_head: str | None = None):
+        """The whole record checked (versions, current documents, stored documents, chain);
+        `held_head` is a signed head token the family kept (400 when it is not one)."""
         from ehcp_record.audit import verify as audit_verify
 
-        return audit_verify.verify_record(self.store._repo, self.record, keys)
+        held = None
+        if held_head:
+            try:
+                held = audit_verify.parse_head_token(held_head, self.record, keys)
+            except audit_verify.HeadError as exc:
+                raise invalid(str(exc)) from None
+        return audit_verify.verify_record(self.store._repo, self.record, keys, held)
+
+    def latest_head(self) -> dict | None:
+        """The newest signed head of this record's chain (anchor log, else the chain)."""
+        from ehcp_record.audit import verify as audit_verify
+
+        return audit_verify.latest_head(self.store._repo, self.record)
 
 
 @dataclass

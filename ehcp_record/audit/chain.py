@@ -404,6 +404,7 @@ def verify_chain(
     public_keys: Mapping[str, Ed25519PublicKey | str] | None = None,
     *,
     expected_head: ChainHead | None = None,
+    known_heads: Iterable[tuple[ChainHead, str]] = (),
 ) -> ChainVerdict:
     """Check one record's chain, read once in seq order, in O(1) memory for the entries.
 
@@ -418,7 +419,10 @@ def verify_chain(
     entry's `resources`; one that does not (a version written or altered without an audit
     entry) fails with first_invalid 0 and the ref in the reason. Memory is O(number of pairs).
     `expected_head`, when given, must be the last entry: a chain truncated at its tail is
-    otherwise indistinguishable from a shorter one.
+    otherwise indistinguishable from a shorter one. `known_heads` are (head, who holds it)
+    pairs kept outside the database (a signed checkpoint the family kept, the anchor log, the
+    high-water mark): the chain must reach each and hold exactly that hash at that seq, so
+    entries cut from the tail after one of them are found.
 
     Speed: about 1.5 s per 100,000 typical entries on one core, ~14 µs each, most of it the
     C json encoder writing the canonical form; test_verifies_100000_entries_well_under_five_
@@ -426,6 +430,9 @@ def verify_chain(
     """
     pending = {(ref, digest) for ref, digest in version_hashes}
     keys = _trusted_keys(public_keys or {})
+    heads = [(head, holder) for head, holder in known_heads if head is not None]
+    wanted = {head.seq for head, _ in heads}
+    seen: dict[int, str] = {}
     stream = iter(entries)
     prev, position = GENESIS, 0
     for entry in stream:
@@ -434,8 +441,18 @@ def verify_chain(
         if fault is not None:
             return ChainVerdict(False, position + _count(stream), position, fault)
         prev = entry["hash"]
+        if position in wanted:
+            seen[position] = prev
         if pending:
             _discharge(pending, entry["body"])
+    for head, holder in sorted(heads, key=lambda pair: pair[0].seq):
+        if head.seq > position:
+            reason = (f"entries {position + 1} to {head.seq} are missing from the end of the chain "
+                      f"({holder} records entry {head.seq}): deleted")
+            return ChainVerdict(False, position, position + 1, reason)
+        if head.seq > 0 and seen.get(head.seq) != head.hash:
+            reason = f"entry {head.seq} is not the entry {holder} records (sha256 {head.hash})"
+            return ChainVerdict(False, position, head.seq, reason)
     return _final_verdict(position, prev, pending, expected_head)
 
 

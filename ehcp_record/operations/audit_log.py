@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from ehcp_record.access.scoped import RecordScope, ScopedStore
 from ehcp_record.audit.events import to_audit_event
+from ehcp_record.audit.verify import head_token
 from ehcp_record.errors import invalid, not_found
 from ehcp_record.fhir.dates import DateFormatError, instant, parse_range
 from ehcp_record.fhir.search import DEFAULT_COUNT, MAX_COUNT
@@ -52,15 +53,34 @@ class AuditLog:
         store.audit_record(patient, "audit-read", "audit trail read")
         return total, [to_audit_event(e, self.base_url) for e in entries], offset, count
 
-    def verify(self, store: ScopedStore, patient: str) -> dict:
+    def verify(self, store: ScopedStore, patient: str, held_head: str | None = None) -> dict:
+        """`$verify-audit[?head=<token>]`: the record checked as a whole; with `head`, a signed
+        head kept earlier (from `$access-log` or `$verify-audit`), proven to be extended."""
         scope = self._open(store, patient, f"the audit trail of Patient/{patient}")
-        verdict = scope.verify(self.keys)
+        verdict = scope.verify(self.keys, held_head)
         store.audit_record(patient, "verify-audit", "audit trail read")
         parameters = [{"name": "valid", "valueBoolean": verdict.valid}, {"name": "entries", "valueInteger": verdict.entries}]
         if not verdict.valid:
             parameters.append({"name": "firstInvalid", "valueInteger": verdict.first_invalid or 0})
             parameters.append({"name": "reason", "valueString": verdict.reason})
+            if verdict.resource:
+                parameters.append({"name": "resource", "valueString": verdict.resource})
+            if verdict.differs:
+                parameters.append({"name": "differs", "valueString": verdict.differs})
+        if held_head:
+            parameters.append({"name": "extendsHead", "valueBoolean": verdict.valid})
+        parameters += head_parameters(verdict.head)
         return {"resourceType": "Parameters", "parameter": parameters}
+
+    def head_link(self, store: ScopedStore, patient: str) -> dict | None:
+        """For `$access-log`: the newest signed head as a Bundle link to `$verify-audit?head=`,
+        the family's own copy of how far the trail reached."""
+        scope = self._open(store, patient, f"the audit trail of Patient/{patient}")
+        head = scope.latest_head()
+        if head is None:
+            return None
+        return {"relation": "signed-head",
+                "url": f"{self.base_url}/Patient/{patient}/$verify-audit?head={head_token(head)}"}
 
     def _open(self, store: ScopedStore, record: str, label: str) -> RecordScope:
         return store.open_record(record, "audit-log", label, scope_type="AuditEvent")
@@ -68,6 +88,19 @@ class AuditLog:
     def _agent_filter(self, store: ScopedStore, scope: RecordScope) -> str | None:
         """A former custodian sees only its own entries."""
         return store.caller.actor.organization if scope.decision.basis == "former-custodian" else None
+
+
+def head_parameters(head: dict | None) -> list[dict]:
+    """The signed head (record, seq, hash, at, kid, signature), flat, with `head` the token to
+    keep and hand back as `$verify-audit?head=`."""
+    if head is None:
+        return []
+    return [{"name": "head", "valueString": head_token(head)},
+            {"name": "headSeq", "valueInteger": head.get("seq")},
+            {"name": "headHash", "valueString": str(head.get("hash"))},
+            {"name": "headAt", "valueInstant": str(head.get("at"))},
+            {"name": "headKid", "valueString": str(head.get("kid"))},
+            {"name": "headSignature", "valueString": str(head.get("signature"))}]
 
 
 def _single_values(pairs: list[tuple[str, str]]) -> dict[str, str]:

@@ -27,7 +27,9 @@ from ehcp_record.plan.documents import DocumentService
 from ehcp_record.access.caller import Caller
 from ehcp_record.access.scoped import PreparedWrite, RecordScope, ScopedStore, version_of
 from ehcp_record.errors import business_rule, invalid, not_found
+from ehcp_record.fhir.canonical import code_system, structure_definition
 from ehcp_record.fhir.dates import instant
+from ehcp_record.fhir.parameters import read_parameters
 from ehcp_record.fhir.model import parse_resource
 from ehcp_record.plan.gate import PLAN_CONTENT_TYPES, is_issued, is_plan
 from ehcp_record.plan.provenance import signed_provenance
@@ -35,10 +37,9 @@ from ehcp_record.workflow.task_values import TASK_CODE_SYSTEM, TASK_INPUT_SYSTEM
 from ehcp_record.plan.validation import ProfileChecks, plan_resources
 from ehcp_record.store.versions import AuditAppend, Version
 
-BASE = "http://ehcp-record.example.org/fhir"
-RESPONSE_SYSTEM = f"{BASE}/CodeSystem/parental-response"
+RESPONSE_SYSTEM = code_system("parental-response")
 RESPONSES = ("agree", "disagree", "comment")
-RECORDED_VIEW_EXTENSION = f"{BASE}/StructureDefinition/ehcp-family-recorded-view"
+RECORDED_VIEW_EXTENSION = structure_definition("ehcp-family-recorded-view")
 MAX_COMMENT = 20_000
 #: What the family is told when they disagree (Children and Families Act 2014 ss51-55; Code of
 #: Practice chapter 11): mediation first, then the First-tier Tribunal (SEND).
@@ -101,13 +102,23 @@ class ProposalService:
 
     def _supersede_open_reviews(self, store: ScopedStore, scope: RecordScope, plan: Version,
                                 new_task: str) -> list[PreparedWrite]:
+        """Every earlier review of this plan that was not issued is closed as superseded, so the
+        family sees why it will never be issued: an open one is cancelled, an answered one keeps
+        the family's answer (completed) and is marked superseded."""
         writes = []
+        reason = f"superseded by a later proposal, Task/{new_task}"
         for task in scope.current_of_type("Task"):
             resource = task.resource
-            if is_review(resource) and resource.get("status") == "requested" and _plan_of(resource) == plan.id:
-                updated = dict(resource, status="cancelled",
-                               statusReason={"text": f"superseded by a later proposal, Task/{new_task}"})
-                writes.append(store.prepare(updated, task.id, task.vid, current=task))
+            if not is_review(resource) or _plan_of(resource) != plan.id or _is_issued_review(resource):
+                continue
+            if resource.get("status") == "requested":
+                updated = dict(resource, status="cancelled", statusReason={"text": reason},
+                               businessStatus={"text": reason})
+            elif resource.get("status") == "completed" and not _superseded_by(resource):
+                updated = dict(resource, statusReason={"text": reason}, businessStatus={"text": reason})
+            else:
+                continue
+            writes.append(store.prepare(updated, task.id, task.vid, current=task))
         return writes
 
     # --- $respond -----------------------------------------------------------------------
@@ -152,6 +163,11 @@ class ProposalService:
     def _check_issuable(self, scope: RecordScope, task: Version, plan: Version, today) -> dict:
         """Refuse (409 business-rule) unless the family answered exactly this, and nothing moved."""
         resource = task.resource
+        newer = _newer_review(scope, task, plan)
+        if newer is not None:
+            raise business_rule(f"this proposal was superseded by a later one, Task/{newer}; only the newest "
+                                f"proposal for Composition/{plan.id} can be issued (issue Task/{newer} once the "
+                                "family has answered it)")
         if resource.get("status") == "cancelled":
             raise business_rule("this proposal was superseded by a later one; issue the latest proposal")
         if resource.get("status") != "completed" or task_output(resource, "parental-response") is None:
@@ -285,12 +301,8 @@ def _review_task(plan: Version, caller: Caller, owner: str | None, binary_id: st
 
 
 def _parse_response(body: object) -> tuple[str, str]:
-    parameters = parse_resource(body, "Parameters")
-    values: dict[str, object] = {}
-    for parameter in parameters.get("parameter", []) or []:
-        name = parameter.get("name")
-        value = next((v for k, v in parameter.items() if k.startswith("value")), None)
-        values[name] = value
+    """`$respond`'s Parameters: `response` (agree | disagree | comment) and `comment` text."""
+    values = read_parameters(body, {"response": ("code", "string"), "comment": "string"})
     response = values.get("response")
     if response not in RESPONSES:
         raise invalid("parameter 'response' must be agree, disagree or comment", "required", ["Parameters.parameter"])
@@ -324,6 +336,28 @@ def _recorded_view(task: Version) -> dict:
     if response == "disagree":
         parts.append({"url": "rights", "valueString": RIGHTS_TEXT})
     return {"url": RECORDED_VIEW_EXTENSION, "extension": parts}
+
+
+def _is_issued_review(task: dict) -> bool:
+    return ((task.get("businessStatus") or {}).get("text") == "issued"
+            or task_output(task, "issued-version") is not None)
+
+
+def _superseded_by(task: dict) -> str | None:
+    text = str((task.get("businessStatus") or {}).get("text") or "")
+    return text.rpartition("Task/")[2] or None if text.startswith("superseded") else None
+
+
+def _newer_review(scope: RecordScope, task: Version, plan: Version) -> str | None:
+    """The newest review of the same plan proposed after `task`, if any (answered or not)."""
+    marked = _superseded_by(task.resource)
+    authored = str(task.resource.get("authoredOn") or "")
+    later = [t for t in scope.current_of_type("Task")
+             if t.id != task.id and is_review(t.resource) and _plan_of(t.resource) == plan.id
+             and str(t.resource.get("authoredOn") or "") > authored]
+    if later:
+        return max(later, key=lambda t: str(t.resource.get("authoredOn") or "")).id
+    return marked
 
 
 def is_review(task: dict) -> bool:

@@ -14,7 +14,11 @@ Rules (keys as they appear in Issue.rule):
 - ehcp-thread-2  every outcome addresses >= 1 need (Condition) in section B, C or D;
 - ehcp-thread-3  every need is met by some provision through an outcome;
 - ehcp-thread-4/5 (warnings) each need, provision and outcome is listed in its section;
-- ehcp-thread-6  everything sections B to H2 list is in the plan.
+- ehcp-thread-6  everything sections B to H2 list is in the plan;
+- ehcp-thread-7  every outcome that provision serves is listed in section E;
+- ehcp-thread-8  every need that an outcome addresses is listed in section B, C or D.
+7 and 8 are errors, so `$propose` and `$issue` refuse an incoherent plan; what stays a warning
+(5) is an outcome no provision serves that section E does not list.
 """
 
 from __future__ import annotations

@@ -78,6 +78,16 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def running_uri(data_dir: Path) -> str | None:
+    """The URI of the embedded mongod a running server started on `data_dir`, or None (the
+    launcher writes its pid and port there), so tools can work beside a running server."""
+    pid = _read_pid(data_dir / "mongod.pid")
+    port = _read_pid(data_dir / "mongod.port")
+    if not pid or not port or not _pid_alive(pid) or _port_is_free(port):
+        return None
+    return f"mongodb://127.0.0.1:{port}/?replicaSet={REPLICA_SET}"
+
+
 @dataclass
 class EmbeddedMongo:
     """One mongod process with its data under `data_dir/db`; `start()` then `uri`, `stop()`."""

@@ -27,6 +27,7 @@ from pymongo.read_preferences import ReadPreference
 from pymongo.write_concern import WriteConcern
 
 from ehcp_record.audit import chain as audit_chain
+from ehcp_record.audit.anchor import AnchorLog, NoAnchor
 from ehcp_record.errors import conflict, precondition_failed
 from ehcp_record.fhir.search import Criterion, SearchQuery, SortKey
 from ehcp_record.store.subscriptions import SubscriptionCache
@@ -46,9 +47,13 @@ _TIP_LOOKUP = {"$lookup": {"from": "audit", "let": {"r": {"$ifNull": ["$record",
 
 
 class Repository:
-    def __init__(self, client: MongoClient, database: str, signing_key: Ed25519PrivateKey | None = None) -> None:
+    def __init__(self, client: MongoClient, database: str, signing_key: Ed25519PrivateKey | None = None,
+                 anchor: AnchorLog | None = None) -> None:
         self.client = client
         self.signing_key = signing_key
+        #: chain heads kept outside MongoDB: signed checkpoints and each chain's high-water mark
+        self.anchor: AnchorLog = anchor or NoAnchor()
+        self._pending: dict[int, list[dict]] = {}
         self.db = client.get_database(database, write_concern=_MAJORITY, read_concern=ReadConcern("majority"))
         self.current = self.db.current
         self.history = self.db.history
@@ -57,7 +62,8 @@ class Repository:
         self.subscriptions = SubscriptionCache(self.current, _version)
 
     @classmethod
-    def connect(cls, uri: str, database: str, signing_key: Ed25519PrivateKey | None = None) -> "Repository":
+    def connect(cls, uri: str, database: str, signing_key: Ed25519PrivateKey | None = None,
+                anchor: AnchorLog | None = None) -> "Repository":
         """Every wait is bounded, so an unreachable database fails fast (the API answers 503)
         rather than hanging: finding a primary, connecting, each socket read, a slot in the
         pool. The API also bounds each request as a whole with `pymongo.timeout` (a client-wide
@@ -68,7 +74,7 @@ class Repository:
             connectTimeoutMS=3000, socketTimeoutMS=60000, waitQueueTimeoutMS=10000,
             retryWrites=True, retryReads=True,
         )
-        repo = cls(client, database, signing_key)
+        repo = cls(client, database, signing_key, anchor)
         repo.ensure_indexes()
         return repo
 
@@ -112,14 +118,27 @@ class Repository:
     # --- transactions -------------------------------------------------------------------
 
     def in_transaction(self, work: Callable[[ClientSession], T]) -> T:
-        """Run `work` in one majority transaction, retrying write conflicts and chain races."""
+        """Run `work` in one majority transaction, retrying write conflicts and chain races.
+
+        Audit entries appended by `work` (through `_append`) reach the anchor only once the
+        transaction has committed, so the high-water mark never runs ahead of the chain."""
         for attempt in range(_RETRIES):
             try:
                 with self.client.start_session() as session:
-                    return session.with_transaction(
-                        work, read_concern=ReadConcern("snapshot"), write_concern=_MAJORITY,
-                        read_preference=ReadPreference.PRIMARY,
-                    )
+                    def attempt_work(s: ClientSession) -> T:
+                        self._pending_anchor(s).clear()
+                        return work(s)
+
+                    try:
+                        result = session.with_transaction(
+                            attempt_work, read_concern=ReadConcern("snapshot"), write_concern=_MAJORITY,
+                            read_preference=ReadPreference.PRIMARY,
+                        )
+                        committed = self._pending.pop(id(session), [])
+                    finally:
+                        self._pending.pop(id(session), None)
+                    self._anchored(committed)
+                    return result
             except DuplicateKeyError as exc:
                 if not _is_chain_race(exc) or attempt == _RETRIES - 1:
                     raise
@@ -177,9 +196,36 @@ class Repository:
                 checkpoints.append(checkpoint)
         failed = self._insert_unordered(entries)
         lost = [first[e["record"]] for e in entries if e["record"] in failed]
-        self._insert_unordered([c for c in checkpoints if c["record"] not in failed])
+        signed = [c for c in checkpoints if c["record"] not in failed]
+        signed_failed = self._insert_unordered(signed)
+        self._anchored([e for e in entries if e["record"] not in failed]
+                       + [c for c in signed if c["record"] not in signed_failed])
         for append in lost + later:
             self._append_retrying(append)
+
+    def _pending_anchor(self, session: ClientSession) -> list[dict]:
+        """Entries appended in `session`'s transaction so far (one list per session)."""
+        return self._pending.setdefault(id(session), [])
+
+    def note_audit_entries(self, session: ClientSession | None, entries: list[dict]) -> None:
+        """Entries just inserted: anchored now, or when `session`'s transaction commits."""
+        if session is not None and session.in_transaction:
+            self._pending_anchor(session).extend(entries)
+        else:
+            self._anchored(entries)
+
+    def _anchored(self, entries: list[dict]) -> None:
+        """Raise each chain's high-water mark and keep every signed checkpoint outside MongoDB."""
+        highest: dict[str, dict] = {}
+        for entry in entries:
+            record = entry["record"]
+            if record not in highest or entry["seq"] > highest[record]["seq"]:
+                highest[record] = entry
+            checkpoint = (entry.get("body") or {}).get("checkpoint")
+            if isinstance(checkpoint, dict) and checkpoint.get("signature"):
+                self.anchor.append_head(dict(checkpoint))
+        for record, entry in highest.items():
+            self.anchor.raise_high_water(record, entry["seq"], entry["hash"])
 
     def _chain_tips(self, chains: list[str]) -> dict[str, dict | None]:
         pipeline = [{"$match": {"record": {"$in": chains}}}, {"$sort": {"record": 1, "seq": -1}},
@@ -191,6 +237,13 @@ class Repository:
     def _next(self, append: AuditAppend, last: dict | None) -> tuple[dict, dict | None]:
         """The entry after `last`, and the signed checkpoint to follow it when one is due."""
         head = audit_chain.ChainHead(last["seq"], last["hash"]) if last else None
+        mark = self.anchor.high_water(append.chain)
+        if mark is not None and (head is None or mark.seq > head.seq):
+            # The chain reached `mark` once (marks are raised only after the entry committed):
+            # either this read saw an older snapshot, and the next entry links to `mark` exactly,
+            # or the entries after our tip were deleted, and their seqs are never reused (the
+            # verifier reports the gap).
+            head = mark
         checkpoint_at = _aware(last["cp_at"]) if last and last.get("cp_at") else None
         entry = audit_chain.next_entry(append.chain, head, append.body)
         now = datetime.now(timezone.utc)
@@ -248,13 +301,16 @@ class Repository:
         last = self.audit.find_one({"record": append.chain}, sort=[("seq", DESCENDING)], session=session)
         entry, checkpoint = self._next(append, last)
         self.audit.insert_one(entry, session=session)
+        inserted = [entry]
         if checkpoint is not None:
             try:
                 self.audit.insert_one(checkpoint, session=session)
+                inserted.append(checkpoint)
             except DuplicateKeyError:
                 if session is not None:
                     raise
                 # another writer took the next place first; the next append signs instead
+        self.note_audit_entries(session, inserted)
         return entry
 
     # --- reads --------------------------------------------------------------------------
@@ -438,6 +494,24 @@ class Repository:
 
     def chains(self) -> list[str]:
         return sorted(self.audit.distinct("record"))
+
+    def stored_versions(self, record: str, current: bool = False) -> Iterator[dict]:
+        """Every stored version of a record (history, or the current documents) as the verifier
+        reads it: type, rid, vid, res and the recorded hash."""
+        collection = self.current if current else self.history
+        yield from collection.find({"record": record}, {"_id": 0, "type": 1, "rid": 1, "vid": 1, "res": 1, "hash": 1})
+
+    def latest_checkpoint(self, record: str) -> dict | None:
+        """The newest signed checkpoint stored in a record's chain."""
+        entry = self.audit.find_one({"record": record, "body.action": audit_chain.CHECKPOINT_ACTION},
+                                    {"body.checkpoint": 1}, sort=[("seq", DESCENDING)])
+        return ((entry or {}).get("body") or {}).get("checkpoint")
+
+    def has_record(self, record: str) -> bool:
+        """Is anything of `record` stored (custody state, a version or an audit entry)?"""
+        return bool(self.records.find_one({"_id": record}, {"_id": 1})
+                    or self.audit.find_one({"record": record}, {"_id": 1})
+                    or self.history.find_one({"record": record}, {"_id": 1}))
 
     def version_hashes(self, record: str) -> Iterator[tuple[str, str]]:
         for doc in self.history.find({"record": record}, {"type": 1, "rid": 1, "vid": 1, "hash": 1}):

@@ -48,6 +48,7 @@ class TransferStore:
             self._insert_versions(session, imported.directory, only_if_absent=True)
             if imported.audit_entries:
                 self.repo.audit.insert_many([dict(e) for e in imported.audit_entries], session=session)
+                self.repo.note_audit_entries(session, [dict(e) for e in imported.audit_entries])
             self.repo.records.insert_one({"_id": imported.record, **imported.record_state}, session=session)
             for key, data in imported.documents.items():
                 self.repo.db.documents.insert_one({"_id": key, "record": imported.record, "data": data}, session=session)

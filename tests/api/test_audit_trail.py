@@ -93,7 +93,7 @@ def test_fifty_concurrent_writers_make_one_unbroken_chain(api):
     seqs = sorted(d["seq"] for d in _db(api).audit.find({"record": child["id"]}, {"seq": 1}))
     assert seqs == list(range(1, len(seqs) + 1))
     verdict = _verdict(api, child["id"])
-    assert verdict["valid"] is True and verdict["entries"] >= 51
+    assert verdict["valid"] is True and verdict["entries"] >= 51, verdict
 
 
 def test_family_sees_who_looked(api):
@@ -134,3 +134,223 @@ def test_audit_search_pages_like_every_search(api, busy_record):
     assert {l["relation"] for l in second["link"]} == {"self", "next", "previous"}
     counted = api.get(f"/fhir/AuditEvent?patient={busy_record['id']}&_count=0", token).json()
     assert [l["relation"] for l in counted["link"]] == ["self"]
+
+
+# --- tampering with the plan itself, and with the tail of the chain --------------------------
+
+SCHEDULE = "activity.0.detail.scheduledString"
+
+
+@pytest.fixture()
+def issued_record(api):
+    """A child with an issued plan (its signed $document stored) and a school's read."""
+    from tests.e2e.plan_builders import draft_plan_bundle, ids_by_type, parent
+    from tests.e2e.test_statutory_process import proposal_from_current, respond
+
+    child = api.new_child()
+    mum = api.post("/fhir/RelatedPerson", parent(child["id"], "Alex"), api.la()).json()
+    plan = api.post("/fhir", draft_plan_bundle(child["id"]), api.la())
+    assert plan.status_code == 200, plan.text
+    ids = ids_by_type(plan.json())
+    mum_token = api.token("parent", None, fhir_user=f"RelatedPerson/{mum['id']}")
+    task = api.post(f"/fhir/Composition/{ids['Composition']}/$propose",
+                    proposal_from_current(api, ids, lambda r: None), api.la()).json()
+    assert respond(api, task["id"], mum_token, "agree").status_code == 200
+    issued = api.post(f"/fhir/Task/{task['id']}/$issue", None, api.la())
+    assert issued.status_code == 200, issued.text
+    assert api.get(f"/fhir/CarePlan/{ids['CarePlan']}", api.la()).status_code == 200
+    return {"child": child["id"], "ids": ids, "mum": mum_token, "plan_vid": int(issued.json()["meta"]["versionId"])}
+
+
+def _all(api, child_id: str, token: str | None = None) -> dict:
+    body = api.get(f"/fhir/Patient/{child_id}/$verify-audit", token or api.la()).json()
+    return {p["name"]: next(v for k, v in p.items() if k.startswith("value")) for p in body["parameter"]}
+
+
+def _cli(api, record: str | None = None, data_dir=None) -> subprocess.CompletedProcess:
+    env = {"EHCP_DATABASE": api.settings.database, "EHCP_DATA_DIR": str(data_dir or api.settings.data_dir), "PATH": ""}
+    if data_dir is None:
+        env["EHCP_MONGODB_URI"] = api.settings.mongodb_uri
+    command = [sys.executable, "-m", "api.cli", "audit", "verify"] + (["--record", record] if record else [])
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+
+def _edit_provision(db, collection: str, care_plan: str, vid: int | None = None) -> None:
+    query = {"_id": f"CarePlan/{care_plan}" + (f"/{vid}" if vid else "")}
+    assert db[collection].update_one(query, {"$set": {f"res.{SCHEDULE}": "1 hour per week"}}).modified_count == 1
+
+
+def test_issued_record_verifies_and_hands_back_a_signed_head(api, issued_record):
+    verdict = _all(api, issued_record["child"])
+    assert verdict["valid"] is True, verdict
+    assert verdict["headSeq"] >= 1 and verdict["head"] and verdict["headKid"]
+    log = api.get(f"/fhir/Patient/{issued_record['child']}/$access-log", issued_record["mum"]).json()
+    [link] = [link for link in log["link"] if link["relation"] == "signed-head"]
+    assert "$verify-audit?head=" in link["url"]
+    assert _cli(api, issued_record["child"]).returncode == 0
+
+
+def test_edited_current_document_is_found(api, issued_record):
+    care_plan = issued_record["ids"]["CarePlan"]
+    _edit_provision(_db(api), "current", care_plan)
+    assert "1 hour per week" in api.get(f"/fhir/CarePlan/{care_plan}", api.la()).text  # what a reader is served
+    verdict = _all(api, issued_record["child"])
+    assert verdict["valid"] is False and verdict["firstInvalid"] == 0
+    assert verdict["resource"].startswith(f"CarePlan/{care_plan}/_history/") and verdict["differs"] == "content"
+    assert verdict["reason"].startswith(f"the current document of CarePlan/{care_plan}")
+    bad = _cli(api, issued_record["child"])
+    assert bad.returncode == 1 and f"the current document of CarePlan/{care_plan}" in bad.stdout, bad.stdout + bad.stderr
+
+
+def test_edited_history_document_is_found(api, issued_record):
+    care_plan = issued_record["ids"]["CarePlan"]
+    db = _db(api)
+    vid = db.current.find_one({"_id": f"CarePlan/{care_plan}"})["vid"]
+    _edit_provision(db, "history", care_plan, vid)
+    verdict = _all(api, issued_record["child"])
+    assert verdict["valid"] is False and verdict["resource"] == f"CarePlan/{care_plan}/_history/{vid}"
+    assert verdict["reason"].startswith(f"history version CarePlan/{care_plan}/_history/{vid} was altered")
+    bad = _cli(api, issued_record["child"])
+    assert bad.returncode == 1 and f"history version CarePlan/{care_plan}/_history/{vid} was altered" in bad.stdout
+
+
+def test_edited_current_and_history_documents_are_found(api, issued_record):
+    """Both edited alike (stored hash left): read and vread agree, and still it is found."""
+    care_plan = issued_record["ids"]["CarePlan"]
+    db = _db(api)
+    vid = db.current.find_one({"_id": f"CarePlan/{care_plan}"})["vid"]
+    _edit_provision(db, "current", care_plan)
+    _edit_provision(db, "history", care_plan, vid)
+    assert "1 hour per week" in api.get(f"/fhir/CarePlan/{care_plan}/_history/{vid}", api.la()).text
+    verdict = _all(api, issued_record["child"])
+    assert verdict["valid"] is False and verdict["resource"] == f"CarePlan/{care_plan}/_history/{vid}"
+    assert "was altered" in verdict["reason"]
+    assert _cli(api, issued_record["child"]).returncode == 1
+
+
+def test_edited_hash_and_content_together_is_found_by_the_chain(api, issued_record):
+    """Recomputing the stored hash too does not help: the chain names the original."""
+    from ehcp_record.audit.chain import content_hash
+
+    care_plan = issued_record["ids"]["CarePlan"]
+    db = _db(api)
+    for collection, key in (("current", f"CarePlan/{care_plan}"),):
+        doc = db[collection].find_one({"_id": key})
+        doc["res"]["activity"][0]["detail"]["scheduledString"] = "1 hour per week"
+        db[collection].update_one({"_id": key}, {"$set": {"res": doc["res"], "hash": content_hash(doc["res"])}})
+        vid = doc["vid"]
+        db.history.update_one({"_id": f"{key}/{vid}"}, {"$set": {"res": doc["res"], "hash": content_hash(doc["res"])}})
+    verdict = _all(api, issued_record["child"])
+    # the signed $document of the issued plan still holds the original provision
+    assert verdict["valid"] is False and f"holds CarePlan/{care_plan} content that is no stored version" in verdict["reason"]
+    _db(api).documents.delete_many({"record": issued_record["child"]})
+    verdict = _all(api, issued_record["child"])
+    assert verdict["valid"] is False and f"CarePlan/{care_plan}/_history/{vid}" in verdict["reason"]
+    assert "not recorded in the audit chain" in verdict["reason"]
+
+
+def test_edited_stored_document_is_found(api, issued_record):
+    db = _db(api)
+    plan, vid = issued_record["ids"]["Composition"], issued_record["plan_vid"]
+    key = f"Composition/{plan}/{vid}"
+    stored = db.documents.find_one({"_id": key})
+    assert stored is not None
+    import json
+
+    document = json.loads(bytes(stored["data"]))
+    document["entry"][0]["resource"]["title"] = "A different plan"
+    db.documents.update_one({"_id": key}, {"$set": {"data": json.dumps(document).encode()}})
+    verdict = _all(api, issued_record["child"])
+    assert verdict["valid"] is False and verdict["resource"] == f"$document of Composition/{plan}/_history/{vid}"
+    assert "does not match that version" in verdict["reason"]
+    bad = _cli(api, issued_record["child"])
+    assert bad.returncode == 1 and f"$document of Composition/{plan}/_history/{vid}" in bad.stdout
+
+
+def test_deleted_newest_entry_is_found_and_its_seq_never_reused(api, issued_record):
+    child = issued_record["child"]
+    school = api.token("school", "Organization/school-1")
+    api.get(f"/fhir/Patient/{child}", api.la())
+    db = _db(api)
+    newest = db.audit.find_one({"record": child}, sort=[("seq", -1)])
+    db.audit.delete_one({"_id": newest["_id"]})
+    verdict = _all(api, child)
+    assert verdict["valid"] is False and verdict["firstInvalid"] == newest["seq"], verdict
+    assert f"entries {newest['seq']} to {newest['seq']} are missing" in verdict["reason"]
+    api.get(f"/fhir/Patient/{child}", school)  # the next entry does not take the freed seq
+    assert db.audit.find_one({"record": child, "seq": newest["seq"]}) is None
+    assert _all(api, child)["valid"] is False
+    bad = _cli(api, child)
+    assert bad.returncode == 1 and f"INVALID at entry {newest['seq']}" in bad.stdout
+
+
+def test_deleted_tail_after_a_head_the_family_kept_is_found(api, issued_record, tmp_path):
+    child = issued_record["child"]
+    kept = _all(api, child, issued_record["mum"])
+    token, seq = kept["head"], kept["headSeq"]
+    for _ in range(3):
+        api.get(f"/fhir/Patient/{child}", api.la())
+    extends = {p["name"]: p for p in api.get(f"/fhir/Patient/{child}/$verify-audit?head={token}",
+                                               issued_record["mum"]).json()["parameter"]}
+    assert extends["valid"]["valueBoolean"] is True and extends["extendsHead"]["valueBoolean"] is True
+
+    # cut the whole tail from just before the kept head; the database alone now looks like a
+    # shorter chain, and with the anchor files gone too only the family's copy can tell
+    db = _db(api)
+    db.audit.delete_many({"record": child, "seq": {"$gt": seq - 3}})
+    anchor = api.settings.data_dir / "anchor" / api.settings.database
+    for path in anchor.glob(f"{child}.*"):
+        path.unlink()
+    verdict = {p["name"]: next(v for k, v in p.items() if k.startswith("value")) for p in api.get(
+        f"/fhir/Patient/{child}/$verify-audit?head={token}", issued_record["mum"]).json()["parameter"]}
+    assert verdict["valid"] is False and verdict["firstInvalid"] == seq - 2, verdict
+    assert verdict["reason"] == (f"entries {seq - 2} to {seq} are missing from the end of the chain "
+                                 f"(the signed head you kept records entry {seq}): deleted")
+    assert verdict["extendsHead"] is False
+
+
+def test_deleted_tail_after_an_anchored_checkpoint_is_found(api, issued_record):
+    """The anchor log outside the database holds the signed checkpoint (even with the
+    high-water mark gone)."""
+    child = issued_record["child"]
+    seq = _all(api, child)["headSeq"]
+    (api.settings.data_dir / "anchor" / api.settings.database / f"{child}.seq").unlink()
+    _db(api).audit.delete_many({"record": child, "seq": {"$gt": seq - 2}})
+    verdict = _all(api, child)
+    assert verdict["valid"] is False and verdict["firstInvalid"] == seq - 1, verdict
+    assert "the signed checkpoint in the anchor log" in verdict["reason"]
+    bad = _cli(api, child)  # ($verify-audit itself appended an entry meanwhile)
+    assert bad.returncode == 1 and "the signed checkpoint in the anchor log" in bad.stdout
+
+
+def test_a_forged_head_is_refused(api, issued_record):
+    child = issued_record["child"]
+    response = api.get(f"/fhir/Patient/{child}/$verify-audit?head=bm90LWEtaGVhZA", issued_record["mum"])
+    assert response.status_code == 400
+
+
+def test_cli_unknown_record_and_no_database(api, tmp_path):
+    unknown = _cli(api, "no-such-record")
+    assert unknown.returncode == 2 and "no-such-record" in unknown.stdout
+    env = {"EHCP_MONGODB_URI": "mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=300", "EHCP_DATABASE": "x",
+           "EHCP_DATA_DIR": str(tmp_path), "PATH": ""}
+    down = subprocess.run([sys.executable, "-m", "api.cli", "audit", "verify"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert down.returncode == 2 and down.stdout.startswith("could not check"), down.stdout + down.stderr
+    assert "Traceback" not in down.stdout + down.stderr
+
+
+def test_cli_runs_beside_a_running_server(api, mongo, busy_record, tmp_path):
+    """The data dir of a running server (its mongod's pid and port, its keys and anchor): the
+    CLI connects to that mongod instead of starting another on the same files."""
+    import shutil
+
+    beside = tmp_path / "var"
+    beside.mkdir()
+    for name in ("mongod.pid", "mongod.port"):
+        shutil.copy(mongo.data_dir / name, beside / name)
+    (beside / "keys").symlink_to(api.settings.data_dir / "keys")
+    (beside / "anchor").symlink_to(api.settings.data_dir / "anchor")
+    ok = _cli(api, busy_record["id"], data_dir=beside)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.strip().endswith("ok") and len(ok.stdout.strip().splitlines()) == 1

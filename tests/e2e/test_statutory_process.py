@@ -159,6 +159,38 @@ def test_issue_refused_with_response_to_a_different_proposal(api, family):
     assert response.status_code == 409 and outcome_code(response) == "business-rule"
 
 
+def test_a_superseded_proposal_cannot_be_issued_even_when_answered(api, family):
+    """Propose, the family comments, propose again: the first is refused (409, naming the
+    second), its review Task shows it was superseded, and the second issues once answered."""
+    _, ids, mum, _ = family
+    la = api.la()
+    plan_path = f"/fhir/Composition/{ids['Composition']}"
+    first = api.post(f"{plan_path}/$propose", proposal_from_current(api, ids, lambda r: None), la).json()
+    assert respond(api, first["id"], mum, "comment", "please add more speech therapy").status_code == 200
+
+    def revise(resource: dict) -> None:
+        if resource["resourceType"] == "CarePlan":
+            resource["description"] = "Revised after the family's comment"
+
+    second = api.post(f"{plan_path}/$propose", proposal_from_current(api, ids, revise), la).json()
+    assert second["id"] != first["id"]
+
+    refused = api.post(f"/fhir/Task/{first['id']}/$issue", None, la)
+    assert refused.status_code == 409 and outcome_code(refused) == "business-rule"
+    assert f"Task/{second['id']}" in refused.json()["issue"][0]["diagnostics"]
+    assert api.get(plan_path, la).json()["status"] != "final"
+
+    shown = api.get(f"/fhir/Task/{first['id']}", mum).json()
+    assert shown["status"] == "completed"  # the family's answer is kept
+    assert shown["businessStatus"]["text"].startswith("superseded") and f"Task/{second['id']}" in shown["businessStatus"]["text"]
+
+    assert respond(api, second["id"], mum, "agree").status_code == 200
+    issued = api.post(f"/fhir/Task/{second['id']}/$issue", None, la)
+    assert issued.status_code == 200, issued.text
+    assert issued.json()["status"] == "final"
+    assert api.post(f"/fhir/Task/{first['id']}/$issue", None, la).status_code == 409
+
+
 def test_issue_refused_when_responder_is_not_the_decision_maker(api, family):
     _, ids, _, carer = family
     la = api.la()

@@ -107,14 +107,50 @@ def test_section_missing_from_an_issued_plan(bundle):
                                 "(rule ehcp-thread-4)")
 
 
-def test_outcome_not_listed_in_section_e_is_a_warning(bundle):
+def test_outcome_that_provision_serves_not_listed_in_section_e_is_an_error(bundle):
+    """Was a warning (ehcp-thread-5): an issued plan whose provision serves an outcome that
+    section E does not list is incoherent, so $propose and $issue refuse it (ehcp-thread-7)."""
     plan = find(bundle, "plan-jamie-morgan")
     section_e = next(s for s in plan["section"] if s["code"]["coding"][0]["code"] == "E")
     section_e["entry"] = [e for e in section_e["entry"] if e["reference"] != full_url(bundle, "outcome-community")]
     issues = validate_plan(bundle)
     assert [i.message for i in issues] == [
+        "Outcome Goal/outcome-community is served by provision but is not listed in section E of the plan "
+        "(rule ehcp-thread-7)"]
+    assert has_errors(issues)
+
+
+def test_outcome_no_provision_serves_not_listed_in_section_e_is_a_warning(bundle):
+    plan = find(bundle, "plan-jamie-morgan")
+    section_e = next(s for s in plan["section"] if s["code"]["coding"][0]["code"] == "E")
+    section_e["entry"] = [e for e in section_e["entry"] if e["reference"] != full_url(bundle, "outcome-community")]
+    for entry in bundle["entry"]:
+        resource = entry["resource"]
+        if resource["resourceType"] == "CarePlan":
+            resource["goal"] = [g for g in resource.get("goal", []) if g["reference"] != full_url(bundle, "outcome-community")]
+            for activity in resource.get("activity", []):
+                detail = activity.get("detail", {})
+                detail["goal"] = [g for g in detail.get("goal", []) if g["reference"] != full_url(bundle, "outcome-community")]
+    issues = [i for i in validate_plan(bundle) if i.rule == "ehcp-thread-5"]
+    assert [i.message for i in issues] == [
         "Outcome Goal/outcome-community is not listed in section E of the plan (rule ehcp-thread-5)"]
     assert not has_errors(issues)
+
+
+def test_need_an_outcome_addresses_not_listed_in_b_c_or_d_is_an_error(bundle):
+    plan = find(bundle, "plan-jamie-morgan")
+    goal = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Goal")
+    need_url = goal["addresses"][0]["reference"]
+    need = next(e["resource"] for e in bundle["entry"] if e["fullUrl"] == need_url)
+    for section in plan["section"]:
+        if section["code"]["coding"][0]["code"] in ("B", "C", "D"):
+            section["entry"] = [e for e in section.get("entry", []) if e["reference"] != need_url]
+            if not section["entry"]:
+                del section["entry"]
+    [issue] = by_rule(validate_plan(bundle), "ehcp-thread-8")
+    assert issue.severity == "error"
+    assert issue.message == (f"Need Condition/{need['id']} is addressed by an outcome but is not listed in section "
+                             "B, C or D of the plan (rule ehcp-thread-8)")
 
 
 def test_section_lists_a_need_that_is_not_in_the_plan(bundle):
