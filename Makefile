@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test bench bench-search clean
+.PHONY: install serve test bench bench-search bench-load clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (or set PYTHON=python3)"; exit 1; }
@@ -28,6 +28,12 @@ bench: $(STAMP)
 BENCH_ARGS ?=
 bench-search: $(STAMP)
 	$(BIN)/python bench/search.py $(BENCH_ARGS)
+
+# Mixed load (parents, LA, health, schools) for 600 s at 16 clients, then every audit chain;
+# LOAD_ARGS="--quick" for 30 s, or e.g. LOAD_ARGS="--seconds 120 --clients 16".
+LOAD_ARGS ?=
+bench-load: $(STAMP)
+	$(BIN)/python bench/load.py $(LOAD_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .hypothesis

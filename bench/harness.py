@@ -119,6 +119,10 @@ class Client:
     def get(self, path: str) -> Reply:
         return self._call("GET", path)
 
+    def request(self, method: str, path: str, body: dict | None = None, token: str | None = None) -> Reply:
+        """Any method, optionally as another caller (`token`) on this same connection."""
+        return self._call(method, path, body, {"Authorization": f"Bearer {token}"} if token else None)
+
     def post(self, path: str, body: dict) -> Reply:
         return self._call("POST", path, body)
 

@@ -20,6 +20,27 @@ class ServerProcess:
     process: subprocess.Popen
     base: str
 
+    def kill_api_only(self) -> int:
+        """SIGKILL every process of the server's group except mongod (gunicorn's master first,
+        then its workers, again until none is left): the API dies mid-request, the embedded
+        mongod it launched is left behind for the next start to take over. Returns the number
+        of processes killed."""
+        killed = 0
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            pids = sorted(_group_members(self.process.pid), key=lambda pid: pid != self.process.pid)
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    killed += 1
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.05)
+        self.process.wait(10)
+        return killed
+
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process.poll() is None:
             os.killpg(self.process.pid, sig)
@@ -28,6 +49,22 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Living processes in process group `pgid`, mongod left out."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            name = (entry / "comm").read_text().strip()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X") and name != "mongod":
+            found.append(int(entry.name))
+    return found
 
 
 def start(data_dir: Path, env: dict[str, str], workers: int = 2, port: int | None = None) -> ServerProcess:
