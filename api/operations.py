@@ -82,7 +82,7 @@ def everything(patient_id: str) -> Response:
     return fhir_response({"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries})
 
 
-@bp.post("/<resource_type>/$validate")
+@bp.post("/<fhir_type:resource_type>/$validate")
 @operation("validate", None)
 def validate(resource_type: str) -> Response:
     from ehcp_record.fhir.model import require_served_type
