@@ -52,9 +52,10 @@ class _ResourceTypeConverter(BaseConverter):
 
 
 class _LogicalIdConverter(BaseConverter):
-    """A FHIR logical id: so /fhir/Patient/_search or /$validate never match /fhir/<type>/<id>."""
+    """A path segment that is not a FHIR keyword (`_search`, `$validate`): so those never match
+    /fhir/<type>/<id>. Any other malformed id still reaches the view and its 400."""
 
-    regex = r"[A-Za-z0-9\-.]{1,64}"
+    regex = r"(?![_$])[^/]+"
 
 
 def _register_blueprints(app: Flask) -> None:

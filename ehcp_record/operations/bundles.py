@@ -52,6 +52,8 @@ def process(store: "ScopedStore", body: object) -> dict:
         raise invalid("Bundle.entry must be an array of entries", "structure", ["Bundle.entry"])
     if kind not in ("transaction", "batch"):
         raise invalid("POST /fhir takes a Bundle of type 'transaction' or 'batch'", "invalid", ["Bundle.type"])
+    if "total" in bundle:  # bdl-1 (and the parser would read `"total": false` as 0)
+        raise invalid("Bundle.total is only for search and history Bundles (bdl-1)", "invariant", ["Bundle.total"])
     if len(entries) > MAX_ENTRIES:
         raise FhirError(413, "too-costly", f"a Bundle may hold at most {MAX_ENTRIES} entries")
     if kind == "transaction":
