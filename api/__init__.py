@@ -9,6 +9,7 @@ from typing import Any, Mapping
 
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import BaseConverter
 
 from api.auth import TokenVerifier
 from api.context import current_store, request_id
@@ -43,9 +44,25 @@ def create_app(test_config: Mapping[str, Any] | None = None, settings: Settings 
     return app
 
 
+class _ResourceTypeConverter(BaseConverter):
+    """A FHIR resource type in a URL: so /fhir/metadata or /fhir/$receive-transfer never match
+    the generic /fhir/<type> rules (a wrong method there is 405 with Allow, not a 404)."""
+
+    regex = r"[A-Z][A-Za-z]{0,63}"
+
+
+class _LogicalIdConverter(BaseConverter):
+    """A path segment that is not a FHIR keyword (`_search`, `$validate`): so those never match
+    /fhir/<type>/<id>. Any other malformed id still reaches the view and its 400."""
+
+    regex = r"(?![_$])[^/]+"
+
+
 def _register_blueprints(app: Flask) -> None:
     from api import media, open_endpoints, operations, rest
 
+    app.url_map.converters["fhir_type"] = _ResourceTypeConverter
+    app.url_map.converters["fhir_id"] = _LogicalIdConverter
     app.register_blueprint(open_endpoints.bp)
     app.register_blueprint(operations.bp)
     app.register_blueprint(media.bp)
@@ -122,7 +139,8 @@ def _register_errors(app: Flask) -> None:
         status = error.code or 500
         message = {404: "no such endpoint", 405: "that method is not allowed on this endpoint",
                    413: "the request body is too large"}.get(status, error.description or error.name)
-        return error_response(FhirError(status, issue_code_for_status(status), message))
+        allow = {k: v for k, v in error.get_headers() if k == "Allow"}  # a 405 names what is allowed (RFC 9110)
+        return error_response(FhirError(status, issue_code_for_status(status), message, headers=allow))
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> Response:

@@ -53,7 +53,20 @@ def json_body() -> Any:
         raise invalid(f"the body is not valid JSON: {str(exc)[:120]}", "structure") from None
     root = body.get("resourceType") if isinstance(body, dict) else None
     check_nesting(body, root if isinstance(root, str) and root.isalpha() and len(root) <= 64 else "", resource_types=False)
+    _no_null_properties(body, root if isinstance(root, str) and root.isalpha() else "")
     return body
+
+
+def _no_null_properties(node: Any, where: str) -> None:
+    """FHIR JSON never has a property whose value is null (nulls only pad primitive arrays)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if value is None:
+                raise invalid(f"{where}.{key} is null; leave an empty property out", "structure", [f"{where}.{key}"])
+            _no_null_properties(value, f"{where}.{key}")
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            _no_null_properties(item, f"{where}[{index}]")
 
 
 def _limited_body(limit: int) -> bytes:

@@ -85,7 +85,7 @@ def everything(patient_id: str) -> Response:
     return fhir_response(bundles.searchset([bundles.entry(r, mode="match") for r in resources], len(resources)))
 
 
-@bp.post("/<resource_type>/$validate")
+@bp.post("/<fhir_type:resource_type>/$validate")
 @operation("validate", None)
 def validate(resource_type: str) -> Response:
     from ehcp_record.fhir.model import require_served_type

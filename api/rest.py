@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from flask import Blueprint, Response
 
-from api.context import services, store
+from api.context import caller, services, store
 from api.http import bundle_link, fhir_response, if_match, json_body, query_pairs, version_headers, write_response
 from ehcp_record.errors import FhirError, not_supported
 from ehcp_record.fhir import bundles
 from ehcp_record.fhir.model import require_served_type
-from ehcp_record.fhir.search import DEFAULT_COUNT, MAX_COUNT
+from ehcp_record.fhir.search import DEFAULT_COUNT, MAX_COUNT, MAX_OFFSET
 
 bp = Blueprint("fhir_rest", __name__, url_prefix="/fhir")
 
@@ -19,8 +19,8 @@ def transaction_or_batch() -> Response:
     return fhir_response(store().process_bundle(json_body()))
 
 
-@bp.get("/<resource_type>")
-@bp.post("/<resource_type>/_search")
+@bp.get("/<fhir_type:resource_type>")
+@bp.post("/<fhir_type:resource_type>/_search")
 def search(resource_type: str) -> Response:
     require_served_type(resource_type)
     _limit_search_form()
@@ -28,6 +28,12 @@ def search(resource_type: str) -> Response:
         return _audit_search()
     result = store().search(resource_type, query_pairs())
     return fhir_response(_searchset(resource_type, result))
+
+
+@bp.get("/Binary")
+def search_binary() -> Response:
+    """Binary's own path also serves search (so OPTIONS there names GET as well as upload's POST)."""
+    return search("Binary")
 
 
 def _limit_search_form() -> None:
@@ -76,7 +82,7 @@ def _entry(resource: dict, mode: str) -> dict:
     return bundles.entry(resource, _base_url(), mode)
 
 
-@bp.post("/<resource_type>")
+@bp.post("/<fhir_type:resource_type>")
 def create(resource_type: str) -> Response:
     require_served_type(resource_type)
     from flask import request
@@ -84,7 +90,7 @@ def create(resource_type: str) -> Response:
     return write_response(version, created, shown)
 
 
-@bp.get("/<resource_type>/<resource_id>")
+@bp.get("/<fhir_type:resource_type>/<fhir_id:resource_id>")
 def read(resource_type: str, resource_id: str) -> Response:
     require_served_type(resource_type)
     if resource_type == "AuditEvent":
@@ -93,32 +99,42 @@ def read(resource_type: str, resource_id: str) -> Response:
     return fhir_response(shown, 200, version_headers(version))
 
 
-@bp.put("/<resource_type>/<resource_id>")
+@bp.put("/<fhir_type:resource_type>/<fhir_id:resource_id>")
 def update(resource_type: str, resource_id: str) -> Response:
     require_served_type(resource_type)
     version, shown, created = store().update(json_body(), resource_type, resource_id, if_match())
     return write_response(version, created, shown)
 
 
-@bp.delete("/<resource_type>/<resource_id>")
+@bp.delete("/<fhir_type:resource_type>/<fhir_id:resource_id>")
 def delete(resource_type: str, resource_id: str) -> Response:
     require_served_type(resource_type)
-    raise not_supported("statutory records are never deleted through the API", 405)
+    caller()  # authenticated first, as everywhere else: 401 without a valid token
+    error = not_supported("statutory records are never deleted through the API", 405)
+    error.headers["Allow"] = "GET, PUT"
+    raise error
 
 
-@bp.get("/<resource_type>/<resource_id>/_history")
+@bp.delete("/Binary/<fhir_id:resource_id>")
+def delete_binary(resource_id: str) -> Response:
+    return delete("Binary", resource_id)
+
+
+@bp.get("/<fhir_type:resource_type>/<fhir_id:resource_id>/_history")
 def history(resource_type: str, resource_id: str) -> Response:
     require_served_type(resource_type)
     from flask import request
     count = min(_int_arg(request.args.get("_count"), DEFAULT_COUNT), MAX_COUNT)
     offset = _int_arg(request.args.get("_offset"), 0)
+    if offset > MAX_OFFSET:
+        raise FhirError(400, "too-costly", f"_offset beyond {MAX_OFFSET}")
     total, versions = store().history(resource_type, resource_id, offset, count)
     entries = [bundles.history_entry(shown, _base_url(), resource_type, resource_id, v.vid,
                                      shown.get("meta", {}).get("lastUpdated")) for v, shown in versions]
     return fhir_response(bundles.history(entries, total))
 
 
-@bp.get("/<resource_type>/<resource_id>/_history/<vid>")
+@bp.get("/<fhir_type:resource_type>/<fhir_id:resource_id>/_history/<vid>")
 def vread(resource_type: str, resource_id: str, vid: str) -> Response:
     require_served_type(resource_type)
     version, shown = store().vread(resource_type, resource_id, vid)
@@ -128,6 +144,6 @@ def vread(resource_type: str, resource_id: str, vid: str) -> Response:
 def _int_arg(value: str | None, default: int) -> int:
     if value is None:
         return default
-    if not value.isdigit() or len(value) > 6:
+    if not (value.isascii() and value.isdigit()) or len(value) > 6:  # "²" is a digit to str.isdigit
         raise FhirError(400, "invalid", f"'{value[:20]}' is not a whole number")
     return int(value)

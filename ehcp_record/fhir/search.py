@@ -203,15 +203,17 @@ def _apply_result_param(registry: SearchRegistry, query: SearchQuery, name: str,
     elif name == "_include":
         query.includes.append(_include(registry, query.resource_type, value))
     elif name == "_summary":
-        if value != "count":
-            raise not_supported("_summary supports only 'count'")
-        query.summary_count = True
+        if value not in ("count", "false"):
+            raise not_supported("_summary supports only 'count' (or 'false', the default)")
+        query.summary_count = value == "count"
+    elif name == "_total" and value not in ("none", "estimate", "accurate"):
+        raise invalid(f"_total must be none, estimate or accurate, not '{value[:20]}'")
     elif name == "_format" and value not in _FORMATS:
         raise not_supported("only JSON is served (_format=json)", 406)
 
 
 def _non_negative_int(name: str, value: str) -> int:
-    if not value.isdigit() or len(value) > 7:
+    if not (value.isascii() and value.isdigit()) or len(value) > 7:  # "²" is a digit to str.isdigit
         raise invalid(f"{name} must be a whole number, not '{value[:20]}'")
     return int(value)
 

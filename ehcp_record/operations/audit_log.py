@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from ehcp_record.access.scoped import RecordScope, ScopedStore
 from ehcp_record.audit.events import to_audit_event
 from ehcp_record.audit.verify import head_token
-from ehcp_record.errors import invalid, not_found
+from ehcp_record.errors import invalid, not_found, too_costly
 from ehcp_record.fhir.dates import DateFormatError, instant, parse_range
-from ehcp_record.fhir.search import DEFAULT_COUNT, MAX_COUNT
+from ehcp_record.fhir.search import DEFAULT_COUNT, MAX_COUNT, MAX_OFFSET
 
 _PARAMS = {"patient", "agent", "date", "_count", "_offset", "_format"}
 
@@ -46,6 +46,8 @@ class AuditLog:
         scope = self._open(store, patient, f"the audit trail of Patient/{patient}")
         count = min(_int(values.get("_count"), DEFAULT_COUNT), MAX_COUNT)
         offset = _int(values.get("_offset"), 0)
+        if offset > MAX_OFFSET:
+            raise too_costly(f"_offset beyond {MAX_OFFSET}; narrow the search instead")
         total, entries = scope.audit_entries(
             agent=self._agent_filter(store, scope) or values.get("agent"), at_range=_date_range(values.get("date")),
             offset=offset, count=count,
@@ -119,7 +121,7 @@ def _single_values(pairs: list[tuple[str, str]]) -> dict[str, str]:
 def _int(value: str | None, default: int) -> int:
     if value is None:
         return default
-    if not value.isdigit() or len(value) > 6:
+    if not (value.isascii() and value.isdigit()) or len(value) > 6:  # "²" is a digit to str.isdigit
         raise invalid(f"'{value[:20]}' is not a whole number")
     return int(value)
 

@@ -48,9 +48,13 @@ class EntryPlan:
 def process(store: "ScopedStore", body: object) -> dict:
     bundle = parse_resource(body, "Bundle")
     kind = bundle.get("type")
-    entries = bundle.get("entry") or []
+    entries = bundle.get("entry", [])
+    if not isinstance(entries, list):  # FHIR JSON has no nulls; `"entry": null` is not an empty Bundle
+        raise invalid("Bundle.entry must be an array of entries", "structure", ["Bundle.entry"])
     if kind not in ("transaction", "batch"):
         raise invalid("POST /fhir takes a Bundle of type 'transaction' or 'batch'", "invalid", ["Bundle.type"])
+    if "total" in bundle:  # bdl-1 (and the parser would read `"total": false` as 0)
+        raise invalid("Bundle.total is only for search and history Bundles (bdl-1)", "invariant", ["Bundle.total"])
     if len(entries) > MAX_ENTRIES:
         raise FhirError(413, "too-costly", f"a Bundle may hold at most {MAX_ENTRIES} entries")
     if kind == "transaction":

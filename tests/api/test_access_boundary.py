@@ -75,7 +75,8 @@ def route_table(app: Flask) -> list[tuple[str, str, tuple[str, ...]]]:
         if rule.rule in OPEN_RULES:
             continue
         for method in rule.methods - IGNORED_METHODS:
-            found.add((method, rule.rule, tuple(sorted(rule.arguments))))
+            plain = re.sub(r"<[a-z_]+:([a-z_]+)>", r"<\1>", rule.rule)  # converters (fhir_type, fhir_id) aside
+            found.add((method, plain, tuple(sorted(rule.arguments))))
     return sorted(found, key=lambda r: (r[1], r[0]))
 
 

@@ -18,6 +18,8 @@ SPEC_PATH = Path(__file__).resolve().parents[2] / "openapi.yaml"
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 IGNORED_FLASK_METHODS = {"HEAD", "OPTIONS"}
 OPEN_PATHS = {"/healthz", "/readyz", "/fhir/metadata", "/fhir/.well-known/smart-configuration"}
+#: Authenticated by the sending deployment's Ed25519 signature, not a bearer token.
+SIGNED_PATHS = {"/fhir/$receive-transfer"}
 #: API.md "Errors" and the brief: every one of these must be documented with an OperationOutcome.
 ERROR_STATUSES = ("400", "401", "403", "404", "405", "409", "412", "413", "414", "415", "422", "428", "500")
 SEARCH_QUERY_PARAMETERS = (
@@ -193,6 +195,10 @@ def test_bearer_jwt_everywhere_except_open_endpoints(spec):
     for path, method, _, operation in operations(spec):
         if path in OPEN_PATHS:
             assert operation.get("security") == [], f"{method.upper()} {path} should need no token"
+        elif path in SIGNED_PATHS:
+            assert operation.get("security") == [{"transferSignature": []}], f"{method.upper()} {path}"
+            assert spec["components"]["securitySchemes"]["transferSignature"]["name"] == "X-EHCP-Signature"
+            assert "403" in operation["responses"], f"{method.upper()} {path} does not document 403"
         else:
             assert "security" not in operation, f"{method.upper()} {path} must inherit bearerAuth"
             assert "401" in operation["responses"], f"{method.upper()} {path} does not document 401"
