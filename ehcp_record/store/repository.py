@@ -564,9 +564,15 @@ def _visibility_filter(visibility: Visibility) -> dict:
     everything = [r for r, sections in visibility.per_record.items() if sections is None]
     if everything:
         allowed.append({"record": {"$in": everything}})
+    # Records seen through consents mostly share a few section sets (a school's A and B): one
+    # clause per distinct set, not one per record, keeps the filter small as consents grow.
+    by_sections: dict[frozenset[str], list[str]] = {}
     for record, sections in visibility.per_record.items():
         if sections is not None:
-            allowed.append({"record": record, "section": {"$in": sorted(sections)}})
+            by_sections.setdefault(frozenset(sections), []).append(record)
+    for sections, records in by_sections.items():
+        allowed.append({"record": records[0] if len(records) == 1 else {"$in": sorted(records)},
+                        "section": {"$in": sorted(sections)}})
     return {"$or": allowed} if allowed else {"_id": {"$exists": False}}
 
 
