@@ -331,6 +331,17 @@ def test_safe_request_id_is_kept_and_audited(api):
 
 # --- 9. database trouble is 503, and the server recovers ---------------------------------------
 
+def _readable_again(client, child_id: str, within: float = 60) -> requests.Response:
+    """The same server answers again once the database is back (no restart)."""
+    deadline = time.monotonic() + within
+    while True:
+        response = client.get(f"/fhir/Patient/{child_id}", client.la())
+        if response.status_code == 200 or time.monotonic() > deadline:
+            assert response.status_code == 200, response.text
+            return response
+        time.sleep(0.5)
+
+
 def test_database_outage_is_503_with_retry_after_then_recovers(tmp_path: Path, data_dir):
     own = EmbeddedMongo(tmp_path / "mongod").start()
     client, server = start_server(own, data_dir, db_request_timeout=5)
@@ -347,13 +358,7 @@ def test_database_outage_is_503_with_retry_after_then_recovers(tmp_path: Path, d
             assert int(response.headers["Retry-After"]) > 0
             assert elapsed < 10, elapsed
         own.start()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            response = client.get(f"/fhir/Patient/{child['id']}", client.la())
-            if response.status_code == 200:
-                break
-            time.sleep(0.5)
-        assert response.status_code == 200, response.text
+        response = _readable_again(client, child["id"])
         assert response.json()["id"] == child["id"]
         assert client.post("/fhir/Patient", {"resourceType": "Patient", "birthDate": "2014-01-01"},
                            client.la()).status_code == 201
@@ -382,13 +387,7 @@ def test_a_hung_database_is_503_soon_after_the_request_deadline(tmp_path: Path, 
             _assert_outcome(response, 503, "transient")
             assert response.headers.get("Retry-After")
         os.kill(own.process.pid, signal.SIGCONT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            response = client.get(f"/fhir/Patient/{child['id']}", client.la())
-            if response.status_code == 200:
-                break
-            time.sleep(0.5)
-        assert response.status_code == 200, response.text
+        response = _readable_again(client, child["id"])
     finally:
         os.kill(own.process.pid, signal.SIGCONT)
         server.shutdown()
