@@ -148,9 +148,7 @@ def audited(method: Callable) -> Callable:
         try:
             return method(self, *args, **kwargs)
         except Refusal as refusal:
-            if not refusal.audited:
-                refusal.audited = True
-                self._audit_refusal(refusal, method.__name__)
+            self.settle(refusal, method.__name__)
             raise
 
     return wrapper
@@ -375,11 +373,12 @@ class ScopedStore:
 
         return bundles.process(self, body)
 
-    def settle(self, refusal: Refusal) -> None:
-        """The API's last word on a refusal raised outside a store method: audit it once."""
+    def settle(self, refusal: Refusal, action: str = "request") -> None:
+        """Audit a refusal once, whoever sees it first: a store method as it leaves, or the
+        API's error handler for one raised by an operation outside the store's methods."""
         if not refusal.audited:
             refusal.audited = True
-            self._audit_refusal(refusal, "request")
+            self._audit_refusal(refusal, action)
 
     def _prepare(self, resource: dict, resource_id: str, expected: int | None, current: Version | None,
                  pending: dict[str, str | None] | None, extra: dict | None, gated: bool,
@@ -413,12 +412,9 @@ class ScopedStore:
         write = self._build(resource, record, expected, current, new_record)
         write.extra.update(extra or {})
         if gated and self._shared.gate is not None:
-            self._shared.gate.check_direct_write(write, self._current_of_type_raw, self._repo.read)
+            self._shared.gate.check_direct_write(write, self._repo.current_of_type, self._repo.read)
         change = write_rules.record_changes(resource, record, current is None, self.caller) if record else None
         return PreparedWrite(write, change, decision.operation, decision.consent_ids, current is None, self.caller)
-
-    def _current_of_type_raw(self, record: str, resource_type: str) -> list[Version]:
-        return self._repo.current_of_type(record, resource_type)
 
     def _build(self, resource: dict, record: str | None, expected: int | None, current: Version | None,
                new_record: bool) -> VersionWrite:

@@ -453,9 +453,6 @@ class Repository:
     def record_state(self, record: str) -> dict | None:
         return self.records.find_one({"_id": record})
 
-    def records_in_custody_of(self, organization: str) -> list[str]:
-        return [d["_id"] for d in self.records.find({"custodian": organization}, {"_id": 1})]
-
     def records_of_parent(self, reference: str) -> list[str]:
         return [d["_id"] for d in self.records.find({"parents": reference}, {"_id": 1})]
 
