@@ -9,6 +9,7 @@ a fixed rule, so no time-zone database is needed (slim images often ship none).
 from __future__ import annotations
 
 import calendar
+from functools import lru_cache
 import re
 from datetime import date, datetime, timedelta, timezone
 
@@ -35,6 +36,7 @@ def date_parts(text: object) -> dict[str, str | None]:
     return match.groupdict()
 
 
+@lru_cache(maxsize=512)
 def _last_sunday(year: int, month: int) -> date:
     last = date(year, month, calendar.monthrange(year, month)[1])
     return last - timedelta(days=(last.weekday() - 6) % 7)
