@@ -72,6 +72,17 @@ def grant_of(version: Version) -> Grant:
     return grant
 
 
+def _grant_known(consent_id: str, vid: int, digest: str) -> bool:
+    return bool(digest) and (consent_id, vid, digest) in _GRANTS
+
+
+def _grant_by_key(consent_id: str, vid: int, digest: str, version: Version | None) -> Grant | None:
+    """The parsed Grant of a consent version named by its key (fetched only when unseen)."""
+    if version is not None:
+        return grant_of(version)
+    return _GRANTS.get((consent_id, vid, digest))
+
+
 def record_state_of(record: str, doc: dict | None) -> RecordState | None:
     if doc is None:
         return None
@@ -237,8 +248,34 @@ class RequestAccess:
         return Visibility(everything=False, per_record=per_record, directory=True, owner=owner_key(self.caller),
                           custodian=custodian)
 
-    def _linked_records(self) -> list[str]:
-        """Records the caller reaches other than through custody: family links and consents."""
+    def searches_custody(self, records: tuple[str, ...]) -> bool:
+        """Is the caller an LA searching its custody (the case `search_candidates` can be
+        asked with the consent-named records found beside the search)?"""
+        actor = self.caller.actor
+        return (not records and actor.role == "la" and bool(actor.organization)
+                and not (self.caller.scopes.patient_only("Patient", "s") and actor.patient))
+
+    def search_candidates(self, records: tuple[str, ...], named: list[str] | None = None) -> Visibility:
+        """A superset of what the caller may see, with no decision taken yet: custody, the
+        family's records, the records named by `patient`/`subject`, and every record a consent
+        names the caller in (one `distinct`, not one decision per record). The scoped store
+        decides each match it returns, and falls back to `search_visibility` when that is not
+        exact."""
+        actor = self.caller.actor
+        owner = owner_key(self.caller)
+        if self.caller.scopes.patient_only("Patient", "s") and actor.patient:
+            own = actor.patient.removeprefix("Patient/")
+            mine = [r for r in records if r == own] if records else [own]
+            return Visibility(per_record={r: None for r in mine}, owner=owner, exact=False)
+        if records:
+            return Visibility(per_record={r: None for r in records}, owner=owner, exact=False)
+        custodian = actor.organization if actor.role == "la" and actor.organization else None
+        if named is None:
+            named = self.repo.records_naming(self.recipient_keys())
+        linked = self._family_records() | set(named)
+        return Visibility(per_record={r: None for r in sorted(linked)}, owner=owner, custodian=custodian, exact=False)
+
+    def _family_records(self) -> set[str]:
         actor = self.caller.actor
         found: set[str] = set()
         if actor.fhir_user:
@@ -247,15 +284,32 @@ class RequestAccess:
                 found.add(actor.fhir_user.removeprefix("Patient/"))
         if actor.patient:
             found.add(actor.patient.removeprefix("Patient/"))
-        recipients = [f"role:{actor.role}"] + ([actor.organization] if actor.organization else [])
-        naming: dict[str, list[Version]] = {}
-        for version in self.repo.consents_naming(recipients):
-            if version.record:
-                naming.setdefault(version.record, []).append(version)
-        for record, versions in naming.items():
-            # Consents only ever permit (a deny is refused on write), so for a reader who is
-            # neither family nor custodian the grants that name them are all that can decide.
-            self._naming_grants[record] = [grant_of(v) for v in versions]
+        return found
+
+    def recipient_keys(self) -> list[str]:
+        """How a Consent names this caller as recipient (`recipients` on its stored document)."""
+        actor = self.caller.actor
+        return [f"role:{actor.role}"] + ([actor.organization] if actor.organization else [])
+
+    def _linked_records(self) -> list[str]:
+        """Records the caller reaches other than through custody: family links and consents."""
+        found = self._family_records()
+        recipients = self.recipient_keys()
+        # Consents only ever permit (a deny is refused on write), so for a reader who is
+        # neither family nor custodian the grants that name them are all that can decide.
+        naming: dict[str, list[Grant]] = {}
+        evicted: list[tuple[str, str]] = []
+        for record, consent_id, vid, digest, version in self.repo.consents_naming(recipients, _grant_known):
+            grant = _grant_by_key(consent_id, vid, digest, version)
+            if grant is None:  # the process cache was emptied between the two looks
+                evicted.append((record, f"Consent/{consent_id}"))
+            elif record:
+                naming.setdefault(record, []).append(grant)
+        reread = self.repo.read_many([ref for _, ref in evicted])
+        for record, ref in evicted:
+            if record and ref in reread:
+                naming.setdefault(record, []).append(grant_of(reread[ref]))
+        self._naming_grants.update(naming)
         found.update(naming)
         return sorted(found)
 

@@ -43,7 +43,7 @@ from ehcp_record.fhir.model import STORED_TYPES, parse_resource, ref_key
 from ehcp_record.fhir.search import SearchQuery, SearchRegistry, parse_search
 from ehcp_record.store.media import MediaStore
 from ehcp_record.store.repository import Repository
-from ehcp_record.store.versions import AuditAppend, Version, VersionWrite, utc_now
+from ehcp_record.store.versions import AuditAppend, RecordContext, Version, VersionWrite, utc_now
 from ehcp_record.store.transfers import TransferStore
 from ehcp_record.store.versions import ImportedRecord
 from ehcp_record.workflow import task_clocks
@@ -252,14 +252,50 @@ class ScopedStore:
     def search(self, resource_type: str, pairs: list[tuple[str, str]]) -> SearchResult:
         self.access.require_scope(resource_type, "s")
         query = parse_search(self.registry, resource_type, pairs)
-        total, found = self._repo.search_in_context(query, self.access.search_visibility(query.patient_filter))
+        total, found, matches = self._matches(query)
         versions = [c.version for c in found if c.version is not None]
-        self.access.prime_states({v.record: c.state for v, c in zip(versions, found) if v.record})
-        matches = self._shown(versions)
         included = self._included(query, versions)
         tips = {audit.chain_of(v.record): c.tip for v, c in zip(versions, found)}
         self._audit_permits("search", [v for v, _ in matches + included], tips=tips)
         return SearchResult(total, [m for _, m in matches], [r for _, r in included], query)
+
+    def _matches(self, query: SearchQuery) -> tuple[int, list[RecordContext], list[tuple[Version, dict]]]:
+        """The page as the caller may see it, and the total.
+
+        First one aggregate over a superset (custody, family, consents naming the caller:
+        `search_candidates`), each match then decided with the state and consents fetched
+        with it. That is exact when the page is not full from offset 0 (every candidate was
+        seen and decided). Otherwise the records seen through a consent or the family link
+        are decided first and the page asked again with the exact filter, so paging and
+        `total` count only what the caller may see.
+        """
+        if query.summary_count or query.count == 0:  # a count alone needs the exact filter
+            return self._repo.search_in_context(query, self.access.search_visibility(query.patient_filter)) + ([],)
+        total, found = self._candidate_page(query)
+        for context in found:  # the superset's page came with each record's consents
+            if context.version is not None and context.version.record:
+                self.access.prime(context.version.record, context.state, context.consents)
+        matches = self._shown([c.version for c in found if c.version is not None])
+        if query.offset == 0 and len(found) < query.count:
+            return len(matches), found, matches
+        total, found = self._repo.search_in_context(query, self.access.search_visibility(query.patient_filter))
+        versions = [c.version for c in found if c.version is not None]
+        self.access.prime_states({v.record: c.state for v, c in zip(versions, found) if v.record})
+        return total, found, self._shown(versions)
+
+    def _candidate_page(self, query: SearchQuery) -> tuple[int, list[RecordContext]]:
+        """The superset's page. An LA searching its custody rarely has a consent naming it
+        elsewhere: the records such consents name are looked up beside the search of its
+        custody, and the page is asked again only when there are some."""
+        records = query.patient_filter
+        if not self.access.searches_custody(records):
+            return self._repo.search_in_context(query, self.access.search_candidates(records))
+        keys = self.access.recipient_keys()
+        named, total, found = self._repo.search_beside(query, self.access.search_candidates(records, named=[]),
+                                                       lambda: self._repo.records_naming(keys))
+        if named:
+            total, found = self._repo.search_in_context(query, self.access.search_candidates(records, named=named))
+        return total, found
 
     def _included(self, query: SearchQuery, versions: list[Version]) -> list[tuple[Version, dict]]:
         refs: list[str] = []

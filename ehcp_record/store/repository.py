@@ -13,7 +13,9 @@ its audit entry are all there after a crash, or none of them is.
 
 from __future__ import annotations
 
+import contextvars
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterator, TypeVar
 
@@ -41,6 +43,8 @@ _RETRIES = 200
 
 CHECKPOINT_INTERVAL = timedelta(hours=1)
 #: The newest entry of the audit chain of a document's record (or the directory chain).
+_CONSENTS_LOOKUP = {"$lookup": {"from": "current", "localField": "record", "foreignField": "record", "as": "_consents",
+                                "pipeline": [{"$match": {"type": "Consent"}}]}}
 _TIP_LOOKUP = {"$lookup": {"from": "audit", "let": {"r": {"$ifNull": ["$record", "ehcp-directory"]}}, "as": "_tip",
                            "pipeline": [{"$match": {"$expr": {"$eq": ["$record", "$$r"]}}}, {"$sort": {"seq": -1}},
                                         {"$limit": 1}, {"$project": {"seq": 1, "hash": 1, "cp_at": 1}}]}}
@@ -338,7 +342,7 @@ class Repository:
         """Custody state of many records in one query (a search's results)."""
         if not records:
             return {}
-        return {d["_id"]: d for d in self.records.find({"_id": {"$in": records}})}
+        return {d["_id"]: d for d in self.records.find({"_id": {"$in": records}}, _STATE_FIELDS)}
 
     def consents_of_records(self, records: list[str]) -> dict[str, list[Version]]:
         found: dict[str, list[Version]] = {r: [] for r in records}
@@ -430,9 +434,10 @@ class Repository:
         return total, [c.version for c in found if c.version is not None]
 
     def search_in_context(self, query: SearchQuery, visibility: Visibility) -> tuple[int, list[RecordContext]]:
-        """A page of matches, each with its record's custody state and chain tip (one
-        aggregate), and the total: counted only when the first page is full, since a page
-        that is not full from offset 0 already is the total (FHIR R4 search: Bundle.total)."""
+        """A page of matches, each with its record's custody state and chain tip (and, when
+        the filter is a superset still to be decided, its consents) in one aggregate, and the
+        total: counted only when the first page is full, since a page that is not full from
+        offset 0 already is the total (FHIR R4 search: Bundle.total)."""
         mongo_filter = _search_filter(query, visibility)
         if query.summary_count or query.count == 0:
             return self.current.count_documents(mongo_filter), []
@@ -440,9 +445,13 @@ class Repository:
         if query.offset:
             pipeline.append({"$skip": query.offset})
         pipeline += [{"$limit": query.count},
-                     {"$lookup": {"from": "records", "localField": "record", "foreignField": "_id", "as": "_state"}},
-                     _TIP_LOOKUP]
-        found = [RecordContext(_version(d), (d.get("_state") or [None])[0], [], (d.get("_tip") or [None])[0])
+                     {"$lookup": {"from": "records", "localField": "record", "foreignField": "_id", "as": "_state",
+                                  "pipeline": [{"$project": _STATE_FIELDS}]}}]
+        if not visibility.exact:
+            pipeline.append(_CONSENTS_LOOKUP)
+        pipeline.append(_TIP_LOOKUP)
+        found = [RecordContext(_version(d), (d.get("_state") or [None])[0],
+                               [_version(c) for c in d.get("_consents", ())], (d.get("_tip") or [None])[0])
                  for d in self.current.aggregate(pipeline)]
         if query.offset == 0 and len(found) < query.count:
             return len(found), found
@@ -456,9 +465,37 @@ class Repository:
     def records_of_parent(self, reference: str) -> list[str]:
         return [d["_id"] for d in self.records.find({"parents": reference}, {"_id": 1})]
 
-    def consents_naming(self, recipients: list[str]) -> list[Version]:
-        docs = self.current.find({"type": "Consent", "recipients": {"$in": recipients}})
-        return [_version(d) for d in docs]
+    def search_beside(self, query: SearchQuery, visibility: Visibility, side: Callable[[], T]
+                      ) -> tuple[T, int, list[RecordContext]]:
+        """`search_in_context` with an independent query (`side`) sent at the same time, so the
+        two cost one round trip of waiting, not two. `side` runs in the request's context (its
+        operation deadline, `pymongo.timeout`), and its errors are raised here."""
+        pending = _SIDE_QUERIES.submit(contextvars.copy_context().run, side)
+        try:
+            total, found = self.search_in_context(query, visibility)
+        except BaseException:
+            pending.cancel() or pending.exception()  # never leave it running past the request
+            raise
+        return pending.result(), total, found
+
+    def records_naming(self, recipients: list[str]) -> list[str]:
+        """The records in which some Consent names one of `recipients` (one command)."""
+        return [r for r in self.current.distinct("record", {"type": "Consent", "recipients": {"$in": recipients}}) if r]
+
+    def consents_naming(self, recipients: list[str], known: Callable[[str, int, str], bool] = lambda *_: False
+                        ) -> list[tuple[str, str, int, str, Version | None]]:
+        """(record, id, version, hash, version-or-None) of every Consent naming a recipient.
+
+        A search asks this on every request, so the first query brings only the keys (a
+        consent version never changes: a process that has parsed it once, `known`, needs
+        nothing more); the content of the versions it has not seen comes in one more query.
+        """
+        keys = [(d.get("record"), d["rid"], d["vid"], d.get("hash", ""))
+                for d in self.current.find({"type": "Consent", "recipients": {"$in": recipients}},
+                                           {"_id": 0, "record": 1, "rid": 1, "vid": 1, "hash": 1})]
+        unseen = [f"Consent/{rid}" for _, rid, vid, digest in keys if not known(rid, vid, digest)]
+        fetched = {(v.id, v.vid): v for v in self.read_many(unseen).values()} if unseen else {}
+        return [(record, rid, vid, digest, fetched.get((rid, vid))) for record, rid, vid, digest in keys]
 
     def consents_of_record(self, record: str) -> list[Version]:
         return [_version(d) for d in self.current.find({"type": "Consent", "record": record})]
@@ -517,6 +554,14 @@ class Repository:
 
 def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+#: Queries sent beside a search (`search_beside`); each waits on the network, not the CPU.
+_SIDE_QUERIES = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ehcp-side-query")
+
+#: What an access decision reads of a record's custody state (consent.model.RecordState).
+_STATE_FIELDS = {f: 1 for f in ("custodian", "birth_date", "parents", "lacks_capacity", "representative",
+                                "transferred_out", "former_custodians")}
 
 
 def _is_chain_race(exc: DuplicateKeyError) -> bool:

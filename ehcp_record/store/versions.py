@@ -65,7 +65,9 @@ class Visibility:
     `custodian`: every record in that LA's custody, matched on the `custodian` field each
     current document carries (one index range, not one consent read per record in custody);
     `per_record`: the few records seen through the family link or a consent, with the stored
-    sections each may match (None = all).
+    sections each may match (None = all);
+    `exact` is False when the filter is a superset (records not yet decided): each match
+    must then still pass the caller's decision, and a full page is not a true total.
     """
 
     everything: bool = False
@@ -73,6 +75,7 @@ class Visibility:
     directory: bool = True
     owner: str | None = None  # Subscriptions are seen by their owner only
     custodian: str | None = None
+    exact: bool = True
 
 
 @dataclass(frozen=True)
