@@ -197,3 +197,14 @@ def worklist() -> Response:
     from flask import request
 
     return fhir_response(services().worklist.worklist(store(), request.args.to_dict()))
+
+
+@bp.get("/$sen2")
+@operation("sen2", None)
+def sen2() -> Response:
+    """The SEN2 return of the caller's custody: one CSV per module and the validation report."""
+    from flask import request
+
+    from ehcp_record.operations.sen2 import as_parameters
+
+    return fhir_response(as_parameters(services().sen2.build(store(), request.args.get("year"))))

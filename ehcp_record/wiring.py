@@ -27,6 +27,7 @@ from ehcp_record.operations.media import MediaService
 from ehcp_record.operations.notices import NoticeService
 from ehcp_record.operations.proposals import ProposalService
 from ehcp_record.operations.reviews import ReviewService
+from ehcp_record.operations.sen2 import Sen2Service
 from ehcp_record.operations.validate import ValidateOperation
 from ehcp_record.operations.worklist import WorklistService
 from ehcp_record.plan.documents import DocumentService
@@ -56,6 +57,7 @@ class Services:
     reviews: ReviewService = field(default_factory=ReviewService)
     notices: NoticeService = field(default_factory=NoticeService)
     worklist: WorklistService = field(default_factory=WorklistService)
+    sen2: Sen2Service = field(default_factory=Sen2Service)
     verifier: Any = None  # api.auth.TokenVerifier, set by the API (Flask-free here)
 
     @property

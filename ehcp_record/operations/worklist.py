@@ -65,18 +65,18 @@ class WorklistService:
 
     def items(self, store: ScopedStore, as_of: date) -> list[Item]:
         found = []
-        for task in _all(store, "Task", [("status", "requested,in-progress,on-hold,completed")]):
+        for task in all_matches(store, "Task", [("status", "requested,in-progress,on-hold,completed")]):
             item = _clock_item(task, as_of) or _amendment_item(task, as_of)
             if item is not None:
                 found.append(item)
-        for communication in _all(store, "Communication", []):
+        for communication in all_matches(store, "Communication", []):
             item = _unread_item(communication, as_of)
             if item is not None:
                 found.append(item)
         return found
 
 
-def _all(store: ScopedStore, resource_type: str, pairs: list[tuple[str, str]]) -> list[dict]:
+def all_matches(store: ScopedStore, resource_type: str, pairs: list[tuple[str, str]]) -> list[dict]:
     """Every match, page by page, through the caller's scoped store."""
     found: list[dict] = []
     offset = 0

@@ -328,6 +328,66 @@ def test_the_statutory_timeline(api, clock):
     ceased = complete(api, cease_task["id"], date="2027-07-02", decision="ceased")
     assert "plan ceased on 2027-07-02 after the appeal was dismissed on 2027-07-01" == ceased["businessStatus"]["text"]
 
+    # ---- SEN2: the January 2027 return (census 21 January 2027, requests of 2026), by hand
+    ret = sen2(api, 2027, la)
+    assert ret["censusDate"] == "2027-01-21"
+    order = {sam: 0, ali: 1, kim: 2, jo: 3}
+    mine = lambda rows: sorted((r for r in rows if r["person_id"] in order), key=lambda r: order[r["person_id"]])  # noqa: E731
+    assert mine(ret["requests"]) == [
+        {"person_id": sam, "received_date": "2026-01-05", "request_source": "school", "request_outcome": "assess",
+         "request_outcome_date": "2026-02-09"},
+        {"person_id": ali, "received_date": "2026-01-12", "request_source": "parent", "request_outcome": "assess",
+         "request_outcome_date": "2026-01-12"},
+        {"person_id": kim, "received_date": "2026-01-05", "request_source": "young-person",
+         "request_outcome": "assess", "request_outcome_date": "2026-02-20"},
+        {"person_id": jo, "received_date": "2026-02-02", "request_source": "parent", "request_outcome": "not-assess",
+         "request_outcome_date": "2026-02-02"}]
+    assert mine(ret["assessments"]) == [
+        {"person_id": sam, "received_date": "2026-01-05", "assessment_outcome": "issue",
+         "assessment_outcome_date": "2026-04-10", "final_plan_date": "2026-05-14", "twenty_week_met": "Y",
+         "exception": ""},
+        {"person_id": ali, "received_date": "2026-01-12", "assessment_outcome": "issue",
+         "assessment_outcome_date": "2026-04-20", "final_plan_date": "2026-06-10", "twenty_week_met": "N",
+         "exception": "absent-from-area"},
+        {"person_id": kim, "received_date": "2026-01-05", "assessment_outcome": "issue",
+         "assessment_outcome_date": "2026-04-20", "final_plan_date": "2026-06-05", "twenty_week_met": "N",
+         "exception": ""}]
+    plans = {r["person_id"]: r for r in mine(ret["named-plans"])}
+    assert plans[sam] == {"person_id": sam, "plan_start_date": "2026-05-14", "last_review_date": "",
+                          "cease_date": "", "cease_reason": ""}  # the review in April 2027 is after the census
+    assert plans[ali]["plan_start_date"] == "2026-06-10" and plans[ali]["cease_date"] == "" and jo not in plans
+    assert {(r["person_id"], r["sen_type"], r["sen_type_rank"]) for r in mine(ret["needs"])} == {
+        (sam, "SLCN", "1"), (ali, "SLCN", "1"), (kim, "SLCN", "1")}
+    person = {r["person_id"]: r for r in mine(ret["person"])}
+    assert person[sam] == {"person_id": sam, "upn": "", "uln": "", "surname": "Example", "forename": "Sam",
+                           "birth_date": "2017-02-01", "sex": "", "postcode": ""}
+    problems = {(r["person_id"], r["module"], r["problem"][:30]) for r in mine(ret["validation"])}
+    assert (sam, "person", "no UPN (or ULN) recorded for t") in problems
+    assert (sam, "placements", "section I names no establishme") in problems
+
+    # the next return: Ali's plan ceased in 2027 (after the appeal), Sam's review on 26 April 2027
+    later = {r["person_id"]: r for r in sen2(api, 2028, la)["named-plans"]}
+    assert later[ali]["cease_date"] == "2027-07-02" and later[ali]["cease_reason"] == "needs-met"
+    assert later[sam]["last_review_date"] == "2027-04-26"
+    # another organisation's caller gets an empty return (only the custodian's records are in it)
+    assert sen2(api, 2027, api.token("school", "Organization/school-1"))["person"] == []
+
+
+def sen2(api, year: int, token: str) -> dict:
+    import base64
+    import csv
+    import io
+
+    response = api.get(f"/fhir/$sen2?year={year}", token)
+    assert response.status_code == 200, response.text
+    out = {}
+    for p in response.json()["parameter"]:
+        if "resource" in p:
+            out[p["name"]] = list(csv.DictReader(io.StringIO(base64.b64decode(p["resource"]["data"]).decode())))
+        else:
+            out[p["name"]] = next(v for k, v in p.items() if k.startswith("value"))
+    return out
+
 
 def _notice_input(task: dict) -> str:
     return next(i["valueReference"]["reference"] for i in task["input"]
