@@ -407,3 +407,22 @@ def notice_event(api, child: str, token: str, notice: str, kind: str, day: str |
     if outcome:
         values["outcome"] = outcome
     return api.post(f"/fhir/Patient/{child}/$notice-event", params(**values), token)
+
+
+def test_the_command_line_writes_the_same_return(api, clock, tmp_path, monkeypatch):
+    """`ehcp-record sen2 --year 2027`: the CSVs the API serves, as files (after the scenario above)."""
+    from api.cli import main
+
+    settings = api.services.settings
+    for name, value in (("EHCP_MONGODB_URI", settings.mongodb_uri), ("EHCP_DATABASE", settings.database),
+                        ("EHCP_DATA_DIR", str(settings.data_dir)), ("EHCP_ENV", "test")):
+        monkeypatch.setenv(name, value)
+    assert main(["sen2", "--year", "2027", "--organization", "Organization/la-866", "--out", str(tmp_path)]) == 0
+    served = sen2(api, 2027, api.la())
+    import csv
+
+    for module in ("person", "requests", "assessments", "named-plans", "needs", "placements", "validation"):
+        written = list(csv.DictReader((tmp_path / f"sen2-2027-{module}.csv").open(encoding="utf-8")))
+        assert written == served[module], module
+    assert len(served["requests"]) == 4 and len(served["assessments"]) == 3
+    assert main(["sen2", "--year", "1999", "--organization", "Organization/la-866", "--out", str(tmp_path)]) == 2
