@@ -155,7 +155,7 @@ def _sen2(args: argparse.Namespace) -> int:
             print(f"sen2: {exc}", file=sys.stderr)
             return 2
         finally:
-            services.repo.close()
+            services.records.close()
     for module in modules():
         (out / f"sen2-{result.year}-{module}.csv").write_text(result.csv(module), encoding="utf-8")
     (out / f"sen2-{result.year}-validation.csv").write_text(result.validation_csv(), encoding="utf-8")

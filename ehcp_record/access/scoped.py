@@ -125,6 +125,10 @@ class RecordStore:
     def ping(self) -> bool:
         return self.repo.ping()
 
+    def close(self) -> None:
+        """For tools that built their own services (`ehcp-record sen2`): close the connection."""
+        self.repo.close()
+
     def probe_when_no_primary(self) -> None:
         from ehcp_record.store import health
 
