@@ -55,6 +55,15 @@ class ReviewService:
             step.writes.append(self._notice(store, scope, "not-to-amend", "After the annual review the local "
                                             "authority has decided to keep the plan as it is.",
                                             str(values.get("reason") or ""), f"Task/{clock.id}", step))
+        if code == "annual-review" and decision == "amend":
+            amendment = clock_task(scope.record, "amendment", done, clocks.amendment_deadline(done), store, clock.id)
+            step.writes.append(store.prepare(amendment, amendment["id"], None))
+        if code == "amendment":
+            plan = _amended_plan(scope, values)
+            step.outputs.append(typed("plan-version", valueReference={"reference": plan}))
+            step.writes.append(self._notice(store, scope, "plan-amended", "The local authority has issued the "
+                                            "amended EHC plan.", str(values.get("reason") or "The plan was amended "
+                                            "after the annual review."), plan, step))
         if code == "cease":
             return self._ceased(scope, clock, done, values, step)
         return step
@@ -187,6 +196,17 @@ class ReviewService:
             return step
         step.business_status = f"plan ceased on {done}" + (f" after the appeal was dismissed on {decided}" if decided else "")
         return step
+
+
+def _amended_plan(scope: RecordScope, values: dict) -> str:
+    """The amended plan named by parameter `plan`: this record's Composition, issued as amended."""
+    target = (values.get("plan") or {}).get("reference", "") if isinstance(values.get("plan"), dict) else ""
+    resource_type, _, rest = target.partition("/")
+    plan = scope.read("Composition", rest.split("/")[0]) if resource_type == "Composition" else None
+    if plan is None or plan.resource.get("status") != "amended":
+        raise business_rule("completing the amendment clock needs parameter 'plan': this child's plan issued as "
+                            "amended ($propose, $respond, $issue)")
+    return f"Composition/{plan.id}/_history/{plan.vid}"
 
 
 def _cease_notice(scope: RecordScope, clock: Version) -> Version | None:

@@ -3,8 +3,8 @@
 One list, evaluated as of a day (`asOf`, default today, so tests and "what will be late next
 week" use the same code): the open clock Tasks (assessment decision, advice, decision to
 issue, final plan, review, review report, review decision, phase transfer, ceasing), the
-amendments proposed and not yet issued (reg 22(3): 8 weeks from the proposal, read from the
-parental-review Task's `final-plan-due`), and decision notices not read 5 working days after
+amendments (the `amendment` clock a review's decision to amend opens, or, for an amendment
+proposed outside a review, the parental-review Task's `final-plan-due`: reg 22(3), 8 weeks), and decision notices not read 5 working days after
 they were sent (`clocks.notice_read_due`), each with its due day and the days left (negative:
 overdue). Items are those due within `within` days (default 14) or overdue.
 
@@ -65,9 +65,12 @@ class WorklistService:
 
     def items(self, store: ScopedStore, as_of: date) -> list[Item]:
         found = []
-        for task in all_matches(store, "Task", [("status", "requested,in-progress,on-hold,completed")]):
+        tasks = all_matches(store, "Task", [("status", "requested,in-progress,on-hold,completed")])
+        tracked = {i.patient for i in (_clock_item(t, as_of) for t in tasks) if i is not None and i.clock == "amendment"}
+        for task in tasks:
             item = _clock_item(task, as_of) or _amendment_item(task, as_of)
-            if item is not None:
+            if item is not None and not (item.clock == "amendment" and item.reference.startswith("Task/")
+                                         and is_task(task, "parental-review") and item.patient in tracked):
                 found.append(item)
         for communication in all_matches(store, "Communication", []):
             item = _unread_item(communication, as_of)

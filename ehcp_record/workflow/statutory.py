@@ -39,6 +39,7 @@ CLOCK_REGULATIONS: dict[str, str] = {
     "review-due": "Children and Families Act 2014 s44(1)",
     "review-report": "SEND Regulations 2014 reg 20(7)",
     "annual-review": "SEND Regulations 2014 reg 20(10)",
+    "amendment": "SEND Regulations 2014 reg 22(3)",
     "phase-transfer": "SEND Regulations 2014 reg 18(1)",
     "cease": "Children and Families Act 2014 s45; SEND Regulations 2014 reg 31",
 }

@@ -294,11 +294,16 @@ def test_the_statutory_timeline(api, clock):
             resource["description"]["text"] = "Sam will hold a short conversation with a peer"
     amendment = api.post(f"/fhir/Composition/{issued['ids']['Composition']}/$propose",
                          proposal_from_current(api, issued["ids"], amend), la).json()
+    amendment_clock = one_clock(api, sam, "amendment")
     pending = [i for i in worklist(api, "2027-05-12", within=60) if i["clock"] == "amendment"]
-    assert [(i["focus"], i["due"]) for i in pending] == [(f"Task/{amendment['id']}", "2027-07-05")]
+    assert [(i["focus"], i["due"]) for i in pending] == [(f"Task/{amendment_clock['id']}", "2027-07-05")]  # reg 22(3)
     clock.at("2027-05-20")
     assert respond(api, amendment["id"], sam_mum, "agree").status_code == 200
     assert api.post(f"/fhir/Task/{amendment['id']}/$issue", None, la).json()["status"] == "amended"
+    amended = complete(api, amendment_clock["id"], date="2027-05-20", plan=plan_ref)
+    amended_notice = api.get(f"/fhir/{output(amended, 'notice')['reference']}", sam_mum).json()
+    assert amended_notice["category"][0]["coding"][0]["code"] == "plan-amended"
+    assert ext(amended_notice, "ehcp-appeal-deadline") == "2027-07-20"
     assert not [i for i in worklist(api, "2027-05-21", within=60) if i["clock"] == "amendment"]
 
     # ---- phase transfer to secondary school in September 2028 (reg 18(1)(b): before 15 February)
