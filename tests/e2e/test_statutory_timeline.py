@@ -112,10 +112,25 @@ def request(api, child: str, received: str, requester: str) -> dict:
     return response.json()
 
 
-def issue_plan(api, child: str, mum: str, clock: Clock, drafted: str, answered: str, issued: str) -> dict:
-    """The draft (reg 13(1)), the family's comment within 15 days, and $issue."""
+SCHOOL = {"resourceType": "Organization", "id": "school-100001", "name": "Example Primary School",
+          "identifier": [{"system": f"{BASE}/NamingSystem/urn", "value": "100001"}],
+          "type": [{"coding": [{"system": f"{BASE}/CodeSystem/sen2-setting", "code": "MSU"}]}]}
+
+
+def issue_plan(api, child: str, mum: str, clock: Clock, drafted: str, answered: str, issued: str,
+               school: dict | None = None) -> dict:
+    """The draft (reg 13(1)), the family's comment within 15 days, and $issue; section I names
+    `school` (an establishment with its URN) when given."""
     clock.at(drafted)
-    ids = ids_by_type(api.post("/fhir", draft_plan_bundle(child), api.la()).json())
+    bundle = draft_plan_bundle(child)
+    if school is not None:
+        assert api.put(f"/fhir/Organization/{school['id']}", school, api.la()).status_code in (200, 201)
+        plan = bundle["entry"][-1]["resource"]
+        section_i = next(s for s in plan["section"] if s["title"] == "I")
+        section_i["entry"] = [{"reference": f"Organization/{school['id']}"}]
+    created = api.post("/fhir", bundle, api.la())
+    assert created.status_code == 200, created.text
+    ids = ids_by_type(created.json())
     task = api.post(f"/fhir/Composition/{ids['Composition']}/$propose", proposal_from_current(api, ids, lambda r: None),
                     api.la()).json()
     clock.at(answered)
@@ -174,7 +189,7 @@ def test_the_statutory_timeline(api, clock):
     # the draft in week 14, the family's comment, the final plan in week 19
     clock.at("2026-04-10")
     complete(api, one_clock(api, sam, "issue-decision")["id"], date="2026-04-10", decision="issue")
-    issued = issue_plan(api, sam, sam_mum, clock, "2026-04-10", "2026-04-20", "2026-05-14")
+    issued = issue_plan(api, sam, sam_mum, clock, "2026-04-10", "2026-04-20", "2026-05-14", SCHOOL)
     plan_ref = {"reference": f"Composition/{issued['ids']['Composition']}"}
     final = complete(api, one_clock(api, sam, "final-plan")["id"], date="2026-05-14", plan=plan_ref)
     assert output(final, "on-time") is True and final["executionPeriod"]["end"] == "2026-05-14"
@@ -366,9 +381,14 @@ def test_the_statutory_timeline(api, clock):
     person = {r["person_id"]: r for r in mine(ret["person"])}
     assert person[sam] == {"person_id": sam, "upn": "", "uln": "", "surname": "Example", "forename": "Sam",
                            "birth_date": "2017-02-01", "sex": "", "postcode": ""}
+    assert mine(ret["placements"]) == [
+        {"person_id": sam, "urn": "100001", "ukprn": "", "sen_setting": "MSU", "placement_rank": "1",
+         "entry_date": "2026-05-14", "leaving_date": "", "attendance_pattern": "", "sen_unit": "Y",
+         "resourced_provision": "N"}]
     problems = {(r["person_id"], r["module"], r["problem"][:30]) for r in mine(ret["validation"])}
     assert (sam, "person", "no UPN (or ULN) recorded for t") in problems
-    assert (sam, "placements", "section I names no establishme") in problems
+    assert (sam, "placements", "attendance pattern (full or pa") in problems
+    assert (ali, "placements", "section I names no establishme") in problems
 
     # the next return: Ali's plan ceased in 2027 (after the appeal), Sam's review on 26 April 2027
     later = {r["person_id"]: r for r in sen2(api, 2028, la)["named-plans"]}
