@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from typing import Protocol
 from datetime import date, timedelta
 
 from consent.terminology import code_system_codes
@@ -27,7 +28,8 @@ from ehcp_record.fhir.parameters import read_parameters
 from ehcp_record.operations import notices
 from ehcp_record.store.versions import Version
 from ehcp_record.workflow import clocks, statutory
-from ehcp_record.workflow.task_values import TASK_CODE_SYSTEM, TASK_INPUT_SYSTEM, concept, is_task, task_input
+from ehcp_record.workflow.task_values import (TASK_CODE_SYSTEM, TASK_INPUT_SYSTEM, concept, is_task, task_input,
+                                              task_output)
 
 REQUESTER_SYSTEM = code_system("ehcp-requester")
 ADVICE_SYSTEM = code_system("ehcp-advice-type")
@@ -90,9 +92,17 @@ class Step:
     business_status: str = ""
 
 
+class StepEffects(Protocol):
+    """What completing a review, decision, amendment or cease clock also writes
+    (`operations.reviews.ReviewService`)."""
+
+    def effects(self, store: ScopedStore, scope: RecordScope, clock: Version, code: str, done: date,
+                decision: str | None, values: dict, step: "Step") -> "Step": ...
+
+
 @dataclass
 class AssessmentService:
-    reviews: object = None  # operations.reviews.ReviewService, for review clocks (set by wiring)
+    reviews: StepEffects | None = None  # set by the composition root (wiring)
 
     # --- $request-assessment ------------------------------------------------------------
 
@@ -165,6 +175,9 @@ class AssessmentService:
         clock, _ = self._clock(store, task_id)
         values = read_parameters(body, {"reason": "code", "start": "date", "end": "date", "note": "string"},
                                  required=("reason", "start", "end"), strict=True)
+        if clock.resource.get("status") not in statutory.OPEN:
+            raise business_rule("an exception is recorded while the clock runs; this one is "
+                                f"{clock.resource.get('status')} and its outcome is already recorded")
         today = store.clock().date()
         exception = statutory.ClockException(values["reason"], full_date(values, "start", today + _YEAR),
                                              full_date(values, "end", today + _YEAR), values.get("note") or "")
@@ -243,7 +256,7 @@ class AssessmentService:
             review = clock_task(scope.record, "review-due", done, clocks.annual_review_due(done), store)
             step.writes.append(store.prepare(review, review["id"], None))
         elif self.reviews is not None:
-            step = self.reviews.effects(store, scope, clock, code, done, decision, values, step)  # type: ignore[attr-defined]
+            step = self.reviews.effects(store, scope, clock, code, done, decision, values, step)
         return step
 
     def _notice(self, store: ScopedStore, scope: RecordScope, kind: str, text: str, reason: str, about: str,
@@ -297,7 +310,7 @@ class AssessmentService:
         for task in scope.current_of_type("Task"):
             if (is_task(task.resource, "assessment-decision") and task.resource.get("status") == "completed"
                     and f"Task/{request_id}" in [p.get("reference") for p in task.resource.get("partOf", [])]
-                    and task_input({"input": task.resource.get("output", [])}, "decision") == decision):
+                    and task_output(task.resource, "decision") == decision):
                 return True
         return False
 

@@ -129,7 +129,7 @@ def _unread_item(communication: dict, as_of: date) -> Item | None:
 
 
 def _as_of(value: str | None, today: date) -> date:
-    if not value:
+    if value is None:
         return today
     try:
         return parse_date(value)

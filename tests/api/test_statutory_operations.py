@@ -68,6 +68,9 @@ def test_a_decision_clock_needs_a_decision_and_a_step_cannot_be_recorded_twice(a
     assert api.post(path, params(date="2026-01-06", decision="assess"), api.la()).status_code == 200
     again = api.post(path, params(date="2026-01-07", decision="assess"), api.la())
     assert again.status_code == 409 and "only an open clock" in again.text
+    late_exception = api.post(f"/fhir/Task/{clock['id']}/$clock-exception",
+                              params(reason="absent-from-area", start="2026-01-01", end="2026-02-01"), api.la())
+    assert late_exception.status_code == 409  # the outcome is recorded; an exception is noted while it runs
     # a Task that is not a clock is answered as a missing clock
     request_task = [t for t in api.get(f"/fhir/Task?patient={child_id}", api.la()).json()["entry"]
                     if t["resource"]["code"]["coding"][0]["code"] == "assessment-request"][0]["resource"]
