@@ -50,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
         "verify", help="verify every record (exit 0), report the first fault (exit 1), or say why it could not check (exit 2)")
     verify.add_argument("--record")
     verify.set_defaults(handler=_audit_verify)
+    sen2 = commands.add_parser("sen2", help="write the SEN2 return of one LA's records: a CSV per module and validation.csv")
+    sen2.add_argument("--year", required=True, help="collection year (census on the third Thursday of January)")
+    sen2.add_argument("--organization", required=True, help="the custodian LA, e.g. Organization/la-866")
+    sen2.add_argument("--out", default=".", help="directory for the CSV files (default: current directory)")
+    sen2.set_defaults(handler=_sen2)
     return parser
 
 
@@ -118,6 +123,45 @@ def _audit_verify(args: argparse.Namespace) -> int:
     for line in lines:
         print(line)
     return 0 if ok else 1
+
+
+def _sen2(args: argparse.Namespace) -> int:
+    """The SEN2 return as the LA's own operator: the same scoped store and audit as `$sen2`
+    (the operator acts for `--organization` with read scopes; every record read is audited)."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from consent.model import Actor
+    from consent.scopes import parse_scopes
+    from ehcp_record.access.caller import Caller
+    from ehcp_record.errors import FhirError
+    from ehcp_record.operations.sen2 import modules
+    from ehcp_record.wiring import build_services
+
+    settings = load_settings()
+    if not settings.mongodb_uri:
+        uri = running_uri(settings.data_dir.resolve())
+        if uri:
+            settings = replace(settings, mongodb_uri=uri)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with database(settings) as ready:
+        services = build_services(ready)
+        caller = Caller(Actor(role="la", sub=f"cli:sen2:{args.organization}", organization=args.organization),
+                        parse_scopes("user/*.rs"), issuer="urn:ehcp-record:cli")
+        try:
+            result = services.sen2.build(services.records.for_caller(caller), args.year)
+        except FhirError as exc:
+            print(f"sen2: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            services.records.close()
+    for module in modules():
+        (out / f"sen2-{result.year}-{module}.csv").write_text(result.csv(module), encoding="utf-8")
+    (out / f"sen2-{result.year}-validation.csv").write_text(result.validation_csv(), encoding="utf-8")
+    print(f"SEN2 {result.year} (census {result.census}): {len(result.rows['person'])} people, "
+          f"{len(result.problems)} validation problems, written to {out}")
+    return 0
 
 
 if __name__ == "__main__":

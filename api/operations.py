@@ -136,3 +136,75 @@ def receive_transfer() -> Response:
         raise too_large
     status, ack = services().receive_transfer.receive(body, dict(request.headers))
     return fhir_response(ack, status)
+
+
+# --- the statutory timeline (SEND Regulations 2014 regs 5-31; ehcp_record.operations.assessment,
+# reviews, notices, worklist)
+
+
+@bp.post("/Patient/<patient_id>/$request-assessment")
+@operation("request-assessment", "Patient")
+def request_assessment(patient_id: str) -> Response:
+    task = services().assessment.request(store(), patient_id, json_body())
+    return fhir_response(task.resource, 201, version_headers(task, location=True))
+
+
+@bp.post("/Task/<task_id>/$request-advice")
+@operation("request-advice", "Task")
+def request_advice(task_id: str) -> Response:
+    task = services().assessment.request_advice(store(), task_id, json_body())
+    return fhir_response(task.resource, 201, version_headers(task, location=True))
+
+
+@bp.post("/Task/<task_id>/$clock-exception")
+@operation("clock-exception", "Task")
+def clock_exception(task_id: str) -> Response:
+    task = services().assessment.record_exception(store(), task_id, json_body())
+    return fhir_response(task.resource, 200, version_headers(task))
+
+
+@bp.post("/Task/<task_id>/$complete-step")
+@operation("complete-step", "Task")
+def complete_step(task_id: str) -> Response:
+    task = services().assessment.complete(store(), task_id, json_body())
+    return fhir_response(task.resource, 200, version_headers(task))
+
+
+@bp.post("/Patient/<patient_id>/$phase-transfer")
+@operation("phase-transfer", "Patient")
+def phase_transfer(patient_id: str) -> Response:
+    task = services().reviews.phase_transfer(store(), patient_id, json_body())
+    return fhir_response(task.resource, 201, version_headers(task, location=True))
+
+
+@bp.post("/Patient/<patient_id>/$cease")
+@operation("cease", "Patient")
+def cease(patient_id: str) -> Response:
+    task = services().reviews.cease(store(), patient_id, json_body())
+    return fhir_response(task.resource, 201, version_headers(task, location=True))
+
+
+@bp.post("/Patient/<patient_id>/$notice-event")
+@operation("notice-event", "Patient")
+def notice_event(patient_id: str) -> Response:
+    notice = services().notices.event(store(), patient_id, json_body())
+    return fhir_response(notice.resource, 200, version_headers(notice))
+
+
+@bp.get("/$worklist")
+@operation("worklist", None)
+def worklist() -> Response:
+    from flask import request
+
+    return fhir_response(services().worklist.worklist(store(), request.args.to_dict()))
+
+
+@bp.get("/$sen2")
+@operation("sen2", None)
+def sen2() -> Response:
+    """The SEN2 return of the caller's custody: one CSV per module and the validation report."""
+    from flask import request
+
+    from ehcp_record.operations.sen2 import as_parameters
+
+    return fhir_response(as_parameters(services().sen2.build(store(), request.args.get("year"))))

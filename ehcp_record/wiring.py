@@ -7,7 +7,7 @@ caller-scoped store per request (import-linter contracts in the test suite check
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ehcp_record.access.compartment import Compartment
@@ -20,11 +20,16 @@ from ehcp_record.errors import FhirError
 from ehcp_record.fhir.search import SearchRegistry
 from ehcp_record.fhir.validator import ProfileValidator
 from ehcp_record.notifications.subscriptions import SubscriptionService
+from ehcp_record.operations.assessment import AssessmentService
 from ehcp_record.operations.audit_log import AuditLog
 from ehcp_record.operations.everything import EverythingService
 from ehcp_record.operations.media import MediaService
+from ehcp_record.operations.notices import NoticeService
 from ehcp_record.operations.proposals import ProposalService
+from ehcp_record.operations.reviews import ReviewService
+from ehcp_record.operations.sen2 import Sen2Service
 from ehcp_record.operations.validate import ValidateOperation
+from ehcp_record.operations.worklist import WorklistService
 from ehcp_record.plan.documents import DocumentService
 from ehcp_record.plan.gate import ParentalInputGate
 from ehcp_record.plan.validation import ProfileChecks
@@ -48,6 +53,11 @@ class Services:
     validate: ValidateOperation
     transfers: TransferService
     receive_transfer: ReceiveTransfer
+    assessment: AssessmentService = field(default_factory=AssessmentService)
+    reviews: ReviewService = field(default_factory=ReviewService)
+    notices: NoticeService = field(default_factory=NoticeService)
+    worklist: WorklistService = field(default_factory=WorklistService)
+    sen2: Sen2Service = field(default_factory=Sen2Service)
     verifier: Any = None  # api.auth.TokenVerifier, set by the API (Flask-free here)
 
     @property
@@ -68,12 +78,14 @@ def build_services(settings: Settings) -> Services:
     records = RecordStore(repo, registry, compartment, validator=checks, gate=ParentalInputGate(),
                           subscriptions=subscriptions, media=MediaStore(repo.db), transfers=TransferStore(repo))
     documents = DocumentService(settings.base_url)
+    reviews = ReviewService()
     transfers = TransferService(settings)
     return Services(
         settings=settings, records=records, registry=registry,
         proposals=ProposalService(checks, documents), audit_log=AuditLog(settings.base_url, trusted_keys(settings)),
         documents=documents, everything=EverythingService(), media=MediaService(settings.max_binary_bytes),
         validate=ValidateOperation(checks), transfers=transfers, receive_transfer=ReceiveTransfer(records, transfers),
+        assessment=AssessmentService(reviews), reviews=reviews,
     )
 
 

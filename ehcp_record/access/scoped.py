@@ -125,6 +125,10 @@ class RecordStore:
     def ping(self) -> bool:
         return self.repo.ping()
 
+    def close(self) -> None:
+        """For tools that built their own services (`ehcp-record sen2`): close the connection."""
+        self.repo.close()
+
     def probe_when_no_primary(self) -> None:
         from ehcp_record.store import health
 
@@ -421,7 +425,7 @@ class ScopedStore:
                  decision: write_rules.WriteDecision | None = None) -> PreparedWrite:
         """Validate, authorise (unless a named privileged path decided already) and build."""
         resource_type = resource["resourceType"]
-        if resource_type not in STORED_TYPES:
+        if resource_type not in STORED_TYPES and decision is None:  # named writes decide for themselves
             raise FhirError(405, "not-supported", f"{resource_type} is written by the server, not by clients")
         _check_id(resource_id)
         if resource_type == "Patient" and resource_id == audit.DIRECTORY_CHAIN:
@@ -669,6 +673,43 @@ class ScopedStore:
             decision = write_rules.WriteDecision(operation, self.access.require(purpose, record).consent_ids)
         return self._prepare(task, task["id"], current.vid if current else None, current, pending, None,
                              gated=False, decision=decision)
+
+    def prepare_decision_notice(self, notice: dict) -> PreparedWrite:
+        """A decision notice (Communication) for a decision of the custodian LA with a right of
+        appeal (CFA 2014 s51; SEND Regulations 2014 regs 5(3), 10(3), 31(3)). Clients cannot
+        write Communications; the custodian's `write` decides, audited as `notice`."""
+        if notice.get("resourceType") != "Communication":
+            raise ValueError("a decision notice is a Communication")
+        record = str((notice.get("subject") or {}).get("reference", "")).removeprefix("Patient/")
+        decision = self.access.require("write", record, f"Patient/{record}")
+        return self._prepare(notice, notice["id"], None, None, None, None, gated=False,
+                             decision=write_rules.WriteDecision("notice", decision.consent_ids))
+
+    def prepare_notice_receipt(self, notice: dict, current: Version, operation: str, purpose: str) -> PreparedWrite:
+        """A receipt on a decision notice: delivered or read, by the decision-maker (`respond`),
+        or a mediation certificate, by them or the custodian (`write`); audited as `operation`."""
+        if current.type != "Communication" or notice.get("id") != current.id or purpose not in ("respond", "write"):
+            raise ValueError("a receipt updates the decision notice it is for")
+        decision = self.access.require(purpose, current.record or "", f"Communication/{current.id}")
+        return self._prepare(notice, current.id, current.vid, current, None, None, gated=False,
+                             decision=write_rules.WriteDecision(operation, decision.consent_ids))
+
+    def prepare_outcome_progress(self, goal: dict, current: Version) -> PreparedWrite:
+        """Progress towards an outcome recorded at a review (SEND Regulations 2014 reg 20(5)):
+        only `Goal.achievementStatus` and a new dated, attributed `Goal.note` change, so this is
+        not a change to the plan's content and needs no proposal; anything else is refused.
+        The custodian's `write` decides, audited as `progress`."""
+        if current.type != "Goal" or goal.get("id") != current.id:
+            raise ValueError("progress is recorded on the Goal it is about")
+        before = {k: v for k, v in current.resource.items() if k not in ("meta", "achievementStatus", "note")}
+        after = {k: v for k, v in goal.items() if k not in ("meta", "achievementStatus", "note")}
+        notes_before = current.resource.get("note", []) or []
+        if before != after or (goal.get("note", []) or [])[:len(notes_before)] != notes_before:
+            raise invalid("recording progress changes only achievementStatus and adds a note; "
+                          "change an outcome through $propose")
+        decision = self.access.require("write", current.record or "", f"Goal/{current.id}")
+        return self._prepare(goal, current.id, current.vid, current, None, None, gated=False,
+                             decision=write_rules.WriteDecision("progress", decision.consent_ids))
 
     @audited
     def transfer_for_destination(self, task_id: str, is_transfer: Callable[[dict], bool]) -> Version:

@@ -24,7 +24,9 @@ STORED_TYPES: tuple[str, ...] = (
     "Composition", "Condition", "Goal", "CarePlan", "DocumentReference", "Binary",
     "Consent", "Task", "Provenance", "Subscription",
 )
-READ_ONLY_TYPES: tuple[str, ...] = ("AuditEvent",)
+#: Communication: decision notices (CFA 2014 s51), written by the server's named method
+#: `ScopedStore.prepare_decision_notice`; clients read and search them.
+READ_ONLY_TYPES: tuple[str, ...] = ("AuditEvent", "Communication")
 SERVED_TYPES: tuple[str, ...] = STORED_TYPES + READ_ONLY_TYPES
 _MAX_ERRORS = 5
 #: Deepest JSON nesting (objects and arrays) accepted anywhere: MongoDB refuses documents nested

@@ -219,3 +219,105 @@ def transfer_clocks(move_date: date, notified_date: date, last_review_or_made: d
         notice_due=transfer_notice_due(due),
         review_due=transfer_review_due(last_review_or_made, due),
     )
+
+
+# --------------------------------------------------------------------------- assessment (regs 5, 8, 10, 13)
+
+
+def assessment_decision_due(request_received: date) -> date:
+    """Last day to tell the family whether the LA will carry out an EHC needs assessment.
+
+    SEND Regs 5(1): "as soon as practicable and in any event within 6 weeks of ... receiving a
+    request for an assessment under section 36(1) of the Act". Exceptions: reg 5(4)(a)-(d).
+    """
+    return request_received + timedelta(weeks=6)
+
+
+def advice_due(advice_requested: date) -> date:
+    """Last day for an adviser (school, health, social care, educational psychologist) to reply.
+
+    SEND Regs 8(1): those asked for advice under reg 6 must comply "within 6 weeks of the date
+    on which a request for advice" was made. Exceptions: reg 8(2).
+    """
+    return advice_requested + timedelta(weeks=6)
+
+
+def issue_decision_due(request_received: date) -> date:
+    """Last day to notify a decision NOT to issue a plan after the assessment.
+
+    SEND Regs 10(1): "as soon as practicable, and in any event within 16 weeks of the local
+    authority receiving a request for an EHC needs assessment". Sending the draft plan by then
+    is the other way to meet it. Exceptions: reg 10(4)(a)-(d).
+    """
+    return request_received + timedelta(weeks=16)
+
+
+def final_plan_due(request_received: date) -> date:
+    """Last day to send the finalised EHC plan.
+
+    SEND Regs 13(2): "as soon as practicable, and in any event within 20 weeks of the local
+    authority receiving a request for an EHC needs assessment". Exceptions: reg 13(3), which
+    applies the reasons in reg 10(4)(a)-(d).
+    """
+    return request_received + timedelta(weeks=20)
+
+
+# --------------------------------------------------------------------------- review (regs 18, 20)
+
+
+def review_advice_circulated_by(meeting: date) -> date:
+    """Last day to circulate the advice gathered for a review meeting.
+
+    SEND Regs 20(4): the advice and information must be circulated "at least two weeks in
+    advance of the review meeting" (and reg 20(3): two weeks' notice of the meeting).
+    """
+    return meeting - timedelta(weeks=2)
+
+
+def review_report_due(meeting: date) -> date:
+    """Last day to send the report of a review meeting.
+
+    SEND Regs 20(7): within two weeks of the review meeting, prepare and send a report of the
+    meeting to everyone invited, setting out recommendations on amendments.
+    """
+    return meeting + timedelta(weeks=2)
+
+
+def phase_transfer_due(transfer_year: int, to_post16: bool) -> date:
+    """Last day to review and amend the plan before a transfer between phases of education.
+
+    SEND Regs 18(1): "before (a) 31 March in the calendar year of the ... transfer from
+    secondary school to a post-16 institution; and (b) 15 February in the calendar year of
+    the child's transfer in any other case". "Before" excludes the day itself, so the last
+    day on time is 30 March or 14 February.
+    """
+    limit = date(transfer_year, 3, 31) if to_post16 else date(transfer_year, 2, 15)
+    return limit - _ONE_DAY
+
+
+# --------------------------------------------------------------------------- appeals and notices
+
+
+def appeal_deadline(notice_sent: date, mediation_certificate: date | None = None) -> date:
+    """Last day for the First-tier Tribunal (SEND) to receive an appeal against a decision.
+
+    Tribunal Procedure (First-tier Tribunal) (Health, Education and Social Care Chamber) Rules
+    2008, rule 20(1)(c): "(i) within 2 months after written notice of the decision being
+    challenged was sent ...; or (ii) within 1 month from the date of issue of the mediation
+    certificate if that date would be a later date". Calendar months, clamped at month end.
+    """
+    deadline = add_months(notice_sent, 2)
+    if mediation_certificate is not None:
+        deadline = max(deadline, add_months(mediation_certificate, 1))
+    return deadline
+
+
+#: Working days a decision notice may go unread before the LA sends it another way. A service
+#: standard of this project (Ombudsman case 21 019 072: a parent missed her appeal window
+#: because nothing told her the decision was online), not a statutory limit.
+NOTICE_READ_WORKING_DAYS = 5
+
+
+def notice_read_due(notice_sent: date) -> date:
+    """Last day a sent decision notice may stay unread before it is on the LA's overdue list."""
+    return add_working_days(notice_sent, NOTICE_READ_WORKING_DAYS)

@@ -106,6 +106,11 @@ def body_kind(method: str, rule: str) -> str | None:
         ("POST", "/fhir/Composition/<composition_id>/$propose", "proposal"),
         ("POST", "/fhir/Task/<task_id>/$respond", "response"), ("POST", "/fhir/Task/<task_id>/$issue", "none"),
         ("POST", "/fhir/Task/<task_id>/$accept", "none"), ("POST", "/fhir/Patient/<patient_id>/$transfer", "transfer"),
+        # the statutory timeline (operations.assessment, reviews, notices): the record is opened first
+        ("POST", "/fhir/Patient/<patient_id>/$request-assessment", "none"),
+        ("POST", "/fhir/Task/<task_id>/$request-advice", "none"), ("POST", "/fhir/Task/<task_id>/$clock-exception", "none"),
+        ("POST", "/fhir/Task/<task_id>/$complete-step", "none"), ("POST", "/fhir/Patient/<patient_id>/$phase-transfer", "none"),
+        ("POST", "/fhir/Patient/<patient_id>/$cease", "none"), ("POST", "/fhir/Patient/<patient_id>/$notice-event", "none"),
     ]
     return next((kind for m, r, kind in kinds if m == method and r == rule), None)
 
@@ -447,6 +452,8 @@ def create_body(world: World, resource_type: str, patient: str) -> dict:
                                      "payload": "application/fhir+json"}},
         "AuditEvent": {"resourceType": "AuditEvent", "type": {"code": "rest"}, "recorded": "2025-01-01T00:00:00Z",
                        "agent": [{"requestor": True}], "source": {"observer": {"display": "leak"}}},
+        "Communication": {"resourceType": "Communication", "status": "completed", "subject": subject,
+                          "payload": [{"contentString": "a forged decision notice"}]},
     }
     return bodies[resource_type]
 

@@ -1,0 +1,357 @@
+"""The statutory timeline from a request for an EHC needs assessment to the final plan.
+
+`$request-assessment` (custodian LA) records a request by a parent, young person or school
+(CFA 2014 s36(1)) on the day it was received and opens its clocks: the decision whether to
+assess (SEND Regulations 2014 reg 5(1), 6 weeks) and the final plan (reg 13(2), 20 weeks).
+Deciding to assess opens the decision whether to issue a plan (reg 10(1), 16 weeks: the draft,
+or a notice not to issue). `$request-advice` opens one advice clock per adviser (reg 8(1),
+6 weeks from the request for advice). `$clock-exception` records a reason of reg 5(4), 8(2) or
+10(4) with its dates; `$complete-step` records a step as done on a day, with the decision and
+reasons, and says whether it was on time or which exception made it lawful. Decisions with a
+right of appeal produce a decision notice (`operations.notices`). Clock logic is pure
+(`workflow.statutory`, `workflow.clocks`); every read and write goes through the scoped store.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Protocol
+from datetime import date, timedelta
+
+from consent.terminology import code_system_codes
+from ehcp_record.access.scoped import PreparedWrite, RecordScope, ScopedStore, version_of
+from ehcp_record.errors import business_rule, invalid, not_found, unprocessable
+from ehcp_record.fhir.canonical import code_system
+from ehcp_record.fhir.dates import instant, parse_date
+from ehcp_record.fhir.parameters import read_parameters
+from ehcp_record.operations import notices
+from ehcp_record.store.versions import Version
+from ehcp_record.workflow import clocks, statutory
+from ehcp_record.workflow.task_values import (TASK_CODE_SYSTEM, TASK_INPUT_SYSTEM, concept, is_task, task_input,
+                                              task_output)
+
+REQUESTER_SYSTEM = code_system("ehcp-requester")
+ADVICE_SYSTEM = code_system("ehcp-advice-type")
+DECISION_SYSTEM = code_system("ehcp-decision")
+#: The decisions each clock takes (ehcp-decision), the first being the default.
+DECISIONS = {
+    "assessment-decision": ("assess", "not-assess"),
+    "issue-decision": ("issue", "not-issue"),
+    "annual-review": ("maintain", "amend", "cease"),
+}
+STEP_PARAMETERS = {
+    "date": "date", "decision": "code", "reason": "string", "plan": "Reference", "advice": "Reference",
+    "adviceCirculated": "date", "stepDownDiscussed": "boolean", "ceaseDiscussed": "boolean", "progress": "part",
+}
+
+
+def full_date(values: dict, name: str, today: date, not_before: date | None = None) -> date:
+    """A full YYYY-MM-DD, not in the future (a step is recorded when it has happened)."""
+    try:
+        value = parse_date(values[name])
+    except (KeyError, TypeError, ValueError):
+        raise invalid(f"parameter '{name}' must be a full date (YYYY-MM-DD)", "value", ["Parameters.parameter"]) from None
+    if value > today:
+        raise invalid(f"parameter '{name}' ({value}) is in the future; record a step once it has happened", "value",
+                      ["Parameters.parameter"])
+    if not_before is not None and value < not_before:
+        raise invalid(f"parameter '{name}' ({value}) is before the clock started ({not_before})", "value",
+                      ["Parameters.parameter"])
+    return value
+
+
+def typed(code: str, **value: object) -> dict:
+    return {"type": concept(TASK_INPUT_SYSTEM, code), **value}
+
+
+def clock_task(record: str, code: str, start: date, due: date, store: ScopedStore,
+               part_of: str | None = None, inputs: list[dict] | None = None, owner: str | None = None) -> dict:
+    """One statutory clock: open (requested) from `start`, on time until `due` (inclusive)."""
+    la = store.caller.actor.organization or store.caller.actor.sub
+    task = {
+        "resourceType": "Task", "id": str(uuid.uuid4()), "status": "requested", "intent": "order",
+        "code": concept(TASK_CODE_SYSTEM, code),
+        "description": f"Due by {due.isoformat()} ({statutory.CLOCK_REGULATIONS[code]})",
+        "for": {"reference": f"Patient/{record}"}, "authoredOn": instant(store.clock()),
+        "requester": {"reference": la}, "owner": {"reference": owner or la},
+        "restriction": {"period": {"start": start.isoformat(), "end": due.isoformat()}},
+        "input": list(inputs or []),
+    }
+    if part_of:
+        task["partOf"] = [{"reference": f"Task/{part_of}"}]
+    return task
+
+
+@dataclass
+class Step:
+    """What completing a clock writes: the updated clock, new clocks, notices, other updates."""
+
+    writes: list[PreparedWrite] = field(default_factory=list)
+    outputs: list[dict] = field(default_factory=list)
+    business_status: str = ""
+
+
+class StepEffects(Protocol):
+    """What completing a review, decision, amendment or cease clock also writes
+    (`operations.reviews.ReviewService`)."""
+
+    def effects(self, store: ScopedStore, scope: RecordScope, clock: Version, code: str, done: date,
+                decision: str | None, values: dict, step: "Step") -> "Step": ...
+
+
+@dataclass
+class AssessmentService:
+    reviews: StepEffects | None = None  # set by the composition root (wiring)
+
+    # --- $request-assessment ------------------------------------------------------------
+
+    def request(self, store: ScopedStore, patient_id: str, body: object) -> Version:
+        scope = store.open_record(patient_id, "write")
+        values = read_parameters(body, {"received": "date", "requester": "code", "requesterReference": "Reference",
+                                        "note": "string"}, required=("received", "requester"), strict=True)
+        today = store.clock().date()
+        received = full_date(values, "received", today)
+        requester = values["requester"]
+        if requester not in code_system_codes("ehcp-requester"):
+            raise invalid("parameter 'requester' must be parent, young-person, school or other (ehcp-requester)",
+                          "value", ["Parameters.parameter"])
+        if any(is_task(t.resource, "assessment-request") and t.resource.get("status") == "in-progress"
+               for t in scope.current_of_type("Task")):
+            raise business_rule("this child already has an EHC needs assessment request in progress")
+        request = self._request_task(store, scope.record, received, values)
+        decision = clock_task(scope.record, "assessment-decision", received, clocks.assessment_decision_due(received),
+                              store, request["id"])
+        final = clock_task(scope.record, "final-plan", received, clocks.final_plan_due(received), store, request["id"])
+        request["output"] = [typed("clock", valueReference={"reference": f"Task/{t['id']}"}) for t in (decision, final)]
+        writes = [store.prepare(t, t["id"], None) for t in (request, decision, final)]
+        store.commit(writes)
+        return version_of(writes[0].write)
+
+    @staticmethod
+    def _request_task(store: ScopedStore, record: str, received: date, values: dict) -> dict:
+        inputs = [typed("received", valueDate=received.isoformat()),
+                  typed("requester-type", valueCodeableConcept=concept(REQUESTER_SYSTEM, values["requester"]))]
+        if isinstance(values.get("requesterReference"), dict):
+            inputs.append(typed("requester", valueReference=values["requesterReference"]))
+        task = clock_task(record, "final-plan", received, clocks.final_plan_due(received), store, inputs=inputs)
+        task.update(status="in-progress", code=concept(TASK_CODE_SYSTEM, "assessment-request"),
+                    description="Request for an EHC needs assessment (Children and Families Act 2014 s36(1))")
+        if values.get("note"):
+            task["note"] = [{"text": values["note"]}]
+        return task
+
+    # --- $request-advice ----------------------------------------------------------------
+
+    def request_advice(self, store: ScopedStore, task_id: str, body: object) -> Version:
+        request, scope = self._task(store, task_id, "assessment-request")
+        values = read_parameters(body, {"adviceType": "code", "requested": "date", "adviser": "Reference"},
+                                 required=("adviceType", "requested"), strict=True)
+        if request.resource.get("status") != "in-progress":
+            raise business_rule("advice is sought for an assessment in progress; this request is "
+                                f"{request.resource.get('status')}")
+        if not self._decided(scope, request.id, "assess"):
+            raise business_rule("advice is sought once the LA has decided to assess (reg 6); record that decision "
+                                "with $complete-step on the assessment-decision clock first")
+        if values["adviceType"] not in code_system_codes("ehcp-advice-type"):
+            raise invalid("parameter 'adviceType' must be a code of ehcp-advice-type", "value", ["Parameters.parameter"])
+        received = parse_date(task_input(request.resource, "received"))
+        requested = full_date(values, "requested", store.clock().date(), received)
+        adviser = (values.get("adviser") or {}).get("reference") if isinstance(values.get("adviser"), dict) else None
+        inputs = [typed("advice-type", valueCodeableConcept=concept(ADVICE_SYSTEM, values["adviceType"]))]
+        if adviser:
+            inputs.append(typed("adviser", valueReference={"reference": adviser}))
+        advice = clock_task(scope.record, "advice", requested, clocks.advice_due(requested), store, request.id,
+                            inputs, owner=adviser)
+        outputs = list(request.resource.get("output", [])) + [typed("clock", valueReference={"reference": f"Task/{advice['id']}"})]
+        writes = [store.prepare(advice, advice["id"], None),
+                  store.prepare(_updated(request.resource, output=outputs), request.id, request.vid, current=request)]
+        store.commit(writes)
+        return version_of(writes[0].write)
+
+    # --- $clock-exception ---------------------------------------------------------------
+
+    def record_exception(self, store: ScopedStore, task_id: str, body: object) -> Version:
+        clock, _ = self._clock(store, task_id)
+        values = read_parameters(body, {"reason": "code", "start": "date", "end": "date", "note": "string"},
+                                 required=("reason", "start", "end"), strict=True)
+        if clock.resource.get("status") not in statutory.OPEN:
+            raise business_rule("an exception is recorded while the clock runs; this one is "
+                                f"{clock.resource.get('status')} and its outcome is already recorded")
+        today = store.clock().date()
+        exception = statutory.ClockException(values["reason"], full_date(values, "start", today + _YEAR),
+                                             full_date(values, "end", today + _YEAR), values.get("note") or "")
+        code = statutory.clock_code(clock.resource) or ""
+        problem = statutory.exception_problem(code, exception)
+        if problem:
+            raise unprocessable(problem, "business-rule", ["Parameters.parameter"])
+        recorded = statutory.exception_extension(exception, store.caller.actor.fhir_user or store.caller.actor.sub,
+                                                 instant(store.clock()))
+        updated = _updated(clock.resource, extension=list(clock.resource.get("extension", []) or []) + [recorded])
+        prepared = store.prepare(updated, clock.id, clock.vid, current=clock)
+        store.commit([prepared])
+        return version_of(prepared.write)
+
+    # --- $complete-step -----------------------------------------------------------------
+
+    def complete(self, store: ScopedStore, task_id: str, body: object) -> Version:
+        clock, scope = self._clock(store, task_id)
+        values = read_parameters(body, STEP_PARAMETERS, required=("date",), strict=True, repeating=("progress",))
+        if clock.resource.get("status") not in statutory.OPEN:
+            raise business_rule(f"this clock is {clock.resource.get('status')}; only an open clock can be completed")
+        code = statutory.clock_code(clock.resource) or ""
+        period = clock.resource["restriction"]["period"]
+        done = full_date(values, "date", store.clock().date(), parse_date(period["start"][:10]))
+        decision = self._decision(code, values)
+        step = self._effects(store, scope, clock, code, done, decision, values)
+        state = statutory.evaluate(code, parse_date(period["start"][:10]), parse_date(period["end"][:10]), done,
+                                   statutory.exceptions_of(clock.resource), done)
+        outputs = list(clock.resource.get("output", []) or []) + step.outputs + _state_outputs(state, done, decision, values)
+        completed = _updated(clock.resource, status="completed", output=outputs,
+                             executionPeriod={"start": period["start"], "end": done.isoformat()},
+                             businessStatus={"text": step.business_status or _describe(state)})
+        writes = [store.prepare(completed, clock.id, clock.vid, current=clock)] + step.writes
+        store.commit(writes)
+        return version_of(writes[0].write)
+
+    @staticmethod
+    def _decision(code: str, values: dict) -> str | None:
+        allowed = DECISIONS.get(code)
+        decision = values.get("decision")
+        if allowed is None:
+            return decision or "done"
+        if decision not in allowed:
+            raise invalid(f"completing a {code} clock needs parameter 'decision': one of {', '.join(allowed)}",
+                          "required", ["Parameters.parameter"])
+        if decision.startswith("not-") or decision == "maintain":
+            if not str(values.get("reason") or "").strip():
+                raise invalid(f"a '{decision}' decision needs parameter 'reason': the reasons the family is given",
+                              "required", ["Parameters.parameter"])
+        return decision
+
+    def _effects(self, store: ScopedStore, scope: RecordScope, clock: Version, code: str, done: date,
+                 decision: str | None, values: dict) -> Step:
+        """What else a step writes: the next clocks, notices, the request closed."""
+        step = Step()
+        reason = str(values.get("reason") or "")
+        request = self._request_of(scope, clock)
+        if code == "assessment-decision" and decision == "assess" and request is not None:
+            received = parse_date(task_input(request.resource, "received"))
+            issue = clock_task(scope.record, "issue-decision", received, clocks.issue_decision_due(received), store,
+                               request.id)
+            step.writes.append(store.prepare(issue, issue["id"], None))
+        elif decision in ("not-assess", "not-issue"):
+            kind = "not-to-assess" if decision == "not-assess" else "not-to-issue"
+            text = ("The local authority has decided not to carry out an EHC needs assessment." if kind == "not-to-assess"
+                    else "The local authority has decided not to issue an EHC plan after the assessment.")
+            step.writes.append(self._notice(store, scope, kind, text, reason, f"Task/{clock.id}", step))
+            step.writes += self._close_request(store, scope, request, clock, "closed: " + kind.replace("-", " "))
+        elif code == "final-plan":
+            plan = self._issued_plan(scope, values)
+            step.outputs.append(typed("plan-version", valueReference={"reference": plan}))
+            step.writes.append(self._notice(store, scope, "plan-issued", "The local authority has issued the final "
+                                            "EHC plan.", reason or "The plan sets out the provision the assessment "
+                                            "found necessary.", plan, step))
+            step.writes += self._close_request(store, scope, request, clock, "final plan issued", completed=True)
+            review = clock_task(scope.record, "review-due", done, clocks.annual_review_due(done), store)
+            step.writes.append(store.prepare(review, review["id"], None))
+        elif self.reviews is not None:
+            step = self.reviews.effects(store, scope, clock, code, done, decision, values, step)
+        return step
+
+    def _notice(self, store: ScopedStore, scope: RecordScope, kind: str, text: str, reason: str, about: str,
+                step: Step) -> PreparedWrite:
+        prepared = notices.prepared_notice(scope, store, notices.Decision(kind, text, reason, about))
+        step.outputs.append(typed("notice", valueReference={"reference": f"Communication/{prepared.write.id}"}))
+        return prepared
+
+    def _close_request(self, store: ScopedStore, scope: RecordScope, request: Version | None, clock: Version,
+                       status_text: str, completed: bool = False) -> list[PreparedWrite]:
+        """The request ends (completed with a plan, else cancelled), with its still-open clocks."""
+        writes = []
+        if request is None:
+            return writes
+        for task in scope.current_of_type("Task"):
+            part_of = [p.get("reference") for p in task.resource.get("partOf", []) or []]
+            if task.id != clock.id and f"Task/{request.id}" in part_of and task.resource.get("status") in statutory.OPEN:
+                if statutory.clock_code(task.resource) in ("final-plan", "issue-decision", "advice"):
+                    writes.append(store.prepare(_updated(task.resource, status="cancelled",
+                                                         statusReason={"text": status_text}), task.id, task.vid,
+                                                current=task))
+        writes.append(store.prepare(_updated(request.resource, status="completed" if completed else "cancelled",
+                                             businessStatus={"text": status_text}), request.id, request.vid,
+                                    current=request))
+        return writes
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _task(self, store: ScopedStore, task_id: str, code: str) -> tuple[Version, RecordScope]:
+        task, _ = store.resource("Task", task_id, "write")
+        if not is_task(task.resource, code):
+            raise not_found(f"Task/{task_id}")
+        return task, store.open_record(task.record or "", "write", f"Task/{task_id}")
+
+    def _clock(self, store: ScopedStore, task_id: str) -> tuple[Version, RecordScope]:
+        task, _ = store.resource("Task", task_id, "write")
+        if statutory.clock_code(task.resource) is None or not (task.resource.get("restriction") or {}).get("period"):
+            raise not_found(f"Task/{task_id}")
+        return task, store.open_record(task.record or "", "write", f"Task/{task_id}")
+
+    @staticmethod
+    def _request_of(scope: RecordScope, clock: Version) -> Version | None:
+        for part in clock.resource.get("partOf", []) or []:
+            resource_type, _, resource_id = str(part.get("reference", "")).partition("/")
+            if resource_type == "Task":
+                return scope.read("Task", resource_id)
+        return None
+
+    @staticmethod
+    def _decided(scope: RecordScope, request_id: str, decision: str) -> bool:
+        for task in scope.current_of_type("Task"):
+            if (is_task(task.resource, "assessment-decision") and task.resource.get("status") == "completed"
+                    and f"Task/{request_id}" in [p.get("reference") for p in task.resource.get("partOf", [])]
+                    and task_output(task.resource, "decision") == decision):
+                return True
+        return False
+
+    @staticmethod
+    def _issued_plan(scope: RecordScope, values: dict) -> str:
+        """The final plan named by parameter `plan`: a Composition of this record, issued."""
+        target = (values.get("plan") or {}).get("reference", "") if isinstance(values.get("plan"), dict) else ""
+        resource_type, _, rest = target.partition("/")
+        plan = scope.read("Composition", rest.split("/")[0]) if resource_type == "Composition" else None
+        if plan is None or plan.resource.get("status") not in ("final", "amended"):
+            raise business_rule("completing the final-plan clock needs parameter 'plan': the issued Composition "
+                                "($issue) of this child's plan")
+        return f"Composition/{plan.id}/_history/{plan.vid}"
+
+
+_YEAR = timedelta(days=366)
+
+
+def _updated(resource: dict, **changes: object) -> dict:
+    updated = {k: v for k, v in resource.items() if k != "meta"}
+    updated.update(changes)
+    return updated
+
+
+def _state_outputs(state: statutory.ClockState, done: date, decision: str | None, values: dict) -> list[dict]:
+    outputs = [typed("completed-on", valueDate=done.isoformat()), typed("on-time", valueBoolean=state.state == "met")]
+    if decision:
+        outputs.append(typed("decision", valueCodeableConcept=concept(DECISION_SYSTEM, decision)))
+    if values.get("reason"):
+        outputs.append(typed("reason", valueString=str(values["reason"])))
+    if state.exception:
+        outputs.append(typed("exception-applied", valueCodeableConcept=concept(statutory.EXCEPTION_SYSTEM, state.exception)))
+    if isinstance(values.get("advice"), dict):
+        outputs.append(typed("advice-document", valueReference=values["advice"]))
+    return outputs
+
+
+def _describe(state: statutory.ClockState) -> str:
+    if state.state == "met":
+        return f"done on time ({state.regulation})"
+    if state.state == "late-excepted":
+        rule = statutory.exception_rules()[state.exception or ""]
+        return f"done {-state.days_left} days late; the time limit did not apply: {rule.display} ({rule.regulation})"
+    return f"done {-state.days_left} days late ({state.regulation})"

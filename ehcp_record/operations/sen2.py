@@ -1,0 +1,308 @@
+"""The SEN2 person-level return, generated from the recorded events (never re-keyed).
+
+`GET /fhir/$sen2?year=2027` (and `ehcp-record sen2 --year 2027`) for the custodian LA: the
+census date is the third Thursday of January of `year` (SEN2 technical specification: the
+census is taken in January), the reporting period the calendar year before it. A child is in
+the return when a request was received in the period or was still open at the census date, or
+a plan was active at the census date or ceased in the period. One CSV per module, columns in
+the order of profiles/CodeSystem/sen2-module (codes as CodeSystems in profiles/), and a
+validation report naming each record whose data is incomplete for the return and why.
+
+Only records in the caller's custody are included (`ScopedStore.custody_state`); every record
+is read through `ScopedStore.everything`, so the read is audited as an export.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from functools import lru_cache
+from pathlib import Path
+
+from ehcp_record.access.scoped import ScopedStore
+from ehcp_record.errors import FhirError, invalid
+from ehcp_record.fhir.canonical import code_system, naming_system
+from ehcp_record.fhir.dates import parse_date
+from ehcp_record.operations.worklist import all_matches
+from ehcp_record.workflow.task_values import is_task, task_input, task_output
+
+PROFILES = Path(__file__).resolve().parents[2] / "profiles"
+NEED_SYSTEM = code_system("sen-primary-need")
+SETTING_SYSTEM = code_system("sen2-setting")
+UPN_SYSTEM = naming_system("upn")
+ULN_SYSTEM = naming_system("uln")
+URN_SYSTEM = naming_system("urn")
+UKPRN_SYSTEM = naming_system("ukprn")
+MAX_RECORD_RESOURCES = 5000
+
+
+@lru_cache(maxsize=1)
+def modules() -> dict[str, tuple[str, ...]]:
+    """Module code -> its CSV columns, from profiles/CodeSystem/sen2-module.json."""
+    system = json.loads((PROFILES / "CodeSystem" / "sen2-module.json").read_text(encoding="utf-8"))
+    return {c["code"]: tuple(p["valueString"] for p in c.get("property", []) if p["code"] == "field")
+            for c in system["concept"]}
+
+
+def census_date(year: int) -> date:
+    """The third Thursday of January of the collection year."""
+    first = date(year, 1, 1)
+    first_thursday = first + timedelta(days=(3 - first.weekday()) % 7)
+    return first_thursday + timedelta(weeks=2)
+
+
+@dataclass
+class Return:
+    year: int
+    census: date
+    rows: dict[str, list[dict]] = field(default_factory=lambda: {m: [] for m in modules()})
+    problems: list[tuple[str, str, str]] = field(default_factory=list)  # (person, module, why)
+
+    def csv(self, module: str) -> str:
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=modules()[module], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows[module])
+        return out.getvalue()
+
+    def validation_csv(self) -> str:
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["person_id", "module", "problem"])
+        writer.writerows(self.problems)
+        return out.getvalue()
+
+
+@dataclass
+class Sen2Service:
+    def build(self, store: ScopedStore, year: object) -> Return:
+        year = _year(year)
+        result = Return(year, census_date(year))
+        period = (date(year - 1, 1, 1), date(year - 1, 12, 31))
+        organization = store.caller.actor.organization
+        for patient in all_matches(store, "Patient", []):
+            state = store.custody_state(patient["id"])
+            if organization is None or state is None or state.custodian != organization:
+                continue
+            resources = [r for _, r in store.everything(patient["id"], MAX_RECORD_RESOURCES)]
+            resources += _establishments(store, resources)
+            _child(result, patient, resources, period)
+        return result
+
+
+def _establishments(store: ScopedStore, resources: list[dict]) -> list[dict]:
+    """The directory entries (Organizations) the plans' section I names, read through the store."""
+    wanted = {e.get("reference", "") for r in resources if r["resourceType"] == "Composition"
+              for e in _section(r, "I").get("entry", []) or [] if str(e.get("reference", "")).startswith("Organization/")}
+    found = []
+    for reference in sorted(wanted):
+        try:
+            found.append(store.read("Organization", reference.split("/")[1])[1])
+        except FhirError:
+            continue  # reported as a placement that cannot be read
+    return found
+
+
+def _year(value: object) -> int:
+    text = str(value or "")
+    if not text.isdigit() or not 2015 <= int(text) <= 2100:
+        raise invalid("parameter 'year' must be the collection year, e.g. 2026 (census in January 2026)", "value",
+                      ["year"])
+    return int(text)
+
+
+def _child(result: Return, patient: dict, resources: list[dict], period: tuple[date, date]) -> None:
+    census = result.census
+    tasks = [r for r in resources if r["resourceType"] == "Task"]
+    requests = [t for t in tasks if is_task(t, "assessment-request") and _received(t) is not None
+                and _received(t) <= census]
+    in_period = [t for t in requests if period[0] <= _received(t) <= period[1] or _open_at(t, tasks, census)]
+    plan = _plan(tasks, census, period)
+    if not in_period and plan is None:
+        return
+    pid = patient["id"]
+    _person(result, pid, patient)
+    for request in in_period:
+        _request(result, pid, request, tasks, census)
+    if plan is not None:
+        _named_plan(result, pid, plan, tasks, resources, census)
+
+
+def _open_at(request: dict, tasks: list[dict], census: date) -> bool:
+    """Was this request still being worked on at the census date (SEN2 "ongoing work")?"""
+    decision = _clock(tasks, request["id"], "assessment-decision")
+    if _done(decision, census) is None:
+        return True
+    if task_output(decision, "decision") != "assess":
+        return False
+    issue = _clock(tasks, request["id"], "issue-decision")
+    if _done(issue, census) is not None and task_output(issue, "decision") == "not-issue":
+        return False
+    return _done(_clock(tasks, request["id"], "final-plan"), census) is None
+
+
+def _received(task: dict) -> date | None:
+    value = task_input(task, "received")
+    return parse_date(value) if isinstance(value, str) else None
+
+
+def _person(result: Return, pid: str, patient: dict) -> None:
+    name = (patient.get("name") or [{}])[0]
+    row = {"person_id": pid, "upn": _identifier(patient, UPN_SYSTEM), "uln": _identifier(patient, ULN_SYSTEM),
+           "surname": name.get("family", ""), "forename": " ".join(name.get("given", []) or []),
+           "birth_date": patient.get("birthDate", ""), "sex": {"male": "M", "female": "F"}.get(patient.get("gender"), ""),
+           "postcode": ((patient.get("address") or [{}])[0]).get("postalCode", "")}
+    result.rows["person"].append(row)
+    for column, why in (("upn", "no UPN (or ULN) recorded for the child"), ("sex", "sex (Patient.gender) not recorded"),
+                        ("postcode", "no home postcode (Patient.address.postalCode)")):
+        if not row[column] and not (column == "upn" and row["uln"]):
+            result.problems.append((pid, "person", why))
+
+
+def _identifier(resource: dict, system: str) -> str:
+    return next((i.get("value", "") for i in resource.get("identifier", []) or [] if i.get("system") == system), "")
+
+
+def _clock(tasks: list[dict], request_id: str, code: str) -> dict | None:
+    found = [t for t in tasks if is_task(t, code) and f"Task/{request_id}" in
+             [p.get("reference") for p in t.get("partOf", []) or []]]
+    return found[0] if found else None
+
+
+def _done(task: dict | None, census: date) -> date | None:
+    """The day a clock was completed, if that was on or before the census date."""
+    if task is None or task.get("status") != "completed":
+        return None
+    value = task_output(task, "completed-on")
+    day = parse_date(value) if isinstance(value, str) else None
+    return day if day is not None and day <= census else None
+
+
+def _request(result: Return, pid: str, request: dict, tasks: list[dict], census: date) -> None:
+    decision = _clock(tasks, request["id"], "assessment-decision")
+    decided = _done(decision, census)
+    outcome = task_output(decision, "decision") if decided else None
+    result.rows["requests"].append({
+        "person_id": pid, "received_date": _received(request).isoformat(),
+        "request_source": task_input(request, "requester-type") or "",
+        "request_outcome": outcome or "pending", "request_outcome_date": decided.isoformat() if decided else ""})
+    if outcome != "assess":
+        return
+    issue = _clock(tasks, request["id"], "issue-decision")
+    final = _clock(tasks, request["id"], "final-plan")
+    issue_done, final_done = _done(issue, census), _done(final, census)
+    assessment = task_output(issue, "decision") if issue_done else None
+    if final_done:
+        met = "Y" if task_output(final, "on-time") else "N"
+        exception = task_output(final, "exception-applied") or ""
+    else:
+        met, exception = "", ""
+    result.rows["assessments"].append({
+        "person_id": pid, "received_date": _received(request).isoformat(),
+        "assessment_outcome": assessment or "pending",
+        "assessment_outcome_date": issue_done.isoformat() if issue_done else "",
+        "final_plan_date": final_done.isoformat() if final_done else "", "twenty_week_met": met,
+        "exception": exception})
+
+
+def _plan(tasks: list[dict], census: date, period: tuple[date, date]) -> dict | None:
+    """The final-plan clock of the child's plan, when it was active at the census or ceased in the period."""
+    finals = [t for t in tasks if is_task(t, "final-plan") and _done(t, census)]
+    if not finals:
+        return None
+    final = max(finals, key=lambda t: _done(t, census))
+    ceased = _ceased(tasks, census)
+    if ceased is not None and ceased[0] < period[0]:
+        return None
+    return final
+
+
+def _ceased(tasks: list[dict], census: date) -> tuple[date, str] | None:
+    for task in tasks:
+        if is_task(task, "cease") and task.get("status") == "completed":
+            day = parse_date(str((task.get("executionPeriod") or {}).get("end", ""))[:10] or "1900-01-01")
+            if day <= census and "ceased" in str((task.get("businessStatus") or {}).get("text", "")):
+                return day, str(task_input(task, "cease-reason") or "")
+    return None
+
+
+def _named_plan(result: Return, pid: str, final: dict, tasks: list[dict], resources: list[dict], census: date) -> None:
+    reviews = [d for d in (_done(t, census) for t in tasks if is_task(t, "review-due")) if d]
+    ceased = _ceased(tasks, census)
+    start = _done(final, census)
+    result.rows["named-plans"].append({
+        "person_id": pid, "plan_start_date": start.isoformat() if start else "",
+        "last_review_date": max(reviews).isoformat() if reviews else "",
+        "cease_date": ceased[0].isoformat() if ceased else "", "cease_reason": ceased[1] if ceased else ""})
+    plan = _plan_composition(resources, final)
+    if plan is None:
+        result.problems.append((pid, "named-plans", "the issued plan named by the final-plan clock is not in the record"))
+        return
+    _needs(result, pid, plan, resources)
+    _placements(result, pid, plan, resources, start)
+
+
+def _plan_composition(resources: list[dict], final: dict) -> dict | None:
+    reference = str(task_output(final, "plan-version") or "")
+    plan_id = reference.split("/")[1] if reference.startswith("Composition/") else ""
+    return next((r for r in resources if r["resourceType"] == "Composition" and r["id"] == plan_id), None)
+
+
+def _section(plan: dict, code: str) -> dict:
+    for section in plan.get("section", []) or []:
+        if any(c.get("code") == code for c in (section.get("code") or {}).get("coding", [])):
+            return section
+    return {}
+
+
+def _needs(result: Return, pid: str, plan: dict, resources: list[dict]) -> None:
+    by_ref = {f"{r['resourceType']}/{r['id']}": r for r in resources}
+    rank = 0
+    for entry in _section(plan, "B").get("entry", []) or []:
+        need = by_ref.get(entry.get("reference", ""))
+        code = next((c.get("code") for c in ((need or {}).get("code") or {}).get("coding", [])
+                     if c.get("system") == NEED_SYSTEM), None)
+        if code:
+            rank += 1
+            result.rows["needs"].append({"person_id": pid, "sen_type": code, "sen_type_rank": rank})
+    if rank == 0:
+        result.problems.append((pid, "needs", "section B names no need coded from sen-primary-need"))
+
+
+def _placements(result: Return, pid: str, plan: dict, resources: list[dict], start: date | None) -> None:
+    """Placements: the establishments named in section I (Organization with a URN or UKPRN)."""
+    by_ref = {f"{r['resourceType']}/{r['id']}": r for r in resources}
+    rank = 0
+    for entry in _section(plan, "I").get("entry", []) or []:
+        organization = by_ref.get(entry.get("reference", ""))
+        if organization is None or organization["resourceType"] != "Organization":
+            continue
+        rank += 1
+        setting = next((c.get("code") for t in organization.get("type", []) or [] for c in t.get("coding", [])
+                        if c.get("system") == SETTING_SYSTEM), "")
+        result.rows["placements"].append({
+            "person_id": pid, "urn": _identifier(organization, URN_SYSTEM), "ukprn": _identifier(organization, UKPRN_SYSTEM),
+            "sen_setting": setting, "placement_rank": rank, "entry_date": start.isoformat() if start else "",
+            "leaving_date": "", "attendance_pattern": "", "sen_unit": "Y" if setting == "MSU" else "N",
+            "resourced_provision": "Y" if setting == "MSR" else "N"})
+        result.problems.append((pid, "placements", "attendance pattern (full or part time) is not recorded"))
+    if rank == 0:
+        result.problems.append((pid, "placements", "section I names no establishment (an Organization with a URN or "
+                                "UKPRN), so the placement cannot be reported"))
+
+
+def as_parameters(result: Return) -> dict:
+    """The return as FHIR Parameters: census date, one Binary (text/csv) per module, validation."""
+    import base64
+
+    def binary(text: str) -> dict:
+        return {"resourceType": "Binary", "contentType": "text/csv", "data": base64.b64encode(text.encode()).decode()}
+
+    parameters = [{"name": "year", "valueInteger": result.year},
+                  {"name": "censusDate", "valueDate": result.census.isoformat()}]
+    parameters += [{"name": module, "resource": binary(result.csv(module))} for module in modules()]
+    parameters.append({"name": "validation", "resource": binary(result.validation_csv())})
+    return {"resourceType": "Parameters", "parameter": parameters}
