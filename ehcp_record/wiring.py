@@ -19,6 +19,7 @@ from ehcp_record.config import Settings
 from ehcp_record.errors import FhirError
 from ehcp_record.fhir.search import SearchRegistry
 from ehcp_record.fhir.validator import ProfileValidator
+from ehcp_record.identity.service import IdentityService
 from ehcp_record.notifications.subscriptions import SubscriptionService
 from ehcp_record.operations.audit_log import AuditLog
 from ehcp_record.operations.everything import EverythingService
@@ -28,6 +29,7 @@ from ehcp_record.operations.validate import ValidateOperation
 from ehcp_record.plan.documents import DocumentService
 from ehcp_record.plan.gate import ParentalInputGate
 from ehcp_record.plan.validation import ProfileChecks
+from ehcp_record.store.identity import IdentityStore
 from ehcp_record.store.media import MediaStore
 from ehcp_record.store.repository import Repository
 from ehcp_record.store.transfers import TransferStore
@@ -48,6 +50,7 @@ class Services:
     validate: ValidateOperation
     transfers: TransferService
     receive_transfer: ReceiveTransfer
+    identity: IdentityService | None = None
     verifier: Any = None  # api.auth.TokenVerifier, set by the API (Flask-free here)
 
     @property
@@ -70,11 +73,19 @@ def build_services(settings: Settings) -> Services:
     documents = DocumentService(settings.base_url)
     transfers = TransferService(settings)
     return Services(
+        identity=identity_service(repo, records, settings),
         settings=settings, records=records, registry=registry,
         proposals=ProposalService(checks, documents), audit_log=AuditLog(settings.base_url, trusted_keys(settings)),
         documents=documents, everything=EverythingService(), media=MediaService(settings.max_binary_bytes),
         validate=ValidateOperation(checks), transfers=transfers, receive_transfer=ReceiveTransfer(records, transfers),
     )
+
+
+def identity_service(repo: Repository, records: RecordStore, settings: Settings) -> IdentityService:
+    """Clients, links and invitations (signing in), stored beside the records."""
+    store = IdentityStore(repo.db)
+    store.ensure_indexes()
+    return IdentityService(store, records, settings)
 
 
 def anchor_log(settings: Settings) -> AnchorLog:
