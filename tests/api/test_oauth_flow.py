@@ -11,6 +11,7 @@ from typing import Iterator
 
 import jwt
 import pytest
+import requests
 
 from tests.consent_support import grant, load_issued_example
 from tests.oauth_support import (BackendKey, backend_client, code_for, exchange, family_app, fhir_get, link_parent,
@@ -93,9 +94,6 @@ def test_refresh_rotates_and_the_old_refresh_token_is_refused(smart, family):
 def test_revoked_access_token_stops_working_and_introspection_says_so(smart, family):
     code, verifier = code_for(smart, family["browser"])
     tokens = exchange(smart, code, verifier).json()
-    live = token(smart, client_id="family-app", token=tokens["access_token"]).request  # noqa: F841 (shape only)
-    import requests
-
     seen = requests.post(smart.base + "/oauth/introspect", data={"token": tokens["access_token"],
                                                                    "client_id": "family-app"}, timeout=10).json()
     assert seen["active"] is True and seen["patient"] == family["child"] and seen["client_id"] == "family-app"
