@@ -44,6 +44,23 @@ def server() -> OAuthServer:
 
 # --------------------------------------------------------------------------- OAuth endpoints
 
+_PROTOCOL_ENDPOINTS = frozenset({"oauth.authorize", "oauth.token", "oauth.revoke", "oauth.introspect"})
+
+
+@bp.before_request
+def _printable_parameters() -> Response | None:
+    """OAuth parameters are printable ASCII (RFC 6749 Appendix A): anything else is
+    `invalid_request` here, before it can reach an error message or a comparison."""
+    if request.endpoint not in _PROTOCOL_ENDPOINTS:
+        return None
+    values = [*request.args.values(), *(request.form.values() if request.method == "POST" else ())]
+    if all(value.isascii() and value.isprintable() for value in values):
+        return None
+    response = jsonify({"error": "invalid_request", "error_description": "OAuth parameters must be printable ASCII"})
+    response.status_code = 400
+    return response
+
+
 @bp.get("/oauth/authorize")
 def authorize() -> Response:
     try:
@@ -204,7 +221,7 @@ def _csrf() -> str:
 
 def _check_csrf() -> None:
     supplied = request.form.get("csrf") or request.headers.get("X-CSRF-Token", "")
-    if not supplied or not secrets.compare_digest(supplied, session.get("csrf", "")):
+    if not supplied or not secrets.compare_digest(supplied.encode(), session.get("csrf", "").encode()):
         raise FhirError(403, "security", "the form is stale or came from another site; reload the page")
 
 
