@@ -207,6 +207,25 @@ _ENV = {
 _JSON_KEYS = {"trusted_issuers", "trust_list", "oauth_clients", "identity_providers"}
 
 
+def locate_data_dir(environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> Path:
+    """The data dir `serve` and the other commands share, whichever directory they run in:
+    EHCP_DATA_DIR if set; else `./var`; else the nearest enclosing directory's `var/` that holds
+    a server's state (its keys or its mongod port); else the checkout's own `var/` when it
+    exists; else `./var` (which `serve` then creates)."""
+    environ = os.environ if environ is None else environ
+    if environ.get("EHCP_DATA_DIR"):
+        return Path(environ["EHCP_DATA_DIR"])
+    cwd = (cwd or Path.cwd()).resolve()
+    if (cwd / "var").is_dir():
+        return cwd / "var"
+    for parent in cwd.parents:
+        candidate = parent / "var"
+        if (candidate / "keys").is_dir() or (candidate / "mongod.port").exists():
+            return candidate
+    checkout = PROFILES_DIR.parent / "var"
+    return checkout if checkout.is_dir() else cwd / "var"
+
+
 def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Settings from the environment, overridden by an explicit mapping (tests)."""
     environ = os.environ if environ is None else environ

@@ -7,8 +7,9 @@ caller-scoped store per request (import-linter contracts in the test suite check
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 from ehcp_record.access.compartment import Compartment
 from ehcp_record.access.scoped import RecordStore
@@ -86,6 +87,16 @@ def identity_service(repo: Repository, records: RecordStore, settings: Settings)
     store = IdentityStore(repo.db)
     store.ensure_indexes()
     return IdentityService(store, records, settings)
+
+
+@contextlib.contextmanager
+def client_registry(settings: Settings) -> Iterator[IdentityService]:
+    """`ehcp-record clients ...`: the registrations, without the rest of the services."""
+    repo = Repository.connect(settings.mongodb_uri or "", settings.database)
+    try:
+        yield IdentityService(IdentityStore(repo.db), None, settings)
+    finally:
+        repo.close()
 
 
 def anchor_log(settings: Settings) -> AnchorLog:

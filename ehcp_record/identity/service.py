@@ -39,7 +39,7 @@ class IssuedInvitation:
 
 
 class IdentityService:
-    def __init__(self, store: IdentityStore, records: RecordStore, settings: Settings) -> None:
+    def __init__(self, store: IdentityStore, records: RecordStore | None, settings: Settings) -> None:
         self.store = store
         self.records = records
         self.settings = settings
@@ -148,6 +148,8 @@ class IdentityService:
         return link
 
     def _audit_as_person(self, link: Link, action: str, reason: str) -> None:
+        if self.records is None:
+            raise LinkError("linking needs the record store")
         caller = Caller(actor=Actor(role=link.role, sub=link.identity, fhir_user=link.fhir_user, patient=link.patient),
                         scopes=ScopeSet(()), issuer=self.settings.oauth_issuer)
         self.records.for_caller(caller).audit_record(link.record, action, reason, [(link.fhir_user, None)])
