@@ -37,7 +37,7 @@ from joserfc.jwk import ECKey, KeySet
 
 from ehcp_record.config import Settings
 from ehcp_record.identity import keys
-from ehcp_record.identity.clients import PRIVATE_KEY_JWT, PUBLIC, RegisteredClient
+from ehcp_record.identity.clients import PRIVATE_KEY_JWT, PUBLIC, PUBLIC_BY_REFRESH_TOKEN, RegisteredClient
 from ehcp_record.identity.links import Link
 from ehcp_record.identity.service import IdentityService
 
@@ -183,7 +183,7 @@ class AuthorizationCode(grants.AuthorizationCodeGrant):
 
 
 class RefreshToken(grants.RefreshTokenGrant):
-    TOKEN_ENDPOINT_AUTH_METHODS = [PUBLIC]
+    TOKEN_ENDPOINT_AUTH_METHODS = [PUBLIC, PUBLIC_BY_REFRESH_TOKEN]
     INCLUDE_NEW_REFRESH_TOKEN = True  # rotation
 
     def authenticate_refresh_token(self, refresh_token: str) -> StoredToken | None:
@@ -209,6 +209,20 @@ class RefreshToken(grants.RefreshTokenGrant):
         super().validate_token_request()
         if not self.server.identity.store.revoke_refresh_token(self.request.refresh_token.doc["_id"]):
             raise InvalidGrantError("the refresh token has already been used")  # a race: one rotation wins
+
+
+def client_of_refresh_token(server: "OAuthServer") -> Any:
+    """Authlib client-authentication method `none_by_refresh_token`: a refresh request with no
+    `client_id` is the public client the (live) refresh token was issued to."""
+
+    def authenticate(query_client: Any, request: Any) -> RegisteredClient | None:
+        if request.payload.grant_type != "refresh_token" or request.payload.client_id:
+            return None
+        doc = server.identity.store.live_refresh_token(digest(request.form.get("refresh_token") or ""))
+        client = query_client(doc["client_id"]) if doc else None
+        return client if client is not None and client.auth_method == PUBLIC else None
+
+    return authenticate
 
 
 class ClientCredentials(grants.ClientCredentialsGrant):
@@ -322,6 +336,7 @@ class OAuthServer(AuthorizationServer):
         super().__init__(app, query_client=identity.client, save_token=self._save_token)
         self.register_token_generator("default", AccessTokens(settings, self.jwk))
         self.register_client_auth_method(PRIVATE_KEY_JWT, PrivateKeyJwt(self))
+        self.register_client_auth_method(PUBLIC_BY_REFRESH_TOKEN, client_of_refresh_token(self))
         self.register_grant(AuthorizationCode, [S256Challenge(required=True)])
         self.register_grant(RefreshToken)
         self.register_grant(ClientCredentials)

@@ -21,6 +21,9 @@ from ehcp_record.identity import scopes
 
 PUBLIC = "none"
 PRIVATE_KEY_JWT = "private_key_jwt"
+#: A public app refreshing without `client_id` (the SMART JS client does): the client is the one
+#: the refresh token was issued to (RFC 6749 §6 asks no authentication of public clients).
+PUBLIC_BY_REFRESH_TOKEN = "none_by_refresh_token"
 PUBLIC_GRANTS = ("authorization_code", "refresh_token")
 BACKEND_GRANTS = ("client_credentials",)
 BACKEND_ROLES = ("la", "school", "health", "social-care", "system", "auditor")
@@ -68,7 +71,7 @@ class RegisteredClient(ClientMixin):
 
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
         if endpoint == "token":
-            return method == self.auth_method
+            return method == self.auth_method or (self.auth_method == PUBLIC and method == PUBLIC_BY_REFRESH_TOKEN)
         return method in (self.auth_method, PUBLIC) if self.auth_method == PUBLIC else method == self.auth_method
 
     def check_response_type(self, response_type: str) -> bool:

@@ -144,3 +144,13 @@ def test_backend_service_reads_what_its_organisation_is_consented_to(smart, fami
     write = smart.session.post(smart.base + "/fhir/Condition", json=need(child, "C", "asthma"),
                                headers={"Authorization": f"Bearer {access}", "Content-Type": "application/fhir+json"})
     assert write.status_code == 403  # system/*.rs: read and search only
+
+
+def test_public_app_may_refresh_without_client_id(smart, family):
+    """The SMART JS client refreshes with the refresh token alone; the token names its client."""
+    code, verifier = code_for(smart, family["browser"])
+    first = exchange(smart, code, verifier).json()
+    second = token(smart, grant_type="refresh_token", refresh_token=first["refresh_token"])
+    assert second.status_code == 200, second.text
+    unknown = token(smart, grant_type="refresh_token", refresh_token="not-a-token")
+    assert unknown.status_code in (400, 401) and unknown.json()["error"] == "invalid_client"
