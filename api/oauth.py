@@ -231,15 +231,20 @@ def _check_csrf() -> None:
 def invite() -> Response:
     """The custodian LA invites a parent (RelatedPerson) or the young person (Patient)."""
     body = request.get_json(silent=True)
-    if not isinstance(body, dict) or not isinstance(body.get("patient"), str) or not isinstance(body.get("person"), str):
-        raise FhirError(400, "invalid", "send JSON {\"patient\": \"Patient/<id>\", \"person\": \"RelatedPerson/<id>\"}")
-    record = body["patient"].removeprefix("Patient/")
+    person = body.get("person") if isinstance(body, dict) else None
+    staff = isinstance(person, str) and person.startswith("PractitionerRole/")
+    if not isinstance(person, str) or (not staff and not isinstance(body.get("patient"), str)):
+        raise FhirError(400, "invalid", "send JSON {\"patient\": \"Patient/<id>\", \"person\": \"RelatedPerson/<id>\"} "
+                                        "(or {\"person\": \"PractitionerRole/<id>\"} for staff)")
     try:
-        issued = services().identity.invite(store(), record, body["person"])
+        if staff:
+            issued = services().identity.invite_professional(store(), person)
+        else:
+            issued = services().identity.invite(store(), body["patient"].removeprefix("Patient/"), person)
     except LinkError as exc:
         raise FhirError(422, "business-rule", str(exc)) from None
-    response = jsonify({"code": issued.code, "patient": f"Patient/{issued.record}", "person": issued.fhir_user,
-                        "expires": issued.expires_at.isoformat()})
+    response = jsonify({"code": issued.code, "patient": f"Patient/{issued.record}" if issued.record else None,
+                        "person": issued.fhir_user, "expires": issued.expires_at.isoformat()})
     response.status_code = 201
     return response
 
@@ -294,4 +299,5 @@ def _signed_in() -> str:
 
 
 def _link_json(link: Link) -> dict:
-    return {"id": link.id, "fhirUser": link.fhir_user, "patient": link.patient, "role": link.role, "active": link.active}
+    return {"id": link.id, "fhirUser": link.fhir_user, "patient": link.patient, "role": link.role,
+            "organization": link.organization, "active": link.active}

@@ -284,7 +284,10 @@ class AccessTokens(JWTBearerTokenGenerator):
     def get_extra_claims(self, client: Any, grant_type: str, user: SignedIn | None, scope: str) -> dict:
         if user is None:
             return {}
-        return {"fhirUser": f"{self.settings.base_url}/{user.link.fhir_user}", "patient": user.link.record}
+        claims = {"fhirUser": f"{self.settings.base_url}/{user.link.fhir_user}"}
+        if user.link.record:
+            claims["patient"] = user.link.record
+        return claims
 
 
 class Revocation(RevocationEndpoint):
@@ -354,7 +357,7 @@ class OAuthServer(AuthorizationServer):
         """Keep the refresh token (hashed); add SMART's launch context to the response."""
         user: SignedIn | None = request.user
         claims = self.access_claims(token["access_token"]) or {}
-        if user is not None and "launch/patient" in token.get("scope", "").split():
+        if user is not None and user.link.record and "launch/patient" in token.get("scope", "").split():
             token["patient"] = user.link.record  # SMART App Launch 2 §"Launch context arrives with your access_token"
         if user is not None and {"openid", "fhirUser"} <= set(token.get("scope", "").split()):
             token["id_token"] = self.id_token(request, user)

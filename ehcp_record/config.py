@@ -59,6 +59,7 @@ DEFAULT_LOCAL_PEOPLE: tuple[dict, ...] = (
     {"id": "alex-parent", "name": "Alex Example (parent)"},
     {"id": "jordan-parent", "name": "Jordan Example (parent)"},
     {"id": "sam-young-person", "name": "Sam Example (young person)"},
+    {"id": "casey-professional", "name": "Casey Example (professional)"},
 )
 
 

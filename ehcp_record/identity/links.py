@@ -33,15 +33,15 @@ class Link:
     id: str
     identity: str
     fhir_user: str
-    record: str  # the child's Patient id
+    record: str | None  # the child's Patient id; None for a professional (PractitionerRole)
     role: str
     organization: str | None = None
     active: bool = True
     display: str = ""
 
     @property
-    def patient(self) -> str:
-        return f"Patient/{self.record}"
+    def patient(self) -> str | None:
+        return f"Patient/{self.record}" if self.record else None
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,29 @@ class IdentityService:
                             [(fhir_user, None)])
         return IssuedInvitation(code, record, fhir_user, expires)
 
+    def invite_professional(self, scoped: ScopedStore, practitioner_role: str) -> IssuedInvitation:
+        """An organisation's administrator (a professional of that organisation whose token may
+        write PractitionerRole) invites a member of staff: the link confers the PractitionerRole's
+        organisation and the administrator's kind of role (la, school, health, social-care)."""
+        actor = scoped.caller.actor
+        if actor.role not in model.PROFESSIONAL_ROLES or not actor.organization:
+            raise LinkError("only a professional organisation's administrator links its staff")
+        if not scoped.access.scope_allows("PractitionerRole", "u"):
+            raise LinkError("linking staff needs a token that may write PractitionerRole")
+        _, resource = scoped.read("PractitionerRole", practitioner_role.partition("/")[2])
+        organization = "/".join((resource.get("organization") or {}).get("reference", "").split("/")[-2:])
+        if organization != actor.organization:
+            raise LinkError(f"{practitioner_role} works for {organization or 'no organisation'}, "
+                            f"not {actor.organization}")
+        code, hashed = model.new_code()
+        expires = _now() + timedelta(seconds=self.settings.invitation_ttl)
+        self.store.add_invitation({"_id": hashed, "record": None, "fhir_user": practitioner_role, "used_at": None,
+                                   "role": actor.role, "organization": organization, "invited_by": organization,
+                                   "expires_at": expires, "created_at": _now()})
+        scoped.audit_record(None, "invite", f"invitation to link {practitioner_role} as {actor.role}",
+                            [(practitioner_role, None)])
+        return IssuedInvitation(code, "", practitioner_role, expires)
+
     def redeem(self, code: str, identity: str, display: str = "") -> Link:
         """Single use: the first identity to redeem an unexpired code is linked; nobody else."""
         invitation = self.store.claim_invitation(model.code_hash(code), identity, _now())
@@ -113,10 +136,11 @@ class IdentityService:
             raise LinkError("that invitation code is not valid: it may be mistyped, used already or expired")
         fhir_user = invitation["fhir_user"]
         link = Link(id=uuid.uuid4().hex, identity=identity, fhir_user=fhir_user, record=invitation["record"],
-                    role=model.role_of(fhir_user), display=display)
+                    role=invitation.get("role") or model.role_of(fhir_user), organization=invitation.get("organization"),
+                    display=display)
         self.store.add_link({"_id": link.id, "identity": identity, "fhir_user": fhir_user, "record": link.record,
-                             "role": link.role, "organization": None, "active": True, "display": display,
-                             "created_at": _now(), "invitation_by": invitation["invited_by"]})
+                             "role": link.role, "organization": link.organization, "active": True,
+                             "display": display, "created_at": _now(), "invitation_by": invitation["invited_by"]})
         self._audit_as_person(link, "link", f"{display or identity} linked as {fhir_user} by invitation")
         return link
 
@@ -141,7 +165,11 @@ class IdentityService:
         link = self.link(link_id)
         if link is None or not link.active:
             raise LinkError("no such active link")
-        scoped.open_record(link.record, "write")
+        if link.record is None:  # staff: their organisation's administrator
+            if scoped.caller.actor.organization != link.organization:
+                raise LinkError("no such active link")
+        else:
+            scoped.open_record(link.record, "write")
         self.store.deactivate_link(link.id, scoped.caller.actor.organization or scoped.caller.actor.sub, _now())
         scoped.audit_record(link.record, "unlink", f"{link.fhir_user} unlinked by the custodian",
                             [(link.fhir_user, None)])

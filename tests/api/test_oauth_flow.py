@@ -14,8 +14,8 @@ import pytest
 import requests
 
 from tests.consent_support import grant, load_issued_example
-from tests.oauth_support import (BackendKey, backend_client, code_for, exchange, family_app, fhir_get, link_parent,
-                                 start_smart_server, stop, token)
+from tests.oauth_support import (BackendKey, backend_client, code_for, exchange, family_app, fhir_get, invite,
+                                 link_parent, redeem, sign_in, start_smart_server, stop, token)
 from tests.support import HEALTH, Api, need
 
 KEY = BackendKey()
@@ -23,7 +23,8 @@ KEY = BackendKey()
 
 @pytest.fixture(scope="module")
 def smart(mongo, data_dir) -> Iterator[Api]:
-    api, server = start_smart_server(mongo, data_dir, oauth_clients=[family_app(), backend_client(KEY)])
+    api, server = start_smart_server(mongo, data_dir, oauth_clients=[family_app(), backend_client(KEY),
+                                                                        family_app("staff-app", scope="openid fhirUser user/*.rs")])
     yield api
     stop(api, server)
 
@@ -154,3 +155,32 @@ def test_public_app_may_refresh_without_client_id(smart, family):
     assert second.status_code == 200, second.text
     unknown = token(smart, grant_type="refresh_token", refresh_token="not-a-token")
     assert unknown.status_code in (400, 401) and unknown.json()["error"] == "invalid_client"
+
+
+def test_staff_linked_by_their_organisation_act_as_its_professionals(smart, family):
+    """PractitionerRole -> its organisation and role, from the link; consent still decides."""
+    admin = smart.token("health", HEALTH)
+    role = smart.post("/fhir/PractitionerRole", {"resourceType": "PractitionerRole", "active": True,
+                                                 "organization": {"reference": HEALTH}}, smart.token("system", None))
+    assert role.status_code == 201, role.text
+    other_admin = smart.token("health", "Organization/nhs-trust-2")
+    refused = invite(smart, "", f"PractitionerRole/{role.json()['id']}", token=other_admin)
+    assert refused.status_code == 422 and "works for" in refused.json()["issue"][0]["diagnostics"]
+    invitation = smart.session.post(smart.base + "/oauth/invitations", json={"person": f"PractitionerRole/{role.json()['id']}"},
+                                    headers={"Authorization": f"Bearer {admin}"}, timeout=10)
+    assert invitation.status_code == 201, invitation.text
+    nurse = sign_in(smart, "casey-professional")
+    linked = redeem(smart, nurse, invitation.json()["code"]).json()
+    assert (linked["role"], linked["organization"], linked["patient"]) == ("health", HEALTH, None)
+    code, verifier = code_for(smart, nurse, client_id="staff-app", scope="openid fhirUser user/*.rs")
+    body = exchange(smart, code, verifier, client_id="staff-app").json()
+    claims = jwt.decode(body["access_token"], options={"verify_signature": False})
+    assert "patient" not in claims and "patient" not in body
+    assert claims["fhirUser"].endswith(f"PractitionerRole/{role.json()['id']}")
+    consented = load_issued_example(smart)
+    child = consented["Patient"][0]["id"]
+    mum = f"RelatedPerson/{consented['RelatedPerson'][0]['id']}"
+    assert fhir_get(smart, f"/fhir/Patient/{child}", body["access_token"]).status_code == 404
+    assert smart.post("/fhir/Consent", grant(child, mum, HEALTH, ["C"], role="health"),
+                      smart.token("parent", None, fhir_user=mum)).status_code == 201
+    assert fhir_get(smart, f"/fhir/Patient/{child}", body["access_token"]).status_code == 200
