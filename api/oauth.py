@@ -69,8 +69,8 @@ def authorize() -> Response:
         return _oauth_error(error)
     settings = services().settings
     if request.args.get("aud", settings.base_url).rstrip("/") != settings.base_url.rstrip("/"):
-        error = _redirecting("invalid_request", "aud must be this server's FHIR base URL", grant)
-        return server().handle_error_response(None, error)
+        return server().handle_error_response(None, _redirecting("invalid_request",
+                                                                 "aud must be this server's FHIR base URL"))
     identity = session.get("identity")
     if not identity:
         return redirect(_sign_in_url(request.full_path))
@@ -113,7 +113,8 @@ def _oauth_error(error: OAuth2Error) -> Response:
     return response
 
 
-def _redirecting(code: str, description: str, grant: object) -> OAuth2Error:
+def _redirecting(code: str, description: str) -> OAuth2Error:
+    """An error for the app, sent to its redirect URI (already checked by get_consent_grant)."""
     error = OAuth2Error(description=description, redirect_uri=request.args.get("redirect_uri"),
                         state=request.args.get("state"))
     error.error = code

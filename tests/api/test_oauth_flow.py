@@ -184,3 +184,17 @@ def test_staff_linked_by_their_organisation_act_as_its_professionals(smart, fami
     assert smart.post("/fhir/Consent", grant(child, mum, HEALTH, ["C"], role="health"),
                       smart.token("parent", None, fhir_user=mum)).status_code == 201
     assert fhir_get(smart, f"/fhir/Patient/{child}", body["access_token"]).status_code == 200
+
+
+def test_removing_a_client_stops_its_tokens_on_the_next_request(smart, family):
+    key = BackendKey()
+    smart.services.identity.register(backend_client(key, client_id="short-lived", role="la",
+                                                    organization="Organization/la-866"))
+    response = token(smart, grant_type="client_credentials", scope="system/*.rs",
+                     client_assertion_type="urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                     client_assertion=key.assertion("short-lived", smart.base + "/oauth/token"))
+    access = response.json()["access_token"]
+    assert fhir_get(smart, f"/fhir/Patient/{family['child']}", access).status_code == 200  # the custodian
+    assert smart.services.identity.remove_client("short-lived")
+    refused = fhir_get(smart, f"/fhir/Patient/{family['child']}", access)
+    assert refused.status_code == 401 and "no longer registered" in refused.json()["issue"][0]["diagnostics"]
