@@ -158,8 +158,7 @@ class AuthorizationCode(grants.AuthorizationCodeGrant):
     def query_authorization_code(self, code: str, client: RegisteredClient) -> StoredCode | None:
         claimed, replayed = self.identity.store.claim_code(code, client.get_client_id())
         if replayed:  # RFC 6749 §4.1.2: a code used twice revokes the tokens it gave
-            for jti in self.identity.store.revoke_tokens_from_code(code):
-                self.identity.store.revoke_access(jti, _now() + timedelta(days=1))
+            self.server.revoke_grant(code)
         if claimed is None:
             return None
         self.request.code_doc = claimed
@@ -192,6 +191,9 @@ class RefreshToken(grants.RefreshTokenGrant):
         store = self.server.identity.store
         doc = store.live_refresh_token(digest(refresh_token))
         if doc is None:
+            spent = store.refresh_token(digest(refresh_token))
+            if spent is not None and spent.get("revoked") and spent.get("from_code"):
+                self.server.revoke_grant(spent["from_code"])  # reuse of a rotated token (OAuth 2.0 Security BCP §4.14.2)
             return None
         link = self.server.identity.link(doc["link"])
         if link is None or not link.active:
@@ -363,12 +365,19 @@ class OAuthServer(AuthorizationServer):
             token["id_token"] = self.id_token(request, user)
         if token.get("refresh_token") and user is not None:
             code = getattr(request, "code_doc", None)
+            previous = getattr(request, "refresh_token", None)
+            grant_id = code["_id"] if code else (previous.doc.get("from_code") if previous is not None else None)
             self.identity.store.add_refresh_token({
                 "_id": digest(token["refresh_token"]), "client_id": request.client.get_client_id(),
                 "identity": user.identity, "link": user.link.id, "scope": token.get("scope", ""), "revoked": False,
-                "from_code": code["_id"] if code else None, "access_jti": claims.get("jti"),
+                "from_code": grant_id, "access_jti": claims.get("jti"),
                 "expires_at": _now() + timedelta(seconds=self.settings.refresh_token_ttl), "created_at": _now(),
             })
+
+    def revoke_grant(self, code: str) -> None:
+        """Every refresh and access token descended from one authorization code."""
+        for jti in self.identity.store.revoke_tokens_from_code(code):
+            self.identity.store.revoke_access(jti, _now() + timedelta(seconds=self.settings.access_token_ttl))
 
     def id_token(self, request: Any, user: SignedIn) -> str:
         """OpenID Connect Core §2 ID token; SMART's `fhirUser` claim names the linked resource."""

@@ -347,3 +347,20 @@ def test_local_sign_in_is_off_in_production_config():
     with pytest.raises(ConfigError):
         load_settings({"env": "production", "local_sign_in": True}, environ={})
 
+
+
+def test_reusing_a_rotated_refresh_token_revokes_the_whole_grant(smart, family):
+    """OAuth 2.0 Security BCP §4.14.2: a rotated refresh token presented again means one of the
+    two holders is an attacker, so every token of that grant stops working."""
+    links = family["browser"].get(smart.base + "/oauth/account/links", timeout=10).json()["links"]
+    link = next(x["id"] for x in links if x["patient"] == f"Patient/{family['child']}")
+    code, verifier = code_for(smart, family["browser"], link=link)
+    first = exchange(smart, code, verifier).json()
+    second = token(smart, grant_type="refresh_token", refresh_token=first["refresh_token"], client_id="family-app").json()
+    plan = f"/fhir/Composition/{family['plan']}"
+    assert fhir_get(smart, plan, second["access_token"]).status_code == 200
+    reused = token(smart, grant_type="refresh_token", refresh_token=first["refresh_token"], client_id="family-app")
+    assert reused.json()["error"] == "invalid_grant"
+    assert fhir_get(smart, plan, second["access_token"]).status_code == 401
+    latest = token(smart, grant_type="refresh_token", refresh_token=second["refresh_token"], client_id="family-app")
+    assert latest.json()["error"] == "invalid_grant"
