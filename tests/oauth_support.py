@@ -173,9 +173,3 @@ def fhir_get(api: Api, path: str, access_token: str) -> requests.Response:
     return requests.get(api.base + path, headers={"Authorization": f"Bearer {access_token}",
                                                   "Accept": "application/fhir+json"}, timeout=10)
 
-
-def query(url: str) -> dict[str, str]:
-    return {k: v[0] for k, v in parse_qs(urlparse(url).query).items()}
-
-
-__all__ = ["urlencode"]
