@@ -131,7 +131,7 @@ def _chosen(links: list[Link]) -> Link | None:
 
 _PICKER = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Choose a child</title></head>
 <body><h1>Whose plan do you want to open?</h1><ul>
-{% for link in links %}<li><a id="pick-{{ link.record }}" href="{{ href(link) }}">{{ link.fhir_user }} (record {{ link.record }})</a></li>{% endfor %}
+{% for link in links %}<li><a id="pick-{{ link.record or link.id }}" href="{{ href(link) }}">{{ link.fhir_user }}{% if link.record %} (record {{ link.record }}){% endif %}</a></li>{% endfor %}
 </ul></body></html>"""
 
 
