@@ -32,9 +32,11 @@ def create_app(test_config: Mapping[str, Any] | None = None, settings: Settings 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_binary_bytes
     services = build_services(settings)
-    services.verifier = TokenVerifier(settings)
+    services.verifier = TokenVerifier(settings, identity=services.identity)
     app.extensions["ehcp"] = services
     _register_blueprints(app)
+    _init_authorization_server(app)
+    _init_cors(app, settings)
     _register_errors(app)
     app.before_request(_check_limits)
     app.before_request(_guard_database)
@@ -58,12 +60,33 @@ class _LogicalIdConverter(BaseConverter):
     regex = r"(?![_$])[^/]+"
 
 
+def _init_authorization_server(app: Flask) -> None:
+    from api import oauth
+
+    oauth.init_app(app)
+
+
+def _init_cors(app: Flask, settings: Settings) -> None:
+    """Browser apps on the configured origins only (none by default): preflight answered, the
+    headers a FHIR client reads exposed (versioning and create need ETag and Location)."""
+    if not settings.cors_origins:
+        return
+    from flask_cors import CORS
+
+    CORS(app, origins=list(settings.cors_origins), supports_credentials=False, max_age=600,
+         expose_headers=["ETag", "Location", "Content-Location", "Last-Modified", "X-Request-ID"],
+         allow_headers=["Authorization", "Content-Type", "Accept", "If-Match", "If-None-Exist", "If-None-Match",
+                        "Prefer", "X-Request-ID", "X-Security-Context"],
+         methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"])
+
+
 def _register_blueprints(app: Flask) -> None:
-    from api import media, open_endpoints, operations, rest
+    from api import media, oauth, open_endpoints, operations, rest
 
     app.url_map.converters["fhir_type"] = _ResourceTypeConverter
     app.url_map.converters["fhir_id"] = _LogicalIdConverter
     app.register_blueprint(open_endpoints.bp)
+    app.register_blueprint(oauth.bp)
     app.register_blueprint(operations.bp)
     app.register_blueprint(media.bp)
     app.register_blueprint(rest.bp)

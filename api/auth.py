@@ -1,4 +1,13 @@
-"""Bearer-token authentication: PyJWT against the trusted issuers (JWKS) and the dev issuer.
+"""Bearer-token authentication: PyJWT against this deployment's authorization server, the
+trusted issuers (JWKS) and the dev issuer.
+
+Tokens from our own authorization server (api/oauth_server.py) are SMART-shaped: `aud` is the
+FHIR base URL, `fhirUser`, `patient`, `client_id`, no `role`. Who the caller is comes from the
+server's own records, looked up on every request: the person's live link (RelatedPerson ->
+parent, Patient -> young person, PractitionerRole -> its organisation and role) or the backend
+client's registration, so unlinking, revocation or removing a client takes effect on the next
+request. A `role` claim in such a token is ignored. Dev and trusted-issuer tokens keep the
+`role` claim API.md describes.
 
 Only `iss`, `aud`, `exp`, signature and the claims API.md names are trusted. JWKS documents are
 fetched with `requests` and cached; a token naming an unknown `kid` refreshes the cache, at most
@@ -24,6 +33,8 @@ from ehcp_record.config import DEV_ISSUER, Settings
 from ehcp_record.access.caller import Caller
 from ehcp_record.errors import FhirError
 from ehcp_record.audit.signing import load_or_create_private_key
+from ehcp_record.identity import keys as oauth_keys
+from ehcp_record.identity.clients import PRIVATE_KEY_JWT
 
 ROLES = frozenset({"parent", "young-person", "la", "school", "health", "social-care", "auditor", "system"})
 PROFESSIONAL_ROLES = frozenset({"la", "school", "health", "social-care", "system"})
@@ -96,18 +107,44 @@ def _retrying_session() -> requests.Session:
 
 
 class TokenVerifier:
-    def __init__(self, settings: Settings, jwks: JwksCache | None = None) -> None:
+    def __init__(self, settings: Settings, jwks: JwksCache | None = None, identity: Any = None) -> None:
         self.settings = settings
         self.jwks = jwks or JwksCache()
         self.issuers = {i.iss: i for i in settings.trusted_issuers}
         self.dev_key = load_or_create_private_key(settings.dev_key_path) if settings.dev_issuer else None
+        self.identity = identity  # ehcp_record.identity.service.IdentityService: links and clients
+        self.oauth_key = oauth_keys.load_or_create(settings.oauth_key_path).public_key() if identity else None
         self._verified: dict[str, dict] = {}
         self._lock = threading.Lock()
 
     def caller(self, authorization: str | None, ip: str, user_agent: str, request_id: str) -> Caller:
         claims = self.verify(_bearer(authorization))
-        return Caller(actor=_actor(claims), scopes=parse_scopes(claims.get("scope")), issuer=claims["iss"],
+        actor = self._smart_actor(claims) if self._is_ours(claims["iss"]) else _actor(claims)
+        return Caller(actor=actor, scopes=parse_scopes(claims.get("scope")), issuer=claims["iss"],
                       ip=ip, user_agent=user_agent, request_id=request_id)
+
+    def _is_ours(self, issuer: object) -> bool:
+        return self.oauth_key is not None and issuer == self.settings.oauth_issuer
+
+    def _smart_actor(self, claims: dict) -> Actor:
+        """The caller behind one of our own tokens, from the links and clients as they are now."""
+        jti = claims.get("jti")
+        if not isinstance(jti, str) or self.identity.store.access_revoked(jti):
+            raise unauthorized("the bearer token has been revoked")
+        client = self.identity.client(claims.get("client_id"))
+        if client is None:
+            raise unauthorized("the token's client is no longer registered here")
+        if client.auth_method == PRIVATE_KEY_JWT:  # SMART Backend Services: the registration decides
+            if claims["sub"] != client.client_id:
+                raise unauthorized("a backend-service token must be the client's own")
+            return Actor(role=client.role or "system", sub=client.client_id, organization=client.organization)
+        fhir_user = _optional_reference(claims, "fhirUser")
+        link = self.identity.link_for_token(str(claims["sub"]), fhir_user) if fhir_user else None
+        if link is None:
+            raise unauthorized("the person is no longer linked to this record; sign in again")
+        patient = link.patient if claims.get("patient") else None
+        return Actor(role=link.role, sub=str(claims["sub"]), fhir_user=link.fhir_user,
+                     organization=link.organization, patient=patient)
 
     def verify(self, token: str) -> dict:
         """Claims of a valid token; a token verified before is trusted again until it expires
@@ -132,9 +169,10 @@ class TokenVerifier:
         key, algorithm = self._key(issuer, header)
         if header.get("alg") != algorithm:
             raise unauthorized(f"the bearer token must be signed with {algorithm} for its issuer's key")
+        audience = self.settings.base_url if self._is_ours(issuer) else self.settings.audience
         try:
             claims = jwt.decode(
-                token, key, algorithms=[algorithm], audience=self.settings.audience, issuer=issuer,
+                token, key, algorithms=[algorithm], audience=audience, issuer=issuer,
                 leeway=_LEEWAY_SECONDS, options={"require": ["exp", "iss", "aud", "sub"]},
             )
         except jwt.ExpiredSignatureError:
@@ -152,6 +190,8 @@ class TokenVerifier:
         """The key for the token's issuer and the one algorithm that key verifies."""
         if issuer == DEV_ISSUER and self.dev_key is not None:
             return self.dev_key.public_key(), DEV_ALGORITHM
+        if self._is_ours(issuer):
+            return self.oauth_key, oauth_keys.ALGORITHM
         trusted = self.issuers.get(issuer) if isinstance(issuer, str) else None
         if trusted is None:
             raise unauthorized("the token's issuer is not trusted here")
@@ -207,8 +247,7 @@ def _optional_reference(claims: dict, name: str) -> str | None:
 def issue_dev_token(settings: Settings, role: str, fhir_user: str | None = None, organization: str | None = None,
                     patient: str | None = None, scope: str | None = None, ttl: int = 3600, sub: str | None = None) -> str:
     """A JWT signed by the dev key in the data dir (`ehcp-record token`); never trusted in production."""
-    if role not in ROLES:
-        raise ValueError(f"role must be one of {', '.join(sorted(ROLES))}")
+    check_dev_token_arguments(role, organization, fhir_user, patient)
     now = int(time.time())
     claims: dict[str, Any] = {
         "iss": DEV_ISSUER, "aud": settings.audience, "sub": sub or fhir_user or organization or role,
@@ -219,6 +258,21 @@ def issue_dev_token(settings: Settings, role: str, fhir_user: str | None = None,
             claims[name] = value
     key = load_or_create_private_key(settings.dev_key_path)
     return jwt.encode(claims, key, algorithm=DEV_ALGORITHM)
+
+
+def check_dev_token_arguments(role: str, organization: str | None, fhir_user: str | None,
+                              patient: str | None) -> None:
+    """Refuse a dev token the API would refuse anyway (ValueError with the reason), so
+    `ehcp-record token` says what is missing instead of printing a useless token."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(sorted(ROLES))}")
+    if role in PROFESSIONAL_ROLES - {"system"} and not organization:
+        raise ValueError(f"a '{role}' token needs --organization Organization/<id>")
+    for name, value in (("organization", organization), ("fhir-user", fhir_user), ("patient", patient)):
+        if value is not None and (not value.strip() or len(value) > 200):
+            raise ValueError(f"--{name} must be a reference such as Type/id")
+    if organization and not organization.startswith("Organization/"):
+        raise ValueError("--organization must be Organization/<id>")
 
 
 def default_scope(role: str, patient: str | None = None) -> str:

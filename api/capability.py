@@ -7,6 +7,7 @@ the code.
 
 from __future__ import annotations
 
+from ehcp_record.config import Settings
 from ehcp_record.fhir.canonical import canonical
 from ehcp_record.fhir.model import READ_ONLY_TYPES, STORED_TYPES
 from ehcp_record.wiring import Services
@@ -30,7 +31,7 @@ def capability_statement(services: Services) -> dict:
         "format": ["application/fhir+json", "application/json"],
         "rest": [{
             "mode": "server",
-            "security": _security(),
+            "security": _security(services.settings),
             "resource": [_resource(services, t) for t in STORED_TYPES + READ_ONLY_TYPES],
             "interaction": [{"code": "transaction"}, {"code": "batch"}],
             "operation": [{"name": name, "definition": definition} for name, rtype, definition in OPERATIONS if rtype is None],
@@ -38,13 +39,23 @@ def capability_statement(services: Services) -> dict:
     }
 
 
-def _security() -> dict:
+OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+
+
+def _security(settings: Settings) -> dict:
+    """SMART App Launch 2 §"Capability Statement": the oauth-uris extension names the
+    endpoints, and `cors` says whether browser apps on other origins are allowed."""
+    oauth = settings.oauth_issuer
+    uris = [("authorize", "authorize"), ("token", "token"), ("revoke", "revoke"), ("introspect", "introspect")]
     return {
-        "cors": False,
+        "extension": [{"url": OAUTH_URIS,
+                       "extension": [{"url": name, "valueUri": f"{oauth}/{path}"} for name, path in uris]}],
+        "cors": bool(settings.cors_origins),
         "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
                                  "code": "SMART-on-FHIR"}]}],
-        "description": "Bearer JWTs from trusted issuers; SMART v2 scopes narrowed by role, organisation, "
-                       "custody and the family's consent.",
+        "description": "SMART App Launch 2 and Backend Services: bearer JWTs from this server's authorization "
+                       "server (roles from the fhirUser linked to the person) or trusted issuers; SMART v2 scopes "
+                       "narrowed by role, organisation, custody and the family's consent.",
     }
 
 

@@ -1,4 +1,9 @@
-"""`ehcp-record`: serve the API, mint dev tokens, verify audit chains."""
+"""`ehcp-record`: serve the API, mint dev tokens, register OAuth clients, verify audit chains.
+
+Every command finds the same data dir (`locate_data_dir`: EHCP_DATA_DIR, ./var, or the
+nearest enclosing directory's var/ holding a server's state), so `ehcp-record token` signs
+with the key the running server trusts, from whichever directory it is run in.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import signal
 import sys
 from typing import Iterator, Sequence
 
-from ehcp_record.config import Settings, load_settings
+from ehcp_record.config import ConfigError, Settings, load_settings, locate_data_dir
 from ehcp_record.store.mongod import EmbeddedMongo, running_uri
 
 log = logging.getLogger("ehcp_record")
@@ -24,6 +29,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return int(args.handler(args) or 0)
+
+
+def _client_commands(commands: argparse._SubParsersAction) -> None:
+    clients = commands.add_parser("clients", help="OAuth clients (SMART apps and backend services)")
+    sub = clients.add_subparsers()
+    add = sub.add_parser("add", help="register (or replace) a client")
+    add.add_argument("client_id")
+    add.add_argument("--scope", required=True, help="the most it may ask for, e.g. 'launch/patient patient/*.rs'")
+    add.add_argument("--name", default="")
+    add.add_argument("--redirect-uri", action="append", default=[], help="a public app's exact redirect URI")
+    add.add_argument("--jwks", help="a backend service's public JWKS file (makes it private_key_jwt)")
+    add.add_argument("--role", help="a backend service's role (la, school, health, social-care, system, auditor)")
+    add.add_argument("--organization", help="a backend service's Organization/<id>")
+    add.set_defaults(handler=_clients_add)
+    listing = sub.add_parser("list", help="list the registered clients")
+    listing.set_defaults(handler=_clients_list)
+    remove = sub.add_parser("remove", help="remove a client; its tokens stop working on their next request")
+    remove.add_argument("client_id")
+    remove.set_defaults(handler=_clients_remove)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--sub")
     token.add_argument("--ttl", type=int, default=3600)
     token.set_defaults(handler=_token)
+    _client_commands(commands)
     audit = commands.add_parser("audit", help="audit chain tools")
     audit_commands = audit.add_subparsers()
     verify = audit_commands.add_parser(
@@ -77,8 +102,9 @@ def database(settings: Settings) -> Iterator[Settings]:
 def _serve(args: argparse.Namespace) -> int:
     from api.server import run_gunicorn
 
-    settings = load_settings({"base_url": f"http://{args.host}:{args.port}/fhir"})
+    settings = load_settings({"base_url": f"http://{args.host}:{args.port}/fhir", "data_dir": str(locate_data_dir())})
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["EHCP_DATA_DIR"] = str(settings.data_dir.resolve())  # the workers use the same one
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with database(settings) as ready:
         os.environ["EHCP_BASE_URL"] = ready.base_url
@@ -87,14 +113,85 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _token(args: argparse.Namespace) -> int:
-    from api.auth import issue_dev_token
+    """Exit 2 with one line on stderr for anything the server would refuse: a bad role, a
+    professional role without its organisation, no dev key (no server has run here)."""
+    from api.auth import check_dev_token_arguments, issue_dev_token
 
-    settings = load_settings()
+    try:
+        settings = load_settings({"data_dir": str(locate_data_dir())})
+        check_dev_token_arguments(args.role, args.organization, args.fhir_user, args.patient)
+    except (ConfigError, ValueError) as exc:
+        return _refuse(f"ehcp-record token: {exc}")
     if not settings.dev_issuer:
-        print("the dev issuer is off in this environment", file=sys.stderr)
-        return 2
+        return _refuse("ehcp-record token: the dev issuer is off in this environment")
+    if not 0 < args.ttl <= 24 * 3600:
+        return _refuse("ehcp-record token: --ttl must be between 1 and 86400 seconds")
+    if not settings.dev_key_path.exists():
+        return _refuse(f"ehcp-record token: no dev key in {settings.data_dir.resolve()}; run `ehcp-record serve` "
+                       "once there, or set EHCP_DATA_DIR to the server's data dir")
     print(issue_dev_token(settings, args.role, args.fhir_user, args.organization, args.patient, args.scope,
                           args.ttl, args.sub))
+    return 0
+
+
+def _refuse(message: str) -> int:
+    print(message, file=sys.stderr)
+    return 2
+
+
+@contextlib.contextmanager
+def _registry() -> Iterator[object]:
+    """The client registrations in the server's database (beside a running server: its mongod)."""
+    from dataclasses import replace
+
+    from ehcp_record.wiring import client_registry
+
+    settings = load_settings({"data_dir": str(locate_data_dir())})
+    if not settings.mongodb_uri:
+        uri = running_uri(settings.data_dir.resolve())
+        if uri:
+            settings = replace(settings, mongodb_uri=uri)
+    with database(settings) as ready, client_registry(ready) as registry:
+        yield registry
+
+
+def _clients_add(args: argparse.Namespace) -> int:
+    import json
+
+    from marshmallow import ValidationError
+
+    document = {"client_id": args.client_id, "name": args.name, "scope": args.scope,
+                "redirect_uris": args.redirect_uri, "role": args.role, "organization": args.organization,
+                "token_endpoint_auth_method": "private_key_jwt" if args.jwks else "none"}
+    if args.jwks:
+        try:
+            document["jwks"] = json.loads(open(args.jwks, encoding="utf-8").read())
+        except (OSError, ValueError) as exc:
+            return _refuse(f"ehcp-record clients add: cannot read the JWKS: {exc}")
+    try:
+        with _registry() as registry:
+            client = registry.register(document)
+    except ValidationError as exc:
+        return _refuse(f"ehcp-record clients add: {exc.messages}")
+    print(f"registered {client.client_id} ({client.auth_method}, scope {client.scope})")
+    return 0
+
+
+def _clients_list(args: argparse.Namespace) -> int:
+    with _registry() as registry:
+        for client in registry.all_clients():
+            target = ", ".join(client.redirect_uris) or f"{client.role} {client.organization or ''}".strip()
+            print(f"{client.client_id}\t{client.auth_method}\t{client.scope}\t{target}\t({client.source})")
+    return 0
+
+
+def _clients_remove(args: argparse.Namespace) -> int:
+    with _registry() as registry:
+        removed = registry.remove_client(args.client_id)
+    if not removed:
+        return _refuse(f"ehcp-record clients remove: no stored client {args.client_id} "
+                       "(clients named in EHCP_OAUTH_CLIENTS are removed from the configuration)")
+    print(f"removed {args.client_id}")
     return 0
 
 
@@ -107,7 +204,7 @@ def _audit_verify(args: argparse.Namespace) -> int:
     from ehcp_record.wiring import verify_audit_chains
 
     try:
-        settings = load_settings()
+        settings = load_settings({"data_dir": str(locate_data_dir())})
         if not settings.mongodb_uri:
             uri = running_uri(settings.data_dir.resolve())
             if uri:

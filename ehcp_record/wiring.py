@@ -7,8 +7,9 @@ caller-scoped store per request (import-linter contracts in the test suite check
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 from ehcp_record.access.compartment import Compartment
 from ehcp_record.access.scoped import RecordStore
@@ -19,6 +20,7 @@ from ehcp_record.config import Settings
 from ehcp_record.errors import FhirError
 from ehcp_record.fhir.search import SearchRegistry
 from ehcp_record.fhir.validator import ProfileValidator
+from ehcp_record.identity.service import IdentityService
 from ehcp_record.notifications.subscriptions import SubscriptionService
 from ehcp_record.operations.assessment import AssessmentService
 from ehcp_record.operations.audit_log import AuditLog
@@ -33,6 +35,7 @@ from ehcp_record.operations.worklist import WorklistService
 from ehcp_record.plan.documents import DocumentService
 from ehcp_record.plan.gate import ParentalInputGate
 from ehcp_record.plan.validation import ProfileChecks
+from ehcp_record.store.identity import IdentityStore
 from ehcp_record.store.media import MediaStore
 from ehcp_record.store.repository import Repository
 from ehcp_record.store.transfers import TransferStore
@@ -58,6 +61,7 @@ class Services:
     notices: NoticeService = field(default_factory=NoticeService)
     worklist: WorklistService = field(default_factory=WorklistService)
     sen2: Sen2Service = field(default_factory=Sen2Service)
+    identity: IdentityService | None = None
     verifier: Any = None  # api.auth.TokenVerifier, set by the API (Flask-free here)
 
     @property
@@ -81,12 +85,30 @@ def build_services(settings: Settings) -> Services:
     reviews = ReviewService()
     transfers = TransferService(settings)
     return Services(
+        identity=identity_service(repo, records, settings),
         settings=settings, records=records, registry=registry,
         proposals=ProposalService(checks, documents), audit_log=AuditLog(settings.base_url, trusted_keys(settings)),
         documents=documents, everything=EverythingService(), media=MediaService(settings.max_binary_bytes),
         validate=ValidateOperation(checks), transfers=transfers, receive_transfer=ReceiveTransfer(records, transfers),
         assessment=AssessmentService(reviews), reviews=reviews,
     )
+
+
+def identity_service(repo: Repository, records: RecordStore, settings: Settings) -> IdentityService:
+    """Clients, links and invitations (signing in), stored beside the records."""
+    store = IdentityStore(repo.db)
+    store.ensure_indexes()
+    return IdentityService(store, records, settings)
+
+
+@contextlib.contextmanager
+def client_registry(settings: Settings) -> Iterator[IdentityService]:
+    """`ehcp-record clients ...`: the registrations, without the rest of the services."""
+    repo = Repository.connect(settings.mongodb_uri or "", settings.database)
+    try:
+        yield IdentityService(IdentityStore(repo.db), None, settings)
+    finally:
+        repo.close()
 
 
 def anchor_log(settings: Settings) -> AnchorLog:

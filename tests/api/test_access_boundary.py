@@ -60,6 +60,20 @@ OPEN_RULES = {
     "/readyz": "readiness probe",
     "/fhir/$receive-transfer": "authenticated by the sending deployment's Ed25519 signature, not a token",
     "/static/<path:filename>": "Flask's static files (the API has no static folder)",
+    # The authorization server and linking: OAuth client authentication or the sign-in session;
+    # the two bearer routes reach a record only through ScopedStore.open_record (tests/api/test_oauth_errors.py).
+    "/oauth/authorize": "OAuth authorization endpoint (sign-in session)",
+    "/oauth/token": "OAuth token endpoint (client authentication)",
+    "/oauth/revoke": "OAuth revocation (client authentication)",
+    "/oauth/introspect": "OAuth introspection (client authentication)",
+    "/oauth/jwks": "the authorization server's public keys",
+    "/oauth/sign-in": "the dev sign-in page",
+    "/oauth/sign-in/federated": "sign-in with a configured provider's ID token",
+    "/oauth/sign-out": "ends the sign-in session",
+    "/oauth/account/links": "the signed-in person's own links (session)",
+    "/oauth/account/links/<link_id>": "the signed-in person's own links (session)",
+    "/oauth/invitations": "custodian only, decided by ScopedStore.open_record(record, 'write')",
+    "/oauth/links/<link_id>": "custodian only, decided by ScopedStore.open_record(record, 'write')",
 }
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
 #: Path variables this suite knows how to fill with child 1's ids and with a missing id.

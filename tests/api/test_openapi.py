@@ -18,6 +18,13 @@ SPEC_PATH = Path(__file__).resolve().parents[2] / "openapi.yaml"
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 IGNORED_FLASK_METHODS = {"HEAD", "OPTIONS"}
 OPEN_PATHS = {"/healthz", "/readyz", "/fhir/metadata", "/fhir/.well-known/smart-configuration"}
+#: The authorization server (no bearer token: OAuth client authentication or the sign-in
+#: session cookie) and the OAuth protocol endpoints whose errors are RFC 6749 §5.2 JSON.
+SIGN_IN_PATHS = {"/oauth/authorize", "/oauth/token", "/oauth/revoke", "/oauth/introspect", "/oauth/jwks",
+                 "/oauth/sign-in", "/oauth/sign-in/federated", "/oauth/sign-out", "/oauth/account/links",
+                 "/oauth/account/links/{id}"}
+OAUTH_ERROR_PATHS = {"/oauth/authorize", "/oauth/token", "/oauth/revoke", "/oauth/introspect",
+                     "/oauth/sign-in/federated"}
 #: Authenticated by the sending deployment's Ed25519 signature, not a bearer token.
 SIGNED_PATHS = {"/fhir/$receive-transfer"}
 #: API.md "Errors" and the brief: every one of these must be documented with an OperationOutcome.
@@ -133,8 +140,12 @@ def test_every_error_status_is_an_operation_outcome(spec):
             if not status.startswith(("4", "5")) or (path == "/readyz" and status == "503"):
                 continue
             seen.add(status)
-            schema = resolve(spec, resolve(spec, response).get("content", {}).get("application/fhir+json", {})
-                             .get("schema", {}))
+            content = resolve(spec, response).get("content", {})
+            if path in OAUTH_ERROR_PATHS and status in ("400", "401") and "application/json" in content:
+                if resolve(spec, content["application/json"]["schema"]) is not spec["components"]["schemas"]["OAuthError"]:
+                    wrong.append(f"{method.upper()} {path} {status} (not an OAuth error)")
+                continue
+            schema = resolve(spec, content.get("application/fhir+json", {}).get("schema", {}))
             if schema is not resolve(spec, {"$ref": "#/components/schemas/OperationOutcome"}):
                 wrong.append(f"{method.upper()} {path} {status}")
     assert not wrong, f"error responses without an OperationOutcome body: {wrong}"
@@ -183,7 +194,7 @@ def test_write_headers_are_documented(spec):
 def test_fhir_json_request_bodies(spec):
     for path, method, _, operation in operations(spec):
         body = resolve(spec, operation.get("requestBody", {}))
-        if not body or path.endswith("/_search"):
+        if not body or path.endswith("/_search") or path.startswith("/oauth/"):
             continue
         assert "application/fhir+json" in body["content"], f"{method.upper()} {path} does not take FHIR JSON"
 
@@ -193,7 +204,7 @@ def test_bearer_jwt_everywhere_except_open_endpoints(spec):
     assert (scheme["type"], scheme["scheme"], scheme["bearerFormat"]) == ("http", "bearer", "JWT")
     assert spec["security"] == [{"bearerAuth": []}]
     for path, method, _, operation in operations(spec):
-        if path in OPEN_PATHS:
+        if path in OPEN_PATHS or path in SIGN_IN_PATHS:
             assert operation.get("security") == [], f"{method.upper()} {path} should need no token"
         elif path in SIGNED_PATHS:
             assert operation.get("security") == [{"transferSignature": []}], f"{method.upper()} {path}"

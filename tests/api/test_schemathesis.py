@@ -192,7 +192,8 @@ def test_every_operation_conforms(case, live):
     response = case.call_and_validate(base_url=api.base, session=api.session)
     code = None
     if response.status_code >= 400:
-        code = response.json()["issue"][0]["code"]  # an OperationOutcome: the checks above confirmed it
+        body = response.json()  # an OperationOutcome, or an OAuth error (RFC 6749 §5.2) on /oauth/*
+        code = body["issue"][0]["code"] if "issue" in body else body["error"]
     SEEN[f"{case.method.upper()} {case.operation.path}"].append((response.status_code, used, code))
 
 
