@@ -43,11 +43,22 @@ _RETRIES = 200
 
 CHECKPOINT_INTERVAL = timedelta(hours=1)
 #: The newest entry of the audit chain of a document's record (or the directory chain).
-_CONSENTS_LOOKUP = {"$lookup": {"from": "current", "localField": "record", "foreignField": "record", "as": "_consents",
-                                "pipeline": [{"$match": {"type": "Consent"}}]}}
-_TIP_LOOKUP = {"$lookup": {"from": "audit", "let": {"r": {"$ifNull": ["$record", "ehcp-directory"]}}, "as": "_tip",
-                           "pipeline": [{"$match": {"$expr": {"$eq": ["$record", "$$r"]}}}, {"$sort": {"seq": -1}},
-                                        {"$limit": 1}, {"$project": {"seq": 1, "hash": 1, "cp_at": 1}}]}}
+#: The newest entry of each result's audit chain (directory resources: the directory chain),
+#: one index probe on (record, seq) per result.
+_TIP_STAGES = [
+    {"$addFields": {"_chain": {"$ifNull": ["$record", "ehcp-directory"]}}},
+    {"$lookup": {"from": "audit", "localField": "_chain", "foreignField": "record", "as": "_tip",
+                 "pipeline": [{"$sort": {"seq": -1}}, {"$limit": 1}, {"$project": {"seq": 1, "hash": 1, "cp_at": 1}}]}},
+]
+
+
+def _consent_stages(custodian: str | None = None) -> list[dict]:
+    """Each result's record's Consents, except where `custodian` holds the record (custody
+    decides there, so no consent is needed)."""
+    source = {"$cond": [{"$eq": ["$custodian", custodian]}, None, "$record"]} if custodian else "$record"
+    return [{"$addFields": {"_consents_of": source}},
+            {"$lookup": {"from": "current", "localField": "_consents_of", "foreignField": "record", "as": "_consents",
+                         "pipeline": [{"$match": {"type": "Consent", "record": {"$ne": None}}}]}}]
 
 
 class Repository:
@@ -262,6 +273,12 @@ class Repository:
         """Insert independent entries (one per chain); the chains whose entry lost a race."""
         if not docs:
             return set()
+        if len(docs) == 1:  # the usual case; insert_one is the cheaper command for mongod
+            try:
+                self.audit.insert_one(docs[0])
+            except DuplicateKeyError:
+                return {docs[0]["record"]}
+            return set()
         try:
             self.audit.insert_many(docs, ordered=False)
         except BulkWriteError as error:
@@ -326,10 +343,10 @@ class Repository:
         key = f"{resource_type}/{resource_id}" if vid is None else f"{resource_type}/{resource_id}/{vid}"
         pipeline = [
             {"$match": {"_id": key}},
-            {"$lookup": {"from": "records", "localField": "record", "foreignField": "_id", "as": "_state"}},
-            {"$lookup": {"from": "current", "let": {"r": "$record"}, "as": "_consents", "pipeline": [
-                {"$match": {"$expr": {"$and": [{"$eq": ["$type", "Consent"]}, {"$eq": ["$record", "$$r"]}]}}}]}},
-            _TIP_LOOKUP,
+            {"$lookup": {"from": "records", "localField": "record", "foreignField": "_id", "as": "_state",
+                         "pipeline": [{"$project": _STATE_FIELDS}]}},
+            *_consent_stages(),
+            *_TIP_STAGES,
         ]
         docs = list(collection.aggregate(pipeline))
         if not docs:
@@ -448,8 +465,8 @@ class Repository:
                      {"$lookup": {"from": "records", "localField": "record", "foreignField": "_id", "as": "_state",
                                   "pipeline": [{"$project": _STATE_FIELDS}]}}]
         if not visibility.exact:
-            pipeline.append(_CONSENTS_LOOKUP)
-        pipeline.append(_TIP_LOOKUP)
+            pipeline += _consent_stages(visibility.custodian)
+        pipeline += _TIP_STAGES
         found = [RecordContext(_version(d), (d.get("_state") or [None])[0],
                                [_version(c) for c in d.get("_consents", ())], (d.get("_tip") or [None])[0])
                  for d in self.current.aggregate(pipeline)]
