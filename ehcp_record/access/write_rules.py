@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from consent import evidence
 from consent.model import grant_problems, is_sharing_grant
 from consent.sections import section_of
 from ehcp_record.access.policy import RequestAccess, denied
@@ -76,13 +77,24 @@ def _new_record(caller: Caller, record: str) -> WriteDecision:
 
 def _consent_write(access: RequestAccess, resource: dict, record: str) -> WriteDecision:
     """Consents from the family are always sharing grants and must be complete; an LA may also
-    keep a plain R4 Consent (e.g. a research opt-in) on the record, which grants nothing."""
+    keep a plain R4 Consent (e.g. a research opt-in) on the record, which grants nothing.
+
+    The caller is stamped as the consent's recorder (consent.evidence): the author of the write,
+    never what the body claims. A sharing consent written by anyone but the one who gives it
+    carries the evidence of their decision, or is refused here (and would grant nothing if
+    stored some other way).
+    """
     decision = access.require("manage-consent", record)
+    evidence.stamp_recorder(resource, access.caller.actor)
     if access.caller.actor.role not in ("parent", "young-person") and not is_sharing_grant(resource):
         return WriteDecision("manage-consent", decision.consent_ids)
     problems = grant_problems(resource)
     if problems:
         raise unprocessable("; ".join(problems), "business-rule", ["Consent.provision"])
+    missing = evidence.missing_evidence(resource)
+    if missing:
+        raise unprocessable(f"this consent cannot be recorded: {missing}", "business-rule",
+                            list(evidence.EVIDENCE_EXPRESSIONS))
     return WriteDecision("manage-consent", decision.consent_ids)
 
 
