@@ -354,3 +354,40 @@ def test_cli_runs_beside_a_running_server(api, mongo, busy_record, tmp_path):
     ok = _cli(api, busy_record["id"], data_dir=beside)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert ok.stdout.strip().endswith("ok") and len(ok.stdout.strip().splitlines()) == 1
+
+
+@pytest.fixture()
+def in_worker_processes(monkeypatch):
+    """Every record counts as long: the store hashes versions and entries in its process pool
+    (ehcp_record.store.verify_reader), in batches of 7 documents."""
+    from ehcp_record.store import verify_reader
+
+    monkeypatch.setattr(verify_reader, "PARALLEL_FROM", 1)
+    monkeypatch.setattr(verify_reader, "BATCH", 7)
+    assert verify_reader._shared_pool() is not None  # this machine can run the pool
+    return verify_reader
+
+
+def test_the_worker_pool_finds_what_one_process_finds(api, issued_record, in_worker_processes, monkeypatch):
+    child, care_plan = issued_record["child"], issued_record["ids"]["CarePlan"]
+    pooled = _all(api, child)
+    assert pooled["valid"] is True and pooled["entries"] > 7, pooled
+    assert in_worker_processes._pool._processes  # it was hashed in worker processes
+    db = _db(api)
+    vid = db.current.find_one({"_id": f"CarePlan/{care_plan}"})["vid"]
+    _edit_provision(db, "history", care_plan, vid)
+    newest = db.audit.find_one({"record": child}, sort=[("seq", -1)])
+    db.audit.update_one({"_id": newest["_id"]}, {"$set": {"body.reason": "edited"}})
+    pooled = _all(api, child)
+    monkeypatch.setattr(in_worker_processes, "PARALLEL_FROM", 10 ** 9)  # the same check in this process
+    alone = _all(api, child)
+    assert pooled["valid"] is False and pooled["resource"] == f"CarePlan/{care_plan}/_history/{vid}"
+    assert {k: v for k, v in pooled.items() if not k.startswith("head") and k != "entries"} == \
+        {k: v for k, v in alone.items() if not k.startswith("head") and k != "entries"}
+    db.history.delete_many({"record": child})  # now only the chain is at fault: the edited entry
+    db.current.delete_many({"record": child})
+    db.documents.delete_many({"record": child})
+    monkeypatch.setattr(in_worker_processes, "PARALLEL_FROM", 1)
+    pooled = _all(api, child)
+    assert pooled["valid"] is False and pooled["firstInvalid"] == newest["seq"], pooled
+    assert pooled["reason"] == f"entry {newest['seq']} was altered (its hash does not match its content)"
