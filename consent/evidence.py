@@ -105,9 +105,15 @@ def has_evidence(consent: Mapping) -> bool:
     return _signed_form(consent) or verbal_statement_problem(consent) is None
 
 
-def _signed_form(consent: Mapping) -> bool:
+def signed_form_reference(consent: Mapping) -> str | None:
+    """"DocumentReference/id" of the signed form `sourceReference` names, if it names one (the
+    write path checks it is a document of the same child's record)."""
     form = literal_key(reference_of(consent.get("sourceReference")))
-    if form is not None and form.startswith("DocumentReference/"):
+    return form if form is not None and form.startswith("DocumentReference/") else None
+
+
+def _signed_form(consent: Mapping) -> bool:
+    if signed_form_reference(consent):
         return True
     attachment = _dict(consent.get("sourceAttachment"))
     return bool(attachment.get("data") or attachment.get("url"))
@@ -158,5 +164,5 @@ def _list(value: Any) -> list:
 
 
 __all__ = ["EXT_RECORDED_BY", "EXT_VERBAL_STATEMENT", "EVIDENCE_EXPRESSIONS", "recorder_of",
-           "stamp_recorder", "recorded_by", "missing_evidence", "has_evidence",
+           "stamp_recorder", "recorded_by", "missing_evidence", "has_evidence", "signed_form_reference",
            "verbal_statement_problem"]

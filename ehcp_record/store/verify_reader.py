@@ -35,7 +35,7 @@ VersionDigest = tuple[object, object, object, "str | None", object]
 PARALLEL_FROM = 20_000  # documents; below this a pool costs more than it saves
 BATCH = 2_500           # documents per task sent to a worker
 WORKERS = max(1, min(4, os.cpu_count() or 1))
-_DECODE = CodecOptions(tz_aware=True)  # as the repository's client decodes
+_DECODE = CodecOptions()  # stored versions and entries hold no BSON dates (cp_at is not read), so tz is moot
 _VERSION_FIELDS = {"_id": 0, "type": 1, "rid": 1, "vid": 1, "res": 1, "hash": 1}
 _ENTRY_FIELDS = {"_id": 0, "cp_at": 0}
 

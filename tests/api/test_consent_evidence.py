@@ -103,3 +103,19 @@ def test_the_parent_s_own_consent_needs_no_evidence_and_the_la_may_revoke_it(api
     response = api.put(f"/fhir/Consent/{revoked['id']}", revoked, api.la(), **{"If-Match": 'W/"1"'})
     assert response.status_code == 200, response.text  # stopping sharing never waits for a form
     assert _school_sees(api, record) == (404, 404)
+
+
+def test_the_signed_form_must_be_a_document_of_this_child_s_record(api):
+    record = load_issued_example(api)
+    child = record["Patient"][0]["id"]
+    mum = f"RelatedPerson/{record['RelatedPerson'][0]['id']}"
+    other_child = api.new_child()["id"]
+    elsewhere = _signed_form(api, other_child)
+    for target in ("DocumentReference/no-such-form", f"DocumentReference/{elsewhere['id']}"):
+        body = grant(child, mum, SCHOOL, ["A", "E"])
+        body["sourceReference"] = {"reference": target}
+        response = api.post("/fhir/Consent", body, api.la())
+        assert response.status_code == 422, response.text
+        assert response.json()["issue"][0]["diagnostics"] == (
+            f"Consent.sourceReference points at {target}, which is not a document of this child's record here")
+    assert _school_sees(api, record) == (404, 404)
