@@ -20,7 +20,7 @@ import multiprocessing
 import os
 import threading
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 import bson
@@ -64,27 +64,42 @@ def hashed_entries(collection: Collection, record: str) -> Iterator[audit_chain.
 
 def _in_pool(work, args: tuple, batches: Iterator[bytes]) -> Iterator:
     """Run `work(*args, batch)` over every batch in the pool, yielding results in order. Every
-    batch is submitted as it is read, so reading overlaps hashing; if the pool is unusable the
-    batches are worked here instead."""
+    batch is submitted as it is read, so reading overlaps hashing; a batch the pool cannot take
+    or finish (no pool here, a worker killed) is worked in this process instead."""
     pool = _shared_pool()
-    if pool is None:
-        return (item for batch in batches for item in work(*args, batch))
-    futures, local = [], []
+    submitted: list[tuple[Future | None, bytes]] = []
     for batch in batches:
-        try:
-            futures.append(pool.submit(work, *args, batch))
-        except (BrokenProcessPool, RuntimeError):
-            local.append(batch)
-            futures.append(None)
-    return _results(work, args, futures, iter(local))
+        future = None
+        if pool is not None:
+            try:
+                future = pool.submit(work, *args, batch)
+            except (BrokenProcessPool, RuntimeError):
+                pool = _discard_pool()
+        submitted.append((future, batch))
+    return _results(work, args, submitted)
 
 
-def _results(work, args: tuple, futures: list, local: Iterator[bytes]) -> Iterator:
-    for future in futures:
-        if future is None:
-            yield from work(*args, next(local))
+def _results(work, args: tuple, submitted: list[tuple[Future | None, bytes]]) -> Iterator:
+    for future, batch in submitted:
+        if future is not None:
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                _discard_pool()
+                result = work(*args, batch)
         else:
-            yield from future.result()
+            result = work(*args, batch)
+        yield from result
+
+
+def _discard_pool() -> None:
+    """Forget a broken pool; the next long record starts a fresh one."""
+    global _pool
+    with _pool_lock:
+        broken, _pool = _pool, None
+    if broken is not None:
+        broken.shutdown(wait=False, cancel_futures=True)
+    return None
 
 
 def _shared_pool() -> Executor | None:

@@ -391,3 +391,19 @@ def test_the_worker_pool_finds_what_one_process_finds(api, issued_record, in_wor
     pooled = _all(api, child)
     assert pooled["valid"] is False and pooled["firstInvalid"] == newest["seq"], pooled
     assert pooled["reason"] == f"entry {newest['seq']} was altered (its hash does not match its content)"
+
+
+def test_a_killed_worker_costs_speed_not_the_answer(api, issued_record, in_worker_processes):
+    import os
+    import signal
+    import time
+
+    child = issued_record["child"]
+    assert _all(api, child)["valid"] is True
+    for pid in list(in_worker_processes._pool._processes):
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(0.5)
+    verdict = _all(api, child)  # the batches are hashed in the server's own process instead
+    assert verdict["valid"] is True, verdict
+    assert _all(api, child)["valid"] is True  # and a fresh pool serves the next check
+    assert in_worker_processes._pool is not None and in_worker_processes._pool._processes
