@@ -18,7 +18,7 @@ grants nothing. The evidence is one of:
 
 Who wrote it is the extension `ehcp-consent-recorded-by`
 (profiles/StructureDefinition/ehcp-consent-recorded-by.json): the author of the write, which
-the server sets on every Consent write from the authenticated caller and never takes from the
+the server sets on every write of a sharing Consent from the authenticated caller and never takes from the
 body (`stamp_recorder`). The performer, or the young person confirming a parent's consent
 (`ehcp-consent-confirmed-by`), needs no evidence for their own decision.
 
@@ -90,7 +90,7 @@ def missing_evidence(consent: Mapping) -> str | None:
     recorder = recorded_by(consent)
     if recorder is None:
         return ("it does not say who recorded it (extension " + EXT_RECORDED_BY + ", set by the "
-                "server on every write), so it cannot be taken as the family's own decision")
+                "server on every write of a sharing consent), so it cannot be taken as the family's own decision")
     deciders = {_performer(consent), _confirmer(consent)} - {None}
     if recorder in deciders or has_evidence(consent):
         return None

@@ -84,15 +84,15 @@ def _consent_write(access: RequestAccess, resource: dict, record: str,
     """Consents from the family are always sharing grants and must be complete; an LA may also
     keep a plain R4 Consent (e.g. a research opt-in) on the record, which grants nothing.
 
-    The caller is stamped as the consent's recorder (consent.evidence): the author of the write,
-    never what the body claims. A sharing consent written by anyone but the one who gives it
+    A sharing consent gets the caller as its recorder (consent.evidence): the author of the
+    write, never what the body claims. A sharing consent written by anyone but the one who gives it
     carries the evidence of their decision, or is refused here (and would grant nothing if
     stored some other way).
     """
     decision = access.require("manage-consent", record)
-    evidence.stamp_recorder(resource, access.caller.actor)
     if access.caller.actor.role not in ("parent", "young-person") and not is_sharing_grant(resource):
-        return WriteDecision("manage-consent", decision.consent_ids)
+        return WriteDecision("manage-consent", decision.consent_ids)  # kept as written; grants nothing
+    evidence.stamp_recorder(resource, access.caller.actor)
     problems = grant_problems(resource)
     if problems:
         raise unprocessable("; ".join(problems), "business-rule", ["Consent.provision"])
