@@ -12,6 +12,10 @@ version and what differs:
    its recomputed hash by some entry, and the heads kept outside the database reached exactly
    (the high-water mark, the newest signed checkpoint of the anchor log, and a signed head the
    family kept and handed back). Entries cut from the tail after any of them are found.
+
+The re-hashing of stored documents is the store's (`version_digests`, `hashed_entries`;
+ehcp_record/store/verify_reader.py hashes a long record in worker processes and does not
+decode again a document whose bytes it hashed before); every check here is made every time.
 """
 
 from __future__ import annotations

@@ -493,12 +493,6 @@ class Repository:
     def chains(self) -> list[str]:
         return sorted(self.audit.distinct("record"))
 
-    def stored_versions(self, record: str, current: bool = False) -> Iterator[dict]:
-        """Every stored version of a record (history, or the current documents) as the verifier
-        reads it: type, rid, vid, res and the recorded hash."""
-        collection = self.current if current else self.history
-        yield from collection.find({"record": record}, {"_id": 0, "type": 1, "rid": 1, "vid": 1, "res": 1, "hash": 1})
-
     def version_digests(self, record: str, current: bool = False) -> Iterator[tuple]:
         """Every stored version of a record (history, or the current documents) re-hashed from
         its stored content: (type, rid, vid, recomputed sha256 or None, recorded sha256)."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import struct
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -52,6 +53,7 @@ _DECODE = CodecOptions()  # stored versions and entries hold no BSON dates (cp_a
 _VERSION_FIELDS = {"_id": 0, "type": 1, "rid": 1, "vid": 1, "res": 1, "hash": 1}
 _ENTRY_FIELDS = {"_id": 0, "cp_at": 0}
 
+_INT32 = struct.Struct("<i")
 _pool: Executor | None = None
 _pool_lock = threading.Lock()
 
@@ -95,7 +97,7 @@ def version_digests(collection: Collection, record: str) -> Iterator[VersionDige
     """Every stored version of `record` in `collection` (history or current), re-hashed."""
     query = {"record": record}
     pooled = collection.count_documents(query) >= PARALLEL_FROM
-    batches = collection.find_raw_batches(query, _VERSION_FIELDS, batch_size=BATCH)
+    batches = _raw_batches(collection, query, _VERSION_FIELDS)
     return _hashed(batches, _VERSIONS, b"", _digest_version_batch, (), pooled)
 
 
@@ -103,20 +105,43 @@ def hashed_entries(collection: Collection, record: str) -> Iterator[audit_chain.
     """The chain of `record` in seq order, each entry's hash recomputed from its stored bytes."""
     query = {"record": record}
     pooled = collection.count_documents(query) >= PARALLEL_FROM
-    batches = collection.find_raw_batches(query, _ENTRY_FIELDS, batch_size=BATCH).sort("seq", 1)
+    batches = _raw_batches(collection, query, _ENTRY_FIELDS, {"seq": 1})
     hashed = _hashed(batches, _ENTRIES, record.encode() + b"\0", _hash_entry_batch, (record,), pooled)
     return (audit_chain.HashedEntry(*fields) for fields in hashed)
 
 
-def _hashed(batches: Iterable[bytes], memo: _Memo, salt: bytes, work: Callable, args: tuple,
+def _raw_batches(collection: Collection, query: dict, projection: dict, sort: dict | None = None
+                 ) -> Iterator[list[bytes]]:
+    """The documents a find returns, one server batch at a time, each as its raw BSON bytes
+    (pymongo's raw batches: the concatenated documents of each reply, cut apart here)."""
+    cursor = collection.find_raw_batches(query, projection, batch_size=BATCH)
+    if sort:
+        cursor = cursor.sort(list(sort.items()))
+    for batch in cursor:
+        yield _documents(batch)
+
+
+def _documents(batch: bytes) -> list[bytes]:
+    """The documents of concatenated raw BSON documents, each led by its int32 size (kept to a
+    few C calls per document: this is most of what a repeated check does)."""
+    docs, offset, end, size_at = [], 0, len(batch), _INT32.unpack_from
+    while offset < end:
+        size = size_at(batch, offset)[0]
+        if size < 5 or offset + size > end:
+            raise bson.InvalidBSON("a raw batch holds a document of impossible size")
+        docs.append(batch[offset:offset + size])
+        offset += size
+    return docs
+
+
+def _hashed(batches: Iterable[list[bytes]], memo: _Memo, salt: bytes, work: Callable, args: tuple,
             pooled: bool) -> Iterator:
     """Each stored document's result, in the order read: remembered, or worked out (in the pool
     when `pooled`). Every batch is read and submitted before the first result is used, so
     reading overlaps hashing and the reads happen in the order the verifier asks for them."""
     pool = _shared_pool() if pooled else None
     pending: list[tuple[list[bytes], list[Any], Future | None, bytes]] = []
-    for batch in batches:
-        docs = _split(batch)
+    for docs in batches:
         keys = [hashlib.sha256(salt + doc).digest() for doc in docs]
         known = memo.get_many(keys)
         missing = b"".join(doc for doc, value in zip(docs, known) if value is None)
@@ -146,18 +171,6 @@ def _result(future: Future | None, work: Callable, args: tuple, missing: bytes) 
         except BrokenProcessPool:
             _discard_pool()
     return work(*args, missing)
-
-
-def _split(batch: bytes) -> list[bytes]:
-    """The documents of a raw batch (concatenated BSON documents, each led by its int32 size)."""
-    docs, offset, end = [], 0, len(batch)
-    while offset < end:
-        size = int.from_bytes(batch[offset:offset + 4], "little")
-        if size < 5 or offset + size > end:
-            raise bson.InvalidBSON("a raw batch holds a document of impossible size")
-        docs.append(batch[offset:offset + size])
-        offset += size
-    return docs
 
 
 def _shared_pool() -> Executor | None:
