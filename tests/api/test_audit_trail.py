@@ -436,3 +436,9 @@ def test_a_document_edited_after_a_check_is_found_by_the_next(api, issued_record
     verdict = _all(api, child)
     assert verdict["valid"] is False and verdict["firstInvalid"] == 2, verdict
     assert verdict["reason"] == "entry 2 was altered (its hash does not match its content)"
+
+
+def test_an_empty_head_is_refused_not_ignored(api, issued_record):
+    response = api.get(f"/fhir/Patient/{issued_record['child']}/$verify-audit?head=", issued_record["mum"])
+    assert response.status_code == 400
+    assert response.json()["issue"][0]["diagnostics"].startswith("head is empty")
