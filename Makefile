@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test bench bench-search bench-load clean
+.PHONY: install serve test bench bench-search bench-load bench-verify clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (or set PYTHON=python3)"; exit 1; }
@@ -34,6 +34,9 @@ bench-search: $(STAMP)
 LOAD_ARGS ?=
 bench-load: $(STAMP)
 	$(BIN)/python bench/load.py $(LOAD_ARGS)
+
+bench-verify: $(STAMP)
+	$(BIN)/python bench/verify.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .hypothesis

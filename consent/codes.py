@@ -43,6 +43,11 @@ ACTOR_ROLES: tuple[str, ...] = (
 EXT_CONFIRMED_BY = BASE + "/StructureDefinition/ehcp-consent-confirmed-by"
 EXT_LAPSE_DATE = BASE + "/StructureDefinition/ehcp-consent-lapse-date"
 
+# A DocumentReference of this type (LOINC 59284-0 "Patient Consent") holds a family's signed
+# consent form, the evidence for a consent someone else recorded (consent.evidence): it is
+# governance, seen by the family and the custodian only, never filed under a plan section.
+CONSENT_FORM_TYPE = ("http://loinc.org", "59284-0")
+
 # Operations decide() answers, in the order HAPI's IConsentService asks about them.
 OP_READ = "read"
 OP_CONTRIBUTE = "contribute"

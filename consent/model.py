@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from consent import codes
+from consent import codes, evidence
 from consent.clock import parse_bound, parse_date
 from consent.references import reference_of
 
@@ -54,9 +54,10 @@ class RecordState:
 class Grant:
     """One FHIR Consent reduced to the permit it expresses.
 
-    `grantor` is the performer, always the decision-maker who gave it. `recorded_by_la` says
-    the LA (Consent.organization) recorded it from the family's signed form; it records, it
-    does not decide, so the grant holds exactly when the grantor does. `problems` holds what
+    `grantor` is the performer, always the decision-maker who gave it. `recorded_by` is who
+    wrote it into the record (consent.evidence); `recorded_by_la` says an organisation (the
+    LA) did, from the family's signed form or verbal statement: it records, it does not decide,
+    so the grant holds exactly when the grantor does. `problems` holds what
     parse_grant() could not use; a grant with problems is never used, so a malformed stored
     Consent denies instead of crashing a read path.
     """
@@ -73,6 +74,7 @@ class Grant:
     confirmed_by: str | None = None
     lapse_date: date | None = None
     recorded_by_la: bool = False
+    recorded_by: str | None = None
     patient: str | None = None
     problems: tuple[str, ...] = ()
 
@@ -163,8 +165,7 @@ def parse_grant(consent: Mapping) -> Grant:
     grantor = _grantor(consent)
     confirmed = _extension(consent, codes.EXT_CONFIRMED_BY)
     confirmed_by = reference_of(confirmed.get("valueReference")) if confirmed else None
-    recorder = next((reference_of(o) for o in _list(consent.get("organization"))), None)
-    has_source = bool(consent.get("sourceAttachment") or consent.get("sourceReference"))
+    recorder = evidence.recorded_by(consent)
     return Grant(
         id=str(consent.get("id") or ""),
         status=str(consent.get("status") or ""),
@@ -181,7 +182,8 @@ def parse_grant(consent: Mapping) -> Grant:
         end=end,
         confirmed_by=confirmed_by if confirmed_by and confirmed_by.startswith("Patient/") else None,
         lapse_date=_lapse_date(consent),
-        recorded_by_la=has_source and bool(recorder and recorder.startswith("Organization/")),
+        recorded_by_la=bool(recorder and recorder.startswith("Organization/")),
+        recorded_by=recorder,
         patient=reference_of(consent.get("patient")),
         problems=tuple(grant_problems(consent) + _unusable(consent)),
     )
@@ -198,7 +200,9 @@ def _lapse_date(consent: Mapping) -> date | None:
 def _unusable(consent: Mapping) -> list[str]:
     """What the reader would have to ignore, and so grant more than the family agreed to: a
     permit that is not one, a narrowing element, a period or lapse date it cannot read, no
-    child named. Not write rules (the profile states those, with the messages clients see):
+    child named, a consent recorded for someone else without evidence of their decision (the
+    one rule of consent.evidence, which the write path also applies). Not profile rules (the
+    profile states those, with the messages clients see):
     this keeps a Consent that never met the profile (stored before a rule existed, garbage)
     from being used."""
     if not isinstance(consent, Mapping) or consent.get("resourceType") != "Consent":
@@ -224,6 +228,9 @@ def _unusable(consent: Mapping) -> list[str]:
         cannot.append("its confirmation is not by the young person")
     if not reference_of(consent.get("patient")):
         cannot.append("it names no child or young person")
+    missing = evidence.missing_evidence(consent)
+    if missing:
+        cannot.append(missing)
     return [f"the consent cannot be used as read: {reason}" for reason in cannot]
 
 
@@ -246,7 +253,7 @@ def grant_problems(consent: Mapping) -> list[str]:
 
     Only the rules that are not profile data live here. Everything a sharing Consent must say
     (one recipient, known roles, sections and actions, a permit with a sane period, the
-    decision-maker as performer, the signed form when an LA records it...) is the ehcp-consent
+    decision-maker as performer...) is the ehcp-consent
     profile's, applied once by the profile validator on every write and by $validate. What the
     profile cannot say is which Consents it applies to when the family writes: a family's
     consent is always a sharing grant, so one that speaks none of its vocabulary is refused.

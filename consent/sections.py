@@ -61,6 +61,8 @@ def section_of(resource: Mapping) -> str:
     kind = resource.get("resourceType")
     if kind in _FIXED:
         return _FIXED[kind]
+    if kind == "DocumentReference" and _is_consent_form(resource):
+        return GOVERNANCE
     if kind in _CATEGORISED:
         allowed, default = _CATEGORISED[kind]
         return next((s for s in _category_sections(resource) if s in allowed), default)
@@ -68,6 +70,17 @@ def section_of(resource: Mapping) -> str:
         hint = resource.get("_section")
         return hint if hint in codes.ALL_SECTIONS else "K"
     return GOVERNANCE
+
+
+def _is_consent_form(document: Mapping) -> bool:
+    """A family's signed consent form (type LOINC 59284-0): governance, not plan content, even
+    when it also names a section."""
+    kind = document.get("type")
+    codings = kind.get("coding") if isinstance(kind, Mapping) else None
+    if not isinstance(codings, list):
+        return False
+    return any(isinstance(c, Mapping) and (c.get("system"), c.get("code")) == codes.CONSENT_FORM_TYPE
+               for c in codings)
 
 
 def composition_section_code(section: Mapping) -> str | None:

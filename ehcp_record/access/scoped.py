@@ -443,7 +443,8 @@ class ScopedStore:
             write_rules.check_record_unchanged(resource_type, current.record, record)
         new_record = record is not None and pending.get(f"Patient/{record}") == record
         if decision is None:
-            decision = write_rules.authorize_write(self.access, resource, record, current is None, new_record)
+            decision = write_rules.authorize_write(self.access, resource, record, current is None, new_record,
+                                                   lambda ref: self._record_lookup(ref, pending))
         if resource_type == "Subscription" and self._shared.subscriptions is not None:
             resource["status"] = "active"  # R4: the server activates what it accepts
             extra = {**(extra or {}), **self._shared.subscriptions.prepare_subscription(self, resource, current)}

@@ -8,8 +8,10 @@ never changes through a direct write (the parental-input gate, `ehcp_record.plan
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from consent import evidence
 from consent.model import grant_problems, is_sharing_grant
 from consent.sections import section_of
 from ehcp_record.access.policy import RequestAccess, denied
@@ -34,12 +36,15 @@ class WriteDecision:
 
 
 def authorize_write(access: RequestAccess, resource: dict, record: str | None,
-                    creating: bool, new_record: bool = False) -> WriteDecision:
+                    creating: bool, new_record: bool = False,
+                    lookup: Callable[[str], str | None] | None = None) -> WriteDecision:
     """Refuse (403/404, audited by the scoped store) unless this caller may write this resource
     into this record.
 
     `new_record`: the child's Patient is created earlier in the same transaction Bundle, so the
     caller is the LA opening the record and becomes its custodian when the Bundle commits.
+    `lookup`: the record a "Type/id" the caller may see belongs to (None: nothing it may see),
+    for a consent's signed form.
     """
     resource_type = resource["resourceType"]
     label = f"{resource_type}/{resource.get('id')}"
@@ -53,7 +58,7 @@ def authorize_write(access: RequestAccess, resource: dict, record: str | None,
     if (resource_type == "Patient" and creating) or new_record:
         return _new_record(caller, record)
     if resource_type == "Consent":
-        return _consent_write(access, resource, record)
+        return _consent_write(access, resource, record, lookup)
     if resource_type in CONTRIBUTABLE_TYPES:
         return _contribution(access, resource, record)
     decision = access.require("write", record)
@@ -74,15 +79,31 @@ def _new_record(caller: Caller, record: str) -> WriteDecision:
     return WriteDecision("write")
 
 
-def _consent_write(access: RequestAccess, resource: dict, record: str) -> WriteDecision:
+def _consent_write(access: RequestAccess, resource: dict, record: str,
+                   lookup: Callable[[str], str | None] | None) -> WriteDecision:
     """Consents from the family are always sharing grants and must be complete; an LA may also
-    keep a plain R4 Consent (e.g. a research opt-in) on the record, which grants nothing."""
+    keep a plain R4 Consent (e.g. a research opt-in) on the record, which grants nothing.
+
+    A sharing consent gets the caller as its recorder (consent.evidence): the author of the
+    write, never what the body claims. A sharing consent written by anyone but the one who gives it
+    carries the evidence of their decision, or is refused here (and would grant nothing if
+    stored some other way).
+    """
     decision = access.require("manage-consent", record)
     if access.caller.actor.role not in ("parent", "young-person") and not is_sharing_grant(resource):
-        return WriteDecision("manage-consent", decision.consent_ids)
+        return WriteDecision("manage-consent", decision.consent_ids)  # kept as written; grants nothing
+    evidence.stamp_recorder(resource, access.caller.actor)
     problems = grant_problems(resource)
     if problems:
         raise unprocessable("; ".join(problems), "business-rule", ["Consent.provision"])
+    missing = evidence.missing_evidence(resource)
+    if missing:
+        raise unprocessable(f"this consent cannot be recorded: {missing}", "business-rule",
+                            list(evidence.EVIDENCE_EXPRESSIONS))
+    form = evidence.signed_form_reference(resource)
+    if form is not None and lookup is not None and lookup(form) != record:
+        raise unprocessable(f"Consent.sourceReference points at {form}, which is not a document of this "
+                            "child's record here", "invalid", ["Consent.sourceReference"])
     return WriteDecision("manage-consent", decision.consent_ids)
 
 

@@ -43,11 +43,13 @@ __all__ = [
     "GENESIS",
     "ChainHead",
     "ChainVerdict",
+    "HashedEntry",
     "canonical_json",
     "checkpoint_body",
     "checkpoint_entry_body",
     "content_hash",
     "entry_hash",
+    "hash_entry",
     "iso_instant",
     "next_checkpoint_entry",
     "next_entry",
@@ -380,6 +382,44 @@ def next_checkpoint_entry(
 
 
 @dataclass(frozen=True, slots=True)
+class HashedEntry:
+    """An entry whose hash was already recomputed from its stored content by `hash_entry`
+    (in a worker process, for a long chain), so `verify_chain` need not canonicalise it again.
+
+    `entry` may be slimmed to what linking needs (record, seq, prev, hash and the body's
+    action, checkpoint and resources). `computed` is `entry_hash` over the entry as stored, or
+    None with `error` saying why it could not be hashed. The verifier builds these itself;
+    nothing read from the database can pass for one.
+    """
+
+    entry: Mapping[str, Any]
+    computed: str | None
+    error: str | None = None
+
+
+_LINK_FIELDS = ("action", "checkpoint", "resources")
+
+
+def hash_entry(record: str, entry: Any) -> HashedEntry:
+    """Recompute one stored entry's hash as a member of `record`'s chain, and keep only what
+    `verify_chain` reads after that (the full body is hashed here, then dropped)."""
+    try:
+        seq, prev, body = entry["seq"], entry["prev"], entry["body"]
+    except (KeyError, TypeError, IndexError):
+        return HashedEntry(entry, None, "a required field is missing")
+    if not isinstance(entry, Mapping) or not isinstance(body, dict):
+        return HashedEntry(entry, None, "its body is not an object")
+    computed, error = None, None
+    try:
+        computed = entry_hash(record, seq, prev, body)
+    except (TypeError, ValueError) as exc:
+        error = str(exc)
+    slim = {key: entry[key] for key in ("record", "seq", "prev", "hash") if key in entry}
+    slim["body"] = {key: body[key] for key in _LINK_FIELDS if key in body}
+    return HashedEntry(slim, computed, error)
+
+
+@dataclass(frozen=True, slots=True)
 class ChainVerdict:
     """What `verify_chain` found.
 
@@ -424,9 +464,11 @@ def verify_chain(
     high-water mark): the chain must reach each and hold exactly that hash at that seq, so
     entries cut from the tail after one of them are found.
 
+    Entries may be `HashedEntry`s, their hash already recomputed (`hash_entry`, run in worker
+    processes by the store for a long chain); the checks are the same.
+
     Speed: about 1.5 s per 100,000 typical entries on one core, ~14 µs each, most of it the
-    C json encoder writing the canonical form; test_verifies_100000_entries_well_under_five_
-    seconds in tests/unit/test_audit_chain.py measures and prints it.
+    C json encoder writing the canonical form; `python bench/verify.py` measures and prints it.
     """
     pending = {(ref, digest) for ref, digest in version_hashes}
     keys = _trusted_keys(public_keys or {})
@@ -435,9 +477,12 @@ def verify_chain(
     seen: dict[int, str] = {}
     stream = iter(entries)
     prev, position = GENESIS, 0
-    for entry in stream:
+    for item in stream:
         position += 1
-        fault = _check_entry(entry, record, position, prev, keys)
+        if type(item) is HashedEntry:
+            entry, fault = item.entry, _check_entry(item.entry, record, position, prev, keys, item)
+        else:
+            entry, fault = item, _check_entry(item, record, position, prev, keys)
         if fault is not None:
             return ChainVerdict(False, position + _count(stream), position, fault)
         prev = entry["hash"]
@@ -485,9 +530,11 @@ def _count(stream: Iterator[Any]) -> int:
 
 
 def _check_entry(
-    entry: Any, record: str, position: int, prev: str, keys: Mapping[str, Ed25519PublicKey]
+    entry: Any, record: str, position: int, prev: str, keys: Mapping[str, Ed25519PublicKey],
+    hashed: HashedEntry | None = None,
 ) -> str | None:
-    """The reason entry number `position` is not a valid successor of `prev`, or None."""
+    """The reason entry number `position` is not a valid successor of `prev`, or None
+    (`hashed`: its hash recomputed already)."""
     try:
         entry_record, seq = entry["record"], entry["seq"]
         entry_prev, stored_hash, body = entry["prev"], entry["hash"], entry["body"]
@@ -504,10 +551,15 @@ def _check_entry(
         )
     if not isinstance(body, dict):
         return f"entry {position} is malformed (its body is not an object)"
-    try:
-        computed = entry_hash(record, seq, entry_prev, body)
-    except (TypeError, ValueError) as exc:
-        return f"entry {position} is malformed ({exc})"
+    if hashed is not None:
+        if hashed.computed is None:
+            return f"entry {position} is malformed ({hashed.error})"
+        computed = hashed.computed
+    else:
+        try:
+            computed = entry_hash(record, seq, entry_prev, body)
+        except (TypeError, ValueError) as exc:
+            return f"entry {position} is malformed ({exc})"
     if computed != stored_hash:
         return f"entry {position} was altered (its hash does not match its content)"
     if "checkpoint" in body or body.get("action") == CHECKPOINT_ACTION:

@@ -12,6 +12,10 @@ version and what differs:
    its recomputed hash by some entry, and the heads kept outside the database reached exactly
    (the high-water mark, the newest signed checkpoint of the anchor log, and a signed head the
    family kept and handed back). Entries cut from the tail after any of them are found.
+
+The re-hashing of stored documents is the store's (`version_digests`, `hashed_entries`;
+ehcp_record/store/verify_reader.py hashes a long record in worker processes and does not
+decode again a document whose bytes it hashed before); every check here is made every time.
 """
 
 from __future__ import annotations
@@ -47,9 +51,9 @@ class ChainSource(Protocol):
 
     anchor: AnchorLog
 
-    def audit_entries(self, chain: str) -> Iterable[dict]: ...
+    def hashed_entries(self, chain: str) -> Iterable[dict | audit_chain.HashedEntry]: ...
 
-    def stored_versions(self, record: str, current: bool = False) -> Iterable[dict]: ...
+    def version_digests(self, record: str, current: bool = False) -> Iterable[tuple]: ...
 
     def documents_of_record(self, record: str) -> dict[str, bytes]: ...
 
@@ -135,8 +139,8 @@ def latest_head(repo: ChainSource, record: str) -> dict | None:
 def verify_record(repo: ChainSource, record: str, keys: dict[str, Ed25519PublicKey],
                   held_head: audit_chain.ChainHead | None = None) -> RecordVerdict:
     faults: list[_Fault] = []
-    versions = _check_history(repo.stored_versions(record), faults)
-    _check_current(repo.stored_versions(record, current=True), versions, faults)
+    versions = _check_history(repo.version_digests(record), faults)
+    _check_current(repo.version_digests(record, current=True), versions, faults)
     _check_documents(repo.documents_of_record(record), versions, faults)
     anchor = getattr(repo, "anchor", None) or NoAnchor()
     known = [(anchor.high_water(record), "the sequence high-water mark kept outside the database")]
@@ -151,7 +155,7 @@ def verify_record(repo: ChainSource, record: str, keys: dict[str, Ed25519PublicK
                                  f"the newest head in the anchor log for {record} is not validly signed"))
     if held_head is not None:
         known.append((held_head, "the signed head you kept"))
-    verdict = audit_chain.verify_chain(repo.audit_entries(record), record, versions.pairs, keys, known_heads=known)
+    verdict = audit_chain.verify_chain(repo.hashed_entries(record), record, versions.pairs, keys, known_heads=known)
     head = latest_head(repo, record)
     if faults:
         first = faults[0]
@@ -169,8 +173,8 @@ def _and_versions(versions: _Versions) -> str:
     return f", {len(versions.pairs)} versions re-hashed"
 
 
-def _ref(doc: dict) -> str:
-    return f"{doc.get('type')}/{doc.get('rid')}/_history/{doc.get('vid')}"
+def _ref(resource_type: object, rid: object, vid: object) -> str:
+    return f"{resource_type}/{rid}/_history/{vid}"
 
 
 def _rehash(resource: object) -> str | None:
@@ -180,32 +184,32 @@ def _rehash(resource: object) -> str | None:
         return None
 
 
-def _check_history(docs: Iterable[dict], faults: list[_Fault]) -> _Versions:
+def _check_history(digests: Iterable[tuple], faults: list[_Fault]) -> _Versions:
+    """`digests`: (type, rid, vid, sha256 recomputed from the stored content or None, the
+    recorded sha256) per history version, as the store's `version_digests` yields them."""
     versions = _Versions()
-    for doc in docs:
-        ref = _ref(doc)
-        digest = _rehash(doc.get("res"))
+    for resource_type, rid, vid, digest, recorded in digests:
+        ref = _ref(resource_type, rid, vid)
         if digest is None:
             faults.append(_Fault(ref, "content", f"history version {ref} is malformed (its content cannot be hashed)"))
             continue
-        if digest != doc.get("hash"):
+        if digest != recorded:
             faults.append(_Fault(ref, "content", (
                 f"history version {ref} was altered: its stored content hashes to {digest}, "
-                f"not to its recorded sha256 {doc.get('hash')}")))
+                f"not to its recorded sha256 {recorded}")))
         versions.pairs.append((ref, digest))
-        versions.hashes.setdefault(f"{doc.get('type')}/{doc.get('rid')}", {})[doc.get("vid")] = digest
+        versions.hashes.setdefault(f"{resource_type}/{rid}", {})[vid] = digest
     return versions
 
 
-def _check_current(docs: Iterable[dict], versions: _Versions, faults: list[_Fault]) -> None:
-    for doc in docs:
-        key, vid = f"{doc.get('type')}/{doc.get('rid')}", doc.get("vid")
+def _check_current(digests: Iterable[tuple], versions: _Versions, faults: list[_Fault]) -> None:
+    for resource_type, rid, vid, digest, recorded in digests:
+        key = f"{resource_type}/{rid}"
         label = f"{key}/_history/{vid}"
-        digest = _rehash(doc.get("res"))
-        if digest is None or digest != doc.get("hash"):
+        if digest is None or digest != recorded:
             faults.append(_Fault(label, "content", (
                 f"the current document of {key} (version {vid}) was altered: its stored content hashes to "
-                f"{digest}, not to its recorded sha256 {doc.get('hash')}")))
+                f"{digest}, not to its recorded sha256 {recorded}")))
             continue
         newest = versions.newest(key)
         if newest is None:

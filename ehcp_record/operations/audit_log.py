@@ -59,6 +59,9 @@ class AuditLog:
         """`$verify-audit[?head=<token>]`: the record checked as a whole; with `head`, a signed
         head kept earlier (from `$access-log` or `$verify-audit`), proven to be extended."""
         scope = self._open(store, patient, f"the audit trail of Patient/{patient}")
+        if held_head is not None and not held_head:
+            raise invalid("head is empty: give the token kept from an earlier $verify-audit (its head output) "
+                          "or from the signed-head link of $access-log", "value")
         verdict = scope.verify(self.keys, held_head)
         store.audit_record(patient, "verify-audit", "audit trail read")
         parameters = [{"name": "valid", "valueBoolean": verdict.valid}, {"name": "entries", "valueInteger": verdict.entries}]

@@ -32,6 +32,7 @@ from ehcp_record.audit import chain as audit_chain
 from ehcp_record.audit.anchor import AnchorLog, NoAnchor
 from ehcp_record.errors import conflict, precondition_failed
 from ehcp_record.fhir.search import Criterion, SearchQuery, SortKey
+from ehcp_record.store import verify_reader
 from ehcp_record.store.subscriptions import SubscriptionCache
 from ehcp_record.store.versions import (AuditAppend, RecordContext, Version, VersionWrite, Visibility,  # noqa: F401
                                          utc_now)
@@ -546,11 +547,14 @@ class Repository:
     def chains(self) -> list[str]:
         return sorted(self.audit.distinct("record"))
 
-    def stored_versions(self, record: str, current: bool = False) -> Iterator[dict]:
-        """Every stored version of a record (history, or the current documents) as the verifier
-        reads it: type, rid, vid, res and the recorded hash."""
-        collection = self.current if current else self.history
-        yield from collection.find({"record": record}, {"_id": 0, "type": 1, "rid": 1, "vid": 1, "res": 1, "hash": 1})
+    def version_digests(self, record: str, current: bool = False) -> Iterator[tuple]:
+        """Every stored version of a record (history, or the current documents) re-hashed from
+        its stored content: (type, rid, vid, recomputed sha256 or None, recorded sha256)."""
+        return verify_reader.version_digests(self.current if current else self.history, record)
+
+    def hashed_entries(self, chain: str) -> Iterator:
+        """A chain in seq order for verify_chain, each entry's hash recomputed (verify_reader)."""
+        return verify_reader.hashed_entries(self.audit, chain)
 
     def latest_checkpoint(self, record: str) -> dict | None:
         """The newest signed checkpoint stored in a record's chain."""

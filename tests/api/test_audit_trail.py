@@ -354,3 +354,91 @@ def test_cli_runs_beside_a_running_server(api, mongo, busy_record, tmp_path):
     ok = _cli(api, busy_record["id"], data_dir=beside)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert ok.stdout.strip().endswith("ok") and len(ok.stdout.strip().splitlines()) == 1
+
+
+@pytest.fixture()
+def in_worker_processes(monkeypatch):
+    """Every record counts as long: the store hashes versions and entries in its process pool
+    (ehcp_record.store.verify_reader), in batches of 7 documents."""
+    from ehcp_record.store import verify_reader
+
+    monkeypatch.setattr(verify_reader, "PARALLEL_FROM", 1)
+    monkeypatch.setattr(verify_reader, "BATCH", 7)
+    verify_reader.forget()  # nothing remembered: every document is hashed again
+    assert verify_reader._shared_pool() is not None  # this machine can run the pool
+    yield verify_reader
+    verify_reader.forget()
+
+
+def test_the_worker_pool_finds_what_one_process_finds(api, issued_record, in_worker_processes, monkeypatch):
+    child, care_plan = issued_record["child"], issued_record["ids"]["CarePlan"]
+    pooled = _all(api, child)
+    assert pooled["valid"] is True and pooled["entries"] > 7, pooled
+    assert in_worker_processes._pool._processes  # it was hashed in worker processes
+    db = _db(api)
+    vid = db.current.find_one({"_id": f"CarePlan/{care_plan}"})["vid"]
+    _edit_provision(db, "history", care_plan, vid)
+    newest = db.audit.find_one({"record": child}, sort=[("seq", -1)])
+    db.audit.update_one({"_id": newest["_id"]}, {"$set": {"body.reason": "edited"}})
+    pooled = _all(api, child)
+    monkeypatch.setattr(in_worker_processes, "PARALLEL_FROM", 10 ** 9)  # the same check in this process
+    in_worker_processes.forget()
+    alone = _all(api, child)
+    assert pooled["valid"] is False and pooled["resource"] == f"CarePlan/{care_plan}/_history/{vid}"
+    assert {k: v for k, v in pooled.items() if not k.startswith("head") and k != "entries"} == \
+        {k: v for k, v in alone.items() if not k.startswith("head") and k != "entries"}
+    db.history.delete_many({"record": child})  # now only the chain is at fault: the edited entry
+    db.current.delete_many({"record": child})
+    db.documents.delete_many({"record": child})
+    monkeypatch.setattr(in_worker_processes, "PARALLEL_FROM", 1)
+    in_worker_processes.forget()
+    pooled = _all(api, child)
+    assert pooled["valid"] is False and pooled["firstInvalid"] == newest["seq"], pooled
+    assert pooled["reason"] == f"entry {newest['seq']} was altered (its hash does not match its content)"
+
+
+def test_a_killed_worker_costs_speed_not_the_answer(api, issued_record, in_worker_processes):
+    import os
+    import signal
+    import time
+
+    child = issued_record["child"]
+    assert _all(api, child)["valid"] is True
+    killed = in_worker_processes._pool
+    for pid in list(killed._processes):
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(0.5)
+    in_worker_processes.forget()
+    verdict = _all(api, child)  # the batches are hashed in the server's own process instead
+    assert verdict["valid"] is True, verdict
+    in_worker_processes.forget()
+    assert _all(api, child)["valid"] is True  # and a fresh pool serves the next check
+    assert in_worker_processes._pool is not None and in_worker_processes._pool is not killed
+
+
+def test_a_document_edited_after_a_check_is_found_by_the_next(api, issued_record):
+    """The store remembers what hashing each stored document's exact bytes gave (in memory):
+    a document edited since is other bytes, and is decoded and hashed again."""
+    child, care_plan = issued_record["child"], issued_record["ids"]["CarePlan"]
+    assert _all(api, child)["valid"] is True
+    assert _all(api, child)["valid"] is True  # the second check reuses what the first worked out
+    db = _db(api)
+    vid = db.current.find_one({"_id": f"CarePlan/{care_plan}"})["vid"]
+    _edit_provision(db, "history", care_plan, vid)
+    verdict = _all(api, child)
+    assert verdict["valid"] is False and verdict["resource"] == f"CarePlan/{care_plan}/_history/{vid}", verdict
+    db.history.update_one({"_id": f"CarePlan/{care_plan}/{vid}"},
+                          {"$set": {f"res.{SCHEDULE}": db.current.find_one(
+                              {"_id": f"CarePlan/{care_plan}"})["res"]["activity"][0]["detail"]["scheduledString"]}})
+    assert _all(api, child)["valid"] is True  # put back byte for byte: valid again
+    oldest = db.audit.find_one({"record": child, "seq": 2})
+    db.audit.update_one({"_id": oldest["_id"]}, {"$set": {"body.reason": oldest["body"]["reason"] + "!"}})
+    verdict = _all(api, child)
+    assert verdict["valid"] is False and verdict["firstInvalid"] == 2, verdict
+    assert verdict["reason"] == "entry 2 was altered (its hash does not match its content)"
+
+
+def test_an_empty_head_is_refused_not_ignored(api, issued_record):
+    response = api.get(f"/fhir/Patient/{issued_record['child']}/$verify-audit?head=", issued_record["mum"])
+    assert response.status_code == 400
+    assert response.json()["issue"][0]["diagnostics"].startswith("head is empty")

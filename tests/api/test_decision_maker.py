@@ -42,7 +42,8 @@ def test_parent_consents_are_flagged_for_the_young_person_to_confirm(api):
     mum = f"RelatedPerson/{record['RelatedPerson'][0]['id']}"
     given = grant(child, mum, "Organization/college-2", ["A", "E"], role="school",
                   start=date(2026, 6, 1), end=date(2027, 6, 1))
-    given["sourceAttachment"] = {"contentType": "application/pdf", "title": "Signed consent form, June 2026"}
+    given["sourceAttachment"] = {"contentType": "application/pdf", "title": "Signed consent form, June 2026",
+                                 "data": "JVBERi0xLjQK"}  # the form itself: the evidence (consent.evidence)
     stored = api.post("/fhir/Consent", given, api.la())  # recorded by the LA from the parent's paper form
     assert stored.status_code == 201, stored.text
     consent = stored.json()

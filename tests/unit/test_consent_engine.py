@@ -19,6 +19,7 @@ from consent.engine import (
     is_family,
     parent_consent_lapse,
 )
+from consent.evidence import EXT_RECORDED_BY
 from consent.model import Actor, Grant, RecordState, parse_grant
 
 UTC = timezone.utc
@@ -186,6 +187,7 @@ def test_grant_from_someone_who_does_not_decide_is_ignored():
 def test_from_parsed_fhir_consent():
     body = {
         "resourceType": "Consent", "id": "fhir-1", "status": "active",
+        "extension": [{"url": EXT_RECORDED_BY, "valueReference": {"reference": DAD}}],  # stamped on write
         "patient": {"reference": CHILD}, "performer": [{"reference": DAD}],
         "provision": {
             "type": "permit", "period": {"start": "2026-01-01", "end": "2026-05-01"},

@@ -8,15 +8,23 @@ import pytest
 
 from consent import codes
 from consent.clock import parse_bound, parse_date, uk_date, uk_midnight
+from consent.evidence import EXT_RECORDED_BY
 from consent.model import grant_problems, parse_grant
 
 UTC = timezone.utc
 
 
+def recorded_by(reference: str) -> dict:
+    """The extension the server stamps on every Consent write (consent.evidence)."""
+    return {"url": EXT_RECORDED_BY, "valueReference": {"reference": reference}}
+
+
 def consent(**over) -> dict:
-    """A valid parent's consent for school-1 to read B and E, 2026-01-01..2026-05-01."""
+    """A valid parent's consent for school-1 to read B and E, 2026-01-01..2026-05-01, written
+    by the parent herself (so it needs no evidence)."""
     body = {
         "resourceType": "Consent", "id": "c1", "status": "active",
+        "extension": [recorded_by("RelatedPerson/mum")],
         "patient": {"reference": "Patient/child-1"},
         "performer": [{"reference": "RelatedPerson/mum"}],
         "provision": {
@@ -61,11 +69,12 @@ def test_role_wide_recipient():
 
 def test_extensions_and_paper_consent():
     # the LA records the parent's decision from the signed form: the parent is the performer,
-    # the LA is Consent.organization (ehcp-consent profile)
+    # the LA is the recorder (consent.evidence), the form the evidence
     body = consent(
         organization=[{"reference": "Organization/la-866"}],
         sourceAttachment={"contentType": "application/pdf", "url": "Binary/form-1"},
         extension=[
+            recorded_by("Organization/la-866"),
             {"url": codes.EXT_CONFIRMED_BY, "valueReference": {"reference": "Patient/child-1"}},
             {"url": codes.EXT_LAPSE_DATE, "valueDate": "2026-09-10"},
         ],

@@ -13,7 +13,7 @@ from consent import codes
 from consent.engine import decide
 from consent.model import Actor, RecordState, grant_problems, parse_grant
 from ehcp_record.fhir.validator import default_validator
-from tests.unit.test_consent_model import consent
+from tests.unit.test_consent_model import consent, recorded_by
 
 UTC = timezone.utc
 NOW = datetime(2026, 3, 1, 12, tzinfo=UTC)
@@ -75,7 +75,6 @@ CASES = [
     ({"performer": [{"reference": "Organization/la-866"}],
       "sourceAttachment": {"contentType": "application/pdf", "url": "Binary/form-1"}},
      "refers to a Organization, but profile EHCP sharing consent allows only Patient, RelatedPerson", True),
-    ({"organization": [{"reference": "Organization/la-866"}]}, "attaches the family's signed form", False),
     ({"scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "research"}]}},
      "Consent.scope must be", False),
     ({"extension": [{"url": codes.EXT_LAPSE_DATE, "valueDate": "2026-09"}]},
@@ -114,11 +113,25 @@ def test_each_rule_is_one_issue_from_the_profile_and_not_checked_again(change, e
 
 def test_an_la_recording_a_paper_consent_names_the_parent_as_performer():
     paper = sharing(organization=[{"reference": "Organization/la-866"}],
+                    extension=[recorded_by("Organization/la-866")],
                     sourceAttachment={"contentType": "application/pdf", "url": "Binary/form-1"})
     assert errors(paper) == []
     grant = parse_grant(paper)
     assert grant.recorded_by_la and grant.grantor == "RelatedPerson/mum"
     assert decide(SCHOOL, "read", RECORD, [grant], NOW).permit
+
+
+def test_the_evidence_rule_is_consent_evidence_s_not_the_profile_s():
+    # recorded by the LA with no form and no statement: the profile has nothing to say (the
+    # rule is consent.evidence's, applied by the write path and by parse_grant), and a stored
+    # copy grants nothing
+    bare = sharing(organization=[{"reference": "Organization/la-866"}],
+                   extension=[recorded_by("Organization/la-866")])
+    assert errors(bare) == [] and grant_problems(bare) == []
+    grant = parse_grant(bare)
+    assert grant.problems and "carries no evidence" in grant.problems[0]
+    decision = decide(SCHOOL, "read", RECORD, [grant], NOW)
+    assert not decision.permit and "recorded by Organization/la-866" in decision.reason
 
 
 def test_a_family_consent_outside_the_sharing_vocabulary_is_refused_once():

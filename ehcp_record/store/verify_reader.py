@@ -1,0 +1,219 @@
+"""What the audit verifier reads, re-hashed: every stored version and every chain entry of a record.
+
+Verifying a record re-hashes all of it from what is stored (ehcp_record.audit.verify). For a
+long record nearly all the time goes on decoding BSON into Python and writing canonical JSON,
+not on MongoDB, so the store reads the server's batches as raw BSON (`find_raw_batches`) and:
+
+- remembers, per stored document, the SHA-256 of its exact bytes and what hashing it gave
+  (`_Memo`, in this process's memory only, bounded by `MEMO_LIMIT`). A document whose bytes
+  are identical to ones already decoded and hashed here decodes to identical content, so its
+  result is reused instead of decoded again; one changed by a single byte is a different key
+  and is decoded and hashed in full. The verdict is the same as without the memo, only
+  faster: a running server re-checks a long record in a fraction of the first check's time.
+  The memo lives in no file and no database, so whoever can edit MongoDB cannot touch it; the
+  CLI (`ehcp-record audit verify`), a new process, always checks everything from scratch.
+- hands the documents not remembered, for a record past `PARALLEL_FROM` documents, to a pool
+  of worker processes that decode and hash them (`ehcp_record.audit.chain.content_hash` /
+  `hash_entry`), sending back only the digests and the slim entries the chain walk needs. The
+  pool is started once per process (forkserver, so no MongoClient or server thread is copied
+  into a worker) and reused; workers hold no database connection. A batch the pool cannot take
+  or finish (a killed worker) is hashed here instead.
+
+Results come back in the order read, so the verifier reports the same first fault whichever
+way a document was hashed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import struct
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Callable
+
+import bson
+from bson.codec_options import CodecOptions
+from pymongo.collection import Collection
+
+from ehcp_record.audit import chain as audit_chain
+
+#: (type, id, versionId, sha256 recomputed from the stored content or None, recorded sha256)
+VersionDigest = tuple[object, object, object, "str | None", object]
+
+PARALLEL_FROM = 20_000  # documents in the collection's part of the record; below, no pool
+BATCH = 2_500           # documents per server batch, and per task sent to a worker
+WORKERS = max(1, min(4, os.cpu_count() or 1))
+MEMO_LIMIT = 150_000    # remembered documents per kind (versions, entries): some 50 MB each at most
+_DECODE = CodecOptions()  # stored versions and entries hold no BSON dates (cp_at is not read), so tz is moot
+_VERSION_FIELDS = {"_id": 0, "type": 1, "rid": 1, "vid": 1, "res": 1, "hash": 1}
+_ENTRY_FIELDS = {"_id": 0, "cp_at": 0}
+
+_INT32 = struct.Struct("<i")
+_pool: Executor | None = None
+_pool_lock = threading.Lock()
+
+
+class _Memo:
+    """A bounded, thread-safe map from the SHA-256 of a stored document's bytes to its result."""
+
+    def __init__(self, limit: int) -> None:
+        self._items: OrderedDict[bytes, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self.limit = limit
+
+    def get_many(self, keys: list[bytes]) -> list[Any]:
+        with self._lock:
+            return [self._items.get(key) for key in keys]
+
+    def put_many(self, pairs: Iterable[tuple[bytes, Any]]) -> None:
+        with self._lock:
+            for key, value in pairs:
+                self._items[key] = value
+            while len(self._items) > self.limit:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+_VERSIONS = _Memo(MEMO_LIMIT)
+_ENTRIES = _Memo(MEMO_LIMIT)
+
+
+def forget() -> None:
+    """Drop everything remembered, so the next check decodes and hashes every document (the
+    benchmark times both; nothing else needs it)."""
+    _VERSIONS.clear()
+    _ENTRIES.clear()
+
+
+def version_digests(collection: Collection, record: str) -> Iterator[VersionDigest]:
+    """Every stored version of `record` in `collection` (history or current), re-hashed."""
+    query = {"record": record}
+    pooled = collection.count_documents(query) >= PARALLEL_FROM
+    batches = _raw_batches(collection, query, _VERSION_FIELDS)
+    return _hashed(batches, _VERSIONS, b"", _digest_version_batch, (), pooled)
+
+
+def hashed_entries(collection: Collection, record: str) -> Iterator[audit_chain.HashedEntry]:
+    """The chain of `record` in seq order, each entry's hash recomputed from its stored bytes."""
+    query = {"record": record}
+    pooled = collection.count_documents(query) >= PARALLEL_FROM
+    batches = _raw_batches(collection, query, _ENTRY_FIELDS, {"seq": 1})
+    hashed = _hashed(batches, _ENTRIES, record.encode() + b"\0", _hash_entry_batch, (record,), pooled)
+    return (audit_chain.HashedEntry(*fields) for fields in hashed)
+
+
+def _raw_batches(collection: Collection, query: dict, projection: dict, sort: dict | None = None
+                 ) -> Iterator[list[bytes]]:
+    """The documents a find returns, one server batch at a time, each as its raw BSON bytes
+    (pymongo's raw batches: the concatenated documents of each reply, cut apart here)."""
+    cursor = collection.find_raw_batches(query, projection, batch_size=BATCH)
+    if sort:
+        cursor = cursor.sort(list(sort.items()))
+    for batch in cursor:
+        yield _documents(batch)
+
+
+def _documents(batch: bytes) -> list[bytes]:
+    """The documents of concatenated raw BSON documents, each led by its int32 size (kept to a
+    few C calls per document: this is most of what a repeated check does)."""
+    docs, offset, end, size_at = [], 0, len(batch), _INT32.unpack_from
+    while offset < end:
+        size = size_at(batch, offset)[0]
+        if size < 5 or offset + size > end:
+            raise bson.InvalidBSON("a raw batch holds a document of impossible size")
+        docs.append(batch[offset:offset + size])
+        offset += size
+    return docs
+
+
+def _hashed(batches: Iterable[list[bytes]], memo: _Memo, salt: bytes, work: Callable, args: tuple,
+            pooled: bool) -> Iterator:
+    """Each stored document's result, in the order read: remembered, or worked out (in the pool
+    when `pooled`). Every batch is read and submitted before the first result is used, so
+    reading overlaps hashing and the reads happen in the order the verifier asks for them."""
+    pool = _shared_pool() if pooled else None
+    pending: list[tuple[list[bytes], list[Any], Future | None, bytes]] = []
+    for docs in batches:
+        keys = [hashlib.sha256(salt + doc).digest() for doc in docs]
+        known = memo.get_many(keys)
+        missing = b"".join(doc for doc, value in zip(docs, known) if value is None)
+        future = None
+        if missing and pool is not None:
+            try:
+                future = pool.submit(work, *args, missing)
+            except (BrokenProcessPool, RuntimeError):
+                pool = _discard_pool()
+        pending.append((keys, known, future, missing))
+    return _in_order(pending, memo, work, args)
+
+
+def _in_order(pending: list, memo: _Memo, work: Callable, args: tuple) -> Iterator:
+    for keys, known, future, missing in pending:
+        if missing:
+            fresh = iter(_result(future, work, args, missing))
+            known = [value if value is not None else next(fresh) for value in known]
+            memo.put_many(zip(keys, known))
+        yield from known
+
+
+def _result(future: Future | None, work: Callable, args: tuple, missing: bytes) -> list:
+    if future is not None:
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            _discard_pool()
+    return work(*args, missing)
+
+
+def _shared_pool() -> Executor | None:
+    global _pool
+    with _pool_lock:
+        if _pool is None and WORKERS > 1:
+            try:
+                context = multiprocessing.get_context("forkserver")
+                context.set_forkserver_preload([__name__])
+                _pool = ProcessPoolExecutor(WORKERS, mp_context=context)
+            except (OSError, ValueError):
+                return None
+        return _pool
+
+
+def _discard_pool() -> None:
+    """Forget a broken pool; the next long record starts a fresh one."""
+    global _pool
+    with _pool_lock:
+        broken, _pool = _pool, None
+    if broken is not None:
+        broken.shutdown(wait=False, cancel_futures=True)
+    return None
+
+
+# ------------------------------------------------- the hashing (in a worker, or in this process)
+
+def _digest_version_batch(raw: bytes) -> list[VersionDigest]:
+    return [(doc.get("type"), doc.get("rid"), doc.get("vid"), _rehash(doc.get("res")), doc.get("hash"))
+            for doc in bson.decode_all(raw, _DECODE)]
+
+
+def _hash_entry_batch(record: str, raw: bytes) -> list[tuple]:
+    """(slim entry, recomputed hash, error) per entry: tuples pickle faster than dataclasses."""
+    out = []
+    for entry in bson.decode_all(raw, _DECODE):
+        hashed = audit_chain.hash_entry(record, entry)
+        out.append((hashed.entry, hashed.computed, hashed.error))
+    return out
+
+
+def _rehash(resource: object) -> str | None:
+    try:
+        return audit_chain.content_hash(resource)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
