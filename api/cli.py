@@ -72,7 +72,9 @@ def database(settings: Settings) -> Iterator[Settings]:
 def _serve(args: argparse.Namespace) -> int:
     from api.server import run_gunicorn
 
-    settings = load_settings({"base_url": f"http://{args.host}:{args.port}/fhir"})
+    # EHCP_BASE_URL (the address clients use, e.g. behind a proxy) wins; else where we listen.
+    explicit = os.environ.get("EHCP_BASE_URL")
+    settings = load_settings(None if explicit else {"base_url": f"http://{args.host}:{args.port}/fhir"})
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with database(settings) as ready:

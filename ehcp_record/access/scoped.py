@@ -36,11 +36,13 @@ from ehcp_record.access.compartment import Compartment
 from ehcp_record.access.policy import Refusal, RequestAccess, denied, hidden
 from ehcp_record.audit import chain as audit_chain
 from ehcp_record.audit import entries as audit
-from ehcp_record.errors import FhirError, invalid, not_found, precondition_failed, precondition_required, unprocessable
+from ehcp_record.errors import (FhirError, invalid, not_found, precondition_failed, precondition_required, too_costly,
+                                unprocessable)
 from ehcp_record.fhir.dates import instant
 from ehcp_record.fhir.identifiers import identifier_problems
 from ehcp_record.fhir.model import STORED_TYPES, parse_resource, ref_key
-from ehcp_record.fhir.search import SearchQuery, SearchRegistry, parse_search
+from ehcp_record.fhir.search import (MAX_CHAIN_MATCHES, MAX_REVINCLUDE, Criterion, SearchQuery, SearchRegistry,
+                                     parse_search, patient_filter as _patient_filter_of)
 from ehcp_record.store.media import MediaStore
 from ehcp_record.store.repository import Repository
 from ehcp_record.store.versions import AuditAppend, Version, VersionWrite, utc_now
@@ -220,6 +222,21 @@ class ScopedStore:
         self._audit_permits("history", [v for v, _ in shown])
         return total, shown
 
+    @audited
+    def history_search(self, resource_type: str | None, since: datetime | None, offset: int, count: int
+                       ) -> tuple[int, list[tuple[Version, dict]]]:
+        """Type (`/fhir/Condition/_history`) or system (`/fhir/_history`) history: the versions
+        of what this caller may search, each shown as it may see it now."""
+        if resource_type:
+            self.access.require_scope(resource_type, "s")
+            types = [resource_type]
+        else:  # Subscriptions are their owner's alone, so never in the system-wide history
+            types = [t for t in STORED_TYPES if t != "Subscription" and self.access.scope_allows(t, "s")]
+        total, versions = self._repo.history_search(types, self.access.search_visibility(()), since, offset, count)
+        shown = self._shown(versions)
+        self._audit_permits("history", [v for v, _ in shown])
+        return total, shown
+
     def _visible_or_404(self, resource_type: str, version: Version | None, label: str, context: Any = None
                         ) -> tuple[Version, dict, Decision | None]:
         """The one check of a single resource: scope, launch patient, consent. A hidden
@@ -249,21 +266,56 @@ class ScopedStore:
     # --- searches -------------------------------------------------------------------------
 
     @audited
-    def search(self, resource_type: str, pairs: list[tuple[str, str]]) -> SearchResult:
+    def search(self, resource_type: str, pairs: list[tuple[str, str]], strict: bool = True) -> SearchResult:
         self.access.require_scope(resource_type, "s")
-        query = parse_search(self.registry, resource_type, pairs)
+        query = parse_search(self.registry, resource_type, pairs, strict)
+        self._resolve_chains(query)
         total, found = self._repo.search_in_context(query, self.access.search_visibility(query.patient_filter))
         versions = [c.version for c in found if c.version is not None]
         self.access.prime_states({v.record: c.state for v, c in zip(versions, found) if v.record})
         matches = self._shown(versions)
-        included = self._included(query, versions)
+        included = self._included(query, versions) + self._revincluded(query, versions)
         tips = {audit.chain_of(v.record): c.tip for v, c in zip(versions, found)}
         self._audit_permits("search", [v for v, _ in matches + included], tips=tips)
         return SearchResult(total, [m for _, m in matches], [r for _, r in included], query)
 
+    def compartment_search(self, patient_id: str, resource_type: str, pairs: list[tuple[str, str]],
+                           strict: bool = True) -> SearchResult:
+        """`GET /fhir/Patient/{id}/Condition`: a search of that type within the child's record,
+        by the CompartmentDefinition's parameter (a hidden child's compartment is simply empty)."""
+        param = self._shared.compartment.param_of(resource_type)
+        if param is None:
+            raise invalid(f"{resource_type} is not in a child's record compartment", "not-supported")
+        named = ("_id", patient_id) if param == "{def}" else (param, f"Patient/{patient_id}")
+        return self.search(resource_type, [named] + pairs, strict)
+
+    def _resolve_chains(self, query: SearchQuery) -> None:
+        """Chained and _has parameters (one level): the inner search runs with this caller's
+        own visibility, so a resource they may not see can neither match nor be hinted at."""
+        for chain in query.chains:
+            self.access.require_scope(chain.inner_type, "s")
+            inner = parse_search(self.registry, chain.inner_type,
+                                 list(chain.inner_pairs) + [("_count", str(MAX_CHAIN_MATCHES))])
+            total, versions = self._repo.search(inner, self.access.search_visibility(inner.patient_filter))
+            if total > MAX_CHAIN_MATCHES:
+                raise too_costly(f"the chained search matched more than {MAX_CHAIN_MATCHES} {chain.inner_type} "
+                                 "resources; narrow it")
+            shown = [v for v, _ in self._shown(versions)]
+            if chain.inner_param is None:
+                values = tuple(f"{v.type}/{v.id}" for v in shown)
+                query.criteria.append(Criterion(chain.field, "reference", values))
+            else:
+                param = self.registry.get(chain.inner_type, chain.inner_param)
+                refs = {ref_key(r.get("reference", "")) for v in shown for r in param.evaluate(v.resource)
+                        if isinstance(r, dict) and r.get("reference", "").startswith(query.resource_type + "/")}
+                query.criteria.append(Criterion("_id", "id", tuple(sorted(r.split("/", 1)[1] for r in refs))))
+        query.patient_filter = query.patient_filter or _patient_filter_of(query)
+
     def _included(self, query: SearchQuery, versions: list[Version]) -> list[tuple[Version, dict]]:
         refs: list[str] = []
         for include in query.includes:
+            if include.reverse:
+                continue
             param = self.registry.get(include.source_type, include.param)
             for version in versions:
                 for ref in (param.evaluate(version.resource) if param else []):
@@ -275,6 +327,25 @@ class ScopedStore:
         found = self._repo.read_many(wanted)
         allowed = [found[r] for r in wanted if r in found and self.access.scope_allows(found[r].type, "r")]
         return self._shown(allowed)
+
+    def _revincluded(self, query: SearchQuery, versions: list[Version]) -> list[tuple[Version, dict]]:
+        """_revinclude (R4 search §3.1.1.5.5): the resources that point at the matches, found by a
+        search of their own type with this caller's visibility and shown as any match is."""
+        refs = tuple(f"{v.type}/{v.id}" for v in versions)
+        out: list[tuple[Version, dict]] = []
+        seen = set(refs)
+        for include in query.includes:
+            if not include.reverse or not refs or not self.access.scope_allows(include.source_type, "s"):
+                continue
+            pointing = [v for v in refs if include.target_type is None or v.startswith(include.target_type + "/")]
+            inner = SearchQuery(include.source_type, [Criterion(f"idx.{include.param}", "reference", tuple(pointing))],
+                                count=MAX_REVINCLUDE)
+            inner.patient_filter = _patient_filter_of(inner)
+            _, found = self._repo.search(inner, self.access.search_visibility(inner.patient_filter))
+            for version, shown in self._shown([v for v in found if f"{v.type}/{v.id}" not in seen]):
+                seen.add(f"{version.type}/{version.id}")
+                out.append((version, shown))
+        return out
 
     def conditional_match(self, resource_type: str, criteria: str, candidate: dict | None = None
                           ) -> tuple[Version, dict] | None:
@@ -322,6 +393,30 @@ class ScopedStore:
         prepared = self.prepare_put(resource, resource_id, if_match)
         self.commit([prepared])
         return version_of(prepared.write), prepared.write.resource, prepared.created
+
+    @audited
+    def conditional_update(self, body: object, resource_type: str, criteria: list[tuple[str, str]],
+                           if_match: int | None) -> tuple[Version, dict, bool]:
+        """PUT /fhir/Type?criteria (R4 http §3.1.0.4.3): no match creates, one match updates that
+        resource (If-Match still required: versioned-update), several are 412. Only what this
+        caller may see can match, so the answer never reveals a hidden resource."""
+        resource = parse_resource(body, resource_type)
+        self.access.require_scope(resource_type, "u")
+        query = parse_search(self.registry, resource_type, criteria + [("_count", "2")])
+        total, versions = self._repo.search(query, self.access.search_visibility(query.patient_filter))
+        shown = self._shown(versions)
+        if total > 1 or len(shown) > 1:
+            raise precondition_failed(f"the conditional update matched {total} {resource_type} resources; "
+                                      "it must match at most one")
+        if not shown:
+            if "id" in resource:
+                return self.update(resource, resource_type, resource["id"], if_match)
+            return self.create(resource, resource_type)
+        match = shown[0][0]
+        if resource.get("id", match.id) != match.id:
+            raise invalid(f"the resource id '{resource.get('id')}' is not the matched {resource_type}/{match.id}",
+                          "invalid", [f"{resource_type}.id"])
+        return self.update(dict(resource, id=match.id), resource_type, match.id, if_match)
 
     def prepare_put(self, resource: dict, resource_id: str, if_match: int | None,
                     pending: dict[str, str | None] | None = None, extra: dict | None = None) -> PreparedWrite:
