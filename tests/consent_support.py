@@ -8,6 +8,7 @@ from pathlib import Path
 
 from consent.engine import handover_date
 from tests.e2e.test_statutory_process import respond
+from tests.support import nhs_number
 
 BASE = "http://ehcp-record.example.org/fhir"
 SECTIONS = ("A", "B", "C", "D", "E", "F", "G", "H1", "H2", "I", "J", "K")
@@ -41,6 +42,9 @@ def load_issued_example(api, birth_date: str | None = None) -> dict:
     bundle["entry"][0]["resource"]["status"] = "preliminary"
     for entry in bundle["entry"]:
         entry["request"].pop("ifNoneExist", None)
+        if entry["resource"]["resourceType"] == "Patient":  # a new child: one record per NHS number
+            entry["resource"]["identifier"] = [i if "nhs-number" not in i["system"] else dict(i, value=nhs_number())
+                                               for i in entry["resource"]["identifier"]]
         if birth_date and entry["resource"]["resourceType"] == "Patient":
             entry["resource"]["birthDate"] = birth_date
     response = api.post("/fhir", bundle, api.la())

@@ -36,7 +36,7 @@ from ehcp_record.access.compartment import Compartment
 from ehcp_record.access.policy import Refusal, RequestAccess, denied, hidden
 from ehcp_record.audit import chain as audit_chain
 from ehcp_record.audit import entries as audit
-from ehcp_record.errors import (FhirError, invalid, not_found, precondition_failed, precondition_required, too_costly,
+from ehcp_record.errors import (FhirError, conflict, invalid, not_found, precondition_failed, precondition_required, too_costly,
                                 unprocessable)
 from ehcp_record.fhir.dates import instant
 from ehcp_record.fhir.identifiers import identifier_problems
@@ -50,6 +50,7 @@ from ehcp_record.store.transfers import TransferStore
 from ehcp_record.store.versions import ImportedRecord
 from ehcp_record.workflow import task_clocks
 
+NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 _ID_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.")
 
 
@@ -293,23 +294,25 @@ class ScopedStore:
         """Chained and _has parameters (one level): the inner search runs with this caller's
         own visibility, so a resource they may not see can neither match nor be hinted at."""
         for chain in query.chains:
-            self.access.require_scope(chain.inner_type, "s")
-            inner = parse_search(self.registry, chain.inner_type,
-                                 list(chain.inner_pairs) + [("_count", str(MAX_CHAIN_MATCHES))])
-            total, versions = self._repo.search(inner, self.access.search_visibility(inner.patient_filter))
-            if total > MAX_CHAIN_MATCHES:
-                raise too_costly(f"the chained search matched more than {MAX_CHAIN_MATCHES} {chain.inner_type} "
-                                 "resources; narrow it")
-            shown = [v for v, _ in self._shown(versions)]
+            shown = [v for inner_type in chain.inner_types if self.access.scope_allows(inner_type, "s")
+                     for v in self._chain_matches(inner_type, chain.inner_pairs)]
             if chain.inner_param is None:
                 values = tuple(f"{v.type}/{v.id}" for v in shown)
                 query.criteria.append(Criterion(chain.field, "reference", values))
             else:
-                param = self.registry.get(chain.inner_type, chain.inner_param)
+                param = self.registry.get(chain.inner_types[0], chain.inner_param)
                 refs = {ref_key(r.get("reference", "")) for v in shown for r in param.evaluate(v.resource)
                         if isinstance(r, dict) and r.get("reference", "").startswith(query.resource_type + "/")}
                 query.criteria.append(Criterion("_id", "id", tuple(sorted(r.split("/", 1)[1] for r in refs))))
         query.patient_filter = query.patient_filter or _patient_filter_of(query)
+
+    def _chain_matches(self, inner_type: str, pairs: tuple[tuple[str, str], ...]) -> list[Version]:
+        inner = parse_search(self.registry, inner_type, list(pairs) + [("_count", str(MAX_CHAIN_MATCHES))])
+        total, versions = self._repo.search(inner, self.access.search_visibility(inner.patient_filter))
+        if total > MAX_CHAIN_MATCHES:
+            raise too_costly(f"the chained search matched more than {MAX_CHAIN_MATCHES} {inner_type} resources; "
+                             "narrow it")
+        return [v for v, _ in self._shown(versions)]
 
     def _included(self, query: SearchQuery, versions: list[Version]) -> list[tuple[Version, dict]]:
         refs: list[str] = []
@@ -435,7 +438,9 @@ class ScopedStore:
                 raise not_found(label)
             return self.prepare(resource, resource_id, expected=None, pending=pending, extra=extra)
         if if_match is None:
-            raise precondition_required(f"updates need If-Match: W/\"{current.vid}\" (read the resource first)")
+            raise precondition_required(
+                f"this server needs versioned updates: send If-Match: W/\"{current.vid}\", the current ETag of "
+                f"{resource_type}/{resource_id} (R4 http §3.1.0.4.2, versioned-update)")
         return self.prepare(resource, resource_id, expected=if_match, current=current, pending=pending, extra=extra)
 
     def _may_see(self, version: Version) -> bool:
@@ -488,6 +493,7 @@ class ScopedStore:
         resource = task_clocks.apply(copy.deepcopy(resource)) if resource_type == "Task" else copy.deepcopy(resource)
         resource["id"] = resource_id
         _check_identifiers(resource)
+        self._one_record_per_nhs_number(resource)
         if expected is not None and current is not None and current.vid != expected:
             raise precondition_failed(f"{resource_type}/{resource_id} is at version {current.vid}, not {expected}")
         pending = pending or {}
@@ -524,6 +530,22 @@ class ScopedStore:
             hash=audit_chain.content_hash(resource), expected=expected if current is not None else None,
             extra=_extra_fields(resource), custodian=self._custodian_of(resource, record, current, new_record),
         )
+
+    def _one_record_per_nhs_number(self, resource: dict) -> None:
+        """A child has one record: a second Patient with the same NHS number is refused (409),
+        whoever holds the first, since two records would split the plan and its audit. The
+        answer says only that the number is taken; If-None-Exist on it finds a visible one."""
+        if resource["resourceType"] != "Patient":
+            return
+        for identifier in resource.get("identifier") or []:
+            if identifier.get("system") != NHS_NUMBER_SYSTEM or not isinstance(identifier.get("value"), str):
+                continue
+            others = [i for i in self._repo.ids_with_identifier("Patient", f"{NHS_NUMBER_SYSTEM}|{identifier['value']}")
+                      if i != resource["id"]]
+            if others:
+                raise conflict(f"a child with NHS number {identifier['value']} is already recorded; create it with "
+                               f"If-None-Exist: identifier={NHS_NUMBER_SYSTEM}|{identifier['value']}, or ask the "
+                               "local authority that holds the record for a transfer", "duplicate")
 
     def _custodian_of(self, resource: dict, record: str | None, current: Version | None, new_record: bool) -> str | None:
         """The LA a version is searchable by through custody (kept in step by custody moves)."""

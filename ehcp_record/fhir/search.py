@@ -69,7 +69,7 @@ class Chain:
     point at the outer ones through `inner_param`)."""
 
     field: str
-    inner_type: str
+    inner_types: tuple[str, ...]
     inner_pairs: tuple[tuple[str, str], ...]
     inner_param: str | None = None  # _has: the inner reference parameter that points back
 
@@ -281,18 +281,23 @@ def _chain(registry: SearchRegistry, resource_type: str, name: str, value: str) 
         if param is None or param.type != "reference":
             raise invalid(f"_has: '{back}' is not a reference parameter of {inner_type}")
         _known_inner(registry, inner_type, inner_name)
-        return Chain("_id", inner_type, ((inner_name, value),), back)
+        return Chain("_id", (inner_type,), ((inner_name, value),), back)
     match = _CHAIN_NAME.match(name)
     assert match is not None
     code, target, inner_name = match.groups()
     param = registry.get(resource_type, code)
     if param is None or param.type != "reference":
         raise invalid(f"'{code}' is not a reference parameter of {resource_type}, so it cannot be chained")
-    targets = (target,) if target else param.targets
-    if len(targets) != 1:
-        raise invalid(f"chain '{name[:60]}' must name the target type, e.g. '{code}:Patient.{inner_name}'")
-    _known_inner(registry, targets[0], inner_name)
-    return Chain(f"idx.{code}", targets[0], ((inner_name, value),))
+    # Without a `:Type`, every target type that has the inner parameter is searched (R4 search
+    # §3.1.1.4.7 allows either that or a refusal; `subject.identifier` is the common case).
+    inner_code = inner_name.partition(":")[0]
+    targets = (target,) if target else tuple(
+        t for t in param.targets if inner_code in ("_id", "_lastUpdated") or registry.get(t, inner_code))
+    if not targets:
+        raise invalid(f"no type that '{code}' refers to has the search parameter '{inner_code}'")
+    for inner_type in targets:
+        _known_inner(registry, inner_type, inner_name)
+    return Chain(f"idx.{code}", targets, ((inner_name, value),))
 
 
 def _known_inner(registry: SearchRegistry, inner_type: str, inner_name: str) -> None:

@@ -475,6 +475,11 @@ class Repository:
 
     # --- custody state ------------------------------------------------------------------
 
+    def ids_with_identifier(self, resource_type: str, token: str) -> list[str]:
+        """Ids of current resources of a type carrying an identifier token (`system|value`),
+        whoever may see them: for uniqueness rules such as one record per NHS number."""
+        return [d["rid"] for d in self.current.find({"type": resource_type, "idx.identifier": token}, {"rid": 1})]
+
     def record_state(self, record: str) -> dict | None:
         return self.records.find_one({"_id": record})
 

@@ -99,7 +99,8 @@ def body_kind(method: str, rule: str) -> str | None:
     if method in ("GET", "DELETE"):
         return None
     kinds = [
-        ("POST", "/fhir", "bundle"), ("POST", "/fhir/Binary", "binary-upload"),
+        ("POST", "/fhir", "bundle"), ("POST", "/fhir/", "bundle"), ("POST", "/fhir/Binary", "binary-upload"),
+        ("PUT", "/fhir/<resource_type>", "conditional-put"),
         ("PUT", "/fhir/Binary/<binary_id>", "put"), ("PUT", "/fhir/<resource_type>/<resource_id>", "put"),
         ("POST", "/fhir/<resource_type>", "create"), ("POST", "/fhir/<resource_type>/_search", "search-form"),
         ("POST", "/fhir/<resource_type>/$validate", "create"),
@@ -497,6 +498,17 @@ def variants(world: World, method: str, rule: str, variables: tuple[str, ...]) -
                 missing_body = put_body(world, rtype or "Binary", real_ids[0], MISSING)
                 add(f" If-Match {match}", Request(name, method, path, real_body, headers={"If-Match": match}),
                     Request(name, method, missing_path, missing_body, headers={"If-Match": match}))
+        elif kind == "conditional-put":  # PUT /fhir/Type?_id=<one of child 1's>: as a PUT to that id
+            mine = [k[1] for k in world.resources if k[0] == rtype]
+            if not mine:
+                continue
+            current = str((world.la_views.get((rtype, mine[0])) or {}).get("meta", {}).get("versionId", "1"))
+            add(f"?_id=<id> If-Match W/\"{current}\"",
+                Request(name, method, f"{path}?_id={mine[0]}", put_body(world, rtype, mine[0], mine[0]),
+                        headers={"If-Match": f'W/"{current}"'}),
+                Request(name, method, f"{path}?_id={MISSING}", put_body(world, rtype, mine[0], MISSING),
+                        headers={"If-Match": f'W/"{current}"'}))
+            found[-1].real_ids, found[-1].about = (mine[0],), [(rtype, mine[0])]
         elif kind == "create":
             body = create_body(world, rtype, world.child)
             missing_body = create_body(world, rtype, MISSING)

@@ -10,7 +10,7 @@ import pytest
 from fhir.resources.R4B.bundle import Bundle
 
 from tests.e2e.test_statutory_process import respond
-from tests.support import outcome_code, references_in
+from tests.support import nhs_number, outcome_code, references_in
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "profiles" / "examples" / "plan-bundle.json"
 
@@ -134,6 +134,8 @@ def test_issue_refused_when_golden_thread_breaks(api):
     bundle = example_bundle()
     for entry in bundle["entry"]:
         entry["request"].pop("ifNoneExist", None)  # another child, not the example's (already issued)
+        if entry["resource"]["resourceType"] == "Patient":  # ... so with an NHS number of its own
+            entry["resource"]["identifier"][0]["value"] = nhs_number()
     loaded = api.post("/fhir", bundle, api.la())
     assert loaded.status_code == 200, loaded.text
     response = loaded.json()
