@@ -51,6 +51,13 @@ class _ResourceTypeConverter(BaseConverter):
     regex = r"[A-Z][A-Za-z]{0,63}"
 
 
+class _JsonResourceTypeConverter(_ResourceTypeConverter):
+    """A resource type other than Binary, whose raw-media routes are its own (so PUT
+    /fhir/Binary, which conditional update would otherwise answer, stays 405)."""
+
+    regex = r"(?!Binary(?![A-Za-z]))[A-Z][A-Za-z]{0,63}"
+
+
 class _LogicalIdConverter(BaseConverter):
     """A path segment that is not a FHIR keyword (`_search`, `$validate`): so those never match
     /fhir/<type>/<id>. Any other malformed id still reaches the view and its 400."""
@@ -62,6 +69,7 @@ def _register_blueprints(app: Flask) -> None:
     from api import media, open_endpoints, operations, rest
 
     app.url_map.converters["fhir_type"] = _ResourceTypeConverter
+    app.url_map.converters["fhir_json_type"] = _JsonResourceTypeConverter
     app.url_map.converters["fhir_id"] = _LogicalIdConverter
     app.register_blueprint(open_endpoints.bp)
     app.register_blueprint(operations.bp)

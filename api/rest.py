@@ -136,7 +136,7 @@ def update(resource_type: str, resource_id: str) -> Response:
     return write_response(version, created, shown)
 
 
-@bp.put("/<fhir_type:resource_type>")
+@bp.put("/<fhir_json_type:resource_type>")
 def conditional_update(resource_type: str) -> Response:
     """PUT /fhir/Type?criteria (R4 http §3.1.0.4.3)."""
     require_served_type(resource_type)

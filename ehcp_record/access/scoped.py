@@ -169,6 +169,7 @@ class ScopedStore:
         self.validator = shared.validator
         self.access = RequestAccess(shared.repo, caller, shared.clock)
         self._arrivals: set[str] = set()  # records this request takes custody of (reg 15)
+        self._instant: datetime | None = None  # one transaction's shared lastUpdated
 
     @property
     def signing_key(self):
@@ -462,9 +463,16 @@ class ScopedStore:
         return self._prepare(resource, resource_id, expected, current, pending, extra, gated=True)
 
     def prepare_transaction(self, entries: list[dict]):
+        """Every version of one transaction carries one instant (R4 http §3.1.0.11: a
+        transaction is one change), so a draft plan written first in its Bundle is not older
+        than the needs it cites and renders whole as of its own version."""
         from ehcp_record.operations import bundles
 
-        return bundles.prepare_transaction(self, entries, self.prepare, self.prepare_put)
+        self._instant = self.clock()
+        try:
+            return bundles.prepare_transaction(self, entries, self.prepare, self.prepare_put)
+        finally:
+            self._instant = None
 
     @audited
     def process_bundle(self, body: object) -> dict:
@@ -520,7 +528,7 @@ class ScopedStore:
     def _build(self, resource: dict, record: str | None, expected: int | None, current: Version | None,
                new_record: bool) -> VersionWrite:
         vid = (current.vid + 1) if current is not None else 1
-        now = self.clock()
+        now = self._instant or self.clock()
         resource["meta"] = {k: v for k, v in (resource.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
         resource["meta"].update({"versionId": str(vid), "lastUpdated": instant(now)})
         section = resource.pop("_section", None) or section_of(resource)
