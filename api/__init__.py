@@ -66,12 +66,13 @@ class _LogicalIdConverter(BaseConverter):
 
 
 def _register_blueprints(app: Flask) -> None:
-    from api import media, open_endpoints, operations, rest
+    from api import conformance, media, open_endpoints, operations, rest
 
     app.url_map.converters["fhir_type"] = _ResourceTypeConverter
     app.url_map.converters["fhir_json_type"] = _JsonResourceTypeConverter
     app.url_map.converters["fhir_id"] = _LogicalIdConverter
     app.register_blueprint(open_endpoints.bp)
+    app.register_blueprint(conformance.bp)
     app.register_blueprint(operations.bp)
     app.register_blueprint(media.bp)
     app.register_blueprint(rest.bp)
@@ -86,7 +87,7 @@ def _check_limits() -> None:
 def _guard_database() -> None:
     """Fail fast (503) while the driver knows of no primary, and bound the time one request may
     spend on the database (a transaction's retries included) by `db_request_timeout`."""
-    if request.endpoint is None or request.blueprint == "open":
+    if request.endpoint is None or request.blueprint in ("open", "conformance"):
         return
     request_services().records.probe_when_no_primary()
     if request.endpoint not in _NO_DEADLINE:

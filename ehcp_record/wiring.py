@@ -7,7 +7,7 @@ caller-scoped store per request (import-linter contracts in the test suite check
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ehcp_record.access.compartment import Compartment
@@ -17,6 +17,7 @@ from ehcp_record.audit.signing import load_or_create_private_key
 from ehcp_record.audit.verify import trusted_keys, verify_all
 from ehcp_record.config import Settings
 from ehcp_record.errors import FhirError
+from ehcp_record.fhir.conformance import ConformanceLibrary
 from ehcp_record.fhir.search import SearchRegistry
 from ehcp_record.fhir.validator import ProfileValidator
 from ehcp_record.notifications.subscriptions import SubscriptionService
@@ -48,6 +49,7 @@ class Services:
     validate: ValidateOperation
     transfers: TransferService
     receive_transfer: ReceiveTransfer
+    conformance: ConformanceLibrary = field(default_factory=ConformanceLibrary)
     verifier: Any = None  # api.auth.TokenVerifier, set by the API (Flask-free here)
 
     @property
@@ -74,6 +76,7 @@ def build_services(settings: Settings) -> Services:
         proposals=ProposalService(checks, documents), audit_log=AuditLog(settings.base_url, trusted_keys(settings)),
         documents=documents, everything=EverythingService(), media=MediaService(settings.max_binary_bytes),
         validate=ValidateOperation(checks), transfers=transfers, receive_transfer=ReceiveTransfer(records, transfers),
+        conformance=ConformanceLibrary.load(settings.profiles_dir),
     )
 
 
