@@ -17,6 +17,7 @@ from api.context import services as request_services
 from api.http import FHIR_JSON, error_response
 from ehcp_record.config import Settings, load_settings
 from ehcp_record.errors import FhirError, issue_code_for_status, outcome_of, unavailable
+from ehcp_record.fhir.conformance import SERVED_TYPES as SERVED_CONFORMANCE_TYPES
 from ehcp_record.store import health
 from ehcp_record.wiring import build_services
 
@@ -44,18 +45,23 @@ def create_app(test_config: Mapping[str, Any] | None = None, settings: Settings 
     return app
 
 
+#: Our conformance resources have read-only routes of their own (api/conformance.py).
+_CONFORMANCE = "|".join(SERVED_CONFORMANCE_TYPES)
+
+
 class _ResourceTypeConverter(BaseConverter):
     """A FHIR resource type in a URL: so /fhir/metadata or /fhir/$receive-transfer never match
-    the generic /fhir/<type> rules (a wrong method there is 405 with Allow, not a 404)."""
+    the generic /fhir/<type> rules (a wrong method there is 405 with Allow, not a 404), nor do
+    the conformance types served read-only by their own routes."""
 
-    regex = r"[A-Z][A-Za-z]{0,63}"
+    regex = rf"(?!(?:{_CONFORMANCE})(?![A-Za-z]))[A-Z][A-Za-z]{{0,63}}"
 
 
 class _JsonResourceTypeConverter(_ResourceTypeConverter):
     """A resource type other than Binary, whose raw-media routes are its own (so PUT
     /fhir/Binary, which conditional update would otherwise answer, stays 405)."""
 
-    regex = r"(?!Binary(?![A-Za-z]))[A-Z][A-Za-z]{0,63}"
+    regex = rf"(?!(?:Binary|{_CONFORMANCE})(?![A-Za-z]))[A-Z][A-Za-z]{{0,63}}"
 
 
 class _LogicalIdConverter(BaseConverter):

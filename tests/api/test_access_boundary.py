@@ -47,7 +47,7 @@ from consent.engine import handover_date
 from ehcp_record.audit.chain import CHECKPOINT_ACTION
 from ehcp_record.fhir.model import SERVED_TYPES
 from ehcp_record.operations.proposals import RIGHTS_TEXT
-from tests.consent_support import EXAMPLE, SECTIONS, grant, section_of
+from tests.consent_support import SECTIONS, example_for_a_new_child, grant, section_of
 from tests.e2e.test_statutory_process import respond
 
 # --------------------------------------------------------------------------- the route table
@@ -60,6 +60,9 @@ OPEN_RULES = {
     "/readyz": "readiness probe",
     "/fhir/$receive-transfer": "authenticated by the sending deployment's Ed25519 signature, not a token",
     "/static/<path:filename>": "Flask's static files (the API has no static folder)",
+    **{f"/fhir/{t}{suffix}": "our published definitions (profiles/), no child's data"
+       for t in ("StructureDefinition", "ValueSet", "CodeSystem", "SearchParameter", "OperationDefinition",
+                 "CompartmentDefinition") for suffix in ("", "/<fhir_id:resource_id>")},
 }
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
 #: Path variables this suite knows how to fill with child 1's ids and with a missing id.
@@ -182,10 +185,8 @@ def _with_canaries(bundle: dict) -> dict:
 
 def _load_plan(api, canaries: bool, nhs: str, answer: str, comment: str = "") -> dict:
     """An example plan as a new child's issued plan (the family answering `answer`)."""
-    bundle = json.loads(EXAMPLE.read_text())
-    bundle["entry"][0]["resource"]["status"] = "preliminary"
+    bundle = example_for_a_new_child()
     for entry in bundle["entry"]:
-        entry["request"].pop("ifNoneExist", None)
         if entry["resource"]["resourceType"] == "Patient":
             entry["resource"]["identifier"] = [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}]
     if canaries:
@@ -500,7 +501,7 @@ def variants(world: World, method: str, rule: str, variables: tuple[str, ...]) -
                     Request(name, method, missing_path, missing_body, headers={"If-Match": match}))
         elif kind == "conditional-put":  # PUT /fhir/Type?_id=<one of child 1's>: as a PUT to that id
             mine = [k[1] for k in world.resources if k[0] == rtype]
-            if not mine:
+            if not mine or rtype == "Binary":  # Binary is replaced through PUT /fhir/Binary/<id>
                 continue
             current = str((world.la_views.get((rtype, mine[0])) or {}).get("meta", {}).get("versionId", "1"))
             add(f"?_id=<id> If-Match W/\"{current}\"",

@@ -17,7 +17,11 @@ from openapi_spec_validator import validate
 SPEC_PATH = Path(__file__).resolve().parents[2] / "openapi.yaml"
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 IGNORED_FLASK_METHODS = {"HEAD", "OPTIONS"}
-OPEN_PATHS = {"/healthz", "/readyz", "/fhir/metadata", "/fhir/.well-known/smart-configuration"}
+#: Our published definitions (profiles/) are open too, so their canonical URLs resolve for anyone.
+CONFORMANCE_PATHS = {f"/fhir/{t}{suffix}" for t in ("StructureDefinition", "ValueSet", "CodeSystem", "SearchParameter",
+                                                    "OperationDefinition", "CompartmentDefinition")
+                     for suffix in ("", "/{id}")}
+OPEN_PATHS = {"/healthz", "/readyz", "/fhir/metadata", "/fhir/.well-known/smart-configuration"} | CONFORMANCE_PATHS
 #: Authenticated by the sending deployment's Ed25519 signature, not a bearer token.
 SIGNED_PATHS = {"/fhir/$receive-transfer"}
 #: API.md "Errors" and the brief: every one of these must be documented with an OperationOutcome.

@@ -201,3 +201,14 @@ def test_trailing_slash_base_takes_a_batch(api, world):
         {"request": {"method": "GET", "url": f"Patient/{world['child']['id']}"}}]}
     response = api.post("/fhir/", batch, world["la"])
     assert response.status_code == 200 and response.json()["entry"][0]["response"]["status"].startswith("200")
+
+
+def test_access_log_pages_like_a_search(api, world):
+    child = world["child"]["id"]
+    first = api.get(f"/fhir/Patient/{child}/$access-log?_count=1", world["mum"]).json()
+    links = {l["relation"]: l["url"] for l in first["link"]}
+    assert first["total"] > 1 and len(first["entry"]) == 1 and {"self", "next", "signed-head"} <= set(links)
+    assert links["next"].startswith(f"{api.base}/fhir/Patient/{child}/$access-log?")
+    second = api.session.get(links["next"], headers=api.headers(world["mum"])).json()
+    assert "previous" in {l["relation"] for l in second["link"]}
+    assert first["entry"][0]["fullUrl"].startswith(f"{api.base}/fhir/AuditEvent/")
