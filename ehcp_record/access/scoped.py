@@ -514,7 +514,13 @@ class ScopedStore:
         if decision is None:
             decision = write_rules.authorize_write(self.access, resource, record, current is None, new_record)
         if resource_type == "Subscription" and self._shared.subscriptions is not None:
-            resource["status"] = "active"  # R4: the server activates what it accepts
+            # R4 Subscription lifecycle: the server activates what it accepts ("requested"),
+            # and a subscriber switches it off with status "off" (kept, and nothing is sent);
+            # "error" is the server's to set.
+            if resource.get("status") == "error":
+                raise unprocessable("Subscription.status 'error' is set by the server; send 'off' or 'requested'",
+                                    "value", ["Subscription.status"])
+            resource["status"] = "off" if resource.get("status") == "off" else "active"
             extra = {**(extra or {}), **self._shared.subscriptions.prepare_subscription(self, resource, current)}
         if self.validator is not None:
             self.validator.check(resource)
