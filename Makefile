@@ -15,8 +15,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# `make serve PORT=8090 HOST=0.0.0.0`; EHCP_BASE_URL (if set) is the address put in links.
+PORT ?= 8080
+HOST ?= 127.0.0.1
 serve: $(STAMP)
-	$(BIN)/ehcp-record serve
+	$(BIN)/ehcp-record serve --host $(HOST) --port $(PORT)
 
 test: $(STAMP)
 	$(BIN)/pytest

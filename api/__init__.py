@@ -17,6 +17,7 @@ from api.context import services as request_services
 from api.http import FHIR_JSON, error_response
 from ehcp_record.config import Settings, load_settings
 from ehcp_record.errors import FhirError, issue_code_for_status, outcome_of, unavailable
+from ehcp_record.fhir.conformance import SERVED_TYPES as SERVED_CONFORMANCE_TYPES
 from ehcp_record.store import health
 from ehcp_record.wiring import build_services
 
@@ -46,11 +47,23 @@ def create_app(test_config: Mapping[str, Any] | None = None, settings: Settings 
     return app
 
 
+#: Our conformance resources have read-only routes of their own (api/conformance.py).
+_CONFORMANCE = "|".join(SERVED_CONFORMANCE_TYPES)
+
+
 class _ResourceTypeConverter(BaseConverter):
     """A FHIR resource type in a URL: so /fhir/metadata or /fhir/$receive-transfer never match
-    the generic /fhir/<type> rules (a wrong method there is 405 with Allow, not a 404)."""
+    the generic /fhir/<type> rules (a wrong method there is 405 with Allow, not a 404), nor do
+    the conformance types served read-only by their own routes."""
 
-    regex = r"[A-Z][A-Za-z]{0,63}"
+    regex = rf"(?!(?:{_CONFORMANCE})(?![A-Za-z]))[A-Z][A-Za-z]{{0,63}}"
+
+
+class _JsonResourceTypeConverter(_ResourceTypeConverter):
+    """A resource type other than Binary, whose raw-media routes are its own (so PUT
+    /fhir/Binary, which conditional update would otherwise answer, stays 405)."""
+
+    regex = rf"(?!(?:Binary|{_CONFORMANCE})(?![A-Za-z]))[A-Z][A-Za-z]{{0,63}}"
 
 
 class _LogicalIdConverter(BaseConverter):
@@ -81,12 +94,14 @@ def _init_cors(app: Flask, settings: Settings) -> None:
 
 
 def _register_blueprints(app: Flask) -> None:
-    from api import media, oauth, open_endpoints, operations, rest
+    from api import conformance, media, oauth, open_endpoints, operations, rest
 
     app.url_map.converters["fhir_type"] = _ResourceTypeConverter
+    app.url_map.converters["fhir_json_type"] = _JsonResourceTypeConverter
     app.url_map.converters["fhir_id"] = _LogicalIdConverter
     app.register_blueprint(open_endpoints.bp)
     app.register_blueprint(oauth.bp)
+    app.register_blueprint(conformance.bp)
     app.register_blueprint(operations.bp)
     app.register_blueprint(media.bp)
     app.register_blueprint(rest.bp)
@@ -101,7 +116,7 @@ def _check_limits() -> None:
 def _guard_database() -> None:
     """Fail fast (503) while the driver knows of no primary, and bound the time one request may
     spend on the database (a transaction's retries included) by `db_request_timeout`."""
-    if request.endpoint is None or request.blueprint == "open":
+    if request.endpoint is None or request.blueprint in ("open", "conformance"):
         return
     request_services().records.probe_when_no_primary()
     if request.endpoint not in _NO_DEADLINE:

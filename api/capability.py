@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from ehcp_record.config import Settings
 from ehcp_record.fhir.canonical import canonical
+from ehcp_record.fhir.conformance import SERVED_TYPES
 from ehcp_record.fhir.model import READ_ONLY_TYPES, STORED_TYPES
 from ehcp_record.wiring import Services
 
 #: (name, resource type or None for system level, definition canonical); filled by api.operations
 OPERATIONS: list[tuple[str, str | None, str]] = []
 _WRITE = ["create", "update"]
-_READ = ["read", "vread", "history-instance", "search-type"]
+_READ = ["read", "vread", "history-instance", "history-type", "search-type"]
 
 
 def capability_statement(services: Services) -> dict:
@@ -32,8 +33,9 @@ def capability_statement(services: Services) -> dict:
         "rest": [{
             "mode": "server",
             "security": _security(services.settings),
-            "resource": [_resource(services, t) for t in STORED_TYPES + READ_ONLY_TYPES],
-            "interaction": [{"code": "transaction"}, {"code": "batch"}],
+            "resource": [_resource(services, t) for t in STORED_TYPES + READ_ONLY_TYPES]
+                        + [_conformance_resource(services, t) for t in SERVED_TYPES],
+            "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
             "operation": [{"name": name, "definition": definition} for name, rtype, definition in OPERATIONS if rtype is None],
         }],
     }
@@ -68,10 +70,19 @@ def _resource(services: Services, resource_type: str) -> dict:
         "readHistory": True,
         "updateCreate": resource_type not in READ_ONLY_TYPES,
         "conditionalCreate": resource_type not in READ_ONLY_TYPES,
-        "conditionalUpdate": False,
+        "conditionalUpdate": resource_type not in READ_ONLY_TYPES and resource_type != "Binary",
         "conditionalDelete": "not-supported",
+        "searchInclude": _includes(services, resource_type),
+        "searchRevInclude": _revincludes(services, resource_type),
         "searchParam": _search_params(services, resource_type),
     }
+    profiles = _profiles_of(services, resource_type)
+    if profiles:
+        entry["supportedProfile"] = profiles
+    if not entry["searchInclude"]:
+        del entry["searchInclude"]
+    if not entry["searchRevInclude"]:
+        del entry["searchRevInclude"]
     operations = [{"name": n, "definition": d} for n, rtype, d in OPERATIONS if rtype == resource_type]
     if operations:
         entry["operation"] = operations
@@ -84,3 +95,30 @@ def _search_params(services: Services, resource_type: str) -> list[dict]:
         params.append({"name": param.code, "type": param.type,
                        "definition": canonical("SearchParameter", f"ehcp-{param.code}")})
     return params
+
+
+def _profiles_of(services: Services, resource_type: str) -> list[str]:
+    """Our profiles of this type (R4 CapabilityStatement.rest.resource.supportedProfile)."""
+    sds = services.conformance.resources.get("StructureDefinition", {}).values()
+    return sorted(sd["url"] for sd in sds if sd.get("type") == resource_type and sd.get("derivation") == "constraint")
+
+
+def _includes(services: Services, resource_type: str) -> list[str]:
+    return sorted(f"{resource_type}:{p.code}" for p in services.registry.for_type(resource_type) if p.type == "reference")
+
+
+def _revincludes(services: Services, resource_type: str) -> list[str]:
+    """`Type:param` for every reference parameter elsewhere that may point at this type."""
+    found = []
+    for other in STORED_TYPES + READ_ONLY_TYPES:
+        for param in services.registry.for_type(other):
+            if param.type == "reference" and (not param.targets or resource_type in param.targets):
+                found.append(f"{other}:{param.code}")
+    return sorted(set(found))
+
+
+def _conformance_resource(services: Services, resource_type: str) -> dict:
+    """Our definitions in profiles/, served read-only and without a token."""
+    return {"type": resource_type, "interaction": [{"code": "read"}, {"code": "search-type"}],
+            "searchParam": [{"name": n, "type": "uri" if n == "url" else "token"}
+                            for n in ("_id", "url", "name", "version", "status")]}

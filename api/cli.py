@@ -102,7 +102,11 @@ def database(settings: Settings) -> Iterator[Settings]:
 def _serve(args: argparse.Namespace) -> int:
     from api.server import run_gunicorn
 
-    settings = load_settings({"base_url": f"http://{args.host}:{args.port}/fhir", "data_dir": str(locate_data_dir())})
+    # EHCP_BASE_URL (the address clients use, e.g. behind a proxy) wins; else where we listen.
+    overrides = {"data_dir": str(locate_data_dir())}
+    if not os.environ.get("EHCP_BASE_URL"):
+        overrides["base_url"] = f"http://{args.host}:{args.port}/fhir"
+    settings = load_settings(overrides)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     os.environ["EHCP_DATA_DIR"] = str(settings.data_dir.resolve())  # the workers use the same one
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

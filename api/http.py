@@ -93,12 +93,57 @@ def if_match() -> int | None:
     return int(digits)
 
 
+def preferences() -> dict[str, str]:
+    """The Prefer header (RFC 7240 §2): a comma-separated list of `name[=value]`, parameters
+    after `;` ignored. `return=minimal, handling=strict` is two preferences."""
+    found: dict[str, str] = {}
+    for item in request.headers.get("Prefer", "").split(","):
+        for part in item.split(";")[:1]:
+            name, _, value = part.strip().partition("=")
+            if name:
+                found.setdefault(name.strip().lower(), value.strip().strip('"'))
+    return found
+
+
 def prefer_return() -> str:
-    for part in request.headers.get("Prefer", "").split(";"):
-        name, _, value = part.strip().partition("=")
-        if name == "return" and value.strip('"') in ("minimal", "representation", "OperationOutcome"):
-            return value.strip('"')
-    return "representation"
+    value = preferences().get("return", "")
+    return value if value in ("minimal", "representation", "OperationOutcome") else "representation"
+
+
+def strict_handling() -> bool:
+    """`Prefer: handling=strict` makes an unknown search parameter an error (R4 search §3.1.1.3.1)."""
+    return preferences().get("handling") == "strict"
+
+
+def require_json_accepted() -> None:
+    """406 when the client asks (by `_format` or Accept) only for a format we do not serve."""
+    from ehcp_record.fhir.search import check_format
+
+    for value in request.args.getlist("_format"):
+        check_format(value)
+    accept = request.accept_mimetypes
+    if not accept or accept.best_match(["application/fhir+json", "application/json"]) is not None:
+        return
+    raise FhirError(406, "not-supported", "only JSON is served: accept application/fhir+json")
+
+
+def not_modified(version: Version) -> Response | None:
+    """304 for a repeat read whose copy is current (RFC 9110 §13.1.2, §13.1.3; R4 http §3.1.0.3):
+    If-None-Match wins over If-Modified-Since."""
+    etag = f'W/"{version.vid}"'
+    tags = request.headers.get("If-None-Match")
+    if tags is not None:
+        offered = {t.strip().removeprefix("W/") for t in tags.split(",")}
+        fresh = "*" in offered or etag.removeprefix("W/") in offered
+    elif request.if_modified_since is not None:
+        fresh = version.updated.replace(microsecond=0) <= request.if_modified_since
+    else:
+        return None
+    if not fresh:
+        return None
+    response = Response(status=304)
+    response.headers.extend(version_headers(version))
+    return response
 
 
 def write_response(version: Version, created: bool, resource: dict) -> Response:
@@ -129,8 +174,14 @@ def query_pairs() -> list[tuple[str, str]]:
     return pairs
 
 
-def bundle_link(path: str, pairs: list[tuple[str, str]]) -> str:
-    from urllib.parse import urlencode
-    base = request.host_url.rstrip("/") + path
-    return f"{base}?{urlencode(pairs)}" if pairs else base
+def base_url() -> str:
+    """This server's FHIR base as configured (EHCP_BASE_URL), never the request's Host header,
+    which any client may set: links and fullUrls must point at this server."""
+    return current_app.extensions["ehcp"].settings.base_url.rstrip("/")
 
+
+def bundle_link(path: str, pairs: list[tuple[str, str]]) -> str:
+    """An absolute link below the base; `path` is relative to it ("" or "/Patient")."""
+    from urllib.parse import urlencode
+    base = base_url() + path
+    return f"{base}?{urlencode(pairs)}" if pairs else base

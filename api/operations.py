@@ -6,7 +6,7 @@ from flask import Blueprint, Response
 
 from api.capability import OPERATIONS
 from api.context import services, store
-from api.http import fhir_response, json_body, version_headers
+from api.http import base_url, bundle_link, fhir_response, json_body, version_headers
 from ehcp_record.fhir import bundles
 from ehcp_record.fhir.canonical import operation_definition
 
@@ -45,11 +45,16 @@ def issue(task_id: str) -> Response:
 def access_log(patient_id: str) -> Response:
     from flask import request
 
-    pairs = [("patient", patient_id)] + [(k, v) for k, v in request.args.items(multi=True) if k != "patient"]
-    total, events, _, _ = services().audit_log.search(store(), pairs)
+    asked = [(k, v) for k, v in request.args.items(multi=True) if k != "patient"]
+    total, events, offset, count = services().audit_log.search(store(), [("patient", patient_id)] + asked)
+    # Paged like any search (self/next/previous below the configured base), plus the signed head.
+    url = lambda pairs: bundle_link(f"/Patient/{patient_id}/$access-log", pairs)  # noqa: E731
+    rest = [(k, v) for k, v in asked if k not in ("_count", "_offset")]
+    links = bundles.paging_links(url, asked, rest, offset, count, total)
     head = services().audit_log.head_link(store(), patient_id)
-    links = [head] if head is not None else []
-    return fhir_response(bundles.searchset([bundles.entry(e, mode="match") for e in events], total, links))
+    links += [head] if head is not None else []
+    entries = [bundles.entry(e, base_url(), "match") for e in events]
+    return fhir_response(bundles.searchset(entries, total, links))
 
 
 @bp.get("/Patient/<patient_id>/$verify-audit")

@@ -35,6 +35,7 @@ from api.auth import issue_dev_token  # noqa: E402
 from bench.harness import Client, Server, measure  # noqa: E402
 from ehcp_record.config import load_settings  # noqa: E402
 from tests.consent_support import grant  # noqa: E402
+from tests.support import nhs_number  # noqa: E402  (one record per NHS number)
 from tests.e2e.plan_builders import parent  # noqa: E402
 
 LA = "Organization/la-866"
@@ -44,7 +45,7 @@ NEED = "http://ehcp-record.example.org/fhir/CodeSystem/sen-primary-need"
 
 def child_body(n: int) -> dict:
     return {"resourceType": "Patient", "birthDate": "2015-03-14", "name": [{"family": f"Bench{n}"}],
-            "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9000000009"}]}
+            "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs_number()}]}
 
 
 def load_children(client: Client, count: int) -> list[dict]:

@@ -18,6 +18,7 @@ from ehcp_record.audit.signing import load_or_create_private_key
 from ehcp_record.audit.verify import trusted_keys, verify_all
 from ehcp_record.config import Settings
 from ehcp_record.errors import FhirError
+from ehcp_record.fhir.conformance import ConformanceLibrary
 from ehcp_record.fhir.search import SearchRegistry
 from ehcp_record.fhir.validator import ProfileValidator
 from ehcp_record.identity.service import IdentityService
@@ -62,6 +63,7 @@ class Services:
     worklist: WorklistService = field(default_factory=WorklistService)
     sen2: Sen2Service = field(default_factory=Sen2Service)
     identity: IdentityService | None = None
+    conformance: ConformanceLibrary = field(default_factory=ConformanceLibrary)
     verifier: Any = None  # api.auth.TokenVerifier, set by the API (Flask-free here)
 
     @property
@@ -91,6 +93,7 @@ def build_services(settings: Settings) -> Services:
         documents=documents, everything=EverythingService(), media=MediaService(settings.max_binary_bytes),
         validate=ValidateOperation(checks), transfers=transfers, receive_transfer=ReceiveTransfer(records, transfers),
         assessment=AssessmentService(reviews), reviews=reviews,
+        conformance=ConformanceLibrary.load(settings.profiles_dir),
     )
 
 

@@ -34,10 +34,13 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def start_server(mongo: EmbeddedMongo, data_dir: Path, **overrides: object) -> tuple[Api, object]:
     from api import create_app
 
+    # Bind first, so the app's base URL (links, fullUrls) is the port clients really call.
+    holder: dict[str, object] = {}
+    server = make_server("127.0.0.1", 0, lambda environ, start: holder["app"](environ, start), threaded=True)
     config = {"mongodb_uri": mongo.uri, "database": f"t_{uuid.uuid4().hex[:12]}", "data_dir": str(data_dir),
-              "env": "test", **overrides}
+              "env": "test", "base_url": f"http://127.0.0.1:{server.server_port}/fhir", **overrides}
     app = create_app(config)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
+    holder["app"] = app
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     api = Api(f"http://127.0.0.1:{server.server_port}", app.extensions["ehcp"].settings, app)

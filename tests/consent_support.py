@@ -8,6 +8,7 @@ from pathlib import Path
 
 from consent.engine import handover_date
 from tests.e2e.test_statutory_process import respond
+from tests.support import nhs_number
 
 BASE = "http://ehcp-record.example.org/fhir"
 SECTIONS = ("A", "B", "C", "D", "E", "F", "G", "H1", "H2", "I", "J", "K")
@@ -35,12 +36,23 @@ def grant(child_id: str, grantor: str, recipient: str, sections, actions=("read"
     }
 
 
+def example_for_a_new_child() -> dict:
+    """The shipped example plan Bundle made another child's: every entry a POST (server ids, no
+    ifNoneExist), and the child with an NHS number of its own (one record per NHS number)."""
+    bundle = json.loads(EXAMPLE.read_text())
+    for entry in bundle["entry"]:
+        resource = entry["resource"]
+        entry["request"] = {"method": "POST", "url": resource["resourceType"]}
+        if resource["resourceType"] == "Patient":
+            resource["identifier"] = [i if "nhs-number" not in i["system"] else dict(i, value=nhs_number())
+                                      for i in resource["identifier"]]
+    return bundle
+
+
 def load_issued_example(api, birth_date: str | None = None) -> dict:
     """The synthetic example plan as a new child's issued plan; returns resources by type."""
-    bundle = json.loads(EXAMPLE.read_text())
-    bundle["entry"][0]["resource"]["status"] = "preliminary"
+    bundle = example_for_a_new_child()
     for entry in bundle["entry"]:
-        entry["request"].pop("ifNoneExist", None)
         if birth_date and entry["resource"]["resourceType"] == "Patient":
             entry["resource"]["birthDate"] = birth_date
     response = api.post("/fhir", bundle, api.la())

@@ -69,7 +69,7 @@ class Api:
 
     def new_child(self, token: str | None = None, **fields: Any) -> dict:
         body = {"resourceType": "Patient", "birthDate": "2015-03-14",
-                "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9000000009"}],
+                "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs_number()}],
                 "name": [{"family": "Example", "given": ["Sam"]}]}
         body.update(fields)
         self.ensure_la_organization()
@@ -107,3 +107,16 @@ def outcome_code(response: requests.Response) -> str:
 
 def unique() -> str:
     return uuid.uuid4().hex[:10]
+
+
+def nhs_number() -> str:
+    """A fresh valid NHS number (modulus 11, NHS Data Dictionary), one record per number."""
+    import random
+
+    from stdnum.gb import nhs
+
+    while True:
+        digits = "".join(random.choice("0123456789") for _ in range(9))
+        for check in "0123456789":
+            if nhs.is_valid(digits + check):
+                return digits + check

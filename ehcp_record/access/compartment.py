@@ -27,6 +27,11 @@ class Compartment:
         params = {r["code"]: r["param"][0] for r in definition["resource"] if r.get("param")}
         return cls(params, registry)
 
+    def param_of(self, resource_type: str) -> str | None:
+        """The search parameter that puts a resource of this type in a child's compartment
+        (`{def}` for Patient itself), for compartment search (R4 http §3.1.0.8.2)."""
+        return self._params.get(resource_type)
+
     def record_of(self, resource: dict, lookup: RecordLookup) -> str | None:
         """The record id, or None for directory resources (Organization, Practitioner...).
 

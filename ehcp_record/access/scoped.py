@@ -36,11 +36,13 @@ from ehcp_record.access.compartment import Compartment
 from ehcp_record.access.policy import Refusal, RequestAccess, denied, hidden
 from ehcp_record.audit import chain as audit_chain
 from ehcp_record.audit import entries as audit
-from ehcp_record.errors import FhirError, invalid, not_found, precondition_failed, precondition_required, unprocessable
+from ehcp_record.errors import (FhirError, conflict, invalid, not_found, precondition_failed, precondition_required, too_costly,
+                                unprocessable)
 from ehcp_record.fhir.dates import instant
 from ehcp_record.fhir.identifiers import identifier_problems
 from ehcp_record.fhir.model import STORED_TYPES, parse_resource, ref_key
-from ehcp_record.fhir.search import SearchQuery, SearchRegistry, parse_search
+from ehcp_record.fhir.search import (MAX_CHAIN_MATCHES, MAX_REVINCLUDE, Criterion, SearchQuery, SearchRegistry,
+                                     parse_search, patient_filter as _patient_filter_of)
 from ehcp_record.store.media import MediaStore
 from ehcp_record.store.repository import Repository
 from ehcp_record.store.versions import AuditAppend, RecordContext, Version, VersionWrite, utc_now
@@ -48,6 +50,7 @@ from ehcp_record.store.transfers import TransferStore
 from ehcp_record.store.versions import ImportedRecord
 from ehcp_record.workflow import task_clocks
 
+NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 _ID_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.")
 
 
@@ -170,6 +173,7 @@ class ScopedStore:
         self.validator = shared.validator
         self.access = RequestAccess(shared.repo, caller, shared.clock)
         self._arrivals: set[str] = set()  # records this request takes custody of (reg 15)
+        self._instant: datetime | None = None  # one transaction's shared lastUpdated
 
     @property
     def signing_key(self):
@@ -224,6 +228,21 @@ class ScopedStore:
         self._audit_permits("history", [v for v, _ in shown])
         return total, shown
 
+    @audited
+    def history_search(self, resource_type: str | None, since: datetime | None, offset: int, count: int
+                       ) -> tuple[int, list[tuple[Version, dict]]]:
+        """Type (`/fhir/Condition/_history`) or system (`/fhir/_history`) history: the versions
+        of what this caller may search, each shown as it may see it now."""
+        if resource_type:
+            self.access.require_scope(resource_type, "s")
+            types = [resource_type]
+        else:  # Subscriptions are their owner's alone, so never in the system-wide history
+            types = [t for t in STORED_TYPES if t != "Subscription" and self.access.scope_allows(t, "s")]
+        total, versions = self._repo.history_search(types, self.access.search_visibility(()), since, offset, count)
+        shown = self._shown(versions)
+        self._audit_permits("history", [v for v, _ in shown])
+        return total, shown
+
     def _visible_or_404(self, resource_type: str, version: Version | None, label: str, context: Any = None
                         ) -> tuple[Version, dict, Decision | None]:
         """The one check of a single resource: scope, launch patient, consent. A hidden
@@ -253,12 +272,13 @@ class ScopedStore:
     # --- searches -------------------------------------------------------------------------
 
     @audited
-    def search(self, resource_type: str, pairs: list[tuple[str, str]]) -> SearchResult:
+    def search(self, resource_type: str, pairs: list[tuple[str, str]], strict: bool = True) -> SearchResult:
         self.access.require_scope(resource_type, "s")
-        query = parse_search(self.registry, resource_type, pairs)
+        query = parse_search(self.registry, resource_type, pairs, strict)
+        self._resolve_chains(query)
         total, found, matches = self._matches(query)
         versions = [c.version for c in found if c.version is not None]
-        included = self._included(query, versions)
+        included = self._included(query, versions) + self._revincluded(query, versions)
         tips = {audit.chain_of(v.record): c.tip for v, c in zip(versions, found)}
         self._audit_permits("search", [v for v, _ in matches + included], tips=tips)
         return SearchResult(total, [m for _, m in matches], [r for _, r in included], query)
@@ -301,9 +321,45 @@ class ScopedStore:
             total, found = self._repo.search_in_context(query, self.access.search_candidates(records, named=named))
         return total, found
 
+    def compartment_search(self, patient_id: str, resource_type: str, pairs: list[tuple[str, str]],
+                           strict: bool = True) -> SearchResult:
+        """`GET /fhir/Patient/{id}/Condition`: a search of that type within the child's record,
+        by the CompartmentDefinition's parameter (a hidden child's compartment is simply empty)."""
+        param = self._shared.compartment.param_of(resource_type)
+        if param is None:
+            raise invalid(f"{resource_type} is not in a child's record compartment", "not-supported")
+        named = ("_id", patient_id) if param == "{def}" else (param, f"Patient/{patient_id}")
+        return self.search(resource_type, [named] + pairs, strict)
+
+    def _resolve_chains(self, query: SearchQuery) -> None:
+        """Chained and _has parameters (one level): the inner search runs with this caller's
+        own visibility, so a resource they may not see can neither match nor be hinted at."""
+        for chain in query.chains:
+            shown = [v for inner_type in chain.inner_types if self.access.scope_allows(inner_type, "s")
+                     for v in self._chain_matches(inner_type, chain.inner_pairs)]
+            if chain.inner_param is None:
+                values = tuple(f"{v.type}/{v.id}" for v in shown)
+                query.criteria.append(Criterion(chain.field, "reference", values))
+            else:
+                param = self.registry.get(chain.inner_types[0], chain.inner_param)
+                refs = {ref_key(r.get("reference", "")) for v in shown for r in param.evaluate(v.resource)
+                        if isinstance(r, dict) and r.get("reference", "").startswith(query.resource_type + "/")}
+                query.criteria.append(Criterion("_id", "id", tuple(sorted(r.split("/", 1)[1] for r in refs))))
+        query.patient_filter = query.patient_filter or _patient_filter_of(query)
+
+    def _chain_matches(self, inner_type: str, pairs: tuple[tuple[str, str], ...]) -> list[Version]:
+        inner = parse_search(self.registry, inner_type, list(pairs) + [("_count", str(MAX_CHAIN_MATCHES))])
+        total, versions = self._repo.search(inner, self.access.search_visibility(inner.patient_filter))
+        if total > MAX_CHAIN_MATCHES:
+            raise too_costly(f"the chained search matched more than {MAX_CHAIN_MATCHES} {inner_type} resources; "
+                             "narrow it")
+        return [v for v, _ in self._shown(versions)]
+
     def _included(self, query: SearchQuery, versions: list[Version]) -> list[tuple[Version, dict]]:
         refs: list[str] = []
         for include in query.includes:
+            if include.reverse:
+                continue
             param = self.registry.get(include.source_type, include.param)
             for version in versions:
                 for ref in (param.evaluate(version.resource) if param else []):
@@ -315,6 +371,25 @@ class ScopedStore:
         found = self._repo.read_many(wanted)
         allowed = [found[r] for r in wanted if r in found and self.access.scope_allows(found[r].type, "r")]
         return self._shown(allowed)
+
+    def _revincluded(self, query: SearchQuery, versions: list[Version]) -> list[tuple[Version, dict]]:
+        """_revinclude (R4 search §3.1.1.5.5): the resources that point at the matches, found by a
+        search of their own type with this caller's visibility and shown as any match is."""
+        refs = tuple(f"{v.type}/{v.id}" for v in versions)
+        out: list[tuple[Version, dict]] = []
+        seen = set(refs)
+        for include in query.includes:
+            if not include.reverse or not refs or not self.access.scope_allows(include.source_type, "s"):
+                continue
+            pointing = [v for v in refs if include.target_type is None or v.startswith(include.target_type + "/")]
+            inner = SearchQuery(include.source_type, [Criterion(f"idx.{include.param}", "reference", tuple(pointing))],
+                                count=MAX_REVINCLUDE)
+            inner.patient_filter = _patient_filter_of(inner)
+            _, found = self._repo.search(inner, self.access.search_visibility(inner.patient_filter))
+            for version, shown in self._shown([v for v in found if f"{v.type}/{v.id}" not in seen]):
+                seen.add(f"{version.type}/{version.id}")
+                out.append((version, shown))
+        return out
 
     def conditional_match(self, resource_type: str, criteria: str, candidate: dict | None = None
                           ) -> tuple[Version, dict] | None:
@@ -363,6 +438,30 @@ class ScopedStore:
         self.commit([prepared])
         return version_of(prepared.write), prepared.write.resource, prepared.created
 
+    @audited
+    def conditional_update(self, body: object, resource_type: str, criteria: list[tuple[str, str]],
+                           if_match: int | None) -> tuple[Version, dict, bool]:
+        """PUT /fhir/Type?criteria (R4 http §3.1.0.4.3): no match creates, one match updates that
+        resource (If-Match still required: versioned-update), several are 412. Only what this
+        caller may see can match, so the answer never reveals a hidden resource."""
+        resource = parse_resource(body, resource_type)
+        self.access.require_scope(resource_type, "u")
+        query = parse_search(self.registry, resource_type, criteria + [("_count", "2")])
+        total, versions = self._repo.search(query, self.access.search_visibility(query.patient_filter))
+        shown = self._shown(versions)
+        if total > 1 or len(shown) > 1:
+            raise precondition_failed(f"the conditional update matched {total} {resource_type} resources; "
+                                      "it must match at most one")
+        if not shown:
+            if "id" in resource:
+                return self.update(resource, resource_type, resource["id"], if_match)
+            return self.create(resource, resource_type)
+        match = shown[0][0]
+        if resource.get("id", match.id) != match.id:
+            raise invalid(f"the resource id '{resource.get('id')}' is not the matched {resource_type}/{match.id}",
+                          "invalid", [f"{resource_type}.id"])
+        return self.update(dict(resource, id=match.id), resource_type, match.id, if_match)
+
     def prepare_put(self, resource: dict, resource_id: str, if_match: int | None,
                     pending: dict[str, str | None] | None = None, extra: dict | None = None) -> PreparedWrite:
         """PUT: update with a mandatory If-Match, or create at a client-chosen id. A resource
@@ -380,7 +479,9 @@ class ScopedStore:
                 raise not_found(label)
             return self.prepare(resource, resource_id, expected=None, pending=pending, extra=extra)
         if if_match is None:
-            raise precondition_required(f"updates need If-Match: W/\"{current.vid}\" (read the resource first)")
+            raise precondition_required(
+                f"this server needs versioned updates: send If-Match: W/\"{current.vid}\", the current ETag of "
+                f"{resource_type}/{resource_id} (R4 http §3.1.0.4.2, versioned-update)")
         return self.prepare(resource, resource_id, expected=if_match, current=current, pending=pending, extra=extra)
 
     def _may_see(self, version: Version) -> bool:
@@ -402,9 +503,16 @@ class ScopedStore:
         return self._prepare(resource, resource_id, expected, current, pending, extra, gated=True)
 
     def prepare_transaction(self, entries: list[dict]):
+        """Every version of one transaction carries one instant (R4 http §3.1.0.11: a
+        transaction is one change), so a draft plan written first in its Bundle is not older
+        than the needs it cites and renders whole as of its own version."""
         from ehcp_record.operations import bundles
 
-        return bundles.prepare_transaction(self, entries, self.prepare, self.prepare_put)
+        self._instant = self.clock()
+        try:
+            return bundles.prepare_transaction(self, entries, self.prepare, self.prepare_put)
+        finally:
+            self._instant = None
 
     @audited
     def process_bundle(self, body: object) -> dict:
@@ -433,6 +541,7 @@ class ScopedStore:
         resource = task_clocks.apply(copy.deepcopy(resource)) if resource_type == "Task" else copy.deepcopy(resource)
         resource["id"] = resource_id
         _check_identifiers(resource)
+        self._one_record_per_nhs_number(resource)
         if expected is not None and current is not None and current.vid != expected:
             raise precondition_failed(f"{resource_type}/{resource_id} is at version {current.vid}, not {expected}")
         pending = pending or {}
@@ -446,7 +555,13 @@ class ScopedStore:
             decision = write_rules.authorize_write(self.access, resource, record, current is None, new_record,
                                                    lambda ref: self._record_lookup(ref, pending))
         if resource_type == "Subscription" and self._shared.subscriptions is not None:
-            resource["status"] = "active"  # R4: the server activates what it accepts
+            # R4 Subscription lifecycle: the server activates what it accepts ("requested"),
+            # and a subscriber switches it off with status "off" (kept, and nothing is sent);
+            # "error" is the server's to set.
+            if resource.get("status") == "error":
+                raise unprocessable("Subscription.status 'error' is set by the server; send 'off' or 'requested'",
+                                    "value", ["Subscription.status"])
+            resource["status"] = "off" if resource.get("status") == "off" else "active"
             extra = {**(extra or {}), **self._shared.subscriptions.prepare_subscription(self, resource, current)}
         if self.validator is not None:
             self.validator.check(resource)
@@ -460,7 +575,7 @@ class ScopedStore:
     def _build(self, resource: dict, record: str | None, expected: int | None, current: Version | None,
                new_record: bool) -> VersionWrite:
         vid = (current.vid + 1) if current is not None else 1
-        now = self.clock()
+        now = self._instant or self.clock()
         resource["meta"] = {k: v for k, v in (resource.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
         resource["meta"].update({"versionId": str(vid), "lastUpdated": instant(now)})
         section = resource.pop("_section", None) or section_of(resource)
@@ -470,6 +585,22 @@ class ScopedStore:
             hash=audit_chain.content_hash(resource), expected=expected if current is not None else None,
             extra=_extra_fields(resource), custodian=self._custodian_of(resource, record, current, new_record),
         )
+
+    def _one_record_per_nhs_number(self, resource: dict) -> None:
+        """A child has one record: a second Patient with the same NHS number is refused (409),
+        whoever holds the first, since two records would split the plan and its audit. The
+        answer says only that the number is taken; If-None-Exist on it finds a visible one."""
+        if resource["resourceType"] != "Patient":
+            return
+        for identifier in resource.get("identifier") or []:
+            if identifier.get("system") != NHS_NUMBER_SYSTEM or not isinstance(identifier.get("value"), str):
+                continue
+            others = [i for i in self._repo.ids_with_identifier("Patient", f"{NHS_NUMBER_SYSTEM}|{identifier['value']}")
+                      if i != resource["id"]]
+            if others:
+                raise conflict(f"a child with NHS number {identifier['value']} is already recorded; create it with "
+                               f"If-None-Exist: identifier={NHS_NUMBER_SYSTEM}|{identifier['value']}, or ask the "
+                               "local authority that holds the record for a transfer", "duplicate")
 
     def _custodian_of(self, resource: dict, record: str | None, current: Version | None, new_record: bool) -> str | None:
         """The LA a version is searchable by through custody (kept in step by custody moves)."""

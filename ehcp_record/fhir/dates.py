@@ -57,9 +57,13 @@ def _range(p: dict) -> tuple[datetime, datetime]:
     lo = day.replace(hour=int(p["H"]), minute=int(p["M"]), second=int(p["S"]))
     if p["f"] is None:
         return _utc(lo), _utc(lo + timedelta(seconds=1))
-    micros = int((p["f"] + "000000")[:6])
-    lo = lo.replace(microsecond=micros)
-    return _utc(lo), _utc(lo + timedelta(microseconds=1))
+    # The precision given is the range meant (R4 search §3.1.1.5.6: "the range is the
+    # implicit precision of the value"): `.5` is 100 ms, `.123` one millisecond. Stored instants
+    # are BSON milliseconds, so a range never narrows below one millisecond.
+    digits = p["f"][:3]
+    lo = lo.replace(microsecond=int((digits + "000")[:3]) * 1000)
+    width = 10 ** (6 - len(digits))
+    return _utc(lo), _utc(lo + timedelta(microseconds=width))
 
 
 def _zone(text: str | None) -> timezone:

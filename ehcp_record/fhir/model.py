@@ -100,12 +100,50 @@ def check_nesting(value: Any, path: str = "", limit: int = MAX_JSON_DEPTH, resou
 
 
 def _structure_error(resource_type: str, exc: ValidationError) -> FhirError:
-    errors = exc.errors()
-    paths = [_element_path(resource_type, e.get("loc", ())) for e in errors[:_MAX_ERRORS]]
-    first = errors[0] if errors else {"msg": "invalid"}
-    message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
-    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-    return invalid(f"{paths[0] if paths else resource_type}: {message}{more}", "structure", paths)
+    """One OperationOutcome issue per problem, each in plain English with the FHIRPath of the
+    element at fault (R4 OperationOutcome.issue.expression), so a parent app can show the
+    diagnostics as they are and a developer can find every typo in one round trip."""
+    problems = [(_element_path(resource_type, e.get("loc", ())), _plain(e)) for e in exc.errors()[:_MAX_ERRORS]]
+    if not problems:
+        return invalid(f"{resource_type} is not valid FHIR R4", "structure")
+    (path, message), rest = problems[0], problems[1:]
+    error = invalid(f"{path}: {message}", "structure", [path])
+    error.extra_issues = [{"severity": "error", "code": "structure", "diagnostics": f"{p}: {m}", "expression": [p]}
+                          for p, m in rest]
+    return error
+
+
+#: The R4 primitive a fhir.resources regex error is about, in the words a person would use.
+_PRIMITIVE_WORDS = {
+    "Date": "a date written YYYY, YYYY-MM or YYYY-MM-DD (e.g. 2015-03-14)",
+    "DateTime": "a date, or a date and time with a time zone (e.g. 2025-04-01T09:30:00Z)",
+    "Instant": "a date and time with seconds and a time zone (e.g. 2025-04-01T09:30:00Z)",
+    "Time": "a time written hh:mm:ss",
+}
+_TYPE_WORDS = {"list_type": "a list [...]", "string_type": "text in quotes", "int_type": "a whole number",
+               "int_parsing": "a whole number", "bool_type": "true or false", "bool_parsing": "true or false",
+               "dict_type": "an object {...}", "model_type": "an object {...}", "float_type": "a number",
+               "decimal_type": "a number", "decimal_parsing": "a number"}
+
+
+def _plain(error: dict) -> str:
+    """A pydantic error about FHIR JSON, said as FHIR: which element, what was wrong, what fits."""
+    kind = error.get("type", "")
+    shown = json.dumps(error.get("input"), ensure_ascii=False)[:60]
+    if kind == "extra_forbidden":
+        return "this element is not part of FHIR R4 here; check its spelling and where it is placed"
+    if kind == "missing":
+        return "this element is required and is missing"
+    if kind in _TYPE_WORDS:
+        return f"must be {_TYPE_WORDS[kind]}, not {shown}"
+    if kind == "string_pattern_mismatch":
+        return f"{shown} is not a valid value for this element (FHIR ids are 1 to 64 letters, digits, '-' and '.')" \
+            if str(error.get("loc", ("",))[-1]) == "id" else f"{shown} is not in the form this element takes"
+    message = str(error.get("msg", "")).removeprefix("Value error, ")
+    primitive = message.split(" value string does not match", 1)[0] if "value string does not match" in message else ""
+    if primitive in _PRIMITIVE_WORDS:
+        return f"{shown} is not {_PRIMITIVE_WORDS[primitive]}"
+    return f"{shown} is not valid here: {message[:120]}"
 
 
 def _element_path(resource_type: str, loc: tuple) -> str:

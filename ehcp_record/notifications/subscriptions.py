@@ -28,6 +28,7 @@ from ehcp_record.access.caller import Caller, owner_key
 from ehcp_record.errors import FhirError, forbidden, unprocessable
 from ehcp_record.access.scoped import RecordStore, ScopedStore
 from ehcp_record.store.versions import Version
+from ehcp_record.fhir.dates import DateFormatError, parse_range
 from ehcp_record.fhir.search import SearchRegistry, parse_search
 
 log = logging.getLogger("ehcp_record.notifications.subscriptions")
@@ -88,6 +89,8 @@ class SubscriptionService:
             log.exception("notification for Subscription/%s failed", subscription.id)
 
     def _notify(self, stores: RecordStore, subscription: Version, version: Version) -> None:
+        if _ended(subscription.resource, version.updated):
+            return  # R4 Subscription.end: "the time for the server to turn the subscription off"
         criteria = subscription.resource["criteria"]
         resource_type, _, query = criteria.partition("?")
         if resource_type != version.type:
@@ -144,3 +147,13 @@ def _caller_of(subscription: Version) -> Caller:
                   organization=fields.get("organization"), patient=fields.get("patient"))
     return Caller(actor=actor, scopes=parse_scopes(fields.get("scope")), issuer=fields.get("issuer", ""),
                   request_id=f"subscription-{subscription.id}")
+
+
+def _ended(subscription: dict, at) -> bool:
+    end = subscription.get("end")
+    if not isinstance(end, str):
+        return False
+    try:
+        return parse_range(end)[0] <= at
+    except DateFormatError:
+        return False

@@ -14,8 +14,10 @@ its audit entry are all there after a crash, or none of them is.
 from __future__ import annotations
 
 import contextvars
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterator, TypeVar
 
@@ -387,6 +389,29 @@ class Repository:
         docs = self.history.find(query).sort("vid", DESCENDING).skip(offset).limit(count)
         return total, [_version(d) for d in docs]
 
+    def history_search(self, types: list[str], visibility: Visibility, since: datetime | None,
+                       offset: int, count: int) -> tuple[int, list[Version]]:
+        """Type- and system-level history (R4 http §3.1.0.11), newest first, limited to what
+        `visibility` allows. History rows keep the custodian they were written under, so an
+        LA's custody is matched by the records it holds now, from the custody state."""
+        clauses: list[dict] = [{"type": {"$in": types}}]
+        if "Subscription" in types:
+            clauses.append({"$or": [{"type": {"$ne": "Subscription"}}, {"owner": visibility.owner}]})
+        if since is not None:
+            clauses.append({"updated": {"$gte": since}})
+        if not visibility.everything:
+            held = visibility.custodian
+            now = replace(visibility, custodian=None)
+            allowed = _visibility_filter(now)
+            if held:
+                records = self.records.distinct("_id", {"custodian": held, "transferred_out": {"$ne": True}})
+                allowed = {"$or": [allowed, {"record": {"$in": records}}]}
+            clauses.append(allowed)
+        query = {"$and": clauses}
+        total = self.history.count_documents(query)
+        docs = self.history.find(query).sort([("updated", DESCENDING), ("_id", ASCENDING)]).skip(offset).limit(count)
+        return total, [_version(d) for d in docs]
+
     def versions_of_record(self, record: str) -> Iterator[Version]:
         for doc in self.history.find({"record": record}).sort([("type", 1), ("rid", 1), ("vid", 1)]):
             yield _version(doc)
@@ -476,6 +501,11 @@ class Repository:
         return self.current.count_documents(mongo_filter), found
 
     # --- custody state ------------------------------------------------------------------
+
+    def ids_with_identifier(self, resource_type: str, token: str) -> list[str]:
+        """Ids of current resources of a type carrying an identifier token (`system|value`),
+        whoever may see them: for uniqueness rules such as one record per NHS number."""
+        return [d["rid"] for d in self.current.find({"type": resource_type, "idx.identifier": token}, {"rid": 1})]
 
     def record_state(self, record: str) -> dict | None:
         return self.records.find_one({"_id": record})
@@ -645,10 +675,23 @@ def _criterion_filter(criterion: Criterion) -> dict:
     if criterion.kind == "date":
         field_name = "updated" if criterion.field == "_lastUpdated" else criterion.field
         return {"$or": [_date_clause(field_name, v, criterion.field == "_lastUpdated") for v in criterion.values]}
+    if criterion.kind == "string":
+        return _string_filter(criterion)
     values = [str(v) for v in criterion.values]
     if criterion.negate:
         return {criterion.field: {"$nin": values}}
     return {criterion.field: {"$in": values}}
+
+
+def _string_filter(criterion: Criterion) -> dict:
+    """FHIR string search (R4 search §3.1.1.5.3) over the normalised index: starts-with is an
+    anchored prefix regex (an index range), :contains unanchored, :exact the text as written.
+    Every value is escaped, so a client's text is never a pattern."""
+    values = [str(v) for v in criterion.values]
+    if criterion.mode == "exact":
+        return {criterion.field: {"$in": values}}
+    anchor = "" if criterion.mode == "contains" else "^"
+    return {criterion.field: {"$in": [re.compile(anchor + re.escape(v)) for v in values]}}
 
 
 def _date_clause(field_name: str, value: tuple[str, datetime, datetime], point: bool) -> dict:

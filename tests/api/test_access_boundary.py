@@ -47,7 +47,7 @@ from consent.engine import handover_date
 from ehcp_record.audit.chain import CHECKPOINT_ACTION
 from ehcp_record.fhir.model import SERVED_TYPES
 from ehcp_record.operations.proposals import RIGHTS_TEXT
-from tests.consent_support import EXAMPLE, SECTIONS, grant, section_of
+from tests.consent_support import SECTIONS, example_for_a_new_child, grant, section_of
 from tests.e2e.test_statutory_process import respond
 
 # --------------------------------------------------------------------------- the route table
@@ -74,6 +74,9 @@ OPEN_RULES = {
     "/oauth/account/links/<link_id>": "the signed-in person's own links (session)",
     "/oauth/invitations": "custodian only, decided by ScopedStore.open_record(record, 'write')",
     "/oauth/links/<link_id>": "custodian only, decided by ScopedStore.open_record(record, 'write')",
+    **{f"/fhir/{t}{suffix}": "our published definitions (profiles/), no child's data"
+       for t in ("StructureDefinition", "ValueSet", "CodeSystem", "SearchParameter", "OperationDefinition",
+                 "CompartmentDefinition") for suffix in ("", "/<fhir_id:resource_id>")},
 }
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
 #: Path variables this suite knows how to fill with child 1's ids and with a missing id.
@@ -113,7 +116,8 @@ def body_kind(method: str, rule: str) -> str | None:
     if method in ("GET", "DELETE"):
         return None
     kinds = [
-        ("POST", "/fhir", "bundle"), ("POST", "/fhir/Binary", "binary-upload"),
+        ("POST", "/fhir", "bundle"), ("POST", "/fhir/", "bundle"), ("POST", "/fhir/Binary", "binary-upload"),
+        ("PUT", "/fhir/<resource_type>", "conditional-put"),
         ("PUT", "/fhir/Binary/<binary_id>", "put"), ("PUT", "/fhir/<resource_type>/<resource_id>", "put"),
         ("POST", "/fhir/<resource_type>", "create"), ("POST", "/fhir/<resource_type>/_search", "search-form"),
         ("POST", "/fhir/<resource_type>/$validate", "create"),
@@ -200,10 +204,8 @@ def _with_canaries(bundle: dict) -> dict:
 
 def _load_plan(api, canaries: bool, nhs: str, answer: str, comment: str = "") -> dict:
     """An example plan as a new child's issued plan (the family answering `answer`)."""
-    bundle = json.loads(EXAMPLE.read_text())
-    bundle["entry"][0]["resource"]["status"] = "preliminary"
+    bundle = example_for_a_new_child()
     for entry in bundle["entry"]:
-        entry["request"].pop("ifNoneExist", None)
         if entry["resource"]["resourceType"] == "Patient":
             entry["resource"]["identifier"] = [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}]
     if canaries:
@@ -518,6 +520,17 @@ def variants(world: World, method: str, rule: str, variables: tuple[str, ...]) -
                 missing_body = put_body(world, rtype or "Binary", real_ids[0], MISSING)
                 add(f" If-Match {match}", Request(name, method, path, real_body, headers={"If-Match": match}),
                     Request(name, method, missing_path, missing_body, headers={"If-Match": match}))
+        elif kind == "conditional-put":  # PUT /fhir/Type?_id=<one of child 1's>: as a PUT to that id
+            mine = [k[1] for k in world.resources if k[0] == rtype]
+            if not mine or rtype == "Binary":  # Binary is replaced through PUT /fhir/Binary/<id>
+                continue
+            current = str((world.la_views.get((rtype, mine[0])) or {}).get("meta", {}).get("versionId", "1"))
+            add(f"?_id=<id> If-Match W/\"{current}\"",
+                Request(name, method, f"{path}?_id={mine[0]}", put_body(world, rtype, mine[0], mine[0]),
+                        headers={"If-Match": f'W/"{current}"'}),
+                Request(name, method, f"{path}?_id={MISSING}", put_body(world, rtype, mine[0], MISSING),
+                        headers={"If-Match": f'W/"{current}"'}))
+            found[-1].real_ids, found[-1].about = (mine[0],), [(rtype, mine[0])]
         elif kind == "create":
             body = create_body(world, rtype, world.child)
             missing_body = create_body(world, rtype, MISSING)

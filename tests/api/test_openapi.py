@@ -17,7 +17,11 @@ from openapi_spec_validator import validate
 SPEC_PATH = Path(__file__).resolve().parents[2] / "openapi.yaml"
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 IGNORED_FLASK_METHODS = {"HEAD", "OPTIONS"}
-OPEN_PATHS = {"/healthz", "/readyz", "/fhir/metadata", "/fhir/.well-known/smart-configuration"}
+#: Our published definitions (profiles/) are open too, so their canonical URLs resolve for anyone.
+CONFORMANCE_PATHS = {f"/fhir/{t}{suffix}" for t in ("StructureDefinition", "ValueSet", "CodeSystem", "SearchParameter",
+                                                    "OperationDefinition", "CompartmentDefinition")
+                     for suffix in ("", "/{id}")}
+OPEN_PATHS = {"/healthz", "/readyz", "/fhir/metadata", "/fhir/.well-known/smart-configuration"} | CONFORMANCE_PATHS
 #: The authorization server (no bearer token: OAuth client authentication or the sign-in
 #: session cookie) and the OAuth protocol endpoints whose errors are RFC 6749 §5.2 JSON.
 SIGN_IN_PATHS = {"/oauth/authorize", "/oauth/token", "/oauth/revoke", "/oauth/introspect", "/oauth/jwks",
@@ -213,3 +217,14 @@ def test_bearer_jwt_everywhere_except_open_endpoints(spec):
         else:
             assert "security" not in operation, f"{method.upper()} {path} must inherit bearerAuth"
             assert "401" in operation["responses"], f"{method.upper()} {path} does not document 401"
+
+
+def test_every_database_route_documents_503_with_retry_after(spec):
+    """Database trouble is 503 + Retry-After (README, robustness): every
+    operation that can reach MongoDB (those that document a 500) documents that answer too."""
+    missing = [f"{method.upper()} {path}" for path, method, _, operation in operations(spec)
+               if "500" in operation.get("responses", {}) and "503" not in operation["responses"]]
+    assert not missing, missing
+    unavailable = spec["components"]["responses"]["ServiceUnavailable"]
+    assert "Retry-After" in unavailable["headers"]
+    assert unavailable["content"]["application/fhir+json"]["schema"]["$ref"].endswith("/OperationOutcome")

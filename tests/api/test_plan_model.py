@@ -10,15 +10,15 @@ import pytest
 from fhir.resources.R4B.bundle import Bundle
 
 from tests.e2e.test_statutory_process import respond
+from tests.consent_support import example_for_a_new_child
 from tests.support import outcome_code, references_in
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "profiles" / "examples" / "plan-bundle.json"
 
 
 def example_bundle() -> dict:
-    bundle = json.loads(EXAMPLE.read_text())
-    bundle["entry"][0]["resource"]["status"] = "preliminary"  # drafts are written; only $issue makes final
-    return bundle
+    """The shipped example, as shipped (a draft: only $issue makes a plan final)."""
+    return json.loads(EXAMPLE.read_text())
 
 
 @pytest.fixture(scope="module")
@@ -131,9 +131,7 @@ def test_bad_identifiers(api, example_plan, system, value, words):
 
 
 def test_issue_refused_when_golden_thread_breaks(api):
-    bundle = example_bundle()
-    for entry in bundle["entry"]:
-        entry["request"].pop("ifNoneExist", None)  # another child, not the example's (already issued)
+    bundle = example_for_a_new_child()  # another child, not the example's (already issued)
     loaded = api.post("/fhir", bundle, api.la())
     assert loaded.status_code == 200, loaded.text
     response = loaded.json()

@@ -83,7 +83,7 @@ def test_post_search_form(api, family):
 
 @pytest.mark.parametrize("query", [
     "identifier[$ne]=x", "identifier.$ne=x", 'identifier={"$gt": ""}', "status=%7B%22%24ne%22%3A1%7D",
-    "_id[$regex]=.*", "$where=1", "unknown-param=1", "_count=-1", "_count=abc", "_sort=code",
+    "_id[$regex]=.*", "$where=1", "_count=-1", "_count=abc", "_sort=code",
     "_lastUpdated=yesterday", "_include=Patient:foo", "code:regex=A",
 ])
 def test_injection_and_bad_parameters_are_refused(api, family, query):
@@ -95,3 +95,14 @@ def test_injection_and_bad_parameters_are_refused(api, family, query):
 def test_query_string_limit(api):
     response = api.get("/fhir/Condition?code=" + "A" * 9000, api.la())
     assert response.status_code == 414 and outcome_code(response) == "too-costly"
+
+
+def test_unknown_parameter_ignored_unless_strict(api, family):
+    """R4 search §3.1.1.3.1: ignored (and left out of the self link) unless Prefer: handling=strict."""
+    child, _ = family
+    lenient = api.get(f"/fhir/Condition?patient={child['id']}&_totalMethod=count&unknown-param=1", api.la())
+    assert lenient.status_code == 200 and lenient.json()["total"] == 5
+    self_link = next(l["url"] for l in lenient.json()["link"] if l["relation"] == "self")
+    assert "unknown-param" not in self_link and "_totalMethod" not in self_link and "patient=" in self_link
+    strict = api.get(f"/fhir/Condition?unknown-param=1", api.la(), Prefer="return=minimal, handling=strict")
+    assert strict.status_code == 400 and "unknown-param" in strict.text

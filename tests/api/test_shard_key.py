@@ -33,6 +33,8 @@ EXCEPTIONS = {
                  "Bundle that writes them with a child's record spans two shards (MongoDB 4.2+ distributed transaction)",
     "chain tips": "the tips of the chains a search returned, one $in over their record ids (targeted)",
     "service": "server bookkeeping outside children's records (subscriptions cache, transfer receipts, GridFS)",
+    "by identifier": "one record per NHS number: writing a Patient looks its number up across every record "
+                     "(scatter-gather on the indexed idx.identifier, outside any transaction)",
 }
 
 
@@ -163,6 +165,8 @@ def _read_kind(command: dict) -> str | None:
         return "by custody or link"
     if any("_id" in c for c in clauses):
         return "by FHIR id"
+    if any(c.get("type") == "Patient" and "idx.identifier" in c for c in clauses):
+        return "by identifier"
     return "unclassified"
 
 

@@ -110,3 +110,25 @@ def test_bad_subscriptions_are_refused(api, world, change, words):
     body = dict(_subscription(child), **change)
     response = api.post("/fhir/Subscription", body, api.token("school", "Organization/school-1"))
     assert response.status_code == 422 and words in response.json()["issue"][0]["diagnostics"]
+
+
+@responses.activate
+def test_a_subscriber_switches_off_and_an_end_date_ends_it(api, world):
+    """R4 Subscription lifecycle: `off` is kept (not re-activated) and nothing is sent; `end`
+    in the past stops deliveries; `error` is the server's to set."""
+    record, child, consent = world
+    responses.add_passthru(api.base)
+    responses.add(responses.POST, HOOK, status=200)
+    school = api.token("school", "Organization/school-1")
+    created = api.post("/fhir/Subscription", _subscription(child), school).json()
+    off = api.put(f"/fhir/Subscription/{created['id']}", dict(created, status="off"), school, **{"If-Match": 'W/"1"'})
+    assert off.status_code == 200 and off.json()["status"] == "off"
+    assert api.get(f"/fhir/Subscription/{created['id']}", school).json()["status"] == "off"
+    ended = api.post("/fhir/Subscription", dict(_subscription(child), end="2020-01-01T00:00:00Z"), school).json()
+    assert ended["status"] == "active"
+    time.sleep(0.3)  # the subscriptions cache follows a change stream
+    api.post("/fhir/DocumentReference", advice(child, "K"), api.la())
+    time.sleep(0.8)
+    assert _calls(1, 0.5) == []
+    refused = api.post("/fhir/Subscription", dict(_subscription(child), status="error"), school)
+    assert refused.status_code == 422 and "server" in refused.text

@@ -14,7 +14,8 @@ from ehcp_record.fhir.validator import CANONICAL_BASE, DEFAULT_PROFILES_DIR, def
 
 PROFILES = DEFAULT_PROFILES_DIR
 ALL_FILES = sorted(PROFILES.rglob("*.json"))
-CONFORMANCE_FILES = [p for p in ALL_FILES if "examples" not in p.relative_to(PROFILES).parts]
+#: profiles/snapshots holds generated snapshot elements (not resources), checked by tests/clients.
+CONFORMANCE_FILES = [p for p in ALL_FILES if not {"examples", "snapshots"} & set(p.relative_to(PROFILES).parts)]
 EXAMPLE_FILES = [p for p in ALL_FILES if "examples" in p.relative_to(PROFILES).parts]
 
 
