@@ -24,6 +24,7 @@ from joserfc import jwt as jose_jwt
 from joserfc.jwk import ECKey
 from werkzeug.serving import make_server
 
+from tests.consent_support import load_issued_example
 from tests.support import HEALTH, Api
 
 APP_REDIRECT = "http://127.0.0.1:9/callback"  # never followed: the tests read the Location
@@ -125,6 +126,14 @@ def link_parent(api: Api, patient_id: str, related_person_id: str, person: str =
 
 
 # --------------------------------------------------------------------------- an app
+
+def linked_family(api: Api) -> dict:
+    """The example child with an issued plan, and a browser signed in as the parent linked to it."""
+    record = load_issued_example(api)
+    child, mum = record["Patient"][0], record["RelatedPerson"][0]
+    return {"record": record, "child": child["id"], "mum": mum["id"],
+            "browser": link_parent(api, child["id"], mum["id"]), "plan": record["Composition"][0]["id"]}
+
 
 def pkce() -> tuple[str, str]:
     verifier = secrets.token_urlsafe(48)

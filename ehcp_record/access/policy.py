@@ -72,17 +72,6 @@ def grant_of(version: Version) -> Grant:
     return grant
 
 
-def _grant_known(consent_id: str, vid: int, digest: str) -> bool:
-    return bool(digest) and (consent_id, vid, digest) in _GRANTS
-
-
-def _grant_by_key(consent_id: str, vid: int, digest: str, version: Version | None) -> Grant | None:
-    """The parsed Grant of a consent version named by its key (fetched only when unseen)."""
-    if version is not None:
-        return grant_of(version)
-    return _GRANTS.get((consent_id, vid, digest))
-
-
 def record_state_of(record: str, doc: dict | None) -> RecordState | None:
     if doc is None:
         return None
@@ -232,8 +221,6 @@ class RequestAccess:
     def search_visibility(self, records: tuple[str, ...]) -> Visibility:
         """An indexable filter: the caller's custody as one clause, plus the few records seen
         through the family link or a consent, each with the sections it may match."""
-        actor = self.caller.actor
-        custodian = actor.organization if actor.role == "la" and actor.organization and not records else None
         candidates = list(records) if records else self._linked_records()
         self.prefetch(candidates)
         per_record: dict[str, frozenset[str] | None] = {}
@@ -241,19 +228,17 @@ class RequestAccess:
             decision = self.decide("read", record)
             if decision.permit:
                 per_record[record] = redaction.visible_sections(decision)
-        if self.caller.scopes.patient_only("Patient", "s") and actor.patient:
-            own = actor.patient.removeprefix("Patient/")
+        own = self._launch_patient_record()
+        if own is not None:
             per_record = {r: s for r, s in per_record.items() if r == own}
-            custodian = None
+        custodian = None if records or own is not None else self._searching_custodian()
         return Visibility(everything=False, per_record=per_record, directory=True, owner=owner_key(self.caller),
                           custodian=custodian)
 
     def searches_custody(self, records: tuple[str, ...]) -> bool:
         """Is the caller an LA searching its custody (the case `search_candidates` can be
         asked with the consent-named records found beside the search)?"""
-        actor = self.caller.actor
-        return (not records and actor.role == "la" and bool(actor.organization)
-                and not (self.caller.scopes.patient_only("Patient", "s") and actor.patient))
+        return not records and self._launch_patient_record() is None and self._searching_custodian() is not None
 
     def search_candidates(self, records: tuple[str, ...], named: list[str] | None = None) -> Visibility:
         """A superset of what the caller may see, with no decision taken yet: custody, the
@@ -261,19 +246,30 @@ class RequestAccess:
         names the caller in (one `distinct`, not one decision per record). The scoped store
         decides each match it returns, and falls back to `search_visibility` when that is not
         exact."""
-        actor = self.caller.actor
         owner = owner_key(self.caller)
-        if self.caller.scopes.patient_only("Patient", "s") and actor.patient:
-            own = actor.patient.removeprefix("Patient/")
+        own = self._launch_patient_record()
+        if own is not None:
             mine = [r for r in records if r == own] if records else [own]
             return Visibility(per_record={r: None for r in mine}, owner=owner, exact=False)
         if records:
             return Visibility(per_record={r: None for r in records}, owner=owner, exact=False)
-        custodian = actor.organization if actor.role == "la" and actor.organization else None
         if named is None:
             named = self.repo.records_naming(self.recipient_keys())
         linked = self._family_records() | set(named)
-        return Visibility(per_record={r: None for r in sorted(linked)}, owner=owner, custodian=custodian, exact=False)
+        return Visibility(per_record={r: None for r in sorted(linked)}, owner=owner,
+                          custodian=self._searching_custodian(), exact=False)
+
+    def _launch_patient_record(self) -> str | None:
+        """The one record a `patient/` search scope confines the caller to (SMART v2), if any."""
+        actor = self.caller.actor
+        if self.caller.scopes.patient_only("Patient", "s") and actor.patient:
+            return actor.patient.removeprefix("Patient/")
+        return None
+
+    def _searching_custodian(self) -> str | None:
+        """The LA whose custody a search may match as one indexed clause."""
+        actor = self.caller.actor
+        return actor.organization if actor.role == "la" and actor.organization else None
 
     def _family_records(self) -> set[str]:
         actor = self.caller.actor
@@ -297,18 +293,21 @@ class RequestAccess:
         recipients = self.recipient_keys()
         # Consents only ever permit (a deny is refused on write), so for a reader who is
         # neither family nor custodian the grants that name them are all that can decide.
+        # Each version is parsed once per process (`grant_of`): only unseen ones are fetched.
         naming: dict[str, list[Grant]] = {}
-        evicted: list[tuple[str, str]] = []
-        for record, consent_id, vid, digest, version in self.repo.consents_naming(recipients, _grant_known):
-            grant = _grant_by_key(consent_id, vid, digest, version)
-            if grant is None:  # the process cache was emptied between the two looks
-                evicted.append((record, f"Consent/{consent_id}"))
-            elif record:
+        unseen: list[tuple[str, str]] = []
+        for record, consent_id, vid, digest in self.repo.consents_naming(recipients):
+            grant = _GRANTS.get((consent_id, vid, digest)) if digest else None
+            if not record:
+                continue
+            if grant is None:
+                unseen.append((record, f"Consent/{consent_id}"))
+            else:
                 naming.setdefault(record, []).append(grant)
-        reread = self.repo.read_many([ref for _, ref in evicted])
-        for record, ref in evicted:
-            if record and ref in reread:
-                naming.setdefault(record, []).append(grant_of(reread[ref]))
+        fetched = self.repo.read_many([ref for _, ref in unseen])
+        for record, ref in unseen:
+            if ref in fetched:
+                naming.setdefault(record, []).append(grant_of(fetched[ref]))
         self._naming_grants.update(naming)
         found.update(naming)
         return sorted(found)

@@ -530,20 +530,12 @@ class Repository:
         """The records in which some Consent names one of `recipients` (one command)."""
         return [r for r in self.current.distinct("record", {"type": "Consent", "recipients": {"$in": recipients}}) if r]
 
-    def consents_naming(self, recipients: list[str], known: Callable[[str, int, str], bool] = lambda *_: False
-                        ) -> list[tuple[str, str, int, str, Version | None]]:
-        """(record, id, version, hash, version-or-None) of every Consent naming a recipient.
-
-        A search asks this on every request, so the first query brings only the keys (a
-        consent version never changes: a process that has parsed it once, `known`, needs
-        nothing more); the content of the versions it has not seen comes in one more query.
-        """
-        keys = [(d.get("record"), d["rid"], d["vid"], d.get("hash", ""))
+    def consents_naming(self, recipients: list[str]) -> list[tuple[str | None, str, int, str]]:
+        """(record, id, version, hash) of every Consent naming a recipient: keys only, since
+        a search asks this on every request and a version, once parsed, never changes."""
+        return [(d.get("record"), d["rid"], d["vid"], d.get("hash", ""))
                 for d in self.current.find({"type": "Consent", "recipients": {"$in": recipients}},
                                            {"_id": 0, "record": 1, "rid": 1, "vid": 1, "hash": 1})]
-        unseen = [f"Consent/{rid}" for _, rid, vid, digest in keys if not known(rid, vid, digest)]
-        fetched = {(v.id, v.vid): v for v in self.read_many(unseen).values()} if unseen else {}
-        return [(record, rid, vid, digest, fetched.get((rid, vid))) for record, rid, vid, digest in keys]
 
     def consents_of_record(self, record: str) -> list[Version]:
         return [_version(d) for d in self.current.find({"type": "Consent", "record": record})]

@@ -17,7 +17,7 @@ import requests
 from joserfc import jwt as jose_jwt
 
 from tests.consent_support import load_issued_example
-from tests.oauth_support import (BackendKey, authorize, backend_client, code_for, exchange, family_app,
+from tests.oauth_support import (linked_family, BackendKey, authorize, backend_client, code_for, exchange, family_app,
                                  fhir_get, invite, link_parent, pkce, redeem, redirect_params, sign_in,
                                  start_smart_server, stop, token)
 from tests.support import OTHER_LA, Api
@@ -74,10 +74,7 @@ def smart(mongo, data_dir, idp) -> Iterator[Api]:
 
 @pytest.fixture(scope="module")
 def family(smart: Api) -> dict:
-    record = load_issued_example(smart)
-    child, mum = record["Patient"][0], record["RelatedPerson"][0]
-    return {"child": child["id"], "mum": mum["id"], "browser": link_parent(smart, child["id"], mum["id"]),
-            "plan": record["Composition"][0]["id"]}
+    return linked_family(smart)
 
 
 # --------------------------------------------------------------------------- authorization endpoint

@@ -14,8 +14,8 @@ import pytest
 import requests
 
 from tests.consent_support import grant, load_issued_example
-from tests.oauth_support import (BackendKey, backend_client, code_for, exchange, family_app, fhir_get, invite,
-                                 link_parent, redeem, sign_in, start_smart_server, stop, token)
+from tests.oauth_support import (linked_family, BackendKey, backend_client, code_for, exchange, family_app, fhir_get, invite,
+                                 redeem, sign_in, start_smart_server, stop, token)
 from tests.support import HEALTH, Api, need
 
 KEY = BackendKey()
@@ -31,11 +31,7 @@ def smart(mongo, data_dir) -> Iterator[Api]:
 
 @pytest.fixture(scope="module")
 def family(smart: Api) -> dict:
-    record = load_issued_example(smart)
-    child, mum = record["Patient"][0], record["RelatedPerson"][0]
-    browser = link_parent(smart, child["id"], mum["id"])
-    return {"record": record, "child": child["id"], "mum": mum["id"], "browser": browser,
-            "plan": record["Composition"][0]["id"]}
+    return linked_family(smart)
 
 
 def test_smart_configuration_names_every_endpoint(smart):
