@@ -36,7 +36,9 @@ def may_see(resource: Mapping, decision: Decision,
     Sectioned content needs its section in `decision.sections`. The child and parents
     (RelatedPerson) and the plan itself are visible to anyone permitted any section;
     governance (consents, tasks, provenance, audit) only to the family and the custodian,
-    except that an auditor sees AuditEvents; the directory of organisations and practitioners
+    except that an auditor sees AuditEvents and a recipient sees the Consents that grant it
+    this access (`decision.consent_ids`: an NHS trust or school can find out what it may
+    read, from when to when, and on whose word, and nothing about other recipients); the directory of organisations and practitioners
     is not record content and is visible to any authenticated caller. When the flag is
     omitted it follows from `decision.basis`. `section` overrides `section_of(resource)` when
     the caller already knows it (the section stored with the version); a Binary needs it (or
@@ -50,10 +52,15 @@ def may_see(resource: Mapping, decision: Decision,
     privileged = _privileged(decision, actor_is_family_or_custodian)
     if section == GOVERNANCE:
         auditing = decision.basis == "auditor" and resource.get("resourceType") == "AuditEvent"
-        return privileged or auditing
+        return privileged or auditing or grants_this_access(resource, decision)
     if section in (RECORD, PLAN):
         return privileged or bool(decision.sections)
     return section in decision.sections
+
+
+def grants_this_access(resource: Mapping, decision: Decision) -> bool:
+    """Is `resource` one of the Consents the decision was taken on?"""
+    return resource.get("resourceType") == "Consent" and str(resource.get("id")) in decision.consent_ids
 
 
 def visible_sections(decision: Decision,
@@ -64,6 +71,8 @@ def visible_sections(decision: Decision,
     filter needs, so Bundle.total never counts what redaction would hide. One difference,
     on the safe side: an auditor's AuditEvents are not searchable here (they are served by
     $access-log), because a section filter cannot tell AuditEvent from the rest of governance.
+    The Consents that grant a recipient its access are matched by id beside the sections
+    (`Visibility.consents`), for the same reason.
     """
     if not decision.permit:
         return frozenset()

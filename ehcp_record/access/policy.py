@@ -199,6 +199,8 @@ class RequestAccess:
             return (version.resource if mine else None), None
         if version.record is None:
             return version.resource, None
+        if version.type == "Task" and self.addressed_to_caller(version.resource):
+            return version.resource, None
         decision = self.decide("read", version.record)
         if not decision.permit:
             return None, decision
@@ -206,6 +208,19 @@ class RequestAccess:
         if shown is not None and version.type == "Consent":
             shown = self._flag_for_confirmation(shown, version.record)
         return shown, decision
+
+    def addressed_keys(self) -> tuple[str, ...]:
+        """How a Task's `owner` names this caller: its organisation or its own fhirUser."""
+        actor = self.caller.actor
+        return tuple(key for key in (actor.organization, actor.fhir_user) if key)
+
+    def addressed_to_caller(self, task: dict) -> bool:
+        """A Task whose owner is the caller is theirs to act on (FHIR R4 Task.owner: who is
+        responsible for doing it), so they may read it without reading the record: the
+        destination LA its incoming transfer before accepting it (reg 15), a school or health
+        service the request for its advice (reg 6). The rest of the record stays hidden."""
+        owner = task.get("owner")
+        return isinstance(owner, dict) and owner.get("reference") in self.addressed_keys()
 
     def _flag_for_confirmation(self, consent: dict, record: str) -> dict:
         """After the 16+ handover, the family's view of a parent's consent says it needs the
@@ -224,16 +239,19 @@ class RequestAccess:
         candidates = list(records) if records else self._linked_records()
         self.prefetch(candidates)
         per_record: dict[str, frozenset[str] | None] = {}
+        granting: dict[str, tuple[str, ...]] = {}
         for record in candidates:
             decision = self.decide("read", record)
             if decision.permit:
                 per_record[record] = redaction.visible_sections(decision)
+                granting[record] = tuple(f"Consent/{cid}" for cid in decision.consent_ids)
         own = self._launch_patient_record()
         if own is not None:
             per_record = {r: s for r, s in per_record.items() if r == own}
         custodian = None if records or own is not None else self._searching_custodian()
+        consents = tuple(ref for record in per_record for ref in granting[record])
         return Visibility(everything=False, per_record=per_record, directory=True, owner=owner_key(self.caller),
-                          custodian=custodian)
+                          custodian=custodian, consents=consents, addressed=self._addressed(records, own))
 
     def searches_custody(self, records: tuple[str, ...]) -> bool:
         """Is the caller an LA searching its custody (the case `search_candidates` can be
@@ -248,16 +266,25 @@ class RequestAccess:
         exact."""
         owner = owner_key(self.caller)
         own = self._launch_patient_record()
+        addressed = self._addressed(records, own)
         if own is not None:
             mine = [r for r in records if r == own] if records else [own]
-            return Visibility(per_record={r: None for r in mine}, owner=owner, exact=False)
+            return Visibility(per_record={r: None for r in mine}, owner=owner, exact=False, addressed=addressed)
         if records:
-            return Visibility(per_record={r: None for r in records}, owner=owner, exact=False)
+            return Visibility(per_record={r: None for r in records}, owner=owner, exact=False, addressed=addressed)
         if named is None:
             named = self.repo.records_naming(self.recipient_keys())
         linked = self._family_records() | set(named)
         return Visibility(per_record={r: None for r in sorted(linked)}, owner=owner,
-                          custodian=self._searching_custodian(), exact=False)
+                          custodian=self._searching_custodian(), exact=False, addressed=addressed)
+
+    def _addressed(self, records: tuple[str, ...], own: str | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The Tasks a search may match because they are addressed to the caller: (owner keys,
+        records they must belong to; empty = any), within the launch patient's record when
+        the token is confined to one."""
+        if own is not None:
+            return self.addressed_keys(), tuple(r for r in records if r == own) if records else (own,)
+        return self.addressed_keys(), tuple(records)
 
     def _launch_patient_record(self) -> str | None:
         """The one record a `patient/` search scope confines the caller to (SMART v2), if any."""

@@ -646,6 +646,14 @@ def _visibility_filter(visibility: Visibility) -> dict:
         allowed.append({"custodian": visibility.custodian})
     if visibility.directory:
         allowed.append({"record": None})
+    if visibility.consents:
+        allowed.append({"_id": {"$in": sorted(visibility.consents)}})
+    owners, in_records = visibility.addressed
+    if owners:
+        addressed: dict = {"type": "Task", "idx.owner": {"$in": list(owners)}}
+        if in_records:
+            addressed["record"] = {"$in": list(in_records)}
+        allowed.append(addressed)
     everything = [r for r, sections in visibility.per_record.items() if sections is None]
     if everything:
         allowed.append({"record": {"$in": everything}})

@@ -66,6 +66,10 @@ class Visibility:
     current document carries (one index range, not one consent read per record in custody);
     `per_record`: the few records seen through the family link or a consent, with the stored
     sections each may match (None = all);
+    `consents`: the current-document ids ("Consent/<id>") of the Consents that grant the
+    caller its access, which it may see although governance is outside its sections;
+    `addressed`: (owner references, records) of the Tasks addressed to the caller, which it
+    may see in those records (any record when none are named) without reading the record;
     `exact` is False when the filter is a superset (records not yet decided): each match
     must then still pass the caller's decision, and a full page is not a true total.
     """
@@ -75,6 +79,8 @@ class Visibility:
     directory: bool = True
     owner: str | None = None  # Subscriptions are seen by their owner only
     custodian: str | None = None
+    consents: tuple[str, ...] = ()
+    addressed: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
     exact: bool = True
 
 

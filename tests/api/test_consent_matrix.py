@@ -50,6 +50,8 @@ def world(api):
     revoked = dict(created[3], status="inactive")
     assert api.put(f"/fhir/Consent/{revoked['id']}", revoked, parent_token, **{"If-Match": 'W/"1"'}).status_code == 200
     binaries = _attach_binaries(api, record)
+    record["granting"] = {"school": {created[0]["id"]}, "health": {created[1]["id"]}}
+    record["consents"] = [c["id"] for c in created]
     tokens = {
         "parent": parent_token,
         "young-person": api.token("young-person", None, fhir_user=f"Patient/{child}"),
@@ -115,8 +117,17 @@ def test_search_results_totals_and_includes(api, world, who):
     included = api.get(f"/fhir/Condition?patient={child}&_include=Condition:subject", tokens[who]).json()
     patients = [e for e in included.get("entry", []) if e["resource"]["resourceType"] == "Patient"]
     assert len(patients) == (1 if expected & {"B", "C", "D"} else 0), who
-    governance = sum(api.get(f"/fhir/{t}?patient={child}", tokens[who]).json()["total"] for t in ("Consent", "Task"))
-    assert (governance > 0) == (who in ("parent", "young-person", "custodian")), who
+    # Governance is the family's and the custodian's, except that a recipient sees the Consent
+    # that grants it access (and no other: not the expired, the revoked, or another's).
+    family = who in ("parent", "young-person", "custodian")
+    tasks = api.get(f"/fhir/Task?patient={child}", tokens[who]).json()["total"]
+    assert (tasks > 0) == family, who
+    consents = {e["resource"]["id"] for e in api.get(f"/fhir/Consent?patient={child}", tokens[who]).json().get("entry", [])}
+    counted = api.get(f"/fhir/Consent?patient={child}&_summary=count", tokens[who]).json()["total"]
+    if family:
+        assert len(consents) == counted >= 4, who
+    else:
+        assert consents == record["granting"].get(who, set()) and counted == len(consents), (who, consents)
 
 
 @pytest.mark.parametrize("who", sorted(EXPECTED))
@@ -242,3 +253,23 @@ def test_contribute_adds_advice_without_seeing_anything_else(api, world):
     assert api.post("/fhir/DocumentReference", elsewhere, health).status_code == 403
     plan = record["Composition"][0]["id"]
     assert api.get(f"/fhir/Composition/{plan}", api.la()).json()["meta"]["versionId"] == "2"
+
+
+def test_a_recipient_finds_the_consent_that_names_it_and_no_other(api, world):
+    """An NHS trust asks "what may I read for this child, and on whose word?": it finds its
+    own active Consent by `actor`, reads it, and sees no other recipient's grant; a trust whose
+    consent lapsed or was revoked finds nothing, as if no consent had existed."""
+    record, tokens, _ = world
+    school, health, expired, revoked = record["consents"]
+    found = api.get("/fhir/Consent?actor=Organization/nhs-1", tokens["health"]).json()
+    assert [e["resource"]["id"] for e in found["entry"]] == [health] and found["total"] == 1
+    assert api.get(f"/fhir/Consent/{health}", tokens["health"]).json()["provision"]["actor"][0]["reference"] == {
+        "reference": "Organization/nhs-1"}
+    assert api.get(f"/fhir/Consent/{health}/_history", tokens["health"]).json()["total"] == 1
+    for other in (school, expired, revoked):
+        assert api.get(f"/fhir/Consent/{other}", tokens["health"]).status_code == 404
+    for who, own in (("health-expired", expired), ("health-revoked", revoked)):
+        assert api.get("/fhir/Consent", tokens[who]).json()["total"] == 0, who
+        assert api.get(f"/fhir/Consent/{own}", tokens[who]).status_code == 404, who
+    assert api.get("/fhir/Consent", tokens["school-no-consent"]).json()["total"] == 0
+

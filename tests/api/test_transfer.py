@@ -142,6 +142,27 @@ def test_assessment_in_progress_stops_on_transfer(api, record):
     assert stopped["status"] == "cancelled" and "reg 15" in stopped["statusReason"]["text"]
 
 
+def test_the_destination_sees_its_incoming_transfer_and_nothing_else_before_accepting(api, record):
+    """The new LA must act on the transfer (reg 15): it lists and reads the Task addressed to it
+    (Task.owner) before custody moves, and the rest of the record stays hidden until then."""
+    child = record["Patient"][0]["id"]
+    plan = record["Composition"][0]["id"]
+    task = api.post(f"/fhir/Patient/{child}/$transfer", transfer_parameters(), api.la()).json()
+    new_la, elsewhere = api.token("la", NEW_LA), api.token("la", "Organization/la-855")
+    incoming = api.get(f"/fhir/Task?code=transfer&owner={NEW_LA}&status=requested&_count=100", new_la).json()
+    assert task["id"] in [e["resource"]["id"] for e in incoming["entry"]]
+    assert api.get(f"/fhir/Task?owner={NEW_LA}&patient={child}&_summary=count", new_la).json()["total"] == 1
+    assert api.get(f"/fhir/Task/{task['id']}", new_la).json()["owner"] == {"reference": NEW_LA}
+    # only the Task addressed to it: not the record's other Tasks, not the child, not the plan
+    assert [e["resource"]["id"] for e in api.get(f"/fhir/Task?patient={child}", new_la).json()["entry"]] == [task["id"]]
+    assert api.get(f"/fhir/Task?patient={child}", api.la()).json()["total"] > 1
+    for path in (f"/fhir/Patient/{child}", f"/fhir/Composition/{plan}", f"/fhir/Patient/{child}/$everything"):
+        assert api.get(path, new_la).status_code == 404, path
+    # an LA the transfer is not addressed to sees nothing at all
+    assert api.get(f"/fhir/Task/{task['id']}", elsewhere).status_code == 404
+    assert api.get(f"/fhir/Task?code=transfer&patient={child}", elsewhere).json()["total"] == 0
+
+
 def test_overdue_transfers_are_searchable(api, record):
     child = record["Patient"][0]["id"]
     task = api.post(f"/fhir/Patient/{child}/$transfer", transfer_parameters(), api.la()).json()

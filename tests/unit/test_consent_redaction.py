@@ -121,6 +121,17 @@ def test_governance_is_for_family_and_custodian():
     assert not may_see({"resourceType": "Task"}, CUSTODIAN, actor_is_family_or_custodian=False)
 
 
+def test_a_recipient_sees_the_consents_that_grant_it_and_no_other():
+    school = Decision(True, frozenset({"A", "B"}), ("consent c-1 permits",), ("c-1",), "consent")
+    assert may_see({"resourceType": "Consent", "id": "c-1"}, school)
+    assert not may_see({"resourceType": "Consent", "id": "c-2"}, school)
+    assert not may_see({"resourceType": "Task", "id": "c-1"}, school)
+    lapsed = Decision(False, frozenset(), ("no active consent",), (), "none")
+    assert not may_see({"resourceType": "Consent", "id": "c-1"}, lapsed)
+    # the search filter matches those Consents by id, not by section
+    assert "governance" not in visible_sections(school)
+
+
 def test_denied_sees_only_the_directory():
     for resource in ({"resourceType": "Patient"}, {"resourceType": "Composition"},
                      categorised("Condition", "b", "B"), {"resourceType": "Consent"}):
@@ -232,12 +243,13 @@ def test_bundle_keeps_order_and_drops_references_to_hidden_resources():
         composition, {"resourceType": "Patient", "id": "child-1"},
         categorised("Condition", "b", "B"), categorised("Condition", "misfiled", "C"),
         categorised("Condition", "c", "C"), {"resourceType": "Goal", "id": "e"},
-        {"resourceType": "Consent", "id": "c1"}, {"resourceType": "Organization", "id": "la"},
+        {"resourceType": "Consent", "id": "c2"}, {"resourceType": "Consent", "id": "c1"},
+        {"resourceType": "Organization", "id": "la"},
     ]
     out = redact_bundle_entries(resources, SCHOOL_B_E)
     assert [(r["resourceType"], r["id"]) for r in out] == [
         ("Composition", "plan-1"), ("Patient", "child-1"), ("Condition", "b"), ("Goal", "e"),
-        ("Organization", "la")]
+        ("Consent", "c1"), ("Organization", "la")]
     assert [e["reference"] for e in out[0]["section"][0]["entry"]] == ["Condition/b"]
     assert codes_in(out[0]["section"]) == ["B"]
 
