@@ -39,8 +39,9 @@ from ehcp_record.audit import entries as audit
 from ehcp_record.errors import (FhirError, conflict, invalid, not_found, precondition_failed, precondition_required, too_costly,
                                 unprocessable)
 from ehcp_record.fhir.dates import instant
-from ehcp_record.fhir.identifiers import identifier_problems
+from ehcp_record.fhir.identifiers import identifier_problems, la_by_number
 from ehcp_record.fhir.model import STORED_TYPES, parse_resource, ref_key
+from ehcp_record.fhir.names import display_name
 from ehcp_record.fhir.search import (MAX_CHAIN_MATCHES, MAX_REVINCLUDE, Criterion, SearchQuery, SearchRegistry,
                                      parse_search, patient_filter as _patient_filter_of)
 from ehcp_record.store.media import MediaStore
@@ -696,6 +697,24 @@ class ScopedStore:
 
     def view(self, version: Version) -> dict | None:
         return self.access.visible(version)[0]
+
+    def display_names(self, references: list[str]) -> dict[str, str]:
+        """The names behind references ("Organization/la-916" -> its name) that this caller
+        may see: the directory's for anyone, a person in a record only for whoever may read
+        that person (a name the caller could not read is simply not given)."""
+        wanted = sorted({r for r in references if isinstance(r, str) and "/" in r})
+        names = {}
+        for reference, version in self._repo.read_many(wanted).items():
+            shown = self.view(version)
+            name = display_name(shown) if shown is not None else None
+            if name:
+                names[reference] = name
+        for reference in wanted:  # an LA missing from the directory still has its DfE name
+            authority = la_by_number(reference.removeprefix("Organization/la-")) \
+                if reference.startswith("Organization/la-") and reference not in names else None
+            if authority is not None:
+                names[reference] = authority.name
+        return names
 
     def view_all(self, resources: list[dict], decision: Decision) -> list[dict]:
         """Resources shown together ($document): hidden ones dropped, references to them too,

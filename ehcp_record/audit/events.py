@@ -100,8 +100,11 @@ def _kind(action: str) -> _Kind:
     return _Kind(_REST, "operation", "E", reads, reads)
 
 
-def to_audit_event(entry: Mapping[str, Any], base_id: str) -> dict:
+def to_audit_event(entry: Mapping[str, Any], base_id: str, names: Mapping[str, str] | None = None) -> dict:
     """The AuditEvent (R4 JSON dict) for one stored chain entry.
+
+    `names` gives the display of references the reader may see named ("Organization/la-916"
+    -> "Local authority 916"): rendering only, the chain entry names the reference.
 
     `base_id` names this server as the observer: its FHIR base URL (preferred, it then also
     appears as the server agent's network address) or a deployment id. The id is
@@ -121,7 +124,7 @@ def to_audit_event(entry: Mapping[str, Any], base_id: str) -> dict:
         "action": kind.crude,
         "recorded": body["at"],
         "outcome": _OUTCOMES.get(str(body.get("outcome")), "8"),
-        "agent": _agents(body, kind, base_id, checkpoint=action == "checkpoint"),
+        "agent": _agents(body, kind, base_id, checkpoint=action == "checkpoint", names=names or {}),
         "source": {
             "observer": {"display": base_id},
             "type": [{"system": _SOURCE_TYPE, "code": "4", "display": "Application Server"}],
@@ -151,14 +154,21 @@ def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
-def _agents(body: Mapping[str, Any], kind: _Kind, base_id: str, checkpoint: bool) -> list[dict]:
+def named_in(entry: Mapping[str, Any]) -> list[str]:
+    """The references an entry's agents name (the user's fhirUser, the organisation)."""
+    who = _mapping(_mapping(entry.get("body")).get("agent"))
+    return [str(who[k]) for k in ("fhirUser", "organization") if who.get(k)]
+
+
+def _agents(body: Mapping[str, Any], kind: _Kind, base_id: str, checkpoint: bool,
+            names: Mapping[str, str]) -> list[dict]:
     """User, client, organisation, server - whichever are known. The requestor is the first
     known of user, client, organisation (the server itself for a checkpoint or when nothing
     else is known), and carries the Consents that allowed the request as `policy`."""
     who, source = _mapping(body.get("agent")), _mapping(body.get("source"))
     server = _server_agent(base_id, kind)
     present = [
-        a for a in (_user_agent(who, kind), _client_agent(source, kind), _org_agent(who)) if a
+        a for a in (_user_agent(who, kind, names), _client_agent(source, kind), _org_agent(who, names)) if a
     ]
     requestor = server if checkpoint or not present else present[0]
     requestor["requestor"] = True
@@ -168,15 +178,18 @@ def _agents(body: Mapping[str, Any], kind: _Kind, base_id: str, checkpoint: bool
     return [*present, server]
 
 
-def _user_agent(who: Mapping[str, Any], kind: _Kind) -> dict | None:
-    """BALP agent[user]: who the access token names. Users are not network devices (BALP)."""
+def _user_agent(who: Mapping[str, Any], kind: _Kind, names: Mapping[str, str]) -> dict | None:
+    """BALP agent[user]: who the access token names. Users are not network devices (BALP).
+    Shown by name where the reader may see the person, else by the token's subject."""
     if not (who.get("sub") or who.get("fhirUser")):
         return None
     reference: dict[str, Any] = {}
     if who.get("fhirUser"):
         reference["reference"] = str(who["fhirUser"])
+        if names.get(str(who["fhirUser"])):
+            reference["display"] = names[str(who["fhirUser"])]
     if who.get("sub"):
-        reference["display"] = str(who["sub"])
+        reference.setdefault("display", str(who["sub"]))
         reference["identifier"] = {"value": str(who["sub"])}
         if who.get("iss"):
             reference["identifier"]["system"] = str(who["iss"])
@@ -205,13 +218,16 @@ def _client_agent(source: Mapping[str, Any], kind: _Kind) -> dict | None:
     return agent
 
 
-def _org_agent(who: Mapping[str, Any]) -> dict | None:
+def _org_agent(who: Mapping[str, Any], names: Mapping[str, str]) -> dict | None:
     """The organisation the user acts for (R4 AuditEvent.agent has no field for it)."""
     if not who.get("organization"):
         return None
+    reference = {"reference": str(who["organization"])}
+    if names.get(reference["reference"]):
+        reference["display"] = names[reference["reference"]]
     return {
         "type": {"coding": [_RESPONSIBLE]},
-        "who": {"reference": str(who["organization"])},
+        "who": reference,
         "requestor": False,
     }
 

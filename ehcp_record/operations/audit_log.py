@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 
 from ehcp_record.access.scoped import RecordScope, ScopedStore
-from ehcp_record.audit.events import to_audit_event
+from ehcp_record.audit.events import named_in, to_audit_event
 from ehcp_record.audit.verify import head_token
 from ehcp_record.errors import invalid, not_found, too_costly
 from ehcp_record.fhir.dates import DateFormatError, instant, parse_range
@@ -36,7 +36,7 @@ class AuditLog:
         if not entries:
             raise not_found(label)
         store.audit_record(record, "audit-read", "audit trail read")
-        return to_audit_event(entries[0], self.base_url)
+        return to_audit_event(entries[0], self.base_url, store.display_names(named_in(entries[0])))
 
     def search(self, store: ScopedStore, pairs: list[tuple[str, str]]) -> tuple[int, list[dict], int, int]:
         values = _single_values(pairs)
@@ -53,7 +53,8 @@ class AuditLog:
             offset=offset, count=count,
         )
         store.audit_record(patient, "audit-read", "audit trail read")
-        return total, [to_audit_event(e, self.base_url) for e in entries], offset, count
+        names = store.display_names([reference for e in entries for reference in named_in(e)])
+        return total, [to_audit_event(e, self.base_url, names) for e in entries], offset, count
 
     def verify(self, store: ScopedStore, patient: str, held_head: str | None = None) -> dict:
         """`$verify-audit[?head=<token>]`: the record checked as a whole; with `head`, a signed

@@ -180,10 +180,11 @@ class TransferService:
         return {
             "resourceType": "Task", "id": str(uuid.uuid4()), "status": "requested", "intent": "order",
             "code": concept(TASK_CODE_SYSTEM, "transfer"),
-            "description": f"Transfer of the EHC plan to {request.destination} (SEND Regulations 2014 reg 15)",
+            "description": (f"Transfer of the EHC plan to {store.display_names([request.destination]).get(request.destination, request.destination)}"
+                            " (SEND Regulations 2014 reg 15)"),
             "for": {"reference": f"Patient/{record}"}, "authoredOn": instant(now),
             "requester": {"reference": caller.actor.organization or caller.actor.sub},
-            "owner": {"reference": request.destination},
+            "owner": {"reference": request.destination},  # the destination acts on it (and may read it)
             "restriction": {"period": {"start": request.notified_date.isoformat(), "end": due.transfer_due.isoformat()}},
             "input": [{"type": concept(TASK_INPUT_SYSTEM, code), **value} for code, value in inputs],
         }
@@ -251,14 +252,16 @@ class TransferService:
         notice_due = clocks.transfer_notice_due(transferred)
         review_due = clocks.transfer_review_due(last_review, transferred)
         makers = sorted(engine.decision_makers(state, transferred)) if state else []
+        la = store.caller.actor.organization or ""
+        name = store.display_names([la]).get(la, la)
         notice = {
             "resourceType": "Task", "id": str(uuid.uuid4()), "status": "requested", "intent": "order",
             "code": concept(TASK_CODE_SYSTEM, "notice-to-family"),
-            "description": (f"Your child's EHC plan has moved to {store.caller.actor.organization}. By {notice_due} we will "
+            "description": (f"Your child's EHC plan has moved to {name}. By {notice_due} we will "
                             f"write to tell you whether we will reassess and when we will review the plan; the first "
                             f"review will be before {review_due}."),
             "for": task.resource["for"], "authoredOn": instant(now),
-            "requester": {"reference": store.caller.actor.organization}, "basedOn": [{"reference": f"Task/{task.id}"}],
+            "requester": {"reference": la, "display": name}, "basedOn": [{"reference": f"Task/{task.id}"}],
             "restriction": {"period": {"start": transferred.isoformat(), "end": notice_due.isoformat()}},
             "input": [{"type": concept(TASK_INPUT_SYSTEM, "notice-due"), "valueDate": notice_due.isoformat()},
                       {"type": concept(TASK_INPUT_SYSTEM, "review-due"), "valueDate": review_due.isoformat()}],

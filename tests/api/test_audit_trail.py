@@ -112,6 +112,29 @@ def test_family_sees_who_looked(api):
     assert api.get(f"/fhir/Patient/{child['id']}/$access-log", school).status_code == 404
 
 
+def test_the_access_log_names_organisations_and_people_the_reader_may_see(api):
+    """A family reads "Local authority 866", not "Organization/la-866"; an LA missing from the
+    directory still has its DfE name; a person is named only to whoever may read them."""
+    from tests.e2e.plan_builders import parent
+
+    child = api.new_child()
+    mum = api.post("/fhir/RelatedPerson", parent(child["id"], "Alex"), api.la()).json()
+    mum_ref = f"RelatedPerson/{mum['id']}"
+    token = api.token("parent", None, fhir_user=mum_ref)
+    api.get(f"/fhir/Patient/{child['id']}", token)
+    api.get(f"/fhir/Patient/{child['id']}", api.token("la", "Organization/la-916"))  # refused: not its record
+    log = api.get(f"/fhir/Patient/{child['id']}/$access-log", token).json()
+    shown = {a["who"]["reference"]: a["who"].get("display") for e in log["entry"] for a in e["resource"]["agent"]
+             if "reference" in a.get("who", {})}
+    assert shown["Organization/la-866"] == "Local authority 866"  # the directory's name
+    assert shown["Organization/la-916"] == "Gloucestershire"      # not in the directory: the DfE name
+    assert shown[mum_ref] == " ".join([*mum["name"][0]["given"], mum["name"][0]["family"]])
+    # the LA may read the parent; an auditor sees the trail but not the person, so no name
+    auditor = api.get(f"/fhir/Patient/{child['id']}/$access-log", api.token("auditor", None)).json()
+    people = [a["who"] for e in auditor["entry"] for a in e["resource"]["agent"] if a.get("who", {}).get("reference") == mum_ref]
+    assert people and all(who.get("display") != shown[mum_ref] for who in people)
+
+
 def test_cli_audit_verify_exit_codes(api, busy_record, tmp_path):
     env = {"EHCP_MONGODB_URI": api.settings.mongodb_uri, "EHCP_DATABASE": api.settings.database,
            "EHCP_DATA_DIR": str(api.settings.data_dir), "PATH": ""}

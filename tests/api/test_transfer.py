@@ -119,6 +119,10 @@ def test_accept_moves_custody_and_nothing_else(api, record):
     assert tasks["total"] == 1
     notice = tasks["entry"][0]["resource"]
     assert notice["restriction"]["period"]["end"] == (date.today() + timedelta(weeks=6)).isoformat()
+    # named as a family knows it (la-916 is not in this directory: its DfE name), not by reference
+    assert notice["description"].startswith("Your child's EHC plan has moved to Gloucestershire.")
+    assert notice["requester"] == {"reference": NEW_LA, "display": "Gloucestershire"}
+    assert task["description"] == "Transfer of the EHC plan to Gloucestershire (SEND Regulations 2014 reg 15)"
     assert api.get(f"/fhir/Consent/{consent['id']}", record["parent_token"]).json()["meta"]["versionId"] == "1"
     need_b = next(c for c in record["Condition"] if section_of(c) == "B")
     assert api.get(f"/fhir/Condition/{need_b['id']}", api.token("school", "Organization/school-1")).status_code == 200
