@@ -79,8 +79,17 @@ def document(composition_id: str, vid: str | None = None) -> Response:
 def diff(composition_id: str) -> Response:
     from flask import request
 
-    return fhir_response(services().documents.diff(store(), composition_id, request.args.get("from"),
-                                                   request.args.get("to")))
+    scoped = store()
+    return fhir_response(services().documents.diff(scoped, composition_id, request.args.get("from"),
+                                                   request.args.get("to"),
+                                                   lambda task_id: services().proposals.proposal(scoped, task_id)))
+
+
+@bp.get("/Task/<task_id>/$proposal")
+@operation("proposal", "Task")
+def proposal(task_id: str) -> Response:
+    """What a review Task proposes, as a document Bundle the family reads before answering."""
+    return fhir_response(services().proposals.proposal(store(), task_id).document)
 
 
 @bp.get("/Patient/<patient_id>/$everything")

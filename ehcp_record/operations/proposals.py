@@ -32,6 +32,7 @@ from ehcp_record.fhir.dates import instant
 from ehcp_record.fhir.parameters import read_parameters
 from ehcp_record.fhir.model import parse_resource
 from ehcp_record.plan.gate import PLAN_CONTENT_TYPES, is_issued, is_plan
+from ehcp_record.plan.proposed import ProposedPlan, proposed_resources
 from ehcp_record.plan.provenance import signed_provenance
 from ehcp_record.workflow.task_values import TASK_CODE_SYSTEM, TASK_INPUT_SYSTEM, concept, is_task, task_input, task_output
 from ehcp_record.plan.validation import ProfileChecks, plan_resources
@@ -120,6 +121,24 @@ class ProposalService:
                 continue
             writes.append(store.prepare(updated, task.id, task.vid, current=task))
         return writes
+
+    # --- Task/{id}/$proposal ---------------------------------------------------------------
+
+    def proposal(self, store: ScopedStore, task_id: str) -> ProposedPlan:
+        """What a review proposes, as a document the family can read before answering: the plan
+        as it stood when proposed, with the proposal's resources in place (plan.proposed),
+        redacted for the caller like `$document`. Whoever may read the review Task may read
+        it (the family, the custodian); anyone else is answered as if it did not exist."""
+        assert self.documents is not None
+        task = _review(store, task_id, "read")
+        pinned = str(task_input(task.resource, "plan-version") or "")
+        plan_id, _, vid = pinned.removeprefix("Composition/").partition("/_history/")
+        plan, decision = store.resource("Composition", plan_id, "read", vid or None)
+        scope = store.open_record(task.record or "", "read", f"Task/{task_id}")
+        proposed = proposed_resources(_load_proposal(scope, task.resource))
+        rendered = self.documents.render(store, plan, proposed)
+        shown = self.documents.shown(store, rendered, decision, task.record or "", "$proposal")
+        return ProposedPlan(plan.id, plan.vid, shown)
 
     # --- $respond -----------------------------------------------------------------------
 

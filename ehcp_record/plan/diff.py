@@ -8,6 +8,7 @@ was added, removed or changed, with the fields that changed (before and after).
 
 from __future__ import annotations
 
+from html.parser import HTMLParser
 from typing import Any, Iterator
 
 from consent.codes import SECTIONS
@@ -18,14 +19,17 @@ MAX_FIELDS = 40
 _IGNORED = ("meta", "text")
 
 
-def diff_documents(before: dict, after: dict, from_vid: int, to_vid: int) -> dict:
+def diff_documents(before: dict, after: dict, from_vid: int, to_vid: int | str) -> dict:
+    """`to_vid` is a version number, or "Task/<id>" when `after` is what a proposal would make."""
     old, new = _index(before), _index(after)
     old_plan, new_plan = _composition(before), _composition(after)
     old_sections, new_sections = _sections(old_plan), _sections(new_plan)
     parts = []
     for code in _ordered(set(old_sections) | set(new_sections)):
         parts.append(_section_part(code, old_sections.get(code), new_sections.get(code), old, new))
-    parameters = [{"name": "from", "valueInteger": from_vid}, {"name": "to", "valueInteger": to_vid},
+    to = {"name": "to", "valueReference": {"reference": to_vid}} if isinstance(to_vid, str) else \
+        {"name": "to", "valueInteger": to_vid}
+    parameters = [{"name": "from", "valueInteger": from_vid}, to,
                   {"name": "status", "valueCode": _change(old_plan.get("status"), new_plan.get("status"))}]
     return {"resourceType": "Parameters", "parameter": parameters + parts}
 
@@ -48,7 +52,8 @@ def _section_part(code: str, old: dict | None, new: dict | None, old_index: dict
     part = [{"name": "code", "valueCode": code}, {"name": "title", "valueString": (new or old or {}).get("title", code)},
             {"name": "change", "valueCode": change}]
     if text_changed and old is not None and new is not None:
-        part.append({"name": "narrative", "valueString": "the section's text changed"})
+        part.append({"name": "narrative", "part": [{"name": "before", "valueString": plain_text(_text(old))},
+                                                   {"name": "after", "valueString": plain_text(_text(new))}]})
     return {"name": "section", "part": part + entries}
 
 
@@ -131,6 +136,34 @@ def _entries(section: dict | None) -> list[str]:
 
 def _text(section: dict | None) -> str | None:
     return ((section or {}).get("text") or {}).get("div")
+
+
+class _Text(HTMLParser):
+    """The words of a narrative's XHTML (R4 narrative.html: a limited XHTML div), paragraphs
+    and list items on their own lines, for a parent app to show before and after."""
+
+    _BLOCKS = {"p", "div", "li", "br", "tr", "h1", "h2", "h3", "h4", "h5", "h6"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag in self._BLOCKS:
+            self.parts.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        self.parts.append(data)
+
+
+def plain_text(xhtml: str | None) -> str:
+    if not xhtml:
+        return ""
+    reader = _Text()
+    reader.feed(xhtml)
+    reader.close()
+    lines = (" ".join(line.split()) for line in "".join(reader.parts).splitlines())
+    return "\n".join(line for line in lines if line)
 
 
 def _change(old: Any, new: Any) -> str:

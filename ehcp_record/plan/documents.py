@@ -14,6 +14,7 @@ import base64
 import json
 import uuid
 from dataclasses import dataclass
+from typing import Callable
 
 from ehcp_record.audit import chain as audit_chain
 from ehcp_record.audit import signing
@@ -24,6 +25,7 @@ from ehcp_record.fhir.dates import instant
 from ehcp_record.fhir.model import literal_references, ref_key
 from ehcp_record.plan.gate import is_issued
 from ehcp_record.plan.diff import diff_documents
+from ehcp_record.plan.proposed import ProposedPlan
 from ehcp_record.plan.provenance import KEY_ID_SYSTEM
 from ehcp_record.store.versions import Version
 
@@ -53,10 +55,25 @@ class DocumentService:
         bundle["entry"] = [_entry_for(self.base_url, r) for r in shown]
         return _encode(bundle)
 
-    def diff(self, store: ScopedStore, composition_id: str, from_vid: str | None, to_vid: str | None) -> dict:
-        """`$diff?from=&to=`: both versions rendered and redacted exactly as `$document` would."""
+    def diff(self, store: ScopedStore, composition_id: str, from_vid: str | None, to_vid: str | None,
+             proposal: Callable[[str], ProposedPlan] | None = None) -> dict:
+        """`$diff?from=&to=`: both versions rendered and redacted exactly as `$document` would.
+        `to=Task/<id>` compares with what that proposal would make of the plan (`proposal`
+        renders it as `Task/{id}/$proposal` does); `from` may then be left out: the version
+        the proposal was made against."""
+        if to_vid and to_vid.startswith("Task/") and proposal is not None:
+            if from_vid is not None and not from_vid.isdigit():
+                raise invalid("from is a version number, e.g. ?from=1&to=Task/<review id>", "value")
+            store.resource("Composition", composition_id, "read")  # a plan the caller cannot see is missing
+            proposed = proposal(to_vid.removeprefix("Task/"))
+            if proposed.plan_id != composition_id:
+                raise invalid(f"{to_vid} is a proposal for another plan, not Composition/{composition_id}", "value")
+            since = int(from_vid) if from_vid else proposed.against
+            before = json.loads(self.document(store, composition_id, str(since)))
+            return diff_documents(before, proposed.document, since, to_vid)
         if not from_vid or not to_vid or not from_vid.isdigit() or not to_vid.isdigit():
-            raise invalid("$diff needs from and to version numbers, e.g. ?from=1&to=3", "required")
+            raise invalid("$diff needs from and to version numbers (?from=1&to=3), or a proposal to compare "
+                          "with (?to=Task/<review id>)", "required")
         before = json.loads(self.document(store, composition_id, from_vid))
         after = json.loads(self.document(store, composition_id, to_vid))
         return diff_documents(before, after, int(from_vid), int(to_vid))
@@ -70,24 +87,43 @@ class DocumentService:
         bundle["signature"] = self._signature(store.signing_key, bundle)
         return store.keep_document(plan, _encode(bundle))
 
-    def render(self, store: ScopedStore, plan: Version) -> dict:
-        """Composition first, then everything it references as it stood at that version."""
-        included: dict[str, dict] = {f"Composition/{plan.id}": plan.resource}
-        order: list[str] = [f"Composition/{plan.id}"]
-        level = [plan.resource]
+    def render(self, store: ScopedStore, plan: Version, proposed: dict[str, dict] | None = None) -> dict:
+        """Composition first, then everything it references as it stood at that version.
+
+        With `proposed` ("Type/id" -> resource, plan.proposed), the document as a proposal would
+        make it: those resources stand in for the stored ones (the Composition too), and the
+        rest is as it stood at `plan`. Such a document is for reading, never signed or kept."""
+        proposed = proposed or {}
+        key = f"Composition/{plan.id}"
+        included: dict[str, dict] = {key: proposed.get(key, plan.resource)}
+        order: list[str] = [key]
+        level = [included[key]]
         while level and len(order) < MAX_DOCUMENT_RESOURCES:
-            wanted = [r for resource in level for r in literal_references(resource) if ref_key(r) not in included]
+            wanted = list(dict.fromkeys(r for resource in level for r in literal_references(resource)
+                                        if ref_key(r) not in included))
             level = []
-            for reference, target in store.as_of(list(dict.fromkeys(wanted)), plan):
+            found = [(r, proposed[ref_key(r)]) for r in wanted if ref_key(r) in proposed]
+            found += store.as_of([r for r in wanted if ref_key(r) not in proposed], plan)
+            for reference, target in found:
                 key = f"{target['resourceType']}/{target['id']}"
                 if key not in included:
                     included[key] = target
                     order.append(key)
                     level.append(target)
-        identifier = {"system": "urn:ietf:rfc:3986",
-                      "value": f"urn:uuid:{uuid.uuid5(_DOCUMENT_NAMESPACE, f'{plan.id}/{plan.vid}')}"}
-        return bundles.document(f"{plan.id}-{plan.vid}", identifier, instant(plan.updated),
-                                [_entry_for(self.base_url, included[k]) for k in order], instant(plan.updated))
+        name = f"{plan.id}/{plan.vid}" + ("/proposed" if proposed else "")
+        identifier = {"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{uuid.uuid5(_DOCUMENT_NAMESPACE, name)}"}
+        return bundles.document(f"{plan.id}-{plan.vid}" + ("-proposed" if proposed else ""), identifier,
+                                instant(plan.updated), [_entry_for(self.base_url, included[k]) for k in order],
+                                instant(plan.updated))
+
+    def shown(self, store: ScopedStore, bundle: dict, decision, record: str, purpose: str) -> dict:
+        """A rendered (unsigned) document as the caller may see it, its export audited."""
+        resources = [e["resource"] for e in bundle["entry"]]
+        shown = store.view_all(resources, decision)
+        refs = [(f"{r['resourceType']}/{r['id']}", None) for r in shown]
+        store.audit_record(record, "export", purpose, refs, decision.consent_ids)
+        bundle["entry"] = [_entry_for(self.base_url, r) for r in shown]
+        return bundle
 
     def _signature(self, key, bundle: dict) -> dict:
         raw = signing.sign(key, audit_chain.canonical_json(bundle))

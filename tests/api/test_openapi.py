@@ -44,6 +44,7 @@ EHCP_OPERATION_ROUTES = (
     ("/fhir/Composition/{}/$diff", "GET"),
     ("/fhir/Composition/{}/$propose", "POST"),
     ("/fhir/Task/{}/$respond", "POST"),
+    ("/fhir/Task/{}/$proposal", "GET"),
     ("/fhir/Task/{}/$issue", "POST"),
     ("/fhir/Patient/{}/$transfer", "POST"),
     ("/fhir/Task/{}/$accept", "POST"),

@@ -97,6 +97,66 @@ def test_diff_section_by_section(api, issued_plan):
     assert api.get(f"/fhir/Composition/{ids['Composition']}/$diff?from=1", api.la()).status_code == 400
 
 
+def test_the_family_reads_a_proposal_and_what_it_changes_before_answering(api, issued_plan):
+    """Regs 13 and 22: the family must see what a proposal changes before answering. The
+    proposal reads as a plan (`Task/{id}/$proposal`), and `$diff?to=Task/{id}` says section by
+    section what it would change, narrative before and after, a new outcome included."""
+    child, ids, mum = issued_plan
+    plan_url = f"/fhir/Composition/{ids['Composition']}"
+    current = int(api.get(plan_url, api.la()).json()["meta"]["versionId"])
+    new_goal = "urn:uuid:7a0e3f1c-0000-4000-8000-00000000000e"
+
+    def change(resource):
+        if resource["resourceType"] == "Composition":
+            section_a = next(s for s in resource["section"] if s["title"] == "A")
+            section_a["text"] = {"status": "generated",
+                                 "div": '<div xmlns="http://www.w3.org/1999/xhtml"><p>Sam loves buses now.</p></div>'}
+            section_e = next(s for s in resource["section"] if s["title"] == "E")
+            section_e["entry"].append({"reference": new_goal})
+        if resource["resourceType"] == "CarePlan":
+            resource["goal"].append({"reference": new_goal})
+    proposal = proposal_from_current(api, ids, change)
+    proposal["entry"].insert(0, {"fullUrl": new_goal, "request": {"method": "POST", "url": "Goal"}, "resource": {
+        "resourceType": "Goal", "lifecycleStatus": "active", "subject": {"reference": f"Patient/{child['id']}"},
+        "category": [{"coding": [{"system": "http://ehcp-record.example.org/fhir/CodeSystem/ehcp-section", "code": "E"}]}],
+        "description": {"text": "Sam will travel to school independently"},
+        "addresses": [{"reference": f"Condition/{ids['Condition']}"}], "target": [{"dueDate": "2027-07-20"}]}})
+    task = api.post(f"{plan_url}/$propose", proposal, api.la()).json()
+
+    shown = api.get(f"/fhir/Task/{task['id']}/$proposal", mum)
+    assert shown.status_code == 200, shown.text
+    document = shown.json()
+    assert document["type"] == "document" and "signature" not in document
+    resources = {f"{e['resource']['resourceType']}/{e['resource']['id']}": e["resource"] for e in document["entry"]}
+    composition = document["entry"][0]["resource"]
+    assert "Sam loves buses now." in next(s for s in composition["section"] if s["title"] == "A")["text"]["div"]
+    goals = [r["description"]["text"] for r in resources.values() if r["resourceType"] == "Goal"]
+    assert sorted(goals) == ["Sam will travel to school independently", "Sam will use 3-word sentences in class"]
+    new_ref = next(e["reference"] for s in composition["section"] if s["title"] == "E" for e in s["entry"]
+                   if e["reference"] != f"Goal/{ids['Goal']}")
+    assert new_ref in resources  # the new outcome is cited by its shown id, resolvable in the Bundle
+    # the stored plan has not moved
+    assert int(api.get(plan_url, api.la()).json()["meta"]["versionId"]) == current
+
+    diff = api.get(f"{plan_url}/$diff?to=Task/{task['id']}", mum).json()
+    assert {p["name"]: p.get("valueInteger") or p.get("valueReference") for p in diff["parameter"]
+            if p["name"] in ("from", "to")} == {"from": current, "to": {"reference": f"Task/{task['id']}"}}
+    sections = {_part(p, "code"): p for p in diff["parameter"] if p["name"] == "section"}
+    narrative = next(p for p in sections["A"]["part"] if p["name"] == "narrative")
+    assert _part(narrative, "before") == "Sam loves trains and wants to be a driver."
+    assert _part(narrative, "after") == "Sam loves buses now."
+    added = [p for p in sections["E"]["part"] if p["name"] == "entry" and _part(p, "change") == "added"]
+    assert [_part(p, "summary") for p in added] == ["Sam will travel to school independently"]
+    assert _part(sections["B"], "change") == "unchanged"
+    # the same comparison by the custodian; nobody else may see the proposal at all
+    assert api.get(f"{plan_url}/$diff?to=Task/{task['id']}", api.la()).json() == diff
+    school = api.token("school", "Organization/school-1")
+    assert api.get(f"/fhir/Task/{task['id']}/$proposal", school).status_code == 404
+    assert api.get(f"/fhir/Task/{ids['Composition']}/$proposal", mum).status_code == 404  # not a review Task
+    assert api.get(f"/fhir/Composition/{ids['Condition']}/$diff?to=Task/{task['id']}", mum).status_code == 404
+    assert api.get(f"{plan_url}/$diff?from=x&to=Task/{task['id']}", mum).status_code == 400
+
+
 def test_everything_returns_the_record(api, issued_plan):
     child, ids, mum = issued_plan
     bundle = api.get(f"/fhir/Patient/{child['id']}/$everything", mum).json()
