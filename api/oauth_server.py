@@ -255,7 +255,16 @@ class PrivateKeyJwt(JWTBearerClientAssertion):
         return self.server.identity.store.use_assertion_id(str(claims["sub"]), str(jti), expires)
 
     def resolve_client_public_key(self, client: RegisteredClient) -> KeySet:
-        return KeySet.import_key_set(client.jwks or {"keys": []})
+        if not client.jwks_uri:
+            return KeySet.import_key_set(client.jwks or {"keys": []})
+        return self._fetched(client.jwks_uri, None)
+
+    @staticmethod
+    def _fetched(jwks_uri: str, kid: str | None) -> KeySet:
+        try:
+            return KeySet.import_key_set(jwks.key_set(jwks_uri, kid))
+        except (RemoteError, JoseError, ValueError) as exc:
+            raise InvalidClientError(description=f"the client's registered keys could not be used: {exc}") from None
 
     def process_assertion_claims(self, assertion: str, resolve_key: Any) -> dict:
         try:
@@ -272,10 +281,7 @@ class PrivateKeyJwt(JWTBearerClientAssertion):
         client = self.server.identity.client(str(claims.get("sub")))
         if client is None or not client.jwks_uri:
             return resolve_key
-        try:
-            return KeySet.import_key_set(jwks.key_set(client.jwks_uri, headers.get("kid")))
-        except (RemoteError, JoseError, ValueError) as exc:
-            raise InvalidClientError(description=f"the client's registered keys could not be used: {exc}") from None
+        return self._fetched(client.jwks_uri, headers.get("kid"))
 
 
 class AccessTokens(JWTBearerTokenGenerator):

@@ -1,0 +1,88 @@
+"""ID token validation (OpenID Connect Core §3.1.3.7) as pure logic: every check that must
+refuse, each with a token that differs from a good one in that one respect."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from joserfc import jwt as jose_jwt
+from joserfc.jwk import ECKey, OctKey
+
+from ehcp_record.config import IdentityProvider
+from ehcp_record.identity.federation import FederationError, person_from, validate_id_token
+
+ISSUER = "https://login.example.test"
+PROVIDER = IdentityProvider(issuer=ISSUER, client_id="ehcp-record", id="example", name="Example",
+                            claims={"nhs_number": "nhs_number"})
+KEY = ECKey.generate_key("P-256", parameters={"kid": "k1"})
+OTHER = ECKey.generate_key("P-256", parameters={"kid": "k1"})  # same kid, another key
+KEYS = {"keys": [KEY.as_dict(private=False)]}
+NONCE = "n-0123456789"
+
+
+def _token(key=KEY, alg: str = "ES256", **changes) -> str:
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": "ehcp-record", "sub": "person-1", "iat": now, "exp": now + 300, "nonce": NONCE,
+              "name": "Robin Example", "nhs_number": "9434765919", **changes}
+    claims = {k: v for k, v in claims.items() if v is not None}
+    return jose_jwt.encode({"alg": alg, "kid": "k1"}, claims, key, algorithms=[alg])
+
+
+def test_a_good_token_maps_to_the_configured_identity():
+    claims = validate_id_token(_token(), PROVIDER, NONCE, KEYS)
+    person = person_from(claims, PROVIDER)
+    assert person.identity == f"{ISSUER}|person-1" and person.name == "Robin Example"
+    assert person.claims == {"nhs_number": "9434765919"}
+
+
+def test_nhs_login_style_subject_claim_is_configurable():
+    by_number = IdentityProvider(issuer=ISSUER, client_id="ehcp-record", subject_claim="nhs_number")
+    assert person_from(validate_id_token(_token(), by_number, NONCE, KEYS), by_number).identity == f"{ISSUER}|9434765919"
+
+
+@pytest.mark.parametrize("why, token", [
+    ("signed by another key", lambda: _token(key=OTHER)),
+    ("tampered payload", lambda: _tampered(_token())),
+    ("expired", lambda: _token(exp=int(time.time()) - 120)),
+    ("wrong audience", lambda: _token(aud="someone-else")),
+    ("several audiences, azp not ours", lambda: _token(aud=["ehcp-record", "other"], azp="other")),
+    ("another issuer", lambda: _token(iss="https://unknown.example.test")),
+    ("wrong nonce", lambda: _token(nonce="replayed")),
+    ("no nonce", lambda: _token(nonce=None)),
+    ("no iat", lambda: _token(iat=None)),
+    ("shared-secret HMAC", lambda: _token(key=OctKey.import_key(b"k" * 32), alg="HS256")),
+])
+def test_refused_as_invalid_token(why, token):
+    with pytest.raises(FederationError) as refused:
+        validate_id_token(token(), PROVIDER, NONCE, KEYS)
+    assert refused.value.error == "invalid_token", why
+
+
+def test_alg_none_is_refused():
+    import base64
+    import json
+
+    def part(value: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    unsigned = f"{part({'alg': 'none', 'kid': 'k1'})}.{part({'iss': ISSUER, 'aud': 'ehcp-record', 'sub': 'x'})}."
+    with pytest.raises(FederationError):
+        validate_id_token(unsigned, PROVIDER, NONCE, KEYS)
+
+
+def test_a_key_the_provider_does_not_publish_is_refused():
+    with pytest.raises(FederationError) as refused:
+        validate_id_token(_token(), PROVIDER, NONCE, {"keys": [{**KEY.as_dict(private=False), "kid": "k2"}]})
+    assert "does not publish" in str(refused.value)
+
+
+def _tampered(token: str) -> str:
+    import base64
+    import json
+
+    header, payload, signature = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["sub"] = "someone-else"
+    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    return f"{header}.{forged}.{signature}"
