@@ -72,12 +72,12 @@ def authorize() -> Response:
     """RFC 6749 §4.1.1. A POST from an app (SMART `authorize-post`) is answered with a 303 to
     the same request as a GET, so the person's (SameSite=Lax) session cookie comes along; a
     POST carrying `decision` is the person's answer on the consent screen."""
-    if request.method == "POST" and "decision" not in request.form:
-        return redirect("/oauth/authorize?" + urlencode(list(request.form.items(multi=True))), code=303)
     try:
         grant = server().get_consent_grant(end_user=None)
     except OAuth2Error as error:
         return _oauth_error(error)
+    if request.method == "POST" and "decision" not in request.form:
+        return redirect("/oauth/authorize?" + urlencode(list(request.form.items(multi=True))), code=303)
     settings = services().settings
     if request.values.get("aud", settings.base_url).rstrip("/") != settings.base_url.rstrip("/"):
         return server().handle_error_response(None, _redirecting("invalid_request",
