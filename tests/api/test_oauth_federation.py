@@ -286,7 +286,9 @@ def test_authorize_post_is_answered_as_the_same_get(rp, family):
     posted = requests.post(rp.base + "/oauth/authorize", data=params, allow_redirects=False, timeout=10)
     assert posted.status_code == 303
     assert {k: v[0] for k, v in parse_qs(urlparse(posted.headers["Location"]).query).items()} == params
-    assert "authorize-post" in rp.get("/fhir/.well-known/smart-configuration").json()["capabilities"]
+    config = rp.get("/fhir/.well-known/smart-configuration").json()
+    assert {"authorize-post", "sso-openid-connect", "client-confidential-asymmetric"} <= set(config["capabilities"])
+    assert config["identity_providers"] == [rp.settings.identity_providers[0].issuer]
 
 
 # --------------------------------------------------------------------------- jwks_uri clients
