@@ -27,6 +27,7 @@ from api.context import services, store
 from api.oauth_server import OAuthServer, SignedIn
 from ehcp_record.errors import FhirError
 from ehcp_record.identity import federation, keys, scopes
+from ehcp_record.identity.clients import RegisteredClient
 from ehcp_record.identity.federation import FederationError, Pending
 from ehcp_record.identity.links import Link, LinkError, identity_key
 
@@ -106,15 +107,22 @@ def _authorize_params() -> list[tuple[str, str]]:
     return [(k, v) for k, v in request.values.items(multi=True) if k not in ("csrf", "decision")]
 
 
-def _consent_screen(client, link: Link, scope: str) -> Response:
+def _consent_screen(client: RegisteredClient, link: Link, scope: str) -> Response:
     """Which app, which child, which scopes in plain English; Allow or Don't allow."""
-    child = services().identity.child_name(link) or "your"
-    who = {"parent": "their parent", "young-person": "the young person"}.get(link.role, link.role)
-    page = render_template("oauth/consent.html", app=client.name, child=child, who=who, csrf=_csrf(),
-                           lines=[scopes.describe(w) for w in scopes.words(scope)],
-                           params=[*_authorize_params(), ("link", link.id)] if "link" not in request.values
-                           else _authorize_params())
-    return Response(page, mimetype="text/html")
+    params = _authorize_params()
+    if "link" not in request.values:
+        params.append(("link", link.id))
+    who = {"parent": "their parent", "young-person": "the young person"}.get(link.role, f"a {link.role} professional")
+    return _page("oauth/consent.html", app=client.name, child=services().identity.child_name(link), who=who,
+                 csrf=_csrf(), lines=[scopes.describe(w) for w in scopes.words(scope)], params=params)
+
+
+def _page(template: str, **context: object) -> Response:
+    """A sign-in page: HTML that no other site may frame (clickjacking, RFC 6749 §10.13)."""
+    response = Response(render_template(template, **context), mimetype="text/html")
+    response.headers["Content-Security-Policy"] = "frame-ancestors 'none'"
+    response.headers["X-Frame-Options"] = "DENY"
+    return response
 
 
 @bp.post("/oauth/token")
@@ -167,7 +175,8 @@ def _picker(links: list[Link]) -> Response:
     def href(link: Link) -> str:
         return "/oauth/authorize?" + urlencode([*_authorize_params(), ("link", link.id)])
 
-    return Response(render_template("oauth/pick.html", links=links, href=href), mimetype="text/html")
+    names = {link.id: services().identity.child_name(link) for link in links}
+    return _page("oauth/pick.html", links=links, href=href, names=names)
 
 
 # --------------------------------------------------------------------------- signing in
@@ -183,10 +192,8 @@ def sign_in_page() -> Response:
     def provider_href(provider) -> str:
         return f"/oauth/sign-in/provider/{provider.id}?" + urlencode({"next": next_path})
 
-    page = render_template("oauth/sign_in.html", people=settings.local_people if settings.local_sign_in else [],
-                           providers=settings.identity_providers, provider_href=provider_href, csrf=_csrf(),
-                           next=next_path)
-    return Response(page, mimetype="text/html")
+    return _page("oauth/sign_in.html", people=settings.local_people if settings.local_sign_in else [],
+                 providers=settings.identity_providers, provider_href=provider_href, csrf=_csrf(), next=next_path)
 
 
 @bp.post("/oauth/sign-in")

@@ -4,6 +4,8 @@ an inline JWKS).
 
 Cached per URL for `TTL_SECONDS`; a token signed with a `kid` the cached set lacks causes one
 refetch (the signer rotated its keys, RFC 7517 §4.5), and no more: a second miss is refused.
+Refetches of one URL are at least `REFETCH_AFTER_SECONDS` apart, so assertions naming random
+`kid`s cannot make this server fetch a key set once per request.
 Fetched only through `remote.fetch_json`, which allows only the URL's configured origin.
 """
 
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from ehcp_record.identity import remote
 
 TTL_SECONDS = 300
+REFETCH_AFTER_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,11 @@ def key_set(jwks_uri: str, kid: str | None = None) -> dict:
     """The JWKS at `jwks_uri`, from cache while fresh; refetched once when `kid` is not in it."""
     with _lock:
         entry = _cache.get(jwks_uri)
-    if entry is not None and time.monotonic() - entry.fetched < TTL_SECONDS and (kid is None or _has(entry.jwks, kid)):
+    if entry is None:
+        return _fetch(jwks_uri)
+    age = time.monotonic() - entry.fetched
+    fresh_enough = age < TTL_SECONDS and (kid is None or _has(entry.jwks, kid))
+    if fresh_enough or age < REFETCH_AFTER_SECONDS:
         return entry.jwks
     return _fetch(jwks_uri)
 

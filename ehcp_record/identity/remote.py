@@ -9,6 +9,7 @@ cannot bounce us elsewhere), waits at most a few seconds and reads at most 1 MiB
 
 from __future__ import annotations
 
+import json
 from typing import Any, Iterable
 from urllib.parse import urlsplit
 
@@ -42,7 +43,7 @@ def fetch_json(url: str, allowed: Iterable[str], form: dict[str, str] | None = N
     if len(body) > MAX_BYTES:
         raise RemoteError(f"{origin(url)} answered more than {MAX_BYTES} bytes")
     try:
-        document = requests.models.complexjson.loads(body)
+        document = json.loads(body)
     except ValueError:
         raise RemoteError(f"{origin(url)} answered HTTP {status} without JSON") from None
     if status >= 300 and not (status == 400 and isinstance(document, dict) and "error" in document):

@@ -246,6 +246,7 @@ def test_third_party_app_asks_the_person_first_and_deny_is_access_denied(rp, fam
     verifier, challenge = pkce()
     page = authorize(rp, family["browser"], challenge, client_id="third-app", scope=THIRD_PARTY_SCOPE)
     assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+    assert page.headers["Content-Security-Policy"] == "frame-ancestors 'none'"  # not framable: no clickjacking
     child = family["record"]["Patient"][0]
     name = " ".join([*child["name"][0].get("given", []), child["name"][0].get("family", "")]).strip()
     assert "Homework Helper" in page.text and name in page.text
@@ -298,7 +299,10 @@ def _client_token(rp: Api, key: BackendKey, client_id: str = "keys-by-url") -> r
                  client_assertion=key.assertion(client_id, rp.base + "/oauth/token"))
 
 
-def test_jwks_uri_keys_are_fetched_once_cached_and_refetched_once_on_a_new_kid(rp, key_site):
+def test_jwks_uri_keys_are_fetched_once_cached_and_refetched_once_on_a_new_kid(rp, key_site, monkeypatch):
+    from ehcp_record.identity import jwks
+
+    monkeypatch.setattr(jwks, "REFETCH_AFTER_SECONDS", 0.0)  # the server runs in this process
     first = key_site.keys[0]
     before = key_site.fetches
     assert _client_token(rp, first).status_code == 200
@@ -312,6 +316,18 @@ def test_jwks_uri_keys_are_fetched_once_cached_and_refetched_once_on_a_new_kid(r
     refused = _client_token(rp, unknown)
     assert refused.status_code == 400 and refused.json()["error"] == "invalid_client"  # RFC 6749 §5.2
     assert key_site.fetches == before + 3  # one refetch for the unknown kid, then refused
+
+
+def test_unknown_kids_do_not_refetch_more_often_than_the_floor(rp, key_site):
+    """A fresh fetch, then assertions with random `kid`s: none of them fetches again."""
+    from ehcp_record.identity import jwks
+
+    jwks.forget(key_site.url + "/jwks")
+    assert _client_token(rp, key_site.keys[0]).status_code == 200
+    before = key_site.fetches
+    for _ in range(3):
+        assert _client_token(rp, BackendKey()).json()["error"] == "invalid_client"
+    assert key_site.fetches == before
 
 
 def test_a_jwks_uri_that_redirects_is_not_followed(rp, key_site):
