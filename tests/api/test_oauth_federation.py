@@ -344,3 +344,20 @@ def test_a_registration_gives_its_keys_once(rp):
         rp.services.identity.register({"client_id": f"both-{uuid.uuid4().hex[:6]}", "scope": "system/*.rs",
                                        "token_endpoint_auth_method": "private_key_jwt", "role": "system",
                                        "jwks": BackendKey().jwks(), "jwks_uri": "http://127.0.0.1:9/jwks"})
+
+
+def test_an_id_token_with_another_nonce_is_invalid_token(rp, provider_person):
+    """End to end: the provider's ID token carries the nonce it was sent; a session whose
+    attempt remembers another nonce (same state) refuses it, and nobody is signed in."""
+    browser = requests.Session()
+    callback = _provider_answer(provider_person, _to_provider(rp, browser))
+    serializer = rp.app.session_interface.get_signing_serializer(rp.app)
+    cookie = browser.cookies.get("session", domain="127.0.0.1")
+    remembered = serializer.loads(cookie)
+    remembered["federation"]["nonce"] = "not-the-nonce-the-provider-saw"
+    browser.cookies.set("session", serializer.dumps(remembered), domain="127.0.0.1")
+    refused = browser.get(callback, timeout=10)
+    assert refused.status_code == 401 and refused.json()["error"] == "invalid_token"
+    assert "nonce" in refused.json()["error_description"]
+    assert refused.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
+    assert browser.get(rp.base + "/oauth/account/links", timeout=10).status_code == 401
