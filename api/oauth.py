@@ -333,7 +333,7 @@ def my_links() -> Response:
     """The signed-in person's links: who they are linked as, to which record (visible to them)."""
     identity = _signed_in()
     return jsonify({"identity": identity, "name": session.get("name", ""), "claims": session.get("claims", {}),
-                    "csrf": _csrf(),
+                    "csrf": _csrf(), "approvals": services().identity.approvals_of(identity),
                     "links": [_link_json(link) for link in services().identity.links_of(identity)]})
 
 
@@ -358,6 +358,16 @@ def unlink_mine(link_id: str) -> Response:
     if link is None or link.identity != identity or not link.active:
         raise FhirError(404, "not-found", "you have no such link")
     services().identity.unlink_by_person(link)
+    return Response(status=204)
+
+
+@bp.delete("/oauth/account/approvals/<client_id>")
+def withdraw_approval(client_id: str) -> Response:
+    """The person withdraws what they allowed a third-party app (the consent screen asks again)."""
+    identity = _signed_in()
+    _check_csrf()
+    if not services().identity.withdraw(client_id, identity, services().settings.access_token_ttl):
+        raise FhirError(404, "not-found", "you have not allowed that app anything")
     return Response(status=204)
 
 

@@ -98,6 +98,19 @@ class IdentityService:
     def approve(self, client: RegisteredClient, identity: str, link: Link, scope: str) -> None:
         self.store.add_approval(client.client_id, identity, link.id, scopes.words(scope))
 
+    def approvals_of(self, identity: str) -> list[dict]:
+        """What the person has allowed which third-party app, per linked record."""
+        return [{"client_id": a["client_id"], "link": a["link"], "scopes": sorted(a.get("scopes", []))}
+                for a in self.store.approvals_of(identity)]
+
+    def withdraw(self, client_id: str, identity: str, access_ttl: int) -> bool:
+        """The person takes back every approval they gave this app: its refresh tokens and the
+        access tokens issued with them stop working on the next request; it asks again."""
+        removed, jtis = self.store.withdraw_approvals(client_id, identity)
+        for jti in jtis:
+            self.store.revoke_access(jti, _now() + timedelta(seconds=access_ttl))
+        return removed
+
     def child_name(self, link: Link) -> str:
         """The child's name as the linked person may see it (read through their scoped store,
         so the read is theirs, audited); the record id when it cannot be read."""

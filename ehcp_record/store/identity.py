@@ -98,6 +98,20 @@ class IdentityStore:
                                    "$setOnInsert": {"client_id": client_id, "identity": identity, "link": link_id}},
                                   upsert=True)
 
+    def approvals_of(self, identity: str) -> list[dict]:
+        return list(self.approvals.find({"identity": identity}).sort("_id", ASCENDING))
+
+    def withdraw_approvals(self, client_id: str, identity: str) -> tuple[bool, list[str]]:
+        """Forget this person's approvals of this app and revoke its refresh tokens for them:
+        (whether there was any approval, the access-token ids to revoke too)."""
+        removed = self.approvals.delete_many({"client_id": client_id, "identity": identity}).deleted_count
+        if not removed:
+            return False, []
+        query = {"client_id": client_id, "identity": identity, "revoked": False}
+        tokens = list(self.refresh_tokens.find(query, {"access_jti": 1}))
+        self.refresh_tokens.update_many(query, {"$set": {"revoked": True, "revoked_at": _now()}})
+        return True, [t["access_jti"] for t in tokens if t.get("access_jti")]
+
     # --- authorization codes ---------------------------------------------------------------
 
     def add_code(self, document: dict) -> None:

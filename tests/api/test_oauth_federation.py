@@ -280,6 +280,29 @@ def test_approval_is_remembered_per_client_person_and_scopes(rp, family):
     assert "code" in redirect_params(first_party)
 
 
+def test_withdrawing_an_approval_stops_the_apps_tokens_and_asks_again(rp, family):
+    browser = family["browser"]
+    scope = THIRD_PARTY_SCOPE + " offline_access"
+    verifier, challenge = pkce()
+    page = authorize(rp, browser, challenge, client_id="third-app", scope=scope)
+    if page.status_code == 200:  # not yet approved with offline_access
+        page = browser.post(rp.base + "/oauth/authorize", allow_redirects=False, timeout=10,
+                            data={**dict(_consent_form(page.text)), "decision": "approve"})
+    tokens = exchange(rp, redirect_params(page)["code"], verifier, client_id="third-app").json()
+    account = browser.get(rp.base + "/oauth/account/links", timeout=10).json()
+    assert any(a["client_id"] == "third-app" and "offline_access" in a["scopes"] for a in account["approvals"])
+    withdrawn = browser.delete(rp.base + "/oauth/account/approvals/third-app", headers={"X-CSRF-Token": account["csrf"]},
+                               timeout=10)
+    assert withdrawn.status_code == 204
+    assert fhir_get(rp, f"/fhir/Patient/{family['child']}", tokens["access_token"]).status_code == 401
+    refreshed = token(rp, grant_type="refresh_token", refresh_token=tokens["refresh_token"], client_id="third-app")
+    assert refreshed.json()["error"] == "invalid_grant"
+    assert authorize(rp, browser, pkce()[1], client_id="third-app", scope=THIRD_PARTY_SCOPE).status_code == 200
+    again = browser.delete(rp.base + "/oauth/account/approvals/third-app", headers={"X-CSRF-Token": account["csrf"]},
+                           timeout=10)
+    assert again.status_code == 404
+
+
 def test_authorize_post_is_answered_as_the_same_get(rp, family):
     """SMART `authorize-post`: the app may POST its request; the person's cookie needs a GET."""
     params = {"response_type": "code", "client_id": "family-app", "redirect_uri": APP_REDIRECT, "scope": "launch/patient",

@@ -26,7 +26,8 @@ OPEN_PATHS = {"/healthz", "/readyz", "/fhir/metadata", "/fhir/.well-known/smart-
 #: session cookie) and the OAuth protocol endpoints whose errors are RFC 6749 §5.2 JSON.
 SIGN_IN_PATHS = {"/oauth/authorize", "/oauth/token", "/oauth/revoke", "/oauth/introspect", "/oauth/jwks",
                  "/oauth/.well-known/openid-configuration", "/oauth/sign-in", "/oauth/sign-in/provider/{id}",
-                 "/oauth/sign-in/callback", "/oauth/sign-out", "/oauth/account/links", "/oauth/account/links/{id}"}
+                 "/oauth/sign-in/callback", "/oauth/sign-out", "/oauth/account/links", "/oauth/account/links/{id}",
+                 "/oauth/account/approvals/{client_id}"}
 OAUTH_ERROR_PATHS = {"/oauth/authorize", "/oauth/token", "/oauth/revoke", "/oauth/introspect",
                      "/oauth/sign-in/provider/{id}", "/oauth/sign-in/callback"}
 #: Authenticated by the sending deployment's Ed25519 signature, not a bearer token.
