@@ -18,7 +18,7 @@ that take a bearer token answer OperationOutcomes like the rest of the API.
 from __future__ import annotations
 
 import secrets
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from authlib.oauth2 import OAuth2Error
 from flask import Blueprint, Flask, Response, current_app, jsonify, redirect, render_template, request, session
@@ -234,9 +234,24 @@ def sign_in_callback() -> Response:
         provider = federation.provider_named(services().settings.identity_providers, pending.provider)
         person = federation.finish(provider, pending, request.args.to_dict(), _callback_url())
     except FederationError as exc:
-        return _federation_error(exc)
+        denied = _denied_to_app(pending.next, exc) if isinstance(remembered, dict) else None
+        return denied or _federation_error(exc)
     _start_session(person.identity, person.name, person.claims)
     return redirect(_safe_next(pending.next))
+
+
+def _denied_to_app(next_path: str, exc: FederationError) -> Response | None:
+    """The person (or their provider) said no during an app's authorization request: the app
+    hears `access_denied` at its registered redirect URI with its state (RFC 6749 §4.1.2.1)."""
+    if exc.error != "access_denied" or not next_path.startswith("/oauth/authorize?"):
+        return None
+    asked = dict(parse_qsl(urlsplit(next_path).query))
+    client = services().identity.client(asked.get("client_id"))
+    if client is None or not client.check_redirect_uri(asked.get("redirect_uri", "")):
+        return None
+    error = OAuth2Error(description=str(exc), redirect_uri=asked["redirect_uri"], state=asked.get("state"))
+    error.error = "access_denied"
+    return server().handle_error_response(None, error)
 
 
 @bp.get("/oauth/.well-known/openid-configuration")

@@ -209,6 +209,19 @@ def test_the_provider_saying_no_is_access_denied(rp):
     assert response.status_code == 400 and response.json()["error"] == "access_denied"
 
 
+def test_the_provider_saying_no_during_an_app_launch_tells_the_app(rp):
+    """RFC 6749 §4.1.2.1: the app waiting on the authorization hears `access_denied`, with its state."""
+    browser = requests.Session()
+    sign_in_page = _location(authorize(rp, browser, pkce()[1], state="st-waiting"))
+    next_path = parse_qs(urlparse(sign_in_page).query)["next"][0]
+    state = parse_qs(urlparse(_to_provider(rp, browser, next_path)).query)["state"][0]
+    answer = browser.get(rp.base + "/oauth/sign-in/callback?" + urlencode({"state": state, "error": "access_denied"}),
+                         allow_redirects=False, timeout=10)
+    assert _location(answer).startswith(APP_REDIRECT)
+    assert redirect_params(answer) == {"error": "access_denied", "state": "st-waiting",
+                                       "error_description": redirect_params(answer)["error_description"]}
+
+
 def test_a_response_naming_another_issuer_is_refused(rp, provider_person):
     """RFC 9207: an `iss` parameter that is not the provider's (a mix-up attack)."""
     browser = requests.Session()
