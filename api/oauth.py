@@ -226,16 +226,14 @@ def sign_in_with_provider(provider_id: str) -> Response:
 def sign_in_callback() -> Response:
     """The provider's answer (OIDC Core §3.1.2.5): checked, exchanged, the ID token validated;
     only then does a session start and the SMART authorization continue where it stopped."""
-    remembered = session.pop("federation", None)
+    pending = Pending.restore(session.pop("federation", None))
     try:
-        if not isinstance(remembered, dict):
+        if pending is None:
             raise FederationError("invalid_request", "no sign-in was started in this browser (or it was finished)")
-        pending = Pending(**remembered)
         provider = federation.provider_named(services().settings.identity_providers, pending.provider)
         person = federation.finish(provider, pending, request.args.to_dict(), _callback_url())
     except FederationError as exc:
-        denied = _denied_to_app(pending.next, exc) if isinstance(remembered, dict) else None
-        return denied or _federation_error(exc)
+        return (_denied_to_app(pending.next, exc) if pending else None) or _federation_error(exc)
     _start_session(person.identity, person.name, person.claims)
     return redirect(_safe_next(pending.next))
 

@@ -37,9 +37,9 @@ from joserfc.jwk import ECKey, KeySet
 
 from ehcp_record.config import Settings
 from ehcp_record.identity import jwks, keys
-from ehcp_record.identity.remote import RemoteError
 from ehcp_record.identity.clients import PRIVATE_KEY_JWT, PUBLIC, PUBLIC_BY_REFRESH_TOKEN, RegisteredClient
 from ehcp_record.identity.links import Link
+from ehcp_record.identity.remote import RemoteError
 from ehcp_record.identity.service import IdentityService
 
 #: SMART Backend Services: servers SHALL support RS384 and ES384 client assertions.

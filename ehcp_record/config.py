@@ -203,6 +203,9 @@ class _SettingsSchema(Schema):
             raise ValidationError("the dev issuer cannot be trusted in production", "dev_issuer")
         if local and production:
             raise ValidationError("the local sign-in page cannot be on in production", "local_sign_in")
+        provider_ids = [p.id for p in data["identity_providers"]]
+        if len(provider_ids) != len(set(provider_ids)):
+            raise ValidationError("each identity provider needs its own id", "identity_providers")
         if "*" in data["cors_origins"]:
             raise ValidationError("name each allowed origin; '*' is not accepted", "cors_origins")
         return Settings(

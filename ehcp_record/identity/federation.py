@@ -70,6 +70,16 @@ class Pending:
     def as_dict(self) -> dict:
         return dict(self.__dict__)
 
+    @classmethod
+    def restore(cls, remembered: object) -> "Pending | None":
+        """From the session; None when there is none (or it is of another shape)."""
+        if not isinstance(remembered, dict):
+            return None
+        try:
+            return cls(**{k: str(remembered[k]) for k in ("provider", "state", "nonce", "verifier", "next")})
+        except KeyError:
+            return None
+
 
 @dataclass(frozen=True)
 class FederatedPerson:
