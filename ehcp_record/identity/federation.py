@@ -115,10 +115,9 @@ def endpoints(provider: IdentityProvider) -> Endpoints:
         raise FederationError("invalid_request", "the provider's discovery document names another issuer")
     found = Endpoints(str(document.get("authorization_endpoint", "")), str(document.get("token_endpoint", "")),
                       provider.jwks_uri or str(document.get("jwks_uri", "")))
-    for url in (found.authorization_endpoint, found.token_endpoint, found.jwks_uri):
-        allowed = {remote.origin(provider.issuer)} | ({remote.origin(provider.jwks_uri)} if provider.jwks_uri else set())
-        if remote.origin(url) not in allowed:
-            raise FederationError("invalid_request", "the provider's endpoints are not on its configured origin")
+    on_issuer = [found.authorization_endpoint, found.token_endpoint] + ([] if provider.jwks_uri else [found.jwks_uri])
+    if any(remote.origin(url) != remote.origin(provider.issuer) for url in on_issuer):
+        raise FederationError("invalid_request", "the provider's endpoints are not on its configured origin")
     with _lock:
         _discovered[provider.issuer] = (found, time.monotonic())
     return found

@@ -86,3 +86,35 @@ def _tampered(token: str) -> str:
     claims["sub"] = "someone-else"
     forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
     return f"{header}.{forged}.{signature}"
+
+
+def test_discovery_must_name_the_issuer_and_stay_on_its_origin(monkeypatch):
+    """OpenID Connect Discovery §4.3, and no endpoint elsewhere (the outbound door allows only
+    configured origins)."""
+    from ehcp_record.identity import federation, remote
+
+    documents = {
+        "https://a.example.test": {"issuer": "https://a.example.test", "authorization_endpoint": "https://a.example.test/auth",
+                                   "token_endpoint": "https://evil.example.test/token", "jwks_uri": "https://a.example.test/jwks"},
+        "https://b.example.test": {"issuer": "https://other.example.test", "authorization_endpoint": "https://b.example.test/a",
+                                   "token_endpoint": "https://b.example.test/t", "jwks_uri": "https://b.example.test/j"},
+    }
+
+    def fake_fetch(url, allowed, form=None):
+        assert remote.origin(url) in {remote.origin(a) for a in allowed}
+        return documents[remote.origin(url)]
+
+    monkeypatch.setattr(remote, "fetch_json", fake_fetch)
+    for issuer in documents:
+        with pytest.raises(FederationError) as refused:
+            federation.endpoints(IdentityProvider(issuer=issuer, client_id="x"))
+        assert refused.value.error == "invalid_request"
+
+
+def test_the_outbound_door_refuses_unconfigured_origins_before_any_request():
+    from ehcp_record.identity import remote
+
+    with pytest.raises(remote.RemoteError, match="not a configured"):
+        remote.fetch_json("http://169.254.169.254/latest/meta-data", allowed=["https://login.example.test"])
+    with pytest.raises(remote.RemoteError):
+        remote.fetch_json("file:///etc/passwd", allowed=["file:///etc/passwd"])
