@@ -231,7 +231,7 @@ def sign_in_callback() -> Response:
         if pending is None:
             raise FederationError("invalid_request", "no sign-in was started in this browser (or it was finished)")
         provider = federation.provider_named(services().settings.identity_providers, pending.provider)
-        person = federation.finish(provider, pending, request.args.to_dict(), _callback_url())
+        person = federation.finish(provider, pending, request.args.to_dict(), _callback_url(), server().jwk)
     except FederationError as exc:
         return (_denied_to_app(pending.next, exc) if pending else None) or _federation_error(exc)
     _start_session(person.identity, person.name, person.claims)

@@ -11,7 +11,7 @@ Signing in (SMART App Launch 2, README "Signing in"): EHCP_OAUTH_CLIENTS (JSON l
 registrations, also kept with `ehcp-record clients add`), EHCP_CORS_ORIGINS (comma-separated
 browser origins allowed to call the API; none by default), EHCP_IDENTITY_PROVIDERS (JSON list of
 external OpenID Connect issuers: {"id", "name", "issuer", "client_id", "scope", "jwks_uri",
-"subject_claim", "name_claim", "claims"}; docs/sign-in.md),
+"subject_claim", "name_claim", "claims", "token_endpoint_auth_method"}; docs/sign-in.md),
 EHCP_LOCAL_SIGN_IN (1/0: the dev sign-in page for the example people; never in production),
 EHCP_ACCESS_TOKEN_TTL, EHCP_REFRESH_TOKEN_TTL, EHCP_INVITATION_TTL (seconds).
 """
@@ -62,6 +62,7 @@ class IdentityProvider:
     name: str = ""
     scope: str = "openid"
     claims: dict = field(default_factory=dict)
+    token_endpoint_auth_method: str = "none"  # or "private_key_jwt", signed with this server's ES256 key
 
     def __hash__(self) -> int:
         return hash((self.issuer, self.client_id, self.id))
@@ -154,6 +155,7 @@ class _ProviderSchema(Schema):
     scope = fields.String(load_default="openid", validate=validate.Regexp(r"(^|.* )openid( .*|$)",
                                                                           error="the scope must include openid"))
     claims = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
+    token_endpoint_auth_method = fields.String(load_default="none", validate=validate.OneOf(["none", "private_key_jwt"]))
 
     @post_load
     def make(self, data: dict, **_: Any) -> IdentityProvider:

@@ -23,20 +23,24 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qsl
 
 import jwt
 from authlib.integrations.requests_client import OAuth2Session
+from authlib.common.encoding import to_unicode
 from authlib.oauth2.rfc6749.parameters import prepare_token_request
+from authlib.oauth2.rfc7523 import private_key_jwt_sign
 
 from ehcp_record.config import IdentityProvider
-from ehcp_record.identity import jwks, remote
+from ehcp_record.identity import jwks, keys, remote
 from ehcp_record.identity.links import identity_key
 
 #: Asymmetric algorithms only: `none` and shared-secret HMAC are never accepted for ID tokens.
 ALGORITHMS = ["RS256", "ES256", "RS384", "ES384", "PS256"]
 DISCOVERY_TTL_SECONDS = 300
 LEEWAY_SECONDS = 30
+CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
 class FederationError(ValueError):
@@ -125,7 +129,7 @@ def endpoints(provider: IdentityProvider) -> Endpoints:
 
 def _client(provider: IdentityProvider, redirect_uri: str) -> OAuth2Session:
     return OAuth2Session(client_id=provider.client_id, redirect_uri=redirect_uri, scope=provider.scope,
-                         code_challenge_method="S256", token_endpoint_auth_method="none")
+                         code_challenge_method="S256", token_endpoint_auth_method=provider.token_endpoint_auth_method)
 
 
 def begin(provider: IdentityProvider, redirect_uri: str, next_path: str) -> tuple[str, Pending]:
@@ -138,8 +142,11 @@ def begin(provider: IdentityProvider, redirect_uri: str, next_path: str) -> tupl
     return url, pending
 
 
-def finish(provider: IdentityProvider, pending: Pending, params: dict[str, str], redirect_uri: str) -> FederatedPerson:
-    """The person the provider vouches for, after every check of the callback and ID token."""
+def finish(provider: IdentityProvider, pending: Pending, params: dict[str, str], redirect_uri: str,
+           signing_key: Any = None) -> FederatedPerson:
+    """The person the provider vouches for, after every check of the callback and ID token.
+    `signing_key` (this server's own) signs a `private_key_jwt` assertion for providers that
+    want one."""
     if not params.get("state") or not secrets.compare_digest(params["state"].encode(), pending.state.encode()):
         raise FederationError("invalid_request", "the sign-in response does not match this browser's request (state)")
     if params.get("iss") and params["iss"] != provider.issuer:
@@ -150,17 +157,29 @@ def finish(provider: IdentityProvider, pending: Pending, params: dict[str, str],
     if not params.get("code"):
         raise FederationError("invalid_request", "the sign-in response has no code")
     where = endpoints(provider)
-    body = prepare_token_request("authorization_code", code=params["code"], redirect_uri=redirect_uri,
-                                 client_id=provider.client_id, code_verifier=pending.verifier)
+    tokens = _exchange(provider, where, params["code"], pending.verifier, redirect_uri, signing_key)
+    claims = validate_id_token(tokens["id_token"], provider, pending.nonce, _keys_for(tokens["id_token"], where))
+    return person_from(claims, provider)
+
+
+def _exchange(provider: IdentityProvider, where: Endpoints, code: str, verifier: str, redirect_uri: str,
+              signing_key: Any) -> dict:
+    """RFC 6749 §4.1.3 with the PKCE verifier; as a public client (`none`), or authenticated
+    with a `private_key_jwt` assertion (RFC 7523 §2.2, signed by Authlib) when configured."""
+    body = dict(parse_qsl(prepare_token_request("authorization_code", code=code, redirect_uri=redirect_uri,
+                                                client_id=provider.client_id, code_verifier=verifier)))
+    if provider.token_endpoint_auth_method == "private_key_jwt":
+        assertion = private_key_jwt_sign(signing_key, client_id=provider.client_id, token_endpoint=where.token_endpoint,
+                                         alg=keys.ALGORITHM, header={"kid": signing_key.kid}, expires_in=300)
+        body.update(client_assertion_type=CLIENT_ASSERTION_TYPE, client_assertion=to_unicode(assertion))
     try:
-        tokens = remote.fetch_json(where.token_endpoint, allowed=[provider.issuer], form=dict(parse_qsl(body)))
+        tokens = remote.fetch_json(where.token_endpoint, allowed=[provider.issuer], form=body)
     except remote.RemoteError as exc:
         raise FederationError("temporarily_unavailable", f"the identity provider's token endpoint failed: {exc}") from None
     if not isinstance(tokens, dict) or not isinstance(tokens.get("id_token"), str):
         raise FederationError("access_denied", "the identity provider gave no ID token"
                               + (f" ({tokens['error']})" if isinstance(tokens, dict) and "error" in tokens else ""))
-    claims = validate_id_token(tokens["id_token"], provider, pending.nonce, _keys_for(tokens["id_token"], where))
-    return person_from(claims, provider)
+    return tokens
 
 
 def _keys_for(id_token: str, where: Endpoints) -> dict:

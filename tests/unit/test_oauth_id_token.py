@@ -118,3 +118,33 @@ def test_the_outbound_door_refuses_unconfigured_origins_before_any_request():
         remote.fetch_json("http://169.254.169.254/latest/meta-data", allowed=["https://login.example.test"])
     with pytest.raises(remote.RemoteError):
         remote.fetch_json("file:///etc/passwd", allowed=["file:///etc/passwd"])
+
+
+def test_private_key_jwt_at_the_providers_token_endpoint(monkeypatch):
+    """A provider that wants `private_key_jwt` (NHS login does) gets an assertion signed with this
+    server's key (RFC 7523 §2.2: iss = sub = our client id, aud = its token endpoint, a jti), and
+    the PKCE verifier; its ID token is then validated as usual."""
+    from ehcp_record.identity import federation, jwks, remote
+
+    ours = ECKey.generate_key("P-256", parameters={"kid": "ours"})
+    provider = IdentityProvider(issuer=ISSUER, client_id="ehcp-record", id="nhs", token_endpoint_auth_method="private_key_jwt")
+    where = federation.Endpoints(ISSUER + "/authorize", ISSUER + "/token", ISSUER + "/jwks")
+    sent: dict = {}
+
+    def token_endpoint(url, allowed, form=None):
+        sent.update(form, url=url)
+        return {"id_token": _token(), "access_token": "x", "token_type": "Bearer"}
+
+    monkeypatch.setattr(federation, "endpoints", lambda _: where)
+    monkeypatch.setattr(remote, "fetch_json", token_endpoint)
+    monkeypatch.setattr(jwks, "key_set", lambda uri, kid=None: KEYS)
+    pending = federation.Pending("nhs", "s" * 32, NONCE, "v" * 48, "/oauth/account/links")
+    person = federation.finish(provider, pending, {"state": "s" * 32, "code": "c1"}, "https://us.test/cb", ours)
+    assert person.identity == f"{ISSUER}|person-1"
+    assert sent["url"] == ISSUER + "/token" and sent["code_verifier"] == "v" * 48 and sent["code"] == "c1"
+    assert sent["client_assertion_type"] == "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+    decoded = jose_jwt.decode(sent["client_assertion"], ours, algorithms=["ES256"])
+    assertion = decoded.claims
+    assert decoded.header["kid"] == "ours"  # the provider finds our key in our /oauth/jwks
+    assert assertion["iss"] == assertion["sub"] == "ehcp-record" and assertion["aud"] == ISSUER + "/token"
+    assert assertion["jti"] and time.time() < assertion["exp"] <= time.time() + 300
