@@ -56,8 +56,9 @@ def _security(settings: Settings) -> dict:
         "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
                                  "code": "SMART-on-FHIR"}]}],
         "description": "SMART App Launch 2 and Backend Services: bearer JWTs from this server's authorization "
-                       "server (roles from the fhirUser linked to the person) or trusted issuers; SMART v2 scopes "
-                       "narrowed by role, organisation, custody and the family's consent.",
+                       "server (roles from the fhirUser linked to the person, who signs in with a configured "
+                       "OpenID Connect provider; third-party apps need the person's approval) or trusted issuers; "
+                       "SMART v2 scopes narrowed by role, organisation, custody and the family's consent.",
     }
 
 

@@ -40,6 +40,9 @@ def _client_commands(commands: argparse._SubParsersAction) -> None:
     add.add_argument("--name", default="")
     add.add_argument("--redirect-uri", action="append", default=[], help="a public app's exact redirect URI")
     add.add_argument("--jwks", help="a backend service's public JWKS file (makes it private_key_jwt)")
+    add.add_argument("--jwks-uri", help="a backend service's JWKS URL, fetched and cached (makes it private_key_jwt)")
+    add.add_argument("--first-party", action="store_true",
+                     help="an app this deployment runs itself: no consent screen")
     add.add_argument("--role", help="a backend service's role (la, school, health, social-care, system, auditor)")
     add.add_argument("--organization", help="a backend service's Organization/<id>")
     add.set_defaults(handler=_clients_add)
@@ -166,7 +169,10 @@ def _clients_add(args: argparse.Namespace) -> int:
 
     document = {"client_id": args.client_id, "name": args.name, "scope": args.scope,
                 "redirect_uris": args.redirect_uri, "role": args.role, "organization": args.organization,
-                "token_endpoint_auth_method": "private_key_jwt" if args.jwks else "none"}
+                "token_endpoint_auth_method": "private_key_jwt" if args.jwks or args.jwks_uri else "none",
+                "first_party": args.first_party}
+    if args.jwks_uri:
+        document["jwks_uri"] = args.jwks_uri
     if args.jwks:
         try:
             document["jwks"] = json.loads(open(args.jwks, encoding="utf-8").read())

@@ -1,8 +1,13 @@
 """The authorization server's HTTP side (SMART App Launch 2, Backend Services) and linking.
 
-- `/oauth/authorize`: sign-in (local page in development, configured OpenID Connect providers
-  otherwise), then the child to launch with when the person has several links
-  (`launch/patient`), then a code bound to PKCE S256 (api/oauth_server.py);
+- `/oauth/authorize` (GET, or POST: SMART `authorize-post`): sign-in (the local page in
+  development, and the configured OpenID Connect providers, this server acting as their
+  relying party: `/oauth/sign-in/provider/<id>` -> the provider -> `/oauth/sign-in/callback`),
+  then the child to launch with when the person has several links (`launch/patient`), then,
+  for a third-party app, the consent screen, then a code bound to PKCE S256
+  (api/oauth_server.py);
+- `/oauth/.well-known/openid-configuration` (OpenID Connect Discovery 1.0) for apps, and for
+  another deployment federating to this one;
 - `/oauth/token`, `/oauth/revoke`, `/oauth/introspect`, `/oauth/jwks`;
 - invitations: the custodian LA (bearer token) creates one; the signed-in person redeems it;
   links are listed to the person and removed by them or by the custodian.
@@ -13,16 +18,17 @@ that take a bearer token answer OperationOutcomes like the rest of the API.
 from __future__ import annotations
 
 import secrets
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from authlib.oauth2 import OAuth2Error
-from flask import Blueprint, Flask, Response, current_app, jsonify, redirect, render_template_string, request, session
+from flask import Blueprint, Flask, Response, current_app, jsonify, redirect, render_template, request, session
 
 from api.context import services, store
 from api.oauth_server import OAuthServer, SignedIn
 from ehcp_record.errors import FhirError
-from ehcp_record.identity import keys
-from ehcp_record.identity.federation import FederationError, verify_id_token
+from ehcp_record.identity import federation, keys, scopes
+from ehcp_record.identity.clients import RegisteredClient
+from ehcp_record.identity.federation import FederationError, Pending
 from ehcp_record.identity.links import Link, LinkError, identity_key
 
 bp = Blueprint("oauth", __name__)
@@ -44,7 +50,8 @@ def server() -> OAuthServer:
 
 # --------------------------------------------------------------------------- OAuth endpoints
 
-_PROTOCOL_ENDPOINTS = frozenset({"oauth.authorize", "oauth.token", "oauth.revoke", "oauth.introspect"})
+_PROTOCOL_ENDPOINTS = frozenset({"oauth.authorize", "oauth.token", "oauth.revoke", "oauth.introspect",
+                                 "oauth.sign_in_callback"})
 
 
 @bp.before_request
@@ -61,26 +68,61 @@ def _printable_parameters() -> Response | None:
     return response
 
 
-@bp.get("/oauth/authorize")
+@bp.route("/oauth/authorize", methods=["GET", "POST"])
 def authorize() -> Response:
+    """RFC 6749 §4.1.1. A POST from an app (SMART `authorize-post`) is answered with a 303 to
+    the same request as a GET, so the person's (SameSite=Lax) session cookie comes along; a
+    POST carrying `decision` is the person's answer on the consent screen."""
     try:
         grant = server().get_consent_grant(end_user=None)
     except OAuth2Error as error:
         return _oauth_error(error)
+    if request.method == "POST" and "decision" not in request.form:
+        return redirect("/oauth/authorize?" + urlencode(list(request.form.items(multi=True))), code=303)
     settings = services().settings
-    if request.args.get("aud", settings.base_url).rstrip("/") != settings.base_url.rstrip("/"):
+    if request.values.get("aud", settings.base_url).rstrip("/") != settings.base_url.rstrip("/"):
         return server().handle_error_response(None, _redirecting("invalid_request",
                                                                  "aud must be this server's FHIR base URL"))
     identity = session.get("identity")
     if not identity:
-        return redirect(_sign_in_url(request.full_path))
+        return redirect(_sign_in_url("/oauth/authorize?" + urlencode(_authorize_params())))
     links = services().identity.links_of(identity)
     if not links:
         return server().create_authorization_response(grant=grant, grant_user=None)  # access_denied
     chosen = _chosen(links)
     if chosen is None:
         return _picker(links)
+    scope = grant.request.payload.scope or ""
+    if request.method == "POST":
+        _check_csrf()
+        if request.form["decision"] != "approve":  # RFC 6749 §4.1.2.1: the owner denied the request
+            return server().create_authorization_response(grant=grant, grant_user=None)
+        services().identity.approve(grant.client, identity, chosen, scope)
+    elif services().identity.needs_approval(grant.client, identity, chosen, scope):
+        return _consent_screen(grant.client, chosen, scope)
     return server().create_authorization_response(grant=grant, grant_user=SignedIn(identity, chosen))
+
+
+def _authorize_params() -> list[tuple[str, str]]:
+    return [(k, v) for k, v in request.values.items(multi=True) if k not in ("csrf", "decision")]
+
+
+def _consent_screen(client: RegisteredClient, link: Link, scope: str) -> Response:
+    """Which app, which child, which scopes in plain English; Allow or Don't allow."""
+    params = _authorize_params()
+    if "link" not in request.values:
+        params.append(("link", link.id))
+    who = {"parent": "their parent", "young-person": "the young person"}.get(link.role, f"a {link.role} professional")
+    return _page("oauth/consent.html", app=client.name, child=services().identity.child_name(link), who=who,
+                 csrf=_csrf(), lines=[scopes.describe(w) for w in scopes.words(scope)], params=params)
+
+
+def _page(template: str, **context: object) -> Response:
+    """A sign-in page: HTML that no other site may frame (clickjacking, RFC 6749 §10.13)."""
+    response = Response(render_template(template, **context), mimetype="text/html")
+    response.headers["Content-Security-Policy"] = "frame-ancestors 'none'"
+    response.headers["X-Frame-Options"] = "DENY"
+    return response
 
 
 @bp.post("/oauth/token")
@@ -123,43 +165,35 @@ def _redirecting(code: str, description: str) -> OAuth2Error:
 
 def _chosen(links: list[Link]) -> Link | None:
     """SMART `launch/patient`: one link is the launch; several, the person picks the child."""
-    wanted = request.args.get("link")
+    wanted = request.values.get("link")
     if wanted:
         return next((link for link in links if link.id == wanted), None)
     return links[0] if len(links) == 1 else None
 
 
-_PICKER = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Choose a child</title></head>
-<body><h1>Whose plan do you want to open?</h1><ul>
-{% for link in links %}<li><a id="pick-{{ link.record or link.id }}" href="{{ href(link) }}">{{ link.fhir_user }}{% if link.record %} (record {{ link.record }}){% endif %}</a></li>{% endfor %}
-</ul></body></html>"""
-
-
 def _picker(links: list[Link]) -> Response:
     def href(link: Link) -> str:
-        return "/oauth/authorize?" + urlencode([*request.args.items(multi=True), ("link", link.id)])
+        return "/oauth/authorize?" + urlencode([*_authorize_params(), ("link", link.id)])
 
-    return Response(render_template_string(_PICKER, links=links, href=href), mimetype="text/html")
+    names = {link.id: services().identity.child_name(link) for link in links}
+    return _page("oauth/pick.html", links=links, href=href, names=names)
 
 
 # --------------------------------------------------------------------------- signing in
 
-_SIGN_IN = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Sign in</title></head>
-<body><h1>Sign in to EHCP Record</h1>
-<p>Development sign-in: choose one of the example people. This page is off in production.</p>
-<form method="post" action="/oauth/sign-in">
-<input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="next" value="{{ next }}">
-{% for person in people %}<p><button type="submit" name="person" id="person-{{ person.id }}" value="{{ person.id }}">{{ person.name }}</button></p>{% endfor %}
-</form></body></html>"""
-
-
 @bp.get("/oauth/sign-in")
 def sign_in_page() -> Response:
+    """The configured identity providers, and the example people when the dev page is on."""
     settings = services().settings
-    if not settings.local_sign_in:
-        raise FhirError(404, "not-found", "the local sign-in page is off here; sign in with a configured provider")
-    return Response(render_template_string(_SIGN_IN, people=settings.local_people, csrf=_csrf(),
-                                           next=_safe_next(request.args.get("next"))), mimetype="text/html")
+    if not settings.local_sign_in and not settings.identity_providers:
+        raise FhirError(404, "not-found", "no way to sign in is configured here")
+    next_path = _safe_next(request.args.get("next"))
+
+    def provider_href(provider) -> str:
+        return f"/oauth/sign-in/provider/{provider.id}?" + urlencode({"next": next_path})
+
+    return _page("oauth/sign_in.html", people=settings.local_people if settings.local_sign_in else [],
+                 providers=settings.identity_providers, provider_href=provider_href, csrf=_csrf(), next=next_path)
 
 
 @bp.post("/oauth/sign-in")
@@ -176,19 +210,76 @@ def sign_in() -> Response:
     return redirect(_safe_next(request.form.get("next")))
 
 
-@bp.post("/oauth/sign-in/federated")
-def sign_in_federated() -> Response:
-    """An ID token from a configured OpenID Connect provider (OIDC Core §3.1.3.7); any other
-    issuer is refused with `invalid_token` (RFC 6750 §3.1) and no session starts."""
+@bp.get("/oauth/sign-in/provider/<provider_id>")
+def sign_in_with_provider(provider_id: str) -> Response:
+    """Send the person to a configured OpenID Connect provider (OIDC Core §3.1.2.1)."""
     try:
-        identity, name = verify_id_token(request.form.get("id_token", ""), services().settings.identity_providers)
+        provider = federation.provider_named(services().settings.identity_providers, provider_id)
+        url, pending = federation.begin(provider, _callback_url(), _safe_next(request.args.get("next")))
     except FederationError as exc:
-        response = jsonify({"error": "invalid_token", "error_description": str(exc)})
-        response.status_code = 401
+        return _federation_error(exc)
+    session["federation"] = pending.as_dict()
+    return redirect(url)
+
+
+@bp.get("/oauth/sign-in/callback")
+def sign_in_callback() -> Response:
+    """The provider's answer (OIDC Core §3.1.2.5): checked, exchanged, the ID token validated;
+    only then does a session start and the SMART authorization continue where it stopped."""
+    pending = Pending.restore(session.pop("federation", None))
+    try:
+        if pending is None:
+            raise FederationError("invalid_request", "no sign-in was started in this browser (or it was finished)")
+        provider = federation.provider_named(services().settings.identity_providers, pending.provider)
+        person = federation.finish(provider, pending, request.args.to_dict(), _callback_url(), server().jwk)
+    except FederationError as exc:
+        return (_denied_to_app(pending.next, exc) if pending else None) or _federation_error(exc)
+    _start_session(person.identity, person.name, person.claims)
+    return redirect(_safe_next(pending.next))
+
+
+def _denied_to_app(next_path: str, exc: FederationError) -> Response | None:
+    """The person (or their provider) said no during an app's authorization request: the app
+    hears `access_denied` at its registered redirect URI with its state (RFC 6749 §4.1.2.1)."""
+    if exc.error != "access_denied" or not next_path.startswith("/oauth/authorize?"):
+        return None
+    asked = dict(parse_qsl(urlsplit(next_path).query))
+    client = services().identity.client(asked.get("client_id"))
+    if client is None or not client.check_redirect_uri(asked.get("redirect_uri", "")):
+        return None
+    error = OAuth2Error(description=str(exc), redirect_uri=asked["redirect_uri"], state=asked.get("state"))
+    error.error = "access_denied"
+    return server().handle_error_response(None, error)
+
+
+@bp.get("/oauth/.well-known/openid-configuration")
+def openid_configuration() -> Response:
+    """OpenID Connect Discovery 1.0 §3 for this authorization server (issuer `/oauth`)."""
+    from api.open_endpoints import smart_metadata
+
+    smart = smart_metadata(services().settings)
+    keep = ("issuer", "jwks_uri", "authorization_endpoint", "token_endpoint", "revocation_endpoint",
+            "introspection_endpoint", "token_endpoint_auth_methods_supported",
+            "token_endpoint_auth_signing_alg_values_supported", "grant_types_supported", "scopes_supported",
+            "response_types_supported", "code_challenge_methods_supported", "id_token_signing_alg_values_supported")
+    return jsonify({**{k: smart[k] for k in keep}, "subject_types_supported": ["public"],
+                    "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nonce", "fhirUser"],
+                    "authorization_response_iss_parameter_supported": False})
+
+
+def _callback_url() -> str:
+    return services().settings.oauth_issuer + "/sign-in/callback"
+
+
+def _federation_error(exc: FederationError) -> Response:
+    """Shown here, never redirected: the app's redirect URI is not in play yet. An ID token
+    that is not believed is `invalid_token` (RFC 6750 §3.1) with 401; a provider that cannot
+    be reached 502; anything else is the OAuth code with 400 (RFC 6749 §4.1.2.1)."""
+    response = jsonify({"error": exc.error, "error_description": str(exc)})
+    response.status_code = {"invalid_token": 401, "temporarily_unavailable": 502}.get(exc.error, 400)
+    if exc.error == "invalid_token":
         response.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
-        return response
-    _start_session(identity, name)
-    return redirect(_safe_next(request.form.get("next")))
+    return response
 
 
 @bp.post("/oauth/sign-out")
@@ -197,9 +288,9 @@ def sign_out() -> Response:
     return Response(status=204)
 
 
-def _start_session(identity: str, name: str) -> None:
+def _start_session(identity: str, name: str, claims: dict | None = None) -> None:
     session.clear()
-    session["identity"], session["name"] = identity, name
+    session["identity"], session["name"], session["claims"] = identity, name, claims or {}
     session["csrf"] = secrets.token_urlsafe(16)
 
 
@@ -254,7 +345,8 @@ def invite() -> Response:
 def my_links() -> Response:
     """The signed-in person's links: who they are linked as, to which record (visible to them)."""
     identity = _signed_in()
-    return jsonify({"identity": identity, "name": session.get("name", ""), "csrf": _csrf(),
+    return jsonify({"identity": identity, "name": session.get("name", ""), "claims": session.get("claims", {}),
+                    "csrf": _csrf(), "approvals": services().identity.approvals_of(identity),
                     "links": [_link_json(link) for link in services().identity.links_of(identity)]})
 
 
@@ -279,6 +371,16 @@ def unlink_mine(link_id: str) -> Response:
     if link is None or link.identity != identity or not link.active:
         raise FhirError(404, "not-found", "you have no such link")
     services().identity.unlink_by_person(link)
+    return Response(status=204)
+
+
+@bp.delete("/oauth/account/approvals/<client_id>")
+def withdraw_approval(client_id: str) -> Response:
+    """The person withdraws what they allowed a third-party app (the consent screen asks again)."""
+    identity = _signed_in()
+    _check_csrf()
+    if not services().identity.withdraw(client_id, identity, services().settings.access_token_ttl):
+        raise FhirError(404, "not-found", "you have not allowed that app anything")
     return Response(status=204)
 
 

@@ -24,7 +24,7 @@ from typing import Any
 from authlib.common.security import generate_token
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.oauth2.rfc6749 import InvalidRequestError, InvalidScopeError, grants
-from authlib.oauth2.rfc6749.errors import InvalidGrantError
+from authlib.oauth2.rfc6749.errors import InvalidClientError, InvalidGrantError
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from authlib.oauth2.rfc7636 import CodeChallenge
@@ -36,9 +36,10 @@ from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet
 
 from ehcp_record.config import Settings
-from ehcp_record.identity import keys
+from ehcp_record.identity import jwks, keys
 from ehcp_record.identity.clients import PRIVATE_KEY_JWT, PUBLIC, PUBLIC_BY_REFRESH_TOKEN, RegisteredClient
 from ehcp_record.identity.links import Link
+from ehcp_record.identity.remote import RemoteError
 from ehcp_record.identity.service import IdentityService
 
 #: SMART Backend Services: servers SHALL support RS384 and ES384 client assertions.
@@ -254,17 +255,33 @@ class PrivateKeyJwt(JWTBearerClientAssertion):
         return self.server.identity.store.use_assertion_id(str(claims["sub"]), str(jti), expires)
 
     def resolve_client_public_key(self, client: RegisteredClient) -> KeySet:
-        return KeySet.import_key_set(client.jwks or {"keys": []})
+        if not client.jwks_uri:
+            return KeySet.import_key_set(client.jwks or {"keys": []})
+        return self._fetched(client.jwks_uri, None)
+
+    @staticmethod
+    def _fetched(jwks_uri: str, kid: str | None) -> KeySet:
+        try:
+            return KeySet.import_key_set(jwks.key_set(jwks_uri, kid))
+        except (RemoteError, JoseError, ValueError) as exc:
+            raise InvalidClientError(description=f"the client's registered keys could not be used: {exc}") from None
 
     def process_assertion_claims(self, assertion: str, resolve_key: Any) -> dict:
-        from authlib.oauth2.rfc6749 import InvalidClientError
-
         try:
-            token = jose_jwt.decode(assertion, resolve_key, algorithms=ASSERTION_ALGORITHMS)
+            token = jose_jwt.decode(assertion, self._keys_for(assertion, resolve_key), algorithms=ASSERTION_ALGORITHMS)
         except (JoseError, ValueError) as exc:
             raise InvalidClientError(description=f"the client assertion was refused: {exc}") from exc
         self.verify_claims(token.claims)
         return token.claims
+
+    def _keys_for(self, assertion: str, resolve_key: Any) -> Any:
+        """The inline JWKS, or the registered `jwks_uri`'s set (cached; refetched once when the
+        assertion's `kid` is new to it, identity/jwks.py)."""
+        headers, claims = self.extract_assertion(assertion)  # unverified: only to find the key
+        client = self.server.identity.client(str(claims.get("sub")))
+        if client is None or not client.jwks_uri:
+            return resolve_key
+        return self._fetched(client.jwks_uri, headers.get("kid"))
 
 
 class AccessTokens(JWTBearerTokenGenerator):

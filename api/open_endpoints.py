@@ -43,7 +43,7 @@ def smart_metadata(settings: Settings) -> dict:
         "response_types_supported": ["code"],
         "code_challenge_methods_supported": ["S256"],
         "id_token_signing_alg_values_supported": [ALGORITHM],
-        "capabilities": ["launch-standalone", "client-public", "client-confidential-asymmetric",
+        "capabilities": ["launch-standalone", "authorize-post", "client-public", "client-confidential-asymmetric",
                          "context-standalone-patient", "permission-offline", "permission-online",
                          "permission-patient", "permission-user", "permission-v2", "sso-openid-connect"],
         "trusted_issuers": [i.iss for i in settings.trusted_issuers],

@@ -10,13 +10,15 @@ request may spend waiting on the database before it answers 503).
 Signing in (SMART App Launch 2, README "Signing in"): EHCP_OAUTH_CLIENTS (JSON list of client
 registrations, also kept with `ehcp-record clients add`), EHCP_CORS_ORIGINS (comma-separated
 browser origins allowed to call the API; none by default), EHCP_IDENTITY_PROVIDERS (JSON list of
-external OpenID Connect issuers: {"issuer", "client_id", "jwks_uri", "subject_claim"}),
+external OpenID Connect issuers: {"id", "name", "issuer", "client_id", "scope", "jwks_uri",
+"subject_claim", "name_claim", "claims", "token_endpoint_auth_method"}; docs/sign-in.md),
 EHCP_LOCAL_SIGN_IN (1/0: the dev sign-in page for the example people; never in production),
 EHCP_ACCESS_TOKEN_TTL, EHCP_REFRESH_TOKEN_TTL, EHCP_INVITATION_TTL (seconds).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -45,13 +47,25 @@ class IdentityProvider:
 
     Only these issuers (and the local sign-in page, outside production) are believed; the
     identity they assert is `issuer|<subject_claim>`, which a link then ties to a fhirUser.
+    `id` names it in our URLs, `name` on the sign-in page; endpoints come from its discovery
+    document (`jwks_uri` may be configured instead); `claims` maps our names to its claims
+    (e.g. {"nhs_number": "nhs_number"}, {"organization": "org_code"}), shown, never trusted
+    for roles.
     """
 
     issuer: str
     client_id: str
-    jwks_uri: str
+    jwks_uri: str | None = None
     subject_claim: str = "sub"
     name_claim: str = "name"
+    id: str = ""
+    name: str = ""
+    scope: str = "openid"
+    claims: dict = field(default_factory=dict)
+    token_endpoint_auth_method: str = "none"  # or "private_key_jwt", signed with this server's ES256 key
+
+    def __hash__(self) -> int:
+        return hash((self.issuer, self.client_id, self.id))
 
 
 #: The people the dev sign-in page offers (README "Signing in"); links still come from invitations.
@@ -131,14 +145,22 @@ class _IssuerSchema(Schema):
 
 
 class _ProviderSchema(Schema):
-    issuer = fields.String(required=True, validate=validate.Length(min=1))
+    issuer = fields.Url(required=True, schemes={"https", "http"}, require_tld=False)
     client_id = fields.String(required=True, validate=validate.Length(min=1))
-    jwks_uri = fields.Url(required=True, schemes={"https", "http"}, require_tld=False)
+    jwks_uri = fields.Url(load_default=None, allow_none=True, schemes={"https", "http"}, require_tld=False)
     subject_claim = fields.String(load_default="sub")
     name_claim = fields.String(load_default="name")
+    id = fields.String(load_default=None, allow_none=True, validate=validate.Regexp(r"^[a-z0-9-]{1,40}$"))
+    name = fields.String(load_default=None, allow_none=True)
+    scope = fields.String(load_default="openid", validate=validate.Regexp(r"(^|.* )openid( .*|$)",
+                                                                          error="the scope must include openid"))
+    claims = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
+    token_endpoint_auth_method = fields.String(load_default="none", validate=validate.OneOf(["none", "private_key_jwt"]))
 
     @post_load
     def make(self, data: dict, **_: Any) -> IdentityProvider:
+        data["id"] = data["id"] or hashlib.sha256(data["issuer"].encode()).hexdigest()[:10]
+        data["name"] = data["name"] or data["issuer"]
         return IdentityProvider(**data)
 
 
@@ -183,6 +205,9 @@ class _SettingsSchema(Schema):
             raise ValidationError("the dev issuer cannot be trusted in production", "dev_issuer")
         if local and production:
             raise ValidationError("the local sign-in page cannot be on in production", "local_sign_in")
+        provider_ids = [p.id for p in data["identity_providers"]]
+        if len(provider_ids) != len(set(provider_ids)):
+            raise ValidationError("each identity provider needs its own id", "identity_providers")
         if "*" in data["cors_origins"]:
             raise ValidationError("name each allowed origin; '*' is not accepted", "cors_origins")
         return Settings(

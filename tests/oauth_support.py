@@ -32,9 +32,10 @@ FAMILY_SCOPE = "openid fhirUser launch/patient patient/*.rs offline_access"
 
 
 def family_app(client_id: str = "family-app", redirect_uris: tuple[str, ...] = (APP_REDIRECT,),
-               scope: str = FAMILY_SCOPE) -> dict:
+               scope: str = FAMILY_SCOPE, first_party: bool = True) -> dict:
+    """A public app; first-party (no consent screen) unless a test is about third-party apps."""
     return {"client_id": client_id, "name": "Family app", "token_endpoint_auth_method": "none",
-            "scope": scope, "redirect_uris": list(redirect_uris)}
+            "scope": scope, "redirect_uris": list(redirect_uris), "first_party": first_party}
 
 
 @dataclass

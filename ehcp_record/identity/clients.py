@@ -5,8 +5,11 @@ Two kinds only, because SMART App Launch 2 names them and nothing else is safe h
   `none`, authorization code with PKCE S256 (RFC 7636), exact redirect URIs (RFC 6749 §3.1.2.2,
   OAuth 2.0 Security BCP: no pattern matching);
 - backend services (LA and NHS systems): `private_key_jwt` (RFC 7523 §2.2, SMART Backend
-  Services) with the client's public keys given at registration (`jwks`), client credentials
-  only, and the organisation and role the registration names, never the token request.
+  Services) with the client's public keys given at registration (`jwks`, or a `jwks_uri`
+  fetched and cached by identity/jwks.py), client credentials only, and the organisation and
+  role the registration names, never the token request.
+A public app is third-party unless registered `first_party` (an app the deployment itself
+runs): a third-party app gets the person's approval on the consent screen first.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ class RegisteredClient(ClientMixin):
     scope: str
     redirect_uris: tuple[str, ...] = ()
     jwks: dict | None = None
+    jwks_uri: str | None = None
+    first_party: bool = False
     role: str | None = None
     organization: str | None = None
     source: str = "store"  # "config" for clients named in EHCP_OAUTH_CLIENTS
@@ -83,7 +88,8 @@ class RegisteredClient(ClientMixin):
     def as_document(self) -> dict:
         return {"client_id": self.client_id, "name": self.name, "auth_method": self.auth_method,
                 "scope": self.scope, "redirect_uris": list(self.redirect_uris), "jwks": self.jwks,
-                "role": self.role, "organization": self.organization}
+                "jwks_uri": self.jwks_uri, "first_party": self.first_party, "role": self.role,
+                "organization": self.organization}
 
 
 class ClientSchema(Schema):
@@ -99,6 +105,8 @@ class ClientSchema(Schema):
     scope = fields.String(required=True, validate=validate.Length(min=1))
     redirect_uris = fields.List(fields.Url(require_tld=False, schemes={"https", "http"}), load_default=list)
     jwks = fields.Dict(load_default=None, allow_none=True)
+    jwks_uri = fields.Url(load_default=None, allow_none=True, require_tld=False, schemes={"https", "http"})
+    first_party = fields.Boolean(load_default=False)
     role = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(BACKEND_ROLES))
     organization = fields.String(load_default=None, allow_none=True,
                                  validate=validate.Regexp(r"^Organization/[A-Za-z0-9.-]{1,64}$"))
@@ -115,8 +123,11 @@ class ClientSchema(Schema):
                 raise ValidationError("system/ scopes are for backend services only", "scope")
             return
         keys = (data.get("jwks") or {}).get("keys")
-        if not isinstance(keys, list) or not keys:
-            raise ValidationError("a backend service needs its public keys (a JWKS with 'keys')", "jwks")
+        if data.get("jwks_uri") and data.get("jwks"):
+            raise ValidationError("give the public keys once: either jwks or jwks_uri", "jwks_uri")
+        if not data.get("jwks_uri") and (not isinstance(keys, list) or not keys):
+            raise ValidationError("a backend service needs its public keys (a JWKS with 'keys', or a jwks_uri)",
+                                  "jwks")
         if not data.get("role"):
             raise ValidationError("a backend service needs the role it acts in", "role")
         if data["role"] not in ("system", "auditor") and not data.get("organization"):

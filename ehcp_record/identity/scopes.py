@@ -46,3 +46,30 @@ def beyond(requested: str | None, registered: str) -> list[str]:
 
 def understood(word: str) -> bool:
     return word in CONTEXT_SCOPES or _clinical(word) is not None
+
+
+#: SMART v2 interactions (§"Scopes for requesting clinical data"), in the order people read them.
+_VERBS = (("c", "add"), ("r", "read"), ("u", "change"), ("d", "delete"), ("s", "search"))
+_TYPES = {"*": "everything in the record", "Composition": "the plan", "Patient": "the child's details",
+          "Condition": "the needs", "Goal": "the outcomes", "CarePlan": "the provision",
+          "DocumentReference": "documents", "Binary": "attached files", "Consent": "sharing decisions",
+          "RelatedPerson": "family members' details", "Task": "tasks and deadlines",
+          "Communication": "notices and letters", "QuestionnaireResponse": "contributions and views"}
+_CONTEXT = {"openid": "confirm that it is you who signed in",
+            "fhirUser": "know who you are in this record (for example, the child's parent)",
+            "launch/patient": "know which child's record you chose",
+            "offline_access": "keep working when you are not using it, until its access is revoked",
+            "online_access": "keep working while you are using it"}
+
+
+def describe(word: str) -> str:
+    """A scope word in plain English for the consent screen (SMART v2 scope syntax)."""
+    if word in _CONTEXT:
+        return _CONTEXT[word]
+    wanted = _clinical(word)
+    if wanted is None:
+        return f"use the permission “{word}”"
+    verbs = [name for code, name in _VERBS if code in wanted.interactions]
+    said = ", ".join(verbs[:-1]) + (" and " if len(verbs) > 1 else "") + verbs[-1] if verbs else "use"
+    what = _TYPES.get(wanted.resource_type, f"{wanted.resource_type} entries")
+    return f"{said} {what}"

@@ -16,11 +16,13 @@ from datetime import datetime, timedelta, timezone
 from marshmallow import ValidationError
 
 from consent.model import Actor
-from consent.scopes import ScopeSet
+from consent.scopes import ScopeSet, parse_scopes
 from ehcp_record.access.caller import Caller
 from ehcp_record.access.scoped import RecordStore, ScopedStore
 from ehcp_record.config import Settings
+from ehcp_record.errors import FhirError
 from ehcp_record.identity import links as model
+from ehcp_record.identity import scopes
 from ehcp_record.identity.clients import RegisteredClient, client_from
 from ehcp_record.identity.links import Link, LinkError
 from ehcp_record.store.identity import IdentityStore
@@ -83,6 +85,46 @@ class IdentityService:
 
     def remove_client(self, client_id: str) -> bool:
         return self.store.remove_client(client_id)
+
+    # --- approvals of third-party apps (the consent screen) --------------------------------
+
+    def needs_approval(self, client: RegisteredClient, identity: str, link: Link, scope: str) -> bool:
+        """A third-party app asks the person once per client, person, child and scope set;
+        an approval covering every requested scope word is remembered."""
+        if client.first_party:
+            return False
+        return not set(scopes.words(scope)) <= self.store.approved_scopes(client.client_id, identity, link.id)
+
+    def approve(self, client: RegisteredClient, identity: str, link: Link, scope: str) -> None:
+        self.store.add_approval(client.client_id, identity, link.id, scopes.words(scope))
+
+    def approvals_of(self, identity: str) -> list[dict]:
+        """What the person has allowed which third-party app, per linked record."""
+        return [{"client_id": a["client_id"], "link": a["link"], "scopes": sorted(a.get("scopes", []))}
+                for a in self.store.approvals_of(identity)]
+
+    def withdraw(self, client_id: str, identity: str, access_ttl: int) -> bool:
+        """The person takes back every approval they gave this app: its refresh tokens and the
+        access tokens issued with them stop working on the next request; it asks again."""
+        removed, jtis = self.store.withdraw_approvals(client_id, identity)
+        for jti in jtis:
+            self.store.revoke_access(jti, _now() + timedelta(seconds=access_ttl))
+        return removed
+
+    def child_name(self, link: Link) -> str:
+        """The child's name as the linked person may see it (read through their scoped store,
+        so the read is theirs, audited); the record id when it cannot be read."""
+        if self.records is None or link.record is None:
+            return ""
+        caller = Caller(actor=Actor(role=link.role, sub=link.identity, fhir_user=link.fhir_user, patient=link.patient),
+                        scopes=parse_scopes("patient/Patient.r"), issuer=self.settings.oauth_issuer)
+        try:
+            _, patient = self.records.for_caller(caller).read("Patient", link.record)
+        except FhirError:  # a refused or missing read: show the id instead
+            return f"record {link.record}"
+        name = next(iter(patient.get("name") or []), {})
+        text = name.get("text") or " ".join([*name.get("given", []), name.get("family", "")]).strip()
+        return text or f"record {link.record}"
 
     # --- invitations and links -------------------------------------------------------------
 

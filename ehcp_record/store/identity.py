@@ -1,5 +1,6 @@
 """MongoDB storage for signing in: OAuth clients, identity links, invitations, authorization
-codes, refresh tokens, revoked access tokens and used client-assertion ids (pymongo here only).
+codes, refresh tokens, revoked access tokens, used client-assertion ids and the approvals a
+person gave third-party apps on the consent screen (pymongo here only).
 
 Nothing here belongs to one child's record, so these collections are keyed by their own ids,
 not the record id (they are small and unsharded). Single use is enforced by the database:
@@ -29,6 +30,7 @@ class IdentityStore:
         self.refresh_tokens = db.oauth_refresh_tokens
         self.revoked = db.oauth_revoked_access
         self.assertions = db.oauth_client_assertions
+        self.approvals = db.oauth_approvals
 
     def ensure_indexes(self) -> None:
         self.links.create_index([("identity", ASCENDING), ("active", ASCENDING)])
@@ -82,6 +84,33 @@ class IdentityStore:
         return self.links.find_one_and_update({"_id": link_id, "active": True},
                                               {"$set": {"active": False, "removed_at": at, "removed_by": by}},
                                               return_document=ReturnDocument.AFTER)
+
+    # --- approvals (the consent screen) ---------------------------------------------------
+
+    def approved_scopes(self, client_id: str, identity: str, link_id: str) -> set[str]:
+        document = self.approvals.find_one({"_id": f"{client_id}|{identity}|{link_id}"}, {"scopes": 1})
+        return set(document.get("scopes", [])) if document else set()
+
+    def add_approval(self, client_id: str, identity: str, link_id: str, scopes: list[str]) -> None:
+        """Remember that this person let this app use these scopes on this link's record."""
+        self.approvals.update_one({"_id": f"{client_id}|{identity}|{link_id}"},
+                                  {"$addToSet": {"scopes": {"$each": scopes}}, "$set": {"updated_at": _now()},
+                                   "$setOnInsert": {"client_id": client_id, "identity": identity, "link": link_id}},
+                                  upsert=True)
+
+    def approvals_of(self, identity: str) -> list[dict]:
+        return list(self.approvals.find({"identity": identity}).sort("_id", ASCENDING))
+
+    def withdraw_approvals(self, client_id: str, identity: str) -> tuple[bool, list[str]]:
+        """Forget this person's approvals of this app and revoke its refresh tokens for them:
+        (whether there was any approval, the access-token ids to revoke too)."""
+        removed = self.approvals.delete_many({"client_id": client_id, "identity": identity}).deleted_count
+        if not removed:
+            return False, []
+        query = {"client_id": client_id, "identity": identity, "revoked": False}
+        tokens = list(self.refresh_tokens.find(query, {"access_jti": 1}))
+        self.refresh_tokens.update_many(query, {"$set": {"revoked": True, "revoked_at": _now()}})
+        return True, [t["access_jti"] for t in tokens if t.get("access_jti")]
 
     # --- authorization codes ---------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import jwt
 import pytest
 
-from api.cli import main
+from api.cli import _registry, main
 from ehcp_record.audit.signing import load_or_create_private_key
 from tests.oauth_support import BackendKey
 from tests.support import LA
@@ -76,11 +76,18 @@ def test_clients_add_list_remove(mongo, tmp_path, monkeypatch, capsys):
                  "--redirect-uri", "https://app.example/cb"]) == 0
     assert main(["clients", "add", "trust", "--scope", "system/*.rs", "--jwks", str(jwks), "--role", "health",
                  "--organization", "Organization/nhs-trust-1"]) == 0
+    assert main(["clients", "add", "keyed-by-url", "--scope", "system/*.rs", "--jwks-uri", "https://keys.example/jwks",
+                 "--role", "system"]) == 0
+    assert main(["clients", "add", "own-app", "--scope", "launch/patient", "--redirect-uri", "https://own.example/cb",
+                 "--first-party"]) == 0
     assert main(["clients", "add", "bad", "--scope", "system/*.rs", "--redirect-uri", "https://x.example/cb"]) == 2
     assert "backend services only" in capsys.readouterr().err
     assert main(["clients", "list"]) == 0
     listed = capsys.readouterr().out
     assert "parent-app\tnone" in listed and "trust\tprivate_key_jwt\tsystem/*.rs\thealth Organization/nhs-trust-1" in listed
+    with _registry() as registry:  # what the server will read
+        assert registry.client("keyed-by-url").jwks_uri == "https://keys.example/jwks"
+        assert registry.client("own-app").first_party and not registry.client("parent-app").first_party
     assert main(["clients", "remove", "parent-app"]) == 0
     assert main(["clients", "remove", "parent-app"]) == 2
     capsys.readouterr()

@@ -311,25 +311,7 @@ def test_redeem_needs_the_forms_csrf_token(smart):
 
 # --------------------------------------------------------------------------- federation
 
-def test_configured_issuer_signs_a_person_in(smart, idp):
-    browser = requests.Session()
-    response = browser.post(smart.base + "/oauth/sign-in/federated", data={"id_token": idp.id_token()},
-                            allow_redirects=False, timeout=10)
-    assert response.status_code == 302
-    assert browser.get(smart.base + "/oauth/account/links", timeout=10).json()["identity"] == f"{idp.issuer}|nhs-login-42"
-
-
-def test_unknown_issuer_is_invalid_token(smart, idp):
-    forged = idp.id_token(issuer="http://127.0.0.1:9/not-configured")
-    response = requests.post(smart.base + "/oauth/sign-in/federated", data={"id_token": forged}, timeout=10,
-                             allow_redirects=False)
-    assert response.status_code == 401 and response.json()["error"] == "invalid_token"
-
-
-def test_configured_issuer_for_another_client_is_invalid_token(smart, idp):
-    response = requests.post(smart.base + "/oauth/sign-in/federated", timeout=10, allow_redirects=False,
-                             data={"id_token": idp.id_token(audience="someone-else")})
-    assert response.status_code == 401 and response.json()["error"] == "invalid_token"
+# The interactive federation flow and its refusals: tests/api/test_oauth_federation.py.
 
 
 def test_bearer_token_from_unknown_issuer_is_invalid_token(smart, idp):

@@ -25,10 +25,11 @@ OPEN_PATHS = {"/healthz", "/readyz", "/fhir/metadata", "/fhir/.well-known/smart-
 #: The authorization server (no bearer token: OAuth client authentication or the sign-in
 #: session cookie) and the OAuth protocol endpoints whose errors are RFC 6749 §5.2 JSON.
 SIGN_IN_PATHS = {"/oauth/authorize", "/oauth/token", "/oauth/revoke", "/oauth/introspect", "/oauth/jwks",
-                 "/oauth/sign-in", "/oauth/sign-in/federated", "/oauth/sign-out", "/oauth/account/links",
-                 "/oauth/account/links/{id}"}
+                 "/oauth/.well-known/openid-configuration", "/oauth/sign-in", "/oauth/sign-in/provider/{id}",
+                 "/oauth/sign-in/callback", "/oauth/sign-out", "/oauth/account/links", "/oauth/account/links/{id}",
+                 "/oauth/account/approvals/{client_id}"}
 OAUTH_ERROR_PATHS = {"/oauth/authorize", "/oauth/token", "/oauth/revoke", "/oauth/introspect",
-                     "/oauth/sign-in/federated"}
+                     "/oauth/sign-in/provider/{id}", "/oauth/sign-in/callback"}
 #: Authenticated by the sending deployment's Ed25519 signature, not a bearer token.
 SIGNED_PATHS = {"/fhir/$receive-transfer"}
 #: API.md "Errors" and the brief: every one of these must be documented with an OperationOutcome.
@@ -146,7 +147,7 @@ def test_every_error_status_is_an_operation_outcome(spec):
                 continue
             seen.add(status)
             content = resolve(spec, response).get("content", {})
-            if path in OAUTH_ERROR_PATHS and status in ("400", "401") and "application/json" in content:
+            if path in OAUTH_ERROR_PATHS and status in ("400", "401", "502") and "application/json" in content:
                 if resolve(spec, content["application/json"]["schema"]) is not spec["components"]["schemas"]["OAuthError"]:
                     wrong.append(f"{method.upper()} {path} {status} (not an OAuth error)")
                 continue

@@ -1,6 +1,7 @@
 """The SMART JS client (npm `fhirclient` 2.6.3) in Debian's headless Chromium, driven by
 Playwright (`playwright-core`, executablePath /usr/bin/chromium), served from another origin on
-127.0.0.1: standalone launch with PKCE as a parent with two linked children, pick one, read the
+127.0.0.1: standalone launch with PKCE as a parent with two linked children, pick one, approve
+the (third-party) app on the consent screen at 320 CSS px using only the keyboard, read the
 plan, refresh the token. Screenshots are kept in a pytest tmp dir whose path is printed (and
 copied to $EHCP_TEST_ARTEFACTS when set).
 
@@ -92,7 +93,8 @@ def smart(mongo, data_dir, app_site) -> Iterator[Api]:
     site, _ = app_site
     api, server = start_smart_server(mongo, data_dir, cors_origins=site.origin)
     api.services.identity.register(family_app("js-app", redirect_uris=(f"{site.origin}/callback.html",),
-                                              scope="launch/patient openid fhirUser patient/*.rs offline_access"))
+                                              scope="launch/patient openid fhirUser patient/*.rs offline_access",
+                                              first_party=False))
     yield api
     stop(api, server)
 
@@ -125,8 +127,15 @@ def test_smart_js_client_standalone_launch_as_a_parent(smart, app_site, tmp_path
     assert result["fhirUser"].endswith(f"RelatedPerson/{second['RelatedPerson'][0]['id']}")
     assert result["accessTokenChanged"] and result["refreshTokenRotated"]
     assert result["patientAfterRefresh"] == child
-    assert sorted(p.name for p in shots.iterdir()) == ["1-sign-in.png", "2-pick-child.png",
-                                                        "3-plan-read-and-refreshed.png"]
+    consent = outcome["consent"]
+    assert "Family app" in consent["heading"] and consent["child"] in consent["heading"]
+    assert consent["child"] and not consent["child"].startswith("record ")  # the child's name, not an id
+    assert "read and search everything in the record" in consent["scopes"]
+    assert consent["buttons"] == ["Allow", "Don’t allow"] and consent["lang"] == "en"
+    assert consent["innerWidth"] == 320 and consent["scrollWidth"] <= 320, consent  # no sideways scrolling
+    assert consent["focused"] == "consent-approve"  # reached and pressed by keyboard
+    assert sorted(p.name for p in shots.iterdir()) == ["1-sign-in.png", "2-pick-child.png", "3-consent.png",
+                                                        "4-plan-read-and-refreshed.png"]
 
 
 def _keep_artefacts(shots: Path) -> None:
