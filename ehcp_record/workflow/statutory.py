@@ -42,7 +42,12 @@ CLOCK_REGULATIONS: dict[str, str] = {
     "amendment": "SEND Regulations 2014 reg 22(3)",
     "phase-transfer": "SEND Regulations 2014 reg 18(1)",
     "cease": "Children and Families Act 2014 s45; SEND Regulations 2014 reg 31",
+    "notice-to-family": "SEND Regulations 2014 reg 15(4)",
 }
+#: Every Task of the statutory timeline: the clocks and the request they belong to. The server
+#: writes them (`ScopedStore.prepare_clock`, `prepare_assessment_request`); a client's plain
+#: create or update of one is refused, so no due date moves except by the operations.
+CLOCK_TASK_CODES = frozenset(CLOCK_REGULATIONS) | {"assessment-request"}
 OPEN = ("requested", "received", "accepted", "in-progress", "ready", "on-hold")
 
 
@@ -144,6 +149,13 @@ def evaluate(clock_code: str, start: date, due: date, done: date | None, excepti
 
 
 # --------------------------------------------------------------------------- reading clock Tasks
+
+
+def is_clock_task(task: dict) -> bool:
+    """Is this a Task of the statutory timeline (a clock, or the request that opened clocks)?"""
+    codings = (task.get("code") or {}).get("coding", []) if isinstance(task.get("code"), dict) else []
+    return any(isinstance(c, dict) and c.get("system") == TASK_CODE_SYSTEM and c.get("code") in CLOCK_TASK_CODES
+               for c in codings)
 
 
 def clock_code(task: dict) -> str | None:

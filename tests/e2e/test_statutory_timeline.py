@@ -189,10 +189,14 @@ def test_the_statutory_timeline(api, clock):
     # the draft in week 14, the family's comment, the final plan in week 19
     clock.at("2026-04-10")
     complete(api, one_clock(api, sam, "issue-decision")["id"], date="2026-04-10", decision="issue")
+    on_paper = api.post(f"/fhir/Task/{one_clock(api, sam, 'final-plan')['id']}/$complete-step",
+                        params(date="2026-04-10"), la)
+    assert on_paper.status_code == 409 and "$issue" in on_paper.text  # the final plan is met by sending it
     issued = issue_plan(api, sam, sam_mum, clock, "2026-04-10", "2026-04-20", "2026-05-14", SCHOOL)
-    plan_ref = {"reference": f"Composition/{issued['ids']['Composition']}"}
-    final = complete(api, one_clock(api, sam, "final-plan")["id"], date="2026-05-14", plan=plan_ref)
+    # $issue sent the finalised plan, which met the final-plan clock (regs 13(2), 14(2))
+    final = one_clock(api, sam, "final-plan", "completed")
     assert output(final, "on-time") is True and final["executionPeriod"]["end"] == "2026-05-14"
+    assert output(final, "plan-version")["reference"] == f"Composition/{issued['ids']['Composition']}/_history/{issued['plan']['meta']['versionId']}"
     notice_ref = output(final, "notice")["reference"]
     notice = api.get(f"/fhir/{notice_ref}", sam_mum).json()
     assert notice["category"][0]["coding"][0]["code"] == "plan-issued"
@@ -230,13 +234,12 @@ def test_the_statutory_timeline(api, clock):
     assert noted.status_code == 200, noted.text
     clock.at("2026-04-20")
     complete(api, one_clock(api, ali, "issue-decision")["id"], date="2026-04-20", decision="issue")
-    ali_plan = issue_plan(api, ali, ali_mum, clock, "2026-05-20", "2026-06-01", "2026-06-10")
     # the worklist on 3 June: Ali's final plan (due 1 June) is overdue, the exception shown
     overdue = {i["clock"]: i for i in worklist(api, "2026-06-03") if i["patient"] == f"Patient/{ali}"}
     assert overdue["final-plan"]["daysLeft"] == -2 and overdue["final-plan"]["state"] == "overdue"
     assert overdue["final-plan"]["exception"] == "absent-from-area"
-    late_final = complete(api, final_clock["id"], date="2026-06-10",
-                          plan={"reference": f"Composition/{ali_plan['ids']['Composition']}"})
+    issue_plan(api, ali, ali_mum, clock, "2026-05-20", "2026-06-01", "2026-06-10")
+    late_final = one_clock(api, ali, "final-plan", "completed")
     assert output(late_final, "on-time") is False
     assert output(late_final, "exception-applied") == {"coding": [{"system": f"{BASE}/CodeSystem/ehcp-clock-exception",
                                                                    "code": "absent-from-area"}]}
@@ -256,9 +259,8 @@ def test_the_statutory_timeline(api, clock):
     assert output(late_decision, "on-time") is False  # 20 Feb is after 16 Feb
     clock.at("2026-04-20")
     complete(api, one_clock(api, kim, "issue-decision")["id"], date="2026-04-20", decision="issue")
-    kim_plan = issue_plan(api, kim, kim_mum, clock, "2026-05-01", "2026-05-10", "2026-06-05")
-    kim_final = complete(api, one_clock(api, kim, "final-plan")["id"], date="2026-06-05",
-                         plan={"reference": f"Composition/{kim_plan['ids']['Composition']}"})
+    issue_plan(api, kim, kim_mum, clock, "2026-05-01", "2026-05-10", "2026-06-05")
+    kim_final = one_clock(api, kim, "final-plan", "completed")
     assert output(kim_final, "on-time") is False and output(kim_final, "exception-applied") is None
     assert kim_final["businessStatus"]["text"].startswith("done 11 days late")
 
@@ -315,7 +317,8 @@ def test_the_statutory_timeline(api, clock):
     clock.at("2027-05-20")
     assert respond(api, amendment["id"], sam_mum, "agree").status_code == 200
     assert api.post(f"/fhir/Task/{amendment['id']}/$issue", None, la).json()["status"] == "amended"
-    amended = complete(api, amendment_clock["id"], date="2027-05-20", plan=plan_ref)
+    amended = api.get(f"/fhir/Task/{amendment_clock['id']}", la).json()  # met by $issue (reg 22(3))
+    assert amended["status"] == "completed" and output(amended, "on-time") is True
     amended_notice = api.get(f"/fhir/{output(amended, 'notice')['reference']}", sam_mum).json()
     assert amended_notice["category"][0]["coding"][0]["code"] == "plan-amended"
     assert ext(amended_notice, "ehcp-appeal-deadline") == "2027-07-20"
