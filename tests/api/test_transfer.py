@@ -152,18 +152,12 @@ def test_overdue_transfers_are_searchable(api, record):
     assert [e["resource"]["id"] for e in late["entry"]] == [task["id"]]
 
 
-def _open_review_clock(api, child: str, start: date) -> dict:
-    """A review clock (CFA 2014 s44(1)) on an example plan loaded without $issue, written the way
-    $issue writes it: the store's named clock write."""
-    import uuid
-
-    from ehcp_record.operations.assessment import clock_task
-
-    caller = api.services.verifier.caller(f"Bearer {api.la()}", "127.0.0.1", "test", uuid.uuid4().hex)
-    store = api.services.records.for_caller(caller)
-    review = clock_task(child, "review-due", start, clocks.annual_review_due(start), store)
-    store.commit([store.prepare_clock(review, None)])
-    return review
+def _open_review_clock(api, child: str) -> dict:
+    """The review clock $issue opened (CFA 2014 s44(1)): 12 months from the plan being made."""
+    code = "http://ehcp-record.example.org/fhir/CodeSystem/ehcp-task-code"
+    found = api.get(f"/fhir/Task?patient={child}&code={code}|review-due&status=requested", api.la()).json()
+    assert found["total"] == 1
+    return found["entry"][0]["resource"]
 
 
 def _step(api, task_id: str, **values: date | str) -> dict:
@@ -177,7 +171,7 @@ def _step(api, task_id: str, **values: date | str) -> dict:
 
 def test_a_review_held_since_the_plan_was_issued_sets_the_review_clock(api, record, monkeypatch):
     child = record["Patient"][0]["id"]
-    review = _open_review_clock(api, child, date.today())
+    review = _open_review_clock(api, child)
     meeting = date.today() + timedelta(days=100)
     records = api.services.records
     later = records.clock() + timedelta(days=200)
@@ -198,7 +192,7 @@ def test_accepting_a_transfer_ends_the_old_assessment_and_re_times_the_review(ap
     child = record["Patient"][0]["id"]
     old_la, new_la = api.la(), api.token("la", NEW_LA)
     today = date.today()
-    old_review = _open_review_clock(api, child, today)
+    old_review = _open_review_clock(api, child)
     asked = {"resourceType": "Parameters", "parameter": [{"name": "received", "valueDate": today.isoformat()},
                                                          {"name": "requester", "valueCode": "parent"}]}
     request = api.post(f"/fhir/Patient/{child}/$request-assessment", asked, old_la).json()
