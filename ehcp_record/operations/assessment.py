@@ -1,15 +1,18 @@
 """The statutory timeline from a request for an EHC needs assessment to the final plan.
 
-`$request-assessment` (custodian LA) records a request by a parent, young person or school
-(CFA 2014 s36(1)) on the day it was received and opens its clocks: the decision whether to
-assess (SEND Regulations 2014 reg 5(1), 6 weeks) and the final plan (reg 13(2), 20 weeks).
-Deciding to assess opens the decision whether to issue a plan (reg 10(1), 16 weeks: the draft,
-or a notice not to issue). `$request-advice` opens one advice clock per adviser (reg 8(1),
-6 weeks from the request for advice). `$clock-exception` records a reason of reg 5(4), 8(2) or
-10(4) with its dates; `$complete-step` records a step as done on a day, with the decision and
-reasons, and says whether it was on time or which exception made it lawful. Decisions with a
-right of appeal produce a decision notice (`operations.notices`). Clock logic is pure
-(`workflow.statutory`, `workflow.clocks`); every read and write goes through the scoped store.
+`$request-assessment` records a request (CFA 2014 s36(1): by the child's parent, the young person
+or a person acting on behalf of a school or post-16 institution; or recorded by the custodian LA
+on the day it received one) and opens the LA's clocks: the decision whether to assess (SEND
+Regulations 2014 reg 5(1), 6 weeks) and the final plan (reg 13(2), 20 weeks). Deciding to assess
+opens the decision whether to issue a plan (reg 10(1), 16 weeks: the draft, or a notice not to
+issue). `$request-advice` opens one advice clock per adviser (reg 8(1), 6 weeks from the request
+for advice). `$clock-exception` records a reason of reg 5(4), 8(2) or 10(4) with its dates;
+`$complete-step` records a step as done on a day, with the decision and reasons, and says whether
+it was on time or which exception made it lawful. `$issue` meets the final-plan clock by sending
+the plan (`issued_effects`). Decisions with a right of appeal produce a decision notice
+(`operations.notices`). Only the custodian LA runs the steps after the request. Clock logic is
+pure (`workflow.statutory`, `workflow.clocks`); every read and write goes through the scoped
+store, the clocks through its named writes `prepare_assessment_request` and `prepare_clock`.
 """
 
 from __future__ import annotations
