@@ -99,8 +99,8 @@ def worklist(api, as_of: str, within: int = 14) -> list[dict]:
     return items
 
 
-def new_family(api, name: str, birth: str = "2017-02-01"):
-    child = api.new_child(birthDate=birth, name=[{"family": "Example", "given": [name]}])
+def new_family(api, name: str, birth: str = "2017-02-01", **fields):
+    child = api.new_child(birthDate=birth, name=[{"family": "Example", "given": [name]}], **fields)
     mum = api.post("/fhir/RelatedPerson", parent(child["id"], f"{name}'s parent"), api.la()).json()
     return child["id"], api.token("parent", None, fhir_user=f"RelatedPerson/{mum['id']}")
 
@@ -145,7 +145,9 @@ def test_the_statutory_timeline(api, clock):
     la = api.la()
 
     # ---- child 1: a school's request received on Monday 5 January 2026
-    sam, sam_mum = new_family(api, "Sam")
+    ethnicity = {"url": "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-EthnicCategory",
+                 "valueCodeableConcept": {"coding": [{"system": f"{BASE}/CodeSystem/sen2-ethnicity", "code": "WBRI"}]}}
+    sam, sam_mum = new_family(api, "Sam", extension=[ethnicity])
     clock.at("2026-01-05")
     req = request(api, sam, "2026-01-05", "school")
     assert req["restriction"]["period"] == {"start": "2026-01-05", "end": "2026-05-25"}  # reg 13(2): 20 weeks
@@ -358,32 +360,35 @@ def test_the_statutory_timeline(api, clock):
     mine = lambda rows: sorted((r for r in rows if r["person_id"] in order), key=lambda r: order[r["person_id"]])  # noqa: E731
     assert mine(ret["requests"]) == [
         {"person_id": sam, "received_date": "2026-01-05", "request_source": "school", "request_outcome": "assess",
-         "request_outcome_date": "2026-02-09"},
+         "request_outcome_date": "2026-02-09", "request_outcome_code": "Y"},
         {"person_id": ali, "received_date": "2026-01-12", "request_source": "parent", "request_outcome": "assess",
-         "request_outcome_date": "2026-01-12"},
+         "request_outcome_date": "2026-01-12", "request_outcome_code": "Y"},
         {"person_id": kim, "received_date": "2026-01-05", "request_source": "young-person",
-         "request_outcome": "assess", "request_outcome_date": "2026-02-20"},
+         "request_outcome": "assess", "request_outcome_date": "2026-02-20", "request_outcome_code": "Y"},
         {"person_id": jo, "received_date": "2026-02-02", "request_source": "parent", "request_outcome": "not-assess",
-         "request_outcome_date": "2026-02-02"}]
+         "request_outcome_date": "2026-02-02", "request_outcome_code": "N"}]
     assert mine(ret["assessments"]) == [
         {"person_id": sam, "received_date": "2026-01-05", "assessment_outcome": "issue",
          "assessment_outcome_date": "2026-04-10", "final_plan_date": "2026-05-14", "twenty_week_met": "Y",
-         "exception": ""},
+         "exception": "", "assessment_outcome_code": "Y"},
         {"person_id": ali, "received_date": "2026-01-12", "assessment_outcome": "issue",
          "assessment_outcome_date": "2026-04-20", "final_plan_date": "2026-06-10", "twenty_week_met": "N",
-         "exception": "absent-from-area"},
+         "exception": "absent-from-area", "assessment_outcome_code": "Y"},
         {"person_id": kim, "received_date": "2026-01-05", "assessment_outcome": "issue",
          "assessment_outcome_date": "2026-04-20", "final_plan_date": "2026-06-05", "twenty_week_met": "N",
-         "exception": ""}]
+         "exception": "", "assessment_outcome_code": "Y"}]
     plans = {r["person_id"]: r for r in mine(ret["named-plans"])}
     assert plans[sam] == {"person_id": sam, "plan_start_date": "2026-05-14", "last_review_date": "",
-                          "cease_date": "", "cease_reason": ""}  # the review in April 2027 is after the census
+                          "cease_date": "", "cease_reason": "", "transfer_la": "", "review_outcome_code": "",
+                          "cease_reason_code": ""}  # the review in April 2027 is after the census
     assert plans[ali]["plan_start_date"] == "2026-06-10" and plans[ali]["cease_date"] == "" and jo not in plans
     assert {(r["person_id"], r["sen_type"], r["sen_type_rank"]) for r in mine(ret["needs"])} == {
         (sam, "SLCN", "1"), (ali, "SLCN", "1"), (kim, "SLCN", "1")}
     person = {r["person_id"]: r for r in mine(ret["person"])}
     assert person[sam] == {"person_id": sam, "upn": "", "uln": "", "surname": "Example", "forename": "Sam",
-                           "birth_date": "2017-02-01", "sex": "", "postcode": ""}
+                           "birth_date": "2017-02-01", "sex": "", "postcode": "", "ethnicity": "WBRI"}
+    assert person[ali]["ethnicity"] == ""
+    assert ret["la"] == [{"la": "866", "year": "2027", "reference_date": "2027-01-21"}]
     assert mine(ret["placements"]) == [
         {"person_id": sam, "urn": "100001", "ukprn": "", "sen_setting": "MSU", "placement_rank": "1",
          "entry_date": "2026-05-14", "leaving_date": "", "attendance_pattern": "", "sen_unit": "Y",
@@ -392,11 +397,14 @@ def test_the_statutory_timeline(api, clock):
     assert (sam, "person", "no UPN (or ULN) recorded for t") in problems
     assert (sam, "placements", "attendance pattern (full or pa") in problems
     assert (ali, "placements", "section I names no establishme") in problems
+    assert (ali, "person", "no ethnicity recorded (UK Core") in problems
+    assert not [p for p in problems if p[0] == sam and p[1] == "person" and "ethnicity" in p[2]]
 
     # the next return: Ali's plan ceased in 2027 (after the appeal), Sam's review on 26 April 2027
     later = {r["person_id"]: r for r in sen2(api, 2028, la)["named-plans"]}
     assert later[ali]["cease_date"] == "2027-07-02" and later[ali]["cease_reason"] == "needs-met"
-    assert later[sam]["last_review_date"] == "2027-04-26"
+    assert later[ali]["cease_reason_code"] == "2"  # SEN2: needs met without an EHC plan
+    assert later[sam]["last_review_date"] == "2027-04-26" and later[sam]["review_outcome_code"] == "A"
     # another organisation's caller gets an empty return (only the custodian's records are in it)
     assert sen2(api, 2027, api.token("school", "Organization/school-1"))["person"] == []
 
@@ -449,7 +457,7 @@ def test_the_command_line_writes_the_same_return(api, clock, tmp_path, monkeypat
     served = sen2(api, 2027, api.la())
     import csv
 
-    for module in ("person", "requests", "assessments", "named-plans", "needs", "placements", "validation"):
+    for module in ("la", "person", "requests", "assessments", "named-plans", "needs", "placements", "validation"):
         written = list(csv.DictReader((tmp_path / f"sen2-2027-{module}.csv").open(encoding="utf-8")))
         assert written == served[module], module
     assert len(served["requests"]) == 4 and len(served["assessments"]) == 3
