@@ -138,7 +138,7 @@ def _child(result: Return, patient: dict, resources: list[dict], period: tuple[d
     requests = [t for t in tasks if is_task(t, "assessment-request") and _received(t) is not None
                 and _received(t) <= census]
     in_period = [t for t in requests if period[0] <= _received(t) <= period[1] or _open_at(t, tasks, census)]
-    plan = _plan(tasks, census, period)
+    plan = _plan(tasks, resources, census, period)
     if not in_period and plan is None:
         return
     pid = patient["id"]
@@ -249,16 +249,35 @@ def _outcome_code(decision: str | None, withdrawn: bool) -> str:
     return "W" if withdrawn else "A"
 
 
-def _plan(tasks: list[dict], census: date, period: tuple[date, date]) -> dict | None:
-    """The final-plan clock of the child's plan, when it was active at the census or ceased in the period."""
-    finals = [t for t in tasks if is_task(t, "final-plan") and _done(t, census)]
-    if not finals:
-        return None
-    final = max(finals, key=lambda t: _done(t, census))
+@dataclass(frozen=True)
+class NamedPlan:
+    """The child's plan as SEN2 reports it: when it started and the issued Composition."""
+
+    start: date
+    composition: dict | None
+    why_missing: str = "the issued plan named by the final-plan clock is not in the record"
+
+
+def _plan(tasks: list[dict], resources: list[dict], census: date, period: tuple[date, date]) -> NamedPlan | None:
+    """The child's plan, when it was active at the census or ceased in the period.
+
+    Made after a recorded request: the final-plan clock `$issue` met. Otherwise (a plan issued
+    before its request was recorded here, or transferred in: treated as made by this LA on its
+    original date, SEND Regulations 2014 reg 15(3)(a)) the issued Composition, started on the day
+    its first review clock started (`$issue` opens it on the day the plan is first issued)."""
     ceased = _ceased(tasks, census)
     if ceased is not None and ceased[0] < period[0]:
         return None
-    return final
+    finals = [t for t in tasks if is_task(t, "final-plan") and _done(t, census)]
+    if finals:
+        final = max(finals, key=lambda t: _done(t, census))
+        return NamedPlan(_done(final, census), _plan_composition(resources, final))  # type: ignore[arg-type]
+    issued = [r for r in resources if r["resourceType"] == "Composition" and r.get("status") in ("final", "amended")]
+    starts = [parse_date(str(t["restriction"]["period"]["start"])[:10]) for t in tasks
+              if is_task(t, "review-due") and (t.get("restriction") or {}).get("period", {}).get("start")]
+    if not issued or not starts or min(starts) > census:
+        return None
+    return NamedPlan(min(starts), issued[0], "")
 
 
 def _ceased(tasks: list[dict], census: date) -> tuple[date, str] | None:
@@ -270,11 +289,11 @@ def _ceased(tasks: list[dict], census: date) -> tuple[date, str] | None:
     return None
 
 
-def _named_plan(result: Return, pid: str, final: dict, tasks: list[dict], resources: list[dict], census: date,
+def _named_plan(result: Return, pid: str, named: NamedPlan, tasks: list[dict], resources: list[dict], census: date,
                 la: str) -> None:
     reviews = [d for d in (_done(t, census) for t in tasks if is_task(t, "review-due")) if d]
     ceased = _ceased(tasks, census)
-    start = _done(final, census)
+    start = named.start
     cease_code = sen2_codes("ehcp-cease-reason").get(ceased[1], "") if ceased else ""
     result.rows["named-plans"].append({
         "person_id": pid, "plan_start_date": start.isoformat() if start else "",
@@ -284,9 +303,9 @@ def _named_plan(result: Return, pid: str, final: dict, tasks: list[dict], resour
         "cease_reason_code": cease_code})
     if ceased and not cease_code:
         result.problems.append((pid, "named-plans", f"cease reason '{ceased[1]}' has no SEN2 code (ehcp-cease-reason)"))
-    plan = _plan_composition(resources, final)
+    plan = named.composition
     if plan is None:
-        result.problems.append((pid, "named-plans", "the issued plan named by the final-plan clock is not in the record"))
+        result.problems.append((pid, "named-plans", named.why_missing))
         return
     _needs(result, pid, plan, resources)
     _placements(result, pid, plan, resources, start)

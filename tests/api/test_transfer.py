@@ -229,6 +229,16 @@ def test_accepting_a_transfer_ends_the_old_assessment_and_re_times_the_review(ap
     assert any(clock == "notice-to-family" for clock, _ in listed)  # reg 15(4), on the new LA's list
     assert not any(ref == f"Task/{advice[1]['id']}" for _, ref in listed)
 
+    # SEN2 for the new LA: the plan is theirs, with its original start (reg 15(3)(a)) and TransferLA
+    from tests.e2e.test_statutory_timeline import sen2
+
+    returned = sen2(api, today.year + 1 if today.month > 1 else today.year, new_la)
+    plans = [r for r in returned["named-plans"] if r["person_id"] == child]
+    assert [(r["transfer_la"], r["plan_start_date"]) for r in plans] == [("866", old_review["restriction"]["period"]["start"])]
+    requests = [r for r in returned["requests"] if r["person_id"] == child]
+    assert [(r["request_outcome"], r["request_outcome_code"]) for r in requests] == [("assess", "Y")]
+    assert [r["assessment_outcome_code"] for r in returned["assessments"] if r["person_id"] == child] == ["W"]
+
 
 def test_a_plan_can_come_back_to_an_la_that_held_it(api, record):
     child = record["Patient"][0]["id"]
