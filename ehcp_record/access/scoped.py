@@ -918,7 +918,8 @@ class ScopedStore:
         return TransferStorage(self._shared.transfers, self._repo, self._shared.media, record)
 
     def record_tasks_for_destination(self, transfer: Version) -> list[Version]:
-        """$accept: the record's open Tasks the new LA closes (an assessment stops, reg 15(4)(b); the review is re-timed, reg 15(5))."""
+        """$accept: the record's open Tasks the new LA closes or re-times (an assessment stops,
+        reg 15(4)(b); the review clock is re-timed, reg 15(5))."""
         return self._repo.current_of_type(transfer.record or "", "Task")
 
     # --- media (GridFS) ----------------------------------------------------------------------

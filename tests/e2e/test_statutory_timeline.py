@@ -12,7 +12,7 @@ exception. Child 4: a refusal to assess, a mediation certificate moving the appe
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 
 import pytest
 
