@@ -118,6 +118,42 @@ def test_a_young_person_requests_for_themselves_and_their_parent_no_longer_can(a
     assert again.status_code == 409
 
 
+def test_only_the_custodian_runs_the_steps_after_a_request(api):
+    """After the request, every step is the custodian LA's (SEND Regulations 2014 regs 5-31): the
+    family is refused (403); a school that may only contribute advice, another LA and a health
+    service cannot see these Tasks or run the record's steps, and are answered as if they did not
+    exist (404). Nothing changes."""
+    from tests.consent_support import grant
+
+    child_id, mum_id, mum = family_of(api, "Rio")
+    school = api.token("school", "Organization/school-88")
+    consent = grant(child_id, f"RelatedPerson/{mum_id}", "Organization/school-88", ["K"], actions=("contribute",))
+    assert api.post("/fhir/Consent", consent, mum).status_code == 201
+    request = api.post(f"/fhir/Patient/{child_id}/$request-assessment", params(), mum).json()
+    clock = one_clock(api, child_id, "assessment-decision")
+    today = api.services.records.clock().date().isoformat()
+    steps = [
+        (f"/fhir/Task/{request['id']}/$request-advice", params(adviceType="health", requested=today)),
+        (f"/fhir/Task/{clock['id']}/$clock-exception", params(reason="absent-from-area", start=today, end=today)),
+        (f"/fhir/Task/{clock['id']}/$complete-step", params(date=today, decision="assess")),
+        (f"/fhir/Patient/{child_id}/$phase-transfer", params(transferYear=int(today[:4]) + 1)),
+        (f"/fhir/Patient/{child_id}/$cease", params(consulted=today, decided=today, reason="needs-met")),
+    ]
+    callers = {"parent": (mum, 403), "school": (school, 404), "other LA": (api.token("la", "Organization/la-916"), 404),
+               "health": (api.token("health", "Organization/nhs-7"), 404)}
+    for path, body in steps:
+        for who, (token, status) in callers.items():
+            response = api.post(path, body, token)
+            assert response.status_code == status, (path, who, response.text)
+    assert tasks_of(api, child_id) == 3
+    # a parent's token without write scopes (SMART patient/*.rs) cannot make a request either
+    other, other_mum_id, _ = family_of(api, "Noa")
+    read_only = api.token("parent", None, fhir_user=f"RelatedPerson/{other_mum_id}", scope="patient/*.rs",
+                          patient=f"Patient/{other}")
+    assert api.post(f"/fhir/Patient/{other}/$request-assessment", params(), read_only).status_code == 403
+    assert tasks_of(api, other) == 0
+
+
 def test_a_plain_write_cannot_create_or_move_a_statutory_clock(api, child):
     """Due dates come from the regulations through the operations; POST and PUT of a clock Task
     are refused (409 business-rule), and a clock keeps its dates."""

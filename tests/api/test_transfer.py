@@ -196,7 +196,6 @@ def test_accepting_a_transfer_ends_the_old_assessment_and_re_times_the_review(ap
     asked = {"resourceType": "Parameters", "parameter": [{"name": "received", "valueDate": today.isoformat()},
                                                          {"name": "requester", "valueCode": "parent"}]}
     request = api.post(f"/fhir/Patient/{child}/$request-assessment", asked, old_la).json()
-    code = "http://ehcp-record.example.org/fhir/CodeSystem/ehcp-task-code"
     tasks = lambda token: {e["resource"]["id"]: e["resource"] for e in api.get(  # noqa: E731
         f"/fhir/Task?patient={child}&_count=100", token).json()["entry"]}
     decision = next(t for t in tasks(old_la).values() if t["code"]["coding"][0]["code"] == "assessment-decision")
@@ -208,6 +207,9 @@ def test_accepting_a_transfer_ends_the_old_assessment_and_re_times_the_review(ap
         advice.append(api.post(f"/fhir/Task/{request['id']}/$request-advice", body, old_la).json())
     _step(api, advice[0]["id"], date=today)
     task = api.post(f"/fhir/Patient/{child}/$transfer", transfer_parameters(), old_la).json()
+    pending = api.get("/fhir/$worklist?within=400", old_la).json()
+    assert any(p["part"][0]["valueCode"] == "transfer" and p["part"][1]["valueReference"]["reference"] == f"Task/{task['id']}"
+               for p in pending["parameter"] if p["name"] == "item")  # reg 15(2), on the old LA's list
     assert api.post(f"/fhir/Task/{task['id']}/$accept", None, new_la).status_code == 200
 
     after = tasks(new_la)
@@ -222,7 +224,7 @@ def test_accepting_a_transfer_ends_the_old_assessment_and_re_times_the_review(ap
     assert len(reviews) == 1 and reviews[0]["owner"] == {"reference": NEW_LA}
     assert reviews[0]["restriction"]["period"] == {
         "start": today.isoformat(), "end": clocks.transfer_review_due(plan_date, today).isoformat()}
-    work = api.get(f"/fhir/$worklist?within=400&_={code}", new_la).json()
+    work = api.get("/fhir/$worklist?within=400", new_la).json()
     listed = {(p["part"][0]["valueCode"], p["part"][1]["valueReference"]["reference"]) for p in work["parameter"]
               if p["name"] == "item"}
     assert ("review-due", f"Task/{reviews[0]['id']}") in listed
