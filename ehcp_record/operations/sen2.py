@@ -26,6 +26,7 @@ from ehcp_record.access.scoped import ScopedStore
 from ehcp_record.errors import FhirError, invalid
 from ehcp_record.fhir.canonical import code_system, naming_system
 from ehcp_record.fhir.dates import parse_date
+from ehcp_record.operations import notices
 from ehcp_record.operations.worklist import all_matches
 from ehcp_record.workflow.task_values import is_task, task_input, task_output
 
@@ -144,7 +145,7 @@ def _child(result: Return, patient: dict, resources: list[dict], period: tuple[d
     pid = patient["id"]
     _person(result, pid, patient)
     for request in in_period:
-        _request(result, pid, request, tasks, census)
+        _request(result, pid, request, tasks, census, [r for r in resources if notices.is_notice(r)])
     if plan is not None:
         _named_plan(result, pid, plan, tasks, resources, census, la)
 
@@ -212,7 +213,7 @@ def _done(task: dict | None, census: date) -> date | None:
     return day if day is not None and day <= census else None
 
 
-def _request(result: Return, pid: str, request: dict, tasks: list[dict], census: date) -> None:
+def _request(result: Return, pid: str, request: dict, tasks: list[dict], census: date, sent: list[dict]) -> None:
     decision = _clock(tasks, request["id"], "assessment-decision")
     decided = _done(decision, census)
     outcome = task_output(decision, "decision") if decided else None
@@ -221,7 +222,8 @@ def _request(result: Return, pid: str, request: dict, tasks: list[dict], census:
         "person_id": pid, "received_date": _received(request).isoformat(),
         "request_source": task_input(request, "requester-type") or "",
         "request_outcome": outcome or "pending", "request_outcome_date": decided.isoformat() if decided else "",
-        "request_outcome_code": _outcome_code(outcome, withdrawn)})
+        "request_outcome_code": _outcome_code(outcome, withdrawn),
+        **_disputed("request", sent, decision, census)})
     if outcome != "assess":
         return
     issue = _clock(tasks, request["id"], "issue-decision")
@@ -238,7 +240,24 @@ def _request(result: Return, pid: str, request: dict, tasks: list[dict], census:
         "assessment_outcome": assessment or "pending",
         "assessment_outcome_date": issue_done.isoformat() if issue_done else "",
         "final_plan_date": final_done.isoformat() if final_done else "", "twenty_week_met": met,
-        "exception": exception, "assessment_outcome_code": _outcome_code(assessment, withdrawn and not final_done)})
+        "exception": exception, "assessment_outcome_code": _outcome_code(assessment, withdrawn and not final_done),
+        **_disputed("assessment", sent, issue, census)})
+
+
+def _disputed(prefix: str, sent: list[dict], clock: dict | None, census: date) -> dict[str, str]:
+    """SEN2 RequestMediation/RequestTribunal, AssessmentMediation/AssessmentTribunal: whether the
+    decision's notice (not to assess, not to issue) led to a mediation certificate or an appeal to
+    the Tribunal by the census date (recorded with `$notice-event`); empty when there was no such notice."""
+    about = f"Task/{clock['id']}" if clock else None
+    found = [n for n in sent if about and {"reference": about} in (n.get("about") or [])]
+    if not found:
+        return {f"{prefix}_mediation": "", f"{prefix}_tribunal": ""}
+
+    def by_census(url: str) -> bool:
+        day = notices.extension_value(found[0], url, "valueDate")
+        return isinstance(day, str) and parse_date(day) <= census
+    return {f"{prefix}_mediation": "Y" if by_census(notices.MEDIATION_CERTIFICATE) else "N",
+            f"{prefix}_tribunal": "Y" if by_census(notices.APPEAL_LODGED) else "N"}
 
 
 def _outcome_code(decision: str | None, withdrawn: bool) -> str:

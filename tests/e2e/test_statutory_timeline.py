@@ -360,23 +360,30 @@ def test_the_statutory_timeline(api, clock):
     mine = lambda rows: sorted((r for r in rows if r["person_id"] in order), key=lambda r: order[r["person_id"]])  # noqa: E731
     assert mine(ret["requests"]) == [
         {"person_id": sam, "received_date": "2026-01-05", "request_source": "school", "request_outcome": "assess",
-         "request_outcome_date": "2026-02-09", "request_outcome_code": "Y"},
+         "request_outcome_date": "2026-02-09", "request_outcome_code": "Y", "request_mediation": "",
+         "request_tribunal": ""},
         {"person_id": ali, "received_date": "2026-01-12", "request_source": "parent", "request_outcome": "assess",
-         "request_outcome_date": "2026-01-12", "request_outcome_code": "Y"},
+         "request_outcome_date": "2026-01-12", "request_outcome_code": "Y", "request_mediation": "",
+         "request_tribunal": ""},
         {"person_id": kim, "received_date": "2026-01-05", "request_source": "young-person",
-         "request_outcome": "assess", "request_outcome_date": "2026-02-20", "request_outcome_code": "Y"},
+         "request_outcome": "assess", "request_outcome_date": "2026-02-20", "request_outcome_code": "Y", "request_mediation": "",
+         "request_tribunal": ""},
         {"person_id": jo, "received_date": "2026-02-02", "request_source": "parent", "request_outcome": "not-assess",
-         "request_outcome_date": "2026-02-02", "request_outcome_code": "N"}]
+         "request_outcome_date": "2026-02-02", "request_outcome_code": "N", "request_mediation": "Y",
+         "request_tribunal": "N"}]  # Jo: a mediation certificate, no appeal
     assert mine(ret["assessments"]) == [
         {"person_id": sam, "received_date": "2026-01-05", "assessment_outcome": "issue",
          "assessment_outcome_date": "2026-04-10", "final_plan_date": "2026-05-14", "twenty_week_met": "Y",
-         "exception": "", "assessment_outcome_code": "Y"},
+         "exception": "", "assessment_outcome_code": "Y", "assessment_mediation": "",
+         "assessment_tribunal": ""},
         {"person_id": ali, "received_date": "2026-01-12", "assessment_outcome": "issue",
          "assessment_outcome_date": "2026-04-20", "final_plan_date": "2026-06-10", "twenty_week_met": "N",
-         "exception": "absent-from-area", "assessment_outcome_code": "Y"},
+         "exception": "absent-from-area", "assessment_outcome_code": "Y", "assessment_mediation": "",
+         "assessment_tribunal": ""},
         {"person_id": kim, "received_date": "2026-01-05", "assessment_outcome": "issue",
          "assessment_outcome_date": "2026-04-20", "final_plan_date": "2026-06-05", "twenty_week_met": "N",
-         "exception": "", "assessment_outcome_code": "Y"}]
+         "exception": "", "assessment_outcome_code": "Y", "assessment_mediation": "",
+         "assessment_tribunal": ""}]
     plans = {r["person_id"]: r for r in mine(ret["named-plans"])}
     assert plans[sam] == {"person_id": sam, "plan_start_date": "2026-05-14", "last_review_date": "",
                           "cease_date": "", "cease_reason": "", "transfer_la": "", "review_outcome_code": "",
