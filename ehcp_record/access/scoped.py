@@ -49,7 +49,7 @@ from ehcp_record.store.repository import Repository
 from ehcp_record.store.versions import AuditAppend, RecordContext, Version, VersionWrite, utc_now
 from ehcp_record.store.transfers import TransferStore
 from ehcp_record.store.versions import ImportedRecord
-from ehcp_record.workflow import task_clocks
+from ehcp_record.workflow import statutory
 
 NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 _ID_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.")
@@ -539,7 +539,7 @@ class ScopedStore:
         _check_id(resource_id)
         if resource_type == "Patient" and resource_id == audit.DIRECTORY_CHAIN:
             raise invalid(f"'{resource_id}' is reserved")
-        resource = task_clocks.apply(copy.deepcopy(resource)) if resource_type == "Task" else copy.deepcopy(resource)
+        resource = copy.deepcopy(resource)
         resource["id"] = resource_id
         _check_identifiers(resource)
         self._one_record_per_nhs_number(resource)
@@ -555,6 +555,7 @@ class ScopedStore:
         if decision is None:
             decision = write_rules.authorize_write(self.access, resource, record, current is None, new_record,
                                                    lambda ref: self._record_lookup(ref, pending))
+            _refuse_client_clock(resource, current)
         if resource_type == "Subscription" and self._shared.subscriptions is not None:
             # R4 Subscription lifecycle: the server activates what it accepts ("requested"),
             # and a subscriber switches it off with status "off" (kept, and nothing is sent);
@@ -825,6 +826,38 @@ class ScopedStore:
         return self._prepare(task, task["id"], current.vid if current else None, current, pending, None,
                              gated=False, decision=decision)
 
+    def prepare_clock(self, task: dict, current: Version | None, operation: str = "clock") -> PreparedWrite:
+        """A statutory clock Task (SEND Regulations 2014 regs 5-31, CFA 2014 ss44-45) opened,
+        completed, excepted or closed by the custodian LA's operation ($request-advice,
+        $clock-exception, $complete-step, $phase-transfer, $cease, $issue). The custodian's `write`
+        decides, audited as `operation`; a clock never becomes another kind of Task, nor the
+        reverse, and clients cannot write clocks at all (`_refuse_client_clock`)."""
+        if not statutory.is_clock_task(task) or (current is not None and not statutory.is_clock_task(current.resource)):
+            raise ValueError("prepare_clock writes statutory clock Tasks only")
+        record = _task_record(task, current)
+        decision = self.access.require("write", record, f"Task/{task.get('id')}")
+        return self._prepare(task, task["id"], current.vid if current else None, current, None, None, gated=False,
+                             decision=write_rules.WriteDecision(operation, decision.consent_ids))
+
+    def prepare_assessment_request(self, task: dict) -> PreparedWrite:
+        """A request for an EHC needs assessment and the clocks it opens (CFA 2014 s36(1): made
+        by the child's parent, the young person, or a person acting on behalf of a school or
+        post-16 institution; or recorded from paper by the custodian LA). New Tasks only; who
+        may decides by role: the LA its `write`, the family their `respond` (the decision-maker),
+        a school its `contribute` consent. Audited as `assessment-request`."""
+        if not statutory.is_clock_task(task) or statutory.clock_code(task) not in (None, "assessment-decision", "final-plan"):
+            raise ValueError("a request writes the request Task and its first two clocks only")
+        record = _task_record(task, None)
+        label = f"Patient/{record}"
+        self.access.require_scope("Task", "c", record, label)
+        purpose = REQUEST_PURPOSES.get(self.caller.actor.role or "")
+        if purpose is None:
+            raise denied("a request for an EHC needs assessment comes from the child's parent, the young person, "
+                         "a school or college, or the local authority (CFA 2014 s36(1))", record, label)
+        decision = self.access.require(purpose, record, label)
+        return self._prepare(task, task["id"], None, None, None, None, gated=False,
+                             decision=write_rules.WriteDecision("assessment-request", decision.consent_ids))
+
     def prepare_decision_notice(self, notice: dict) -> PreparedWrite:
         """A decision notice (Communication) for a decision of the custodian LA with a right of
         appeal (CFA 2014 s51; SEND Regulations 2014 regs 5(3), 10(3), 31(3)). Clients cannot
@@ -904,7 +937,8 @@ class ScopedStore:
         return TransferStorage(self._shared.transfers, self._repo, self._shared.media, record)
 
     def record_tasks_for_destination(self, transfer: Version) -> list[Version]:
-        """$accept: the record's open Tasks the new LA closes (assessments stop, reg 15(6))."""
+        """$accept: the record's open Tasks the new LA closes or re-times (an assessment stops,
+        reg 15(4)(b); the review clock is re-timed, reg 15(5))."""
         return self._repo.current_of_type(transfer.record or "", "Task")
 
     # --- media (GridFS) ----------------------------------------------------------------------
@@ -1018,6 +1052,36 @@ class TransferStorage:
     def read_media(self, file_id: Any) -> bytes:
         assert self.media is not None
         return self.media.read_all(file_id)
+
+
+#: Who may make a request for an EHC needs assessment, and the decision that lets them (CFA 2014
+#: s36(1)): the decision-maker (parent with parental responsibility, or the young person), a
+#: school or post-16 institution the family lets contribute, or the custodian LA recording one.
+REQUEST_PURPOSES = {"parent": "respond", "young-person": "respond", "school": "contribute", "la": "write"}
+
+
+def _task_record(task: dict, current: Version | None) -> str:
+    if current is not None:
+        return current.record or ""
+    return str((task.get("for") or {}).get("reference", "")).removeprefix("Patient/")
+
+
+def _refuse_client_clock(resource: dict, current: Version | None) -> None:
+    """A plain create or update never writes a statutory clock, nor turns a Task into or out of
+    one: its due dates come from the regulations, set by the operations that run the timeline.
+    The workflow Tasks an LA may still write itself (transfer, parental review) carry only the
+    due dates the regulations give, and keep them (`statutory.client_task_problem`)."""
+    if resource["resourceType"] != "Task":
+        return
+    if statutory.is_clock_task(resource) or (current is not None and statutory.is_clock_task(current.resource)):
+        raise conflict("statutory clock Tasks (ehcp-task-code: assessment-request, assessment-decision, advice, "
+                       "issue-decision, final-plan, review-due, review-report, annual-review, amendment, "
+                       "phase-transfer, cease, notice-to-family) are written by the server; use $request-assessment, "
+                       "$request-advice, $clock-exception, $complete-step, $phase-transfer, $cease or $issue",
+                       "business-rule")
+    problem = statutory.client_task_problem(resource, current.resource if current is not None else None)
+    if problem is not None:
+        raise unprocessable(problem, "business-rule", ["Task.restriction.period"])
 
 
 def version_of(write: VersionWrite) -> Version:

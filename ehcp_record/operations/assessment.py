@@ -1,15 +1,18 @@
 """The statutory timeline from a request for an EHC needs assessment to the final plan.
 
-`$request-assessment` (custodian LA) records a request by a parent, young person or school
-(CFA 2014 s36(1)) on the day it was received and opens its clocks: the decision whether to
-assess (SEND Regulations 2014 reg 5(1), 6 weeks) and the final plan (reg 13(2), 20 weeks).
-Deciding to assess opens the decision whether to issue a plan (reg 10(1), 16 weeks: the draft,
-or a notice not to issue). `$request-advice` opens one advice clock per adviser (reg 8(1),
-6 weeks from the request for advice). `$clock-exception` records a reason of reg 5(4), 8(2) or
-10(4) with its dates; `$complete-step` records a step as done on a day, with the decision and
-reasons, and says whether it was on time or which exception made it lawful. Decisions with a
-right of appeal produce a decision notice (`operations.notices`). Clock logic is pure
-(`workflow.statutory`, `workflow.clocks`); every read and write goes through the scoped store.
+`$request-assessment` records a request (CFA 2014 s36(1): by the child's parent, the young person
+or a person acting on behalf of a school or post-16 institution; or recorded by the custodian LA
+on the day it received one) and opens the LA's clocks: the decision whether to assess (SEND
+Regulations 2014 reg 5(1), 6 weeks) and the final plan (reg 13(2), 20 weeks). Deciding to assess
+opens the decision whether to issue a plan (reg 10(1), 16 weeks: the draft, or a notice not to
+issue). `$request-advice` opens one advice clock per adviser (reg 8(1), 6 weeks from the request
+for advice). `$clock-exception` records a reason of reg 5(4), 8(2) or 10(4) with its dates;
+`$complete-step` records a step as done on a day, with the decision and reasons, and says whether
+it was on time or which exception made it lawful. `$issue` meets the final-plan clock by sending
+the plan (`issued_effects`). Decisions with a right of appeal produce a decision notice
+(`operations.notices`). Only the custodian LA runs the steps after the request. Clock logic is
+pure (`workflow.statutory`, `workflow.clocks`); every read and write goes through the scoped
+store, the clocks through its named writes `prepare_assessment_request` and `prepare_clock`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Protocol
 from datetime import date, timedelta
 
 from consent.terminology import code_system_codes
-from ehcp_record.access.scoped import PreparedWrite, RecordScope, ScopedStore, version_of
+from ehcp_record.access.scoped import REQUEST_PURPOSES, PreparedWrite, RecordScope, ScopedStore, version_of
 from ehcp_record.errors import business_rule, invalid, not_found, unprocessable
 from ehcp_record.fhir.canonical import code_system
 from ehcp_record.fhir.dates import instant, parse_date
@@ -41,7 +44,7 @@ DECISIONS = {
     "annual-review": ("maintain", "amend", "cease"),
 }
 STEP_PARAMETERS = {
-    "date": "date", "decision": "code", "reason": "string", "plan": "Reference", "advice": "Reference",
+    "date": "date", "decision": "code", "reason": "string", "advice": "Reference",
     "adviceCirculated": "date", "stepDownDiscussed": "boolean", "ceaseDiscussed": "boolean", "progress": "part",
 }
 
@@ -67,8 +70,10 @@ def typed(code: str, **value: object) -> dict:
 
 def clock_task(record: str, code: str, start: date, due: date, store: ScopedStore,
                part_of: str | None = None, inputs: list[dict] | None = None, owner: str | None = None) -> dict:
-    """One statutory clock: open (requested) from `start`, on time until `due` (inclusive)."""
-    la = store.caller.actor.organization or store.caller.actor.sub
+    """One statutory clock: open (requested) from `start`, on time until `due` (inclusive), the
+    custodian LA's to meet (whoever's request opened it)."""
+    state = store.custody_state(record)
+    la = (state.custodian if state is not None else None) or store.caller.actor.organization or store.caller.actor.sub
     task = {
         "resourceType": "Task", "id": str(uuid.uuid4()), "status": "requested", "intent": "order",
         "code": concept(TASK_CODE_SYSTEM, code),
@@ -107,10 +112,17 @@ class AssessmentService:
     # --- $request-assessment ------------------------------------------------------------
 
     def request(self, store: ScopedStore, patient_id: str, body: object) -> Version:
-        scope = store.open_record(patient_id, "write")
+        """A request under CFA 2014 s36(1): by the parent or young person (the decision-maker) or
+        a school or college the family lets contribute, received today; or recorded by the
+        custodian LA from a letter, on the day it was received (`received`, `requester`)."""
+        role = store.caller.actor.role or ""
+        scope = store.open_record(patient_id, REQUEST_PURPOSES.get(role, "write"), scope_type="Task")
         values = read_parameters(body, {"received": "date", "requester": "code", "requesterReference": "Reference",
-                                        "note": "string"}, required=("received", "requester"), strict=True)
+                                        "note": "string"}, required=("received", "requester") if role == "la" else (),
+                                 strict=True)
         today = store.clock().date()
+        if role != "la":
+            values = _own_request(store, values, today, role)
         received = full_date(values, "received", today)
         requester = values["requester"]
         if requester not in code_system_codes("ehcp-requester"):
@@ -124,7 +136,7 @@ class AssessmentService:
                               store, request["id"])
         final = clock_task(scope.record, "final-plan", received, clocks.final_plan_due(received), store, request["id"])
         request["output"] = [typed("clock", valueReference={"reference": f"Task/{t['id']}"}) for t in (decision, final)]
-        writes = [store.prepare(t, t["id"], None) for t in (request, decision, final)]
+        writes = [store.prepare_assessment_request(t) for t in (request, decision, final)]
         store.commit(writes)
         return version_of(writes[0].write)
 
@@ -135,6 +147,8 @@ class AssessmentService:
         if isinstance(values.get("requesterReference"), dict):
             inputs.append(typed("requester", valueReference=values["requesterReference"]))
         task = clock_task(record, "final-plan", received, clocks.final_plan_due(received), store, inputs=inputs)
+        if isinstance(values.get("requesterReference"), dict) and store.caller.actor.role != "la":
+            task["requester"] = values["requesterReference"]
         task.update(status="in-progress", code=concept(TASK_CODE_SYSTEM, "assessment-request"),
                     description="Request for an EHC needs assessment (Children and Families Act 2014 s36(1))")
         if values.get("note"):
@@ -164,8 +178,8 @@ class AssessmentService:
         advice = clock_task(scope.record, "advice", requested, clocks.advice_due(requested), store, request.id,
                             inputs, owner=adviser)
         outputs = list(request.resource.get("output", [])) + [typed("clock", valueReference={"reference": f"Task/{advice['id']}"})]
-        writes = [store.prepare(advice, advice["id"], None),
-                  store.prepare(_updated(request.resource, output=outputs), request.id, request.vid, current=request)]
+        writes = [store.prepare_clock(advice, None, "request-advice"),
+                  store.prepare_clock(_updated(request.resource, output=outputs), request, "request-advice")]
         store.commit(writes)
         return version_of(writes[0].write)
 
@@ -188,7 +202,7 @@ class AssessmentService:
         recorded = statutory.exception_extension(exception, store.caller.actor.fhir_user or store.caller.actor.sub,
                                                  instant(store.clock()))
         updated = _updated(clock.resource, extension=list(clock.resource.get("extension", []) or []) + [recorded])
-        prepared = store.prepare(updated, clock.id, clock.vid, current=clock)
+        prepared = store.prepare_clock(updated, clock, "clock-exception")
         store.commit([prepared])
         return version_of(prepared.write)
 
@@ -200,17 +214,13 @@ class AssessmentService:
         if clock.resource.get("status") not in statutory.OPEN:
             raise business_rule(f"this clock is {clock.resource.get('status')}; only an open clock can be completed")
         code = statutory.clock_code(clock.resource) or ""
+        if code in ISSUED_BY:
+            raise business_rule(f"the {code} clock is met when the plan is issued: {ISSUED_BY[code]}")
         period = clock.resource["restriction"]["period"]
         done = full_date(values, "date", store.clock().date(), parse_date(period["start"][:10]))
         decision = self._decision(code, values)
         step = self._effects(store, scope, clock, code, done, decision, values)
-        state = statutory.evaluate(code, parse_date(period["start"][:10]), parse_date(period["end"][:10]), done,
-                                   statutory.exceptions_of(clock.resource), done)
-        outputs = list(clock.resource.get("output", []) or []) + step.outputs + _state_outputs(state, done, decision, values)
-        completed = _updated(clock.resource, status="completed", output=outputs,
-                             executionPeriod={"start": period["start"], "end": done.isoformat()},
-                             businessStatus={"text": step.business_status or _describe(state)})
-        writes = [store.prepare(completed, clock.id, clock.vid, current=clock)] + step.writes
+        writes = [completed_clock(store, clock, done, step, decision, values)] + step.writes
         store.commit(writes)
         return version_of(writes[0].write)
 
@@ -239,22 +249,13 @@ class AssessmentService:
             received = parse_date(task_input(request.resource, "received"))
             issue = clock_task(scope.record, "issue-decision", received, clocks.issue_decision_due(received), store,
                                request.id)
-            step.writes.append(store.prepare(issue, issue["id"], None))
+            step.writes.append(store.prepare_clock(issue, None, "complete-step"))
         elif decision in ("not-assess", "not-issue"):
             kind = "not-to-assess" if decision == "not-assess" else "not-to-issue"
             text = ("The local authority has decided not to carry out an EHC needs assessment." if kind == "not-to-assess"
                     else "The local authority has decided not to issue an EHC plan after the assessment.")
             step.writes.append(self._notice(store, scope, kind, text, reason, f"Task/{clock.id}", step))
             step.writes += self._close_request(store, scope, request, clock, "closed: " + kind.replace("-", " "))
-        elif code == "final-plan":
-            plan = self._issued_plan(scope, values)
-            step.outputs.append(typed("plan-version", valueReference={"reference": plan}))
-            step.writes.append(self._notice(store, scope, "plan-issued", "The local authority has issued the final "
-                                            "EHC plan.", reason or "The plan sets out the provision the assessment "
-                                            "found necessary.", plan, step))
-            step.writes += self._close_request(store, scope, request, clock, "final plan issued", completed=True)
-            review = clock_task(scope.record, "review-due", done, clocks.annual_review_due(done), store)
-            step.writes.append(store.prepare(review, review["id"], None))
         elif self.reviews is not None:
             step = self.reviews.effects(store, scope, clock, code, done, decision, values, step)
         return step
@@ -267,21 +268,7 @@ class AssessmentService:
 
     def _close_request(self, store: ScopedStore, scope: RecordScope, request: Version | None, clock: Version,
                        status_text: str, completed: bool = False) -> list[PreparedWrite]:
-        """The request ends (completed with a plan, else cancelled), with its still-open clocks."""
-        writes = []
-        if request is None:
-            return writes
-        for task in scope.current_of_type("Task"):
-            part_of = [p.get("reference") for p in task.resource.get("partOf", []) or []]
-            if task.id != clock.id and f"Task/{request.id}" in part_of and task.resource.get("status") in statutory.OPEN:
-                if statutory.clock_code(task.resource) in ("final-plan", "issue-decision", "advice"):
-                    writes.append(store.prepare(_updated(task.resource, status="cancelled",
-                                                         statusReason={"text": status_text}), task.id, task.vid,
-                                                current=task))
-        writes.append(store.prepare(_updated(request.resource, status="completed" if completed else "cancelled",
-                                             businessStatus={"text": status_text}), request.id, request.vid,
-                                    current=request))
-        return writes
+        return close_request(store, scope, request, clock, status_text, completed)
 
     # --- helpers ------------------------------------------------------------------------
 
@@ -314,19 +301,98 @@ class AssessmentService:
                 return True
         return False
 
-    @staticmethod
-    def _issued_plan(scope: RecordScope, values: dict) -> str:
-        """The final plan named by parameter `plan`: a Composition of this record, issued."""
-        target = (values.get("plan") or {}).get("reference", "") if isinstance(values.get("plan"), dict) else ""
-        resource_type, _, rest = target.partition("/")
-        plan = scope.read("Composition", rest.split("/")[0]) if resource_type == "Composition" else None
-        if plan is None or plan.resource.get("status") not in ("final", "amended"):
-            raise business_rule("completing the final-plan clock needs parameter 'plan': the issued Composition "
-                                "($issue) of this child's plan")
-        return f"Composition/{plan.id}/_history/{plan.vid}"
-
-
 _YEAR = timedelta(days=366)
+#: The clocks `$issue` meets, and why `$complete-step` does not.
+ISSUED_BY = {
+    "final-plan": "$issue sends the finalised plan with its notice (SEND Regulations 2014 regs 13(2), 14(2))",
+    "amendment": "$issue of the amended plan sends it with its notice (SEND Regulations 2014 reg 22(3), (4))",
+}
+#: What each caller's request is made as (CFA 2014 s36(1)), and the ehcp-requester code.
+OWN_REQUESTER = {"parent": "parent", "young-person": "young-person", "school": "school"}
+
+
+def _own_request(store: ScopedStore, values: dict, today: date, role: str) -> dict:
+    """A request made through the record: received today, made as the caller (never as someone else)."""
+    kind = OWN_REQUESTER.get(role, role)
+    if values.get("requester") not in (None, kind):
+        raise invalid(f"a request made with a {role} token is made as '{kind}'; the local authority records "
+                      "requests made by others", "value", ["Parameters.parameter"])
+    if values.get("received") not in (None, today.isoformat()):
+        raise invalid(f"a request made through the record is received today ({today}); the local authority records a "
+                      "request it received earlier", "value", ["Parameters.parameter"])
+    actor = store.caller.actor
+    who = actor.fhir_user or actor.organization or actor.sub
+    return dict(values, received=today.isoformat(), requester=kind, requesterReference={"reference": who})
+
+
+def completed_clock(store: ScopedStore, clock: Version, done: date, step: Step, decision: str | None,
+                    values: dict) -> PreparedWrite:
+    """The clock completed on `done`: on time, late, or late with the exception that applies."""
+    code = statutory.clock_code(clock.resource) or ""
+    period = clock.resource["restriction"]["period"]
+    state = statutory.evaluate(code, parse_date(period["start"][:10]), parse_date(period["end"][:10]), done,
+                               statutory.exceptions_of(clock.resource), done)
+    outputs = list(clock.resource.get("output", []) or []) + step.outputs + _state_outputs(state, done, decision, values)
+    completed = _updated(clock.resource, status="completed", output=outputs,
+                         executionPeriod={"start": period["start"], "end": done.isoformat()},
+                         businessStatus={"text": step.business_status or _describe(state)})
+    return store.prepare_clock(completed, clock, "complete-step")
+
+
+def close_request(store: ScopedStore, scope: RecordScope, request: Version | None, clock: Version | None,
+                  status_text: str, completed: bool = False) -> list[PreparedWrite]:
+    """The request ends (completed with a plan, else cancelled), with its still-open clocks."""
+    writes: list[PreparedWrite] = []
+    if request is None:
+        return writes
+    for task in scope.current_of_type("Task"):
+        part_of = [p.get("reference") for p in task.resource.get("partOf", []) or []]
+        if (clock is None or task.id != clock.id) and f"Task/{request.id}" in part_of \
+                and task.resource.get("status") in statutory.OPEN \
+                and statutory.clock_code(task.resource) in ("final-plan", "issue-decision", "advice", "assessment-decision"):
+            writes.append(store.prepare_clock(_updated(task.resource, status="cancelled",
+                                                       statusReason={"text": status_text}), task, "close-request"))
+    writes.append(store.prepare_clock(_updated(request.resource, status="completed" if completed else "cancelled",
+                                               businessStatus={"text": status_text}), request, "close-request"))
+    return writes
+
+
+def issued_effects(store: ScopedStore, scope: RecordScope, plan: str, amended: bool) -> list[PreparedWrite]:
+    """What `$issue` does to the timeline, in the same transaction as the plan.
+
+    The finalised plan is sent with the notice of the right of appeal (SEND Regulations 2014 reg
+    14(2)); that meets the final-plan clock of a request in progress (reg 13(2), 20 weeks, or
+    late with a reg 13(3) exception), which ends the request, and starts the first review clock
+    (CFA 2014 s44(1): 12 months beginning with the date the plan was made). An amended plan is
+    sent with its notice (reg 22(4)), meeting the amendment clock a review opened (reg 22(3)).
+    """
+    today = store.clock().date()
+    code = "amendment" if amended else "final-plan"
+    clock = _open_clock(scope, code)
+    decision = (notices.Decision("plan-amended", "The local authority has issued the amended EHC plan.",
+                                 "The plan was amended after the family's response to the proposed amendments.", plan)
+                if amended else
+                notices.Decision("plan-issued", "The local authority has issued the final EHC plan.",
+                                 "The plan sets out the provision the EHC needs assessment found necessary.", plan))
+    notice = notices.prepared_notice(scope, store, decision)
+    writes = [notice]
+    if clock is not None:
+        step = Step(outputs=[typed("plan-version", valueReference={"reference": plan}),
+                             typed("notice", valueReference={"reference": f"Communication/{notice.write.id}"})])
+        writes.append(completed_clock(store, clock, today, step, None, {}))
+        if not amended:
+            writes += close_request(store, scope, AssessmentService._request_of(scope, clock), clock,
+                                    "final plan issued", completed=True)
+    if not amended:
+        review = clock_task(scope.record, "review-due", today, clocks.annual_review_due(today), store)
+        writes.append(store.prepare_clock(review, None, "first-review"))
+    return writes
+
+
+def _open_clock(scope: RecordScope, code: str) -> Version | None:
+    found = [t for t in scope.current_of_type("Task")
+             if statutory.clock_code(t.resource) == code and t.resource.get("status") in statutory.OPEN]
+    return min(found, key=lambda t: t.resource["restriction"]["period"]["end"]) if found else None
 
 
 def _updated(resource: dict, **changes: object) -> dict:

@@ -63,12 +63,12 @@ class Decision:
 
 
 def notice(scope: RecordScope, store: ScopedStore, decision: Decision) -> dict:
-    """The Communication for a decision, addressed to the record's decision-maker."""
+    """The Communication for a decision, addressed to the record's decision-makers."""
     if decision.kind not in NOTICE_KINDS:
         raise ValueError(decision.kind)
     now = store.clock()
     deadline = clocks.appeal_deadline(now.date())
-    recipient = _decision_maker(scope, now.date())
+    recipients = _decision_makers(scope, now.date())
     resource = {
         "resourceType": "Communication", "id": str(uuid.uuid4()), "status": "completed",
         "category": [{"coding": [{"system": NOTICE_SYSTEM, "code": decision.kind}]}],
@@ -80,8 +80,8 @@ def notice(scope: RecordScope, store: ScopedStore, decision: Decision) -> dict:
                     {"contentString": RIGHTS.format(deadline=deadline.strftime("%-d %B %Y"))}],
         "extension": [{"url": APPEAL_DEADLINE, "valueDate": deadline.isoformat()}],
     }
-    if recipient:
-        resource["recipient"] = [{"reference": recipient}]
+    if recipients:
+        resource["recipient"] = [{"reference": r} for r in recipients]
     return resource
 
 
@@ -89,10 +89,11 @@ def prepared_notice(scope: RecordScope, store: ScopedStore, decision: Decision) 
     return store.prepare_decision_notice(notice(scope, store, decision))
 
 
-def _decision_maker(scope: RecordScope, today: date) -> str | None:
+def _decision_makers(scope: RecordScope, today: date) -> list[str]:
+    """Everyone who decides for the child (each parent with parental responsibility, or the
+    young person): each is told of a decision they may appeal, not only the first."""
     state = scope.state()
-    makers = sorted(engine.decision_makers(state, today)) if state else []
-    return makers[0] if makers else None
+    return sorted(engine.decision_makers(state, today)) if state else []
 
 
 def is_notice(resource: dict) -> bool:

@@ -4,7 +4,9 @@ SEND Regulations 2014: reg 13 (the draft plan goes to the parent/young person, w
 least 15 days to comment), reg 22 (proposed amendments, at least 15 days to respond, the final
 amended plan within 8 weeks of the proposals). The exact proposed content is pinned by a
 SHA-256 hash; `$issue` applies it only when a response by the decision-maker exists for that
-hash and the plan has not moved since it was proposed.
+hash and the plan has not moved since it was proposed. Issuing sends the plan with its notice
+of the right of appeal (reg 14(2); reg 22(4) for an amended plan) and moves the statutory
+timeline on in the same transaction (`assessment.issued_effects`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ehcp_record.audit import entries as audit
 from ehcp_record.audit import chain as audit_chain
 
 from ehcp_record.workflow import clocks
+from ehcp_record.operations import assessment
 from ehcp_record.operations.bundles import PreparedTransaction
 from ehcp_record.plan.documents import DocumentService
 from ehcp_record.access.caller import Caller
@@ -172,8 +175,11 @@ class ProposalService:
         provenance = signed_provenance(store.signing_key, writes, store.caller, task, store.clock())
         writes.append(store.prepare(provenance, provenance["id"], None))
         writes.append(self._mark_issued(store, task, writes))
-        store.commit(writes, [self._issue_audit(store, task.record or "", writes)])
+        audit_entry = self._issue_audit(store, task.record or "", writes)
         issued = next(w for w in writes if w.operation == "issue")
+        writes += assessment.issued_effects(store, scope, f"Composition/{issued.write.id}/_history/{issued.write.vid}",
+                                            amended=issued.write.resource.get("status") == "amended")
+        store.commit(writes, [audit_entry])
         version = version_of(issued.write)
         if self.documents is not None:
             self.documents.issued_bytes(store, version)  # the signed document, kept as issued

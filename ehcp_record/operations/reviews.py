@@ -7,9 +7,10 @@ towards each outcome is recorded on its Goal (reg 20(5): `achievementStatus` fro
 value set goal-achievement, with a dated note naming who recorded it), and the review records
 whether stepping down to targeted support or ceasing the plan was discussed (SEND and AP
 Improvement Plan 2023). It opens the report clock (reg 20(7), 2 weeks), the decision Task
-(`annual-review`, reg 20(10), 4 weeks; due date set by `workflow.task_clocks`) and the next
+(`annual-review`, reg 20(10), 4 weeks) and the next
 review clock (CFA s44(1), 12 months from this review). The decision `maintain` gives a notice
-(decision not to amend); `amend` goes through `$propose` (reg 22, 8 weeks; on the worklist);
+(decision not to amend); `amend` opens the amendment clock (reg 22(3), 8 weeks; on the worklist), met when `$issue` sends
+the amended plan after `$propose` and the family's response;
 `cease` is followed by `$cease`.
 
 `$phase-transfer` opens the reg 18(1) clock (before 15 February, or 31 March for post-16).
@@ -57,13 +58,7 @@ class ReviewService:
                                             str(values.get("reason") or ""), f"Task/{clock.id}", step))
         if code == "annual-review" and decision == "amend":
             amendment = clock_task(scope.record, "amendment", done, clocks.amendment_deadline(done), store, clock.id)
-            step.writes.append(store.prepare(amendment, amendment["id"], None))
-        if code == "amendment":
-            plan = _amended_plan(scope, values)
-            step.outputs.append(typed("plan-version", valueReference={"reference": plan}))
-            step.writes.append(self._notice(store, scope, "plan-amended", "The local authority has issued the "
-                                            "amended EHC plan.", str(values.get("reason") or "The plan was amended "
-                                            "after the annual review."), plan, step))
+            step.writes.append(store.prepare_clock(amendment, None, "complete-step"))
         if code == "cease":
             return self._ceased(scope, clock, done, values, step)
         return step
@@ -89,7 +84,7 @@ class ReviewService:
         decision = clock_task(scope.record, "annual-review", meeting, clocks.review_decision_deadline(meeting), store,
                               inputs=[typed("meeting-date", valueDate=meeting.isoformat())])
         following = clock_task(scope.record, "review-due", meeting, clocks.annual_review_due(meeting), store)
-        step.writes += [store.prepare(t, t["id"], None) for t in (report, decision, following)]
+        step.writes += [store.prepare_clock(t, None, "complete-step") for t in (report, decision, following)]
         return step
 
     def _progress(self, store: ScopedStore, scope: RecordScope, meeting: date, items: list, step: Step) -> list:
@@ -141,7 +136,7 @@ class ReviewService:
         due = clocks.phase_transfer_due(year, post16)
         task = clock_task(scope.record, "phase-transfer", today, due, store,
                           inputs=[typed("transfer-year", valueInteger=year), typed("post-16", valueBoolean=post16)])
-        prepared = store.prepare(task, task["id"], None)
+        prepared = store.prepare_clock(task, None, "phase-transfer")
         store.commit([prepared])
         return version_of(prepared.write)
 
@@ -170,7 +165,7 @@ class ReviewService:
                               "plan. The plan stays in place until the time for appealing has passed or any appeal "
                               "is decided.", values.get("reasonText") or values["reason"], f"Task/{task['id']}", step)
         task["input"] += step.outputs
-        store.commit([store.prepare(task, task["id"], None), notice])
+        store.commit([store.prepare_clock(task, None, "cease"), notice])
         return self._read_back(store, task["id"])
 
     @staticmethod
@@ -196,17 +191,6 @@ class ReviewService:
             return step
         step.business_status = f"plan ceased on {done}" + (f" after the appeal was dismissed on {decided}" if decided else "")
         return step
-
-
-def _amended_plan(scope: RecordScope, values: dict) -> str:
-    """The amended plan named by parameter `plan`: this record's Composition, issued as amended."""
-    target = (values.get("plan") or {}).get("reference", "") if isinstance(values.get("plan"), dict) else ""
-    resource_type, _, rest = target.partition("/")
-    plan = scope.read("Composition", rest.split("/")[0]) if resource_type == "Composition" else None
-    if plan is None or plan.resource.get("status") != "amended":
-        raise business_rule("completing the amendment clock needs parameter 'plan': this child's plan issued as "
-                            "amended ($propose, $respond, $issue)")
-    return f"Composition/{plan.id}/_history/{plan.vid}"
 
 
 def _cease_notice(scope: RecordScope, clock: Version) -> Version | None:

@@ -26,6 +26,7 @@ from ehcp_record.access.scoped import ScopedStore
 from ehcp_record.errors import FhirError, invalid
 from ehcp_record.fhir.canonical import code_system, naming_system
 from ehcp_record.fhir.dates import parse_date
+from ehcp_record.operations import notices
 from ehcp_record.operations.worklist import all_matches
 from ehcp_record.workflow.task_values import is_task, task_input, task_output
 
@@ -36,7 +37,23 @@ UPN_SYSTEM = naming_system("upn")
 ULN_SYSTEM = naming_system("uln")
 URN_SYSTEM = naming_system("urn")
 UKPRN_SYSTEM = naming_system("ukprn")
+ETHNICITY_SYSTEM = code_system("sen2-ethnicity")
+#: UK Core's ethnic category extension, carrying the DfE code (sen2-ethnicity) for SEN2.
+ETHNICITY_EXTENSION = "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-EthnicCategory"
 MAX_RECORD_RESOURCES = 5000
+
+
+@lru_cache(maxsize=8)
+def sen2_codes(system: str) -> dict[str, str]:
+    """Our code -> the DfE SEN2 code (property sen2Code), from profiles/CodeSystem/<system>.json."""
+    data = json.loads((PROFILES / "CodeSystem" / f"{system}.json").read_text(encoding="utf-8"))
+    return {c["code"]: p["valueString"] for c in data["concept"] for p in c.get("property", []) if p["code"] == "sen2Code"}
+
+
+@lru_cache(maxsize=1)
+def ethnicity_codes() -> frozenset[str]:
+    data = json.loads((PROFILES / "CodeSystem" / "sen2-ethnicity.json").read_text(encoding="utf-8"))
+    return frozenset(c["code"] for c in data["concept"])
 
 
 @lru_cache(maxsize=1)
@@ -83,13 +100,15 @@ class Sen2Service:
         result = Return(year, census_date(year))
         period = (date(year - 1, 1, 1), date(year - 1, 12, 31))
         organization = store.caller.actor.organization
+        result.rows["la"].append({"la": (organization or "").removeprefix("Organization/la-"), "year": year,
+                                  "reference_date": result.census.isoformat()})
         for patient in all_matches(store, "Patient", []):
             state = store.custody_state(patient["id"])
             if organization is None or state is None or state.custodian != organization:
                 continue
             resources = [r for _, r in store.everything(patient["id"], MAX_RECORD_RESOURCES)]
             resources += _establishments(store, resources)
-            _child(result, patient, resources, period)
+            _child(result, patient, resources, period, organization)
         return result
 
 
@@ -114,21 +133,21 @@ def _year(value: object) -> int:
     return int(text)
 
 
-def _child(result: Return, patient: dict, resources: list[dict], period: tuple[date, date]) -> None:
+def _child(result: Return, patient: dict, resources: list[dict], period: tuple[date, date], la: str) -> None:
     census = result.census
     tasks = [r for r in resources if r["resourceType"] == "Task"]
     requests = [t for t in tasks if is_task(t, "assessment-request") and _received(t) is not None
                 and _received(t) <= census]
     in_period = [t for t in requests if period[0] <= _received(t) <= period[1] or _open_at(t, tasks, census)]
-    plan = _plan(tasks, census, period)
+    plan = _plan(tasks, resources, census, period)
     if not in_period and plan is None:
         return
     pid = patient["id"]
     _person(result, pid, patient)
     for request in in_period:
-        _request(result, pid, request, tasks, census)
+        _request(result, pid, request, tasks, census, [r for r in resources if notices.is_notice(r)])
     if plan is not None:
-        _named_plan(result, pid, plan, tasks, resources, census)
+        _named_plan(result, pid, plan, tasks, resources, census, la)
 
 
 def _open_at(request: dict, tasks: list[dict], census: date) -> bool:
@@ -154,12 +173,25 @@ def _person(result: Return, pid: str, patient: dict) -> None:
     row = {"person_id": pid, "upn": _identifier(patient, UPN_SYSTEM), "uln": _identifier(patient, ULN_SYSTEM),
            "surname": name.get("family", ""), "forename": " ".join(name.get("given", []) or []),
            "birth_date": patient.get("birthDate", ""), "sex": {"male": "M", "female": "F"}.get(patient.get("gender"), ""),
-           "postcode": ((patient.get("address") or [{}])[0]).get("postalCode", "")}
+           "postcode": ((patient.get("address") or [{}])[0]).get("postalCode", ""), "ethnicity": _ethnicity(patient)}
     result.rows["person"].append(row)
     for column, why in (("upn", "no UPN (or ULN) recorded for the child"), ("sex", "sex (Patient.gender) not recorded"),
-                        ("postcode", "no home postcode (Patient.address.postalCode)")):
+                        ("postcode", "no home postcode (Patient.address.postalCode)"),
+                        ("ethnicity", "no ethnicity recorded (UK Core ethnic category extension coded from sen2-ethnicity; "
+                                      "REFU if the family declined, NOBT if not yet obtained)")):
         if not row[column] and not (column == "upn" and row["uln"]):
             result.problems.append((pid, "person", why))
+
+
+def _ethnicity(patient: dict) -> str:
+    """The DfE ethnicity code (SEN2 Ethnicity) from UK Core's ethnic category extension, if recorded."""
+    for extension in patient.get("extension", []) or []:
+        if extension.get("url") != ETHNICITY_EXTENSION:
+            continue
+        for coding in (extension.get("valueCodeableConcept") or {}).get("coding", []) or []:
+            if coding.get("system") == ETHNICITY_SYSTEM and coding.get("code") in ethnicity_codes():
+                return coding["code"]
+    return ""
 
 
 def _identifier(resource: dict, system: str) -> str:
@@ -181,14 +213,17 @@ def _done(task: dict | None, census: date) -> date | None:
     return day if day is not None and day <= census else None
 
 
-def _request(result: Return, pid: str, request: dict, tasks: list[dict], census: date) -> None:
+def _request(result: Return, pid: str, request: dict, tasks: list[dict], census: date, sent: list[dict]) -> None:
     decision = _clock(tasks, request["id"], "assessment-decision")
     decided = _done(decision, census)
     outcome = task_output(decision, "decision") if decided else None
+    withdrawn = request.get("status") == "cancelled"
     result.rows["requests"].append({
         "person_id": pid, "received_date": _received(request).isoformat(),
         "request_source": task_input(request, "requester-type") or "",
-        "request_outcome": outcome or "pending", "request_outcome_date": decided.isoformat() if decided else ""})
+        "request_outcome": outcome or "pending", "request_outcome_date": decided.isoformat() if decided else "",
+        "request_outcome_code": _outcome_code(outcome, withdrawn),
+        **_disputed("request", sent, decision, census)})
     if outcome != "assess":
         return
     issue = _clock(tasks, request["id"], "issue-decision")
@@ -205,19 +240,63 @@ def _request(result: Return, pid: str, request: dict, tasks: list[dict], census:
         "assessment_outcome": assessment or "pending",
         "assessment_outcome_date": issue_done.isoformat() if issue_done else "",
         "final_plan_date": final_done.isoformat() if final_done else "", "twenty_week_met": met,
-        "exception": exception})
+        "exception": exception, "assessment_outcome_code": _outcome_code(assessment, withdrawn and not final_done),
+        **_disputed("assessment", sent, issue, census)})
 
 
-def _plan(tasks: list[dict], census: date, period: tuple[date, date]) -> dict | None:
-    """The final-plan clock of the child's plan, when it was active at the census or ceased in the period."""
-    finals = [t for t in tasks if is_task(t, "final-plan") and _done(t, census)]
-    if not finals:
-        return None
-    final = max(finals, key=lambda t: _done(t, census))
+def _disputed(prefix: str, sent: list[dict], clock: dict | None, census: date) -> dict[str, str]:
+    """SEN2 RequestMediation/RequestTribunal, AssessmentMediation/AssessmentTribunal: whether the
+    decision's notice (not to assess, not to issue) led to a mediation certificate or an appeal to
+    the Tribunal by the census date (recorded with `$notice-event`); empty when there was no such notice."""
+    about = f"Task/{clock['id']}" if clock else None
+    found = [n for n in sent if about and {"reference": about} in (n.get("about") or [])]
+    if not found:
+        return {f"{prefix}_mediation": "", f"{prefix}_tribunal": ""}
+
+    def by_census(url: str) -> bool:
+        day = notices.extension_value(found[0], url, "valueDate")
+        return isinstance(day, str) and parse_date(day) <= census
+    return {f"{prefix}_mediation": "Y" if by_census(notices.MEDIATION_CERTIFICATE) else "N",
+            f"{prefix}_tribunal": "Y" if by_census(notices.APPEAL_LODGED) else "N"}
+
+
+def _outcome_code(decision: str | None, withdrawn: bool) -> str:
+    """SEN2 RequestOutcome / AssessmentOutcome: Y or N for a decision (ehcp-decision sen2Code),
+    W when the request ended before one (withdrawn, or stopped by a transfer), A while awaited."""
+    if decision:
+        return sen2_codes("ehcp-decision").get(decision, "")
+    return "W" if withdrawn else "A"
+
+
+@dataclass(frozen=True)
+class NamedPlan:
+    """The child's plan as SEN2 reports it: when it started and the issued Composition."""
+
+    start: date
+    composition: dict | None
+    why_missing: str = "the issued plan named by the final-plan clock is not in the record"
+
+
+def _plan(tasks: list[dict], resources: list[dict], census: date, period: tuple[date, date]) -> NamedPlan | None:
+    """The child's plan, when it was active at the census or ceased in the period.
+
+    Made after a recorded request: the final-plan clock `$issue` met. Otherwise (a plan issued
+    before its request was recorded here, or transferred in: treated as made by this LA on its
+    original date, SEND Regulations 2014 reg 15(3)(a)) the issued Composition, started on the day
+    its first review clock started (`$issue` opens it on the day the plan is first issued)."""
     ceased = _ceased(tasks, census)
     if ceased is not None and ceased[0] < period[0]:
         return None
-    return final
+    finals = [t for t in tasks if is_task(t, "final-plan") and _done(t, census)]
+    if finals:
+        final = max(finals, key=lambda t: _done(t, census))
+        return NamedPlan(_done(final, census), _plan_composition(resources, final))  # type: ignore[arg-type]
+    issued = [r for r in resources if r["resourceType"] == "Composition" and r.get("status") in ("final", "amended")]
+    starts = [parse_date(str(t["restriction"]["period"]["start"])[:10]) for t in tasks
+              if is_task(t, "review-due") and (t.get("restriction") or {}).get("period", {}).get("start")]
+    if not issued or not starts or min(starts) > census:
+        return None
+    return NamedPlan(min(starts), issued[0], "")
 
 
 def _ceased(tasks: list[dict], census: date) -> tuple[date, str] | None:
@@ -229,20 +308,50 @@ def _ceased(tasks: list[dict], census: date) -> tuple[date, str] | None:
     return None
 
 
-def _named_plan(result: Return, pid: str, final: dict, tasks: list[dict], resources: list[dict], census: date) -> None:
+def _named_plan(result: Return, pid: str, named: NamedPlan, tasks: list[dict], resources: list[dict], census: date,
+                la: str) -> None:
     reviews = [d for d in (_done(t, census) for t in tasks if is_task(t, "review-due")) if d]
     ceased = _ceased(tasks, census)
-    start = _done(final, census)
+    start = named.start
+    cease_code = sen2_codes("ehcp-cease-reason").get(ceased[1], "") if ceased else ""
     result.rows["named-plans"].append({
         "person_id": pid, "plan_start_date": start.isoformat() if start else "",
         "last_review_date": max(reviews).isoformat() if reviews else "",
-        "cease_date": ceased[0].isoformat() if ceased else "", "cease_reason": ceased[1] if ceased else ""})
-    plan = _plan_composition(resources, final)
+        "cease_date": ceased[0].isoformat() if ceased else "", "cease_reason": ceased[1] if ceased else "",
+        "transfer_la": _transferred_from(tasks, la, census), "review_outcome_code": _review_outcome(tasks, census),
+        "cease_reason_code": cease_code})
+    if ceased and not cease_code:
+        result.problems.append((pid, "named-plans", f"cease reason '{ceased[1]}' has no SEN2 code (ehcp-cease-reason)"))
+    plan = named.composition
     if plan is None:
-        result.problems.append((pid, "named-plans", "the issued plan named by the final-plan clock is not in the record"))
+        result.problems.append((pid, "named-plans", named.why_missing))
         return
     _needs(result, pid, plan, resources)
     _placements(result, pid, plan, resources, start)
+
+
+def _transferred_from(tasks: list[dict], la: str, census: date) -> str:
+    """SEN2 TransferLA: the DfE number of the LA this plan transferred from (reg 15), if it did."""
+    moves = [t for t in tasks if is_task(t, "transfer") and t.get("status") == "completed"
+             and (t.get("owner") or {}).get("reference") == la and _moved_on(t) is not None and _moved_on(t) <= census]
+    if not moves:
+        return ""
+    latest = max(moves, key=_moved_on)
+    return str((latest.get("requester") or {}).get("reference", "")).removeprefix("Organization/la-")
+
+
+def _moved_on(task: dict) -> date | None:
+    value = task_output(task, "transferred-on")
+    return parse_date(value) if isinstance(value, str) else None
+
+
+def _review_outcome(tasks: list[dict], census: date) -> str:
+    """SEN2 ReviewOutcome (M, A or C) of the latest review decision made by the census date."""
+    decided = [(d, t) for t in tasks if is_task(t, "annual-review") for d in [_done(t, census)] if d]
+    if not decided:
+        return ""
+    _, latest = max(decided, key=lambda pair: pair[0])
+    return sen2_codes("ehcp-decision").get(str(task_output(latest, "decision") or ""), "")
 
 
 def _plan_composition(resources: list[dict], final: dict) -> dict | None:

@@ -2,7 +2,8 @@
 
 One list, evaluated as of a day (`asOf`, default today, so tests and "what will be late next
 week" use the same code): the open clock Tasks (assessment decision, advice, decision to
-issue, final plan, review, review report, review decision, phase transfer, ceasing), the
+issue, final plan, review, review report, review decision, phase transfer, ceasing, the new LA's
+notice to the family after a transfer), a transfer still to be made (reg 15(2)), the
 amendments (the `amendment` clock a review's decision to amend opens, or, for an amendment
 proposed outside a review, the parental-review Task's `final-plan-due`: reg 22(3), 8 weeks), and decision notices not read 5 working days after
 they were sent (`clocks.notice_read_due`), each with its due day and the days left (negative:
@@ -68,7 +69,7 @@ class WorklistService:
         tasks = all_matches(store, "Task", [("status", "requested,in-progress,on-hold,completed")])
         tracked = {i.patient for i in (_clock_item(t, as_of) for t in tasks) if i is not None and i.clock == "amendment"}
         for task in tasks:
-            item = _clock_item(task, as_of) or _amendment_item(task, as_of)
+            item = _clock_item(task, as_of) or _amendment_item(task, as_of) or _transfer_item(task, as_of)
             if item is not None and not (item.clock == "amendment" and item.reference.startswith("Task/")
                                          and is_task(task, "parental-review") and item.patient in tracked):
                 found.append(item)
@@ -113,6 +114,18 @@ def _amendment_item(task: dict, as_of: date) -> Item | None:
     left = (day - as_of).days
     return Item("amendment", f"Task/{task['id']}", (task.get("for") or {}).get("reference", ""), day, left,
                 "overdue" if left < 0 else "due", "SEND Regulations 2014 reg 22(3)")
+
+
+def _transfer_item(task: dict, as_of: date) -> Item | None:
+    """A transfer not yet made: the old LA transfers the plan on the day of the move, or within 15
+    working days of learning of it (reg 15(2)); the Task's period ends on that day."""
+    end = ((task.get("restriction") or {}).get("period") or {}).get("end")
+    if not is_task(task, "transfer") or task.get("status") != "requested" or not isinstance(end, str):
+        return None
+    day = parse_date(end[:10])
+    left = (day - as_of).days
+    return Item("transfer", f"Task/{task['id']}", (task.get("for") or {}).get("reference", ""), day, left,
+                "overdue" if left < 0 else "due", "SEND Regulations 2014 reg 15(2)")
 
 
 def _unread_item(communication: dict, as_of: date) -> Item | None:

@@ -28,7 +28,7 @@ from ehcp_record.fhir.model import parse_resource
 from ehcp_record.access.scoped import RecordStore, ScopedStore
 from ehcp_record.store.versions import AuditAppend, Version, VersionWrite
 from ehcp_record.workflow.task_values import TASK_INPUT_SYSTEM, concept, task_input
-from ehcp_record.transfer.service import TransferService, is_transfer
+from ehcp_record.transfer.service import TransferService, arrival_clocks, is_transfer
 from ehcp_record.transfer.remote import (AUDIT_URL, DOCUMENT_PREFIX, MEDIA_PREFIX, STATE_URL, already_received,
                                          check_signature, decode, make_ack, parse_bundle)
 from ehcp_record.store.versions import ImportedRecord
@@ -103,7 +103,8 @@ class ReceiveTransfer:
                           "former_custodians": [sender], "transferred_from": sender},
             documents={url.removeprefix(DOCUMENT_PREFIX): decode(e) for url, e in extras.items() if url.startswith(DOCUMENT_PREFIX)},
         )
-        imported.new_versions = self._arrival_versions(store, task, writes, state, destination, record, now)
+        imported.new_versions = self._arrival_versions(store, task, writes, state, destination, record, now,
+                                                       _latest_tasks(versions, record))
         arrivals = [(f"{w.type}/{w.id}/_history/{w.vid}", w.hash) for w in imported.new_versions]
         imported.import_audit = AuditAppend(record, audit.body(
             caller, "transfer-received", "permit", now, f"plan received from {sender} (reg 15)",
@@ -141,8 +142,9 @@ class ReceiveTransfer:
                 write.extra["media"] = {"file": stored.file_id, "size": stored.size, "sha256": stored.sha256}
 
     def _arrival_versions(self, store: ScopedStore, task: Version, writes: list[VersionWrite], state: dict,
-                          destination: str, record: str, now: datetime) -> list[VersionWrite]:
-        """The transfer Task completed here, and the family's notice (reg 15(4))."""
+                          destination: str, record: str, now: datetime, tasks: list[Version]) -> list[VersionWrite]:
+        """The transfer Task completed here, the old LA's open clocks as reg 15 leaves them
+        (`service.arrival_clocks`), and the family's notice (reg 15(4))."""
         pending = {f"{w.type}/{w.id}": w.record for w in writes}
         done = dict(task.resource, status="completed", lastModified=fhir_dates.instant(now),
                     output=[{"type": concept(TASK_INPUT_SYSTEM, "transferred-on"), "valueDate": now.date().isoformat()}])
@@ -153,12 +155,22 @@ class ReceiveTransfer:
                                    birth_date=fhir_dates.parse_date(birth) if birth else None,
                                    lacks_capacity=bool(state.get("lacks_capacity")), representative=state.get("representative"))
         notice = self.transfers._family_notice(store, task, record_state, now, pending=pending)
-        return [completed.write, notice.write]
+        moved = arrival_clocks(store, tasks, task, destination, now, pending=pending)
+        return [completed.write, *[m.write for m in moved], notice.write]
 
 
 class _Empty:
     def read(self, _: int) -> bytes:
         return b""
+
+
+def _latest_tasks(versions: list[Version], record: str) -> list[Version]:
+    """The newest version of each Task sent, as the record's current Tasks here."""
+    latest: dict[str, Version] = {}
+    for version in versions:
+        if version.type == "Task" and (version.id not in latest or version.vid > latest[version.id].vid):
+            latest[version.id] = replace(version, record=record)
+    return list(latest.values())
 
 
 def _split(bundle: dict) -> tuple[list[Version], list[Version], dict[str, dict]]:

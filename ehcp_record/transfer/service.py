@@ -4,8 +4,9 @@ Practice 9.157-9.161), within one deployment.
 `$transfer` (the custodian LA) opens a transfer Task carrying the reg 15 clocks; `$accept` (the
 destination LA) moves custody in one transaction. The plan's content, versions and audit chain
 are untouched: the new LA maintains the plan "as if it had made it" on the original date. The
-old LA loses read and write access and keeps only its own entries in the access log; an
-assessment in progress stops; the family gets a notice Task they can read; the family's
+old LA loses read and write access and keeps only its own entries in the access log; its open
+clocks end as reg 15 says (`arrival_clocks`: an assessment stops, the review is re-timed to reg
+15(5)); the family gets a notice Task they can read (reg 15(4)); the family's
 consents carry over unchanged (they name recipients, not the custodian).
 """
 
@@ -33,7 +34,18 @@ from ehcp_record.fhir.identifiers import la_by_number
 from ehcp_record.store.versions import Version
 from ehcp_record.workflow.task_values import TASK_CODE_SYSTEM, TASK_INPUT_SYSTEM, concept, is_task, task_input
 
-STOPPED = "assessment stopped on transfer to another local authority (SEND Regulations 2014 reg 15(6))"
+#: Why the old LA's open clocks end when the plan transfers (SEND Regulations 2014 reg 15).
+STOPPED = ("the old local authority's review or proposed amendment ends on transfer to another local authority; "
+           "the new authority maintains the plan and reviews it (SEND Regulations 2014 reg 15(3)(a), (5))")
+ASSESSMENT_STOPPED = ("the old local authority's EHC needs assessment ends on transfer: the new authority decides "
+                      "whether to make one and tells the family within 6 weeks (SEND Regulations 2014 reg 15(4)(b)), "
+                      "its own time limits running from becoming responsible for the child (regs 4(1)(b), 10(1)); "
+                      "advice already obtained is passed on and is not sought again where the adviser, the old "
+                      "authority and the family are satisfied it is sufficient (reg 15(3)(b))")
+REVIEW_RETIMED = ("replaced on transfer by the new authority's review clock: before the later of 12 months from the "
+                  "plan being made or last reviewed and 3 months from the transfer (SEND Regulations 2014 reg 15(5))")
+ASSESSMENT_CLOCKS = ("assessment-request", "assessment-decision", "advice", "issue-decision", "final-plan")
+REVIEW_STEPS = ("parental-review", "annual-review", "amendment")
 _OPEN = ("requested", "received", "accepted", "in-progress", "ready", "on-hold")
 _WITHDRAWN = ("cancelled", "entered-in-error", "rejected", "failed")
 
@@ -221,7 +233,7 @@ class TransferService:
         old = state.custodian if state else None
         now = store.clock()
         writes = [self._complete(store, task, now)]
-        writes += self._stop_assessments(store, task, task.id)
+        writes += arrival_clocks(store, store.record_tasks_for_destination(task), task, destination or "", now)
         writes.append(self._family_notice(store, task, state, now))
         body = audit.body(caller, "transfer-accepted", "permit", now, f"custody moved from {old} to {destination} (reg 15)",
                           [(f"Task/{task.id}/_history/{task.vid + 1}", None)])
@@ -232,16 +244,6 @@ class TransferService:
         outputs = [{"type": concept(TASK_INPUT_SYSTEM, "transferred-on"), "valueDate": now.date().isoformat()}]
         done = dict(task.resource, status="completed", lastModified=instant(now), output=outputs)
         return store.prepare_server_task(done, task, "accept-transfer", "arrival")
-
-    def _stop_assessments(self, store: ScopedStore, transfer: Version, transfer_id: str) -> list[PreparedWrite]:
-        writes = []
-        for task in store.record_tasks_for_destination(transfer):
-            resource = task.resource
-            if task.id != transfer_id and resource.get("status") in _OPEN and (
-                    is_task(resource, "parental-review") or is_task(resource, "annual-review")):
-                stopped = dict(resource, status="cancelled", statusReason={"text": STOPPED})
-                writes.append(store.prepare_server_task(stopped, task, "accept-transfer", "arrival"))
-        return writes
 
     def _family_notice(self, store: ScopedStore, task: Version, state, now: datetime,
                        pending: dict[str, str | None] | None = None) -> PreparedWrite:
@@ -269,6 +271,47 @@ class TransferService:
         if makers:
             notice["owner"] = {"reference": makers[0]}
         return store.prepare_server_task(notice, None, "accept-transfer", "arrival", pending=pending)
+
+
+def arrival_clocks(store: ScopedStore, tasks: list[Version], transfer: Version, destination: str, now: datetime,
+                   pending: dict[str, str | None] | None = None) -> list[PreparedWrite]:
+    """The old LA's open clocks, as the transfer leaves them (reg 15): an assessment in progress
+    ends (the new authority decides afresh, reg 15(4)(b); advice already given stays in the record
+    and need not be sought again, reg 15(3)(b)); the old LA's review decision and proposed
+    amendments end; the review clock is replaced by the new authority's (reg 15(5)). Other clocks
+    (a phase transfer, a decision to cease awaiting appeal) stay open: the plan is maintained as if
+    the new authority had made it (reg 15(3)(a)), and the worklist shows them to the new custodian."""
+    writes = []
+    last_review = parse_date(task_input(transfer.resource, "last-review"))
+    for task in tasks:
+        resource = task.resource
+        if task.id == transfer.id or resource.get("status") not in _OPEN:
+            continue
+        code = next((c for c in ASSESSMENT_CLOCKS + REVIEW_STEPS + ("review-due",) if is_task(resource, c)), None)
+        if code is None:
+            continue
+        reason = ASSESSMENT_STOPPED if code in ASSESSMENT_CLOCKS else REVIEW_RETIMED if code == "review-due" else STOPPED
+        stopped = dict(resource, status="cancelled", statusReason={"text": reason})
+        writes.append(store.prepare_server_task(stopped, task, "accept-transfer", "arrival", pending=pending))
+    review = _review_clock(transfer, destination, last_review, now)
+    writes.append(store.prepare_server_task(review, None, "accept-transfer", "arrival", pending=pending))
+    return writes
+
+
+def _review_clock(transfer: Version, destination: str, last_review: date, now: datetime) -> dict:
+    """The new authority's first review (reg 15(5)), as a statutory review-due clock."""
+    transferred = now.date()
+    due = clocks.transfer_review_due(last_review, transferred)
+    return {
+        "resourceType": "Task", "id": str(uuid.uuid4()), "status": "requested", "intent": "order",
+        "code": concept(TASK_CODE_SYSTEM, "review-due"),
+        "description": f"Due by {due.isoformat()} (SEND Regulations 2014 reg 15(5))",
+        "for": transfer.resource["for"], "authoredOn": instant(now),
+        "requester": {"reference": destination}, "owner": {"reference": destination},
+        "basedOn": [{"reference": f"Task/{transfer.id}"}],
+        "restriction": {"period": {"start": transferred.isoformat(), "end": due.isoformat()}},
+        "input": [{"type": concept(TASK_INPUT_SYSTEM, "last-review"), "valueDate": last_review.isoformat()}],
+    }
 
 
 def _custody_moves(old: str | None, new: str) -> list[dict]:

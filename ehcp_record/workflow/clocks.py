@@ -228,7 +228,9 @@ def assessment_decision_due(request_received: date) -> date:
     """Last day to tell the family whether the LA will carry out an EHC needs assessment.
 
     SEND Regs 5(1): "as soon as practicable and in any event within 6 weeks of ... receiving a
-    request for an assessment under section 36(1) of the Act". Exceptions: reg 5(4)(a)-(d).
+    request for an assessment under section 36(1) of the Act". Exceptions: reg 5(4)(a)-(d). A
+    refusal has the same 6 weeks in reg 4(1) ("within 6 weeks of (a) receiving a request ... or
+    (b) becoming responsible for the child or young person in accordance with section 24").
     """
     return request_received + timedelta(weeks=6)
 

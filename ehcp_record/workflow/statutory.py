@@ -23,7 +23,8 @@ from pathlib import Path
 
 from ehcp_record.fhir.canonical import code_system, structure_definition
 from ehcp_record.fhir.dates import parse_date
-from ehcp_record.workflow.task_values import TASK_CODE_SYSTEM
+from ehcp_record.workflow import clocks
+from ehcp_record.workflow.task_values import TASK_CODE_SYSTEM, is_task, task_input
 
 PROFILES = Path(__file__).resolve().parents[2] / "profiles"
 EXCEPTION_SYSTEM = code_system("ehcp-clock-exception")
@@ -42,7 +43,12 @@ CLOCK_REGULATIONS: dict[str, str] = {
     "amendment": "SEND Regulations 2014 reg 22(3)",
     "phase-transfer": "SEND Regulations 2014 reg 18(1)",
     "cease": "Children and Families Act 2014 s45; SEND Regulations 2014 reg 31",
+    "notice-to-family": "SEND Regulations 2014 reg 15(4)",
 }
+#: Every Task of the statutory timeline: the clocks and the request they belong to. The server
+#: writes them (`ScopedStore.prepare_clock`, `prepare_assessment_request`); a client's plain
+#: create or update of one is refused, so no due date moves except by the operations.
+CLOCK_TASK_CODES = frozenset(CLOCK_REGULATIONS) | {"assessment-request"}
 OPEN = ("requested", "received", "accepted", "in-progress", "ready", "on-hold")
 
 
@@ -146,6 +152,13 @@ def evaluate(clock_code: str, start: date, due: date, done: date | None, excepti
 # --------------------------------------------------------------------------- reading clock Tasks
 
 
+def is_clock_task(task: dict) -> bool:
+    """Is this a Task of the statutory timeline (a clock, or the request that opened clocks)?"""
+    codings = (task.get("code") or {}).get("coding", []) if isinstance(task.get("code"), dict) else []
+    return any(isinstance(c, dict) and c.get("system") == TASK_CODE_SYSTEM and c.get("code") in CLOCK_TASK_CODES
+               for c in codings)
+
+
 def clock_code(task: dict) -> str | None:
     for coding in (task.get("code") or {}).get("coding", []):
         if coding.get("system") == TASK_CODE_SYSTEM and coding.get("code") in CLOCK_REGULATIONS:
@@ -194,3 +207,53 @@ def state_of(task: dict, as_of: date) -> ClockState | None:
     done = (task.get("executionPeriod") or {}).get("end") if status == "completed" else None
     return evaluate(code, parse_date(period["start"][:10]), parse_date(period["end"][:10]),
                     parse_date(done[:10]) if done else None, exceptions_of(task), as_of)
+
+
+# --------------------------------------------------------------------------- workflow Tasks clients may write
+
+
+#: The due-date inputs of the workflow Tasks an LA may still write directly (the shipped examples).
+DUE_INPUTS = ("transfer-due", "notice-due", "review-due", "final-plan-due", "move-date", "notified-date")
+
+
+def client_task_problem(task: dict, current: dict | None) -> str | None:
+    """Why a client's own write of a transfer or parental-review Task is refused, or None.
+
+    Those Tasks may be written directly (profiles/examples), but never with a due date the
+    regulations do not give: a transfer is due on the day reg 15(2) says; a family's window to
+    respond is at least 15 days (regs 13(1)(a), 22(2)(c)); and an update never moves a due date."""
+    if not any(is_task(t, code) for t in (task, current or {}) for code in ("transfer", "parental-review")):
+        return None
+    period = (task.get("restriction") or {}).get("period") or {}
+    if current is not None:
+        before = (current.get("restriction") or {}).get("period") or {}
+        moved = [name for name in DUE_INPUTS if task_input(task, name) != task_input(current, name)]
+        if period.get("end") != before.get("end") or period.get("start") != before.get("start") or moved:
+            return ("a workflow Task's due dates are set when it is made and do not move by update "
+                    f"(changed: {', '.join(moved + (['restriction.period'] if not moved else []))})")
+        return None
+    if is_task(task, "transfer"):
+        return _transfer_problem(task, period)
+    if is_task(task, "parental-review") and period.get("start") and period.get("end"):
+        try:
+            least = clocks.response_window_end(parse_date(str(period["start"])[:10]))
+            if parse_date(str(period["end"])[:10]) < least:
+                return (f"the family has at least 15 days to respond (SEND Regulations 2014 regs 13(1)(a), 22(2)(c)): "
+                        f"restriction.period.end must be on or after {least}")
+        except ValueError:
+            return "restriction.period must hold full dates"
+    return None
+
+
+def _transfer_problem(task: dict, period: dict) -> str | None:
+    move, notified = task_input(task, "move-date"), task_input(task, "notified-date")
+    if not isinstance(move, str) or not isinstance(notified, str):
+        return None  # the profile's own cardinality rules answer for a missing input
+    try:
+        due = clocks.transfer_due(parse_date(move), parse_date(notified))
+    except ValueError:
+        return "move-date and notified-date must be full dates"
+    if str(period.get("end", ""))[:10] != due.isoformat():
+        return (f"a move on {move} learned of on {notified} is transferred by {due} (SEND Regulations 2014 reg 15(2)): "
+                "restriction.period.end must be that day; $transfer sets it")
+    return None

@@ -177,23 +177,94 @@ def test_overdue_transfers_are_searchable(api, record):
     assert [e["resource"]["id"] for e in late["entry"]] == [task["id"]]
 
 
+def _open_review_clock(api, child: str) -> dict:
+    """The review clock $issue opened (CFA 2014 s44(1)): 12 months from the plan being made."""
+    code = "http://ehcp-record.example.org/fhir/CodeSystem/ehcp-task-code"
+    found = api.get(f"/fhir/Task?patient={child}&code={code}|review-due&status=requested", api.la()).json()
+    assert found["total"] == 1
+    return found["entry"][0]["resource"]
+
+
+def _step(api, task_id: str, **values: date | str) -> dict:
+    body = {"resourceType": "Parameters", "parameter": [
+        {"name": name, "valueCode": value} if isinstance(value, str) else {"name": name, "valueDate": value.isoformat()}
+        for name, value in values.items()]}
+    response = api.post(f"/fhir/Task/{task_id}/$complete-step", body, api.la())
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
 def test_a_review_held_since_the_plan_was_issued_sets_the_review_clock(api, record, monkeypatch):
     child = record["Patient"][0]["id"]
+    review = _open_review_clock(api, child)
     meeting = date.today() + timedelta(days=100)
-    review = {"resourceType": "Task", "status": "requested", "intent": "order",
-              "code": {"coding": [{"system": "http://ehcp-record.example.org/fhir/CodeSystem/ehcp-task-code",
-                                   "code": "annual-review"}]},
-              "for": {"reference": f"Patient/{child}"}, "requester": {"reference": "Organization/la-866"},
-              "input": [{"type": {"coding": [{"system": TASK_INPUT, "code": "meeting-date"}]}, "valueDate": meeting.isoformat()}]}
-    assert api.post("/fhir/Task", review, api.la()).status_code == 201
     records = api.services.records
     later = records.clock() + timedelta(days=200)
     monkeypatch.setattr(records, "clock", lambda: later)  # the meeting has been held by then
+    _step(api, review["id"], date=meeting, adviceCirculated=meeting - timedelta(weeks=2))
     move, notified = later.date() + timedelta(days=30), later.date()
     task = api.post(f"/fhir/Patient/{child}/$transfer", transfer_parameters(move=move, notified=notified), api.la()).json()
     values = _inputs(task)
     assert values["last-review"] == meeting.isoformat()
     assert values["review-due"] == clocks.transfer_clocks(move, notified, meeting).review_due.isoformat()
+
+
+def test_accepting_a_transfer_ends_the_old_assessment_and_re_times_the_review(api, record):
+    """Reg 15: the old LA's assessment in progress ends (the new LA decides whether to assess and
+    says so within 6 weeks, reg 15(4)(b)); advice already given stays (reg 15(3)(b)); the review
+    clock becomes the new LA's, due before the later of 12 months from the plan and 3 months from
+    the transfer (reg 15(5))."""
+    child = record["Patient"][0]["id"]
+    old_la, new_la = api.la(), api.token("la", NEW_LA)
+    today = date.today()
+    old_review = _open_review_clock(api, child)
+    asked = {"resourceType": "Parameters", "parameter": [{"name": "received", "valueDate": today.isoformat()},
+                                                         {"name": "requester", "valueCode": "parent"}]}
+    request = api.post(f"/fhir/Patient/{child}/$request-assessment", asked, old_la).json()
+    tasks = lambda token: {e["resource"]["id"]: e["resource"] for e in api.get(  # noqa: E731
+        f"/fhir/Task?patient={child}&_count=100", token).json()["entry"]}
+    decision = next(t for t in tasks(old_la).values() if t["code"]["coding"][0]["code"] == "assessment-decision")
+    _step(api, decision["id"], date=today, decision="assess")
+    advice = []
+    for kind in ("health", "educational"):
+        body = {"resourceType": "Parameters", "parameter": [{"name": "adviceType", "valueCode": kind},
+                                                            {"name": "requested", "valueDate": today.isoformat()}]}
+        advice.append(api.post(f"/fhir/Task/{request['id']}/$request-advice", body, old_la).json())
+    _step(api, advice[0]["id"], date=today)
+    task = api.post(f"/fhir/Patient/{child}/$transfer", transfer_parameters(), old_la).json()
+    pending = api.get("/fhir/$worklist?within=400", old_la).json()
+    assert any(p["part"][0]["valueCode"] == "transfer" and p["part"][1]["valueReference"]["reference"] == f"Task/{task['id']}"
+               for p in pending["parameter"] if p["name"] == "item")  # reg 15(2), on the old LA's list
+    assert api.post(f"/fhir/Task/{task['id']}/$accept", None, new_la).status_code == 200
+
+    after = tasks(new_la)
+    assert after[request["id"]]["status"] == "cancelled" and "reg 15(4)(b)" in after[request["id"]]["statusReason"]["text"]
+    assert after[advice[1]["id"]]["status"] == "cancelled"
+    assert after[advice[0]["id"]]["status"] == "completed"  # advice given stays, reg 15(3)(b)
+    finals = [t for t in after.values() if t["code"]["coding"][0]["code"] == "final-plan"]
+    assert [t["status"] for t in finals] == ["cancelled"]
+    assert after[old_review["id"]]["status"] == "cancelled" and "reg 15(5)" in after[old_review["id"]]["statusReason"]["text"]
+    reviews = [t for t in after.values() if t["code"]["coding"][0]["code"] == "review-due" and t["status"] == "requested"]
+    plan_date = date.fromisoformat(api.get(f"/fhir/Composition/{record['Composition'][0]['id']}", new_la).json()["date"][:10])
+    assert len(reviews) == 1 and reviews[0]["owner"] == {"reference": NEW_LA}
+    assert reviews[0]["restriction"]["period"] == {
+        "start": today.isoformat(), "end": clocks.transfer_review_due(plan_date, today).isoformat()}
+    work = api.get("/fhir/$worklist?within=400", new_la).json()
+    listed = {(p["part"][0]["valueCode"], p["part"][1]["valueReference"]["reference"]) for p in work["parameter"]
+              if p["name"] == "item"}
+    assert ("review-due", f"Task/{reviews[0]['id']}") in listed
+    assert any(clock == "notice-to-family" for clock, _ in listed)  # reg 15(4), on the new LA's list
+    assert not any(ref == f"Task/{advice[1]['id']}" for _, ref in listed)
+
+    # SEN2 for the new LA: the plan is theirs, with its original start (reg 15(3)(a)) and TransferLA
+    from tests.e2e.test_statutory_timeline import sen2
+
+    returned = sen2(api, today.year + 1 if today.month > 1 else today.year, new_la)
+    plans = [r for r in returned["named-plans"] if r["person_id"] == child]
+    assert [(r["transfer_la"], r["plan_start_date"]) for r in plans] == [("866", old_review["restriction"]["period"]["start"])]
+    requests = [r for r in returned["requests"] if r["person_id"] == child]
+    assert [(r["request_outcome"], r["request_outcome_code"]) for r in requests] == [("assess", "Y")]
+    assert [r["assessment_outcome_code"] for r in returned["assessments"] if r["person_id"] == child] == ["W"]
 
 
 def test_a_plan_can_come_back_to_an_la_that_held_it(api, record):

@@ -244,22 +244,37 @@ def test_other_family_cannot_respond(api, family):
 
 
 def test_annual_review_decision_deadline_and_overdue_search(api, family):
-    child, _, _, _ = family
+    """$issue opens the review clock (CFA 2014 s44(1)); holding the meeting opens the decision
+    clock, due 4 weeks after it (reg 20(10)), searchable by `due`. A client cannot write one."""
+    from datetime import date, timedelta
+
+    child, ids, mum, _ = family
     la = api.la()
-    task = {"resourceType": "Task", "status": "requested", "intent": "order",
-            "code": {"coding": [{"system": "http://ehcp-record.example.org/fhir/CodeSystem/ehcp-task-code", "code": "annual-review"}]},
-            "for": {"reference": f"Patient/{child['id']}"}, "requester": {"reference": "Organization/la-866"},
-            "input": [{"type": {"coding": [{"system": TASK_INPUT, "code": "meeting-date"}]}, "valueDate": "2026-09-07"}]}
-    created = api.post("/fhir/Task", task, la)
-    assert created.status_code == 201, created.text
-    assert created.json()["restriction"]["period"]["end"] == "2026-10-05"  # 4 weeks after the meeting, reg 20(10)
-    overdue = api.get(f"/fhir/Task?code=annual-review&status=requested&due=lt2026-11-22&patient={child['id']}", la).json()
-    assert [e["resource"]["id"] for e in overdue["entry"]] == [created.json()["id"]]
-    assert api.get(f"/fhir/Task?code=annual-review&status=requested&due=lt2026-10-01&patient={child['id']}", la).json()["total"] == 0
-    wrong = dict(task, restriction={"period": {"end": "2027-01-01"}})
-    assert api.post("/fhir/Task", wrong, la).status_code == 422
-    missing = {k: v for k, v in task.items() if k != "input"}
-    assert api.post("/fhir/Task", missing, la).status_code == 422
+    task = api.post(f"/fhir/Composition/{ids['Composition']}/$propose", proposal_from_current(api, ids, lambda r: None),
+                    la).json()
+    assert respond(api, task["id"], mum, "agree").status_code == 200
+    assert api.post(f"/fhir/Task/{task['id']}/$issue", None, la).status_code == 200
+    code = "http://ehcp-record.example.org/fhir/CodeSystem/ehcp-task-code"
+    review = api.get(f"/fhir/Task?patient={child['id']}&code={code}|review-due&status=requested", la).json()
+    assert review["total"] == 1
+    today = api.services.records.clock().date()
+    meeting = {"resourceType": "Parameters", "parameter": [
+        {"name": "date", "valueDate": today.isoformat()},
+        {"name": "adviceCirculated", "valueDate": (today - timedelta(weeks=2)).isoformat()}]}
+    held = api.post(f"/fhir/Task/{review['entry'][0]['resource']['id']}/$complete-step", meeting, la)
+    assert held.status_code == 200, held.text
+    due = today + timedelta(weeks=4)
+    decision = api.get(f"/fhir/Task?code=annual-review&status=requested&patient={child['id']}", la).json()["entry"][0]
+    assert decision["resource"]["restriction"]["period"]["end"] == due.isoformat()
+    query = f"/fhir/Task?code=annual-review&status=requested&patient={child['id']}&due=lt"
+    assert [e["resource"]["id"] for e in api.get(query + (due + timedelta(days=1)).isoformat(), la).json()["entry"]] == [
+        decision["resource"]["id"]]
+    assert api.get(query + due.isoformat(), la).json()["total"] == 0
+    forged = {"resourceType": "Task", "status": "requested", "intent": "order",
+              "code": {"coding": [{"system": code, "code": "annual-review"}]},
+              "for": {"reference": f"Patient/{child['id']}"}, "requester": {"reference": "Organization/la-866"},
+              "restriction": {"period": {"start": "2026-09-07", "end": date(2027, 1, 1).isoformat()}}}
+    assert api.post("/fhir/Task", forged, la).status_code == 409
 
 
 def test_overdue_parental_reviews_are_searchable(api, family):

@@ -12,7 +12,7 @@ exception. Child 4: a refusal to assess, a mediation certificate moving the appe
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 
 import pytest
 
@@ -99,8 +99,8 @@ def worklist(api, as_of: str, within: int = 14) -> list[dict]:
     return items
 
 
-def new_family(api, name: str, birth: str = "2017-02-01"):
-    child = api.new_child(birthDate=birth, name=[{"family": "Example", "given": [name]}])
+def new_family(api, name: str, birth: str = "2017-02-01", **fields):
+    child = api.new_child(birthDate=birth, name=[{"family": "Example", "given": [name]}], **fields)
     mum = api.post("/fhir/RelatedPerson", parent(child["id"], f"{name}'s parent"), api.la()).json()
     return child["id"], api.token("parent", None, fhir_user=f"RelatedPerson/{mum['id']}")
 
@@ -145,7 +145,9 @@ def test_the_statutory_timeline(api, clock):
     la = api.la()
 
     # ---- child 1: a school's request received on Monday 5 January 2026
-    sam, sam_mum = new_family(api, "Sam")
+    ethnicity = {"url": "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-EthnicCategory",
+                 "valueCodeableConcept": {"coding": [{"system": f"{BASE}/CodeSystem/sen2-ethnicity", "code": "WBRI"}]}}
+    sam, sam_mum = new_family(api, "Sam", extension=[ethnicity])
     clock.at("2026-01-05")
     req = request(api, sam, "2026-01-05", "school")
     assert req["restriction"]["period"] == {"start": "2026-01-05", "end": "2026-05-25"}  # reg 13(2): 20 weeks
@@ -189,10 +191,14 @@ def test_the_statutory_timeline(api, clock):
     # the draft in week 14, the family's comment, the final plan in week 19
     clock.at("2026-04-10")
     complete(api, one_clock(api, sam, "issue-decision")["id"], date="2026-04-10", decision="issue")
+    on_paper = api.post(f"/fhir/Task/{one_clock(api, sam, 'final-plan')['id']}/$complete-step",
+                        params(date="2026-04-10"), la)
+    assert on_paper.status_code == 409 and "$issue" in on_paper.text  # the final plan is met by sending it
     issued = issue_plan(api, sam, sam_mum, clock, "2026-04-10", "2026-04-20", "2026-05-14", SCHOOL)
-    plan_ref = {"reference": f"Composition/{issued['ids']['Composition']}"}
-    final = complete(api, one_clock(api, sam, "final-plan")["id"], date="2026-05-14", plan=plan_ref)
+    # $issue sent the finalised plan, which met the final-plan clock (regs 13(2), 14(2))
+    final = one_clock(api, sam, "final-plan", "completed")
     assert output(final, "on-time") is True and final["executionPeriod"]["end"] == "2026-05-14"
+    assert output(final, "plan-version")["reference"] == f"Composition/{issued['ids']['Composition']}/_history/{issued['plan']['meta']['versionId']}"
     notice_ref = output(final, "notice")["reference"]
     notice = api.get(f"/fhir/{notice_ref}", sam_mum).json()
     assert notice["category"][0]["coding"][0]["code"] == "plan-issued"
@@ -230,13 +236,12 @@ def test_the_statutory_timeline(api, clock):
     assert noted.status_code == 200, noted.text
     clock.at("2026-04-20")
     complete(api, one_clock(api, ali, "issue-decision")["id"], date="2026-04-20", decision="issue")
-    ali_plan = issue_plan(api, ali, ali_mum, clock, "2026-05-20", "2026-06-01", "2026-06-10")
     # the worklist on 3 June: Ali's final plan (due 1 June) is overdue, the exception shown
     overdue = {i["clock"]: i for i in worklist(api, "2026-06-03") if i["patient"] == f"Patient/{ali}"}
     assert overdue["final-plan"]["daysLeft"] == -2 and overdue["final-plan"]["state"] == "overdue"
     assert overdue["final-plan"]["exception"] == "absent-from-area"
-    late_final = complete(api, final_clock["id"], date="2026-06-10",
-                          plan={"reference": f"Composition/{ali_plan['ids']['Composition']}"})
+    issue_plan(api, ali, ali_mum, clock, "2026-05-20", "2026-06-01", "2026-06-10")
+    late_final = one_clock(api, ali, "final-plan", "completed")
     assert output(late_final, "on-time") is False
     assert output(late_final, "exception-applied") == {"coding": [{"system": f"{BASE}/CodeSystem/ehcp-clock-exception",
                                                                    "code": "absent-from-area"}]}
@@ -256,9 +261,8 @@ def test_the_statutory_timeline(api, clock):
     assert output(late_decision, "on-time") is False  # 20 Feb is after 16 Feb
     clock.at("2026-04-20")
     complete(api, one_clock(api, kim, "issue-decision")["id"], date="2026-04-20", decision="issue")
-    kim_plan = issue_plan(api, kim, kim_mum, clock, "2026-05-01", "2026-05-10", "2026-06-05")
-    kim_final = complete(api, one_clock(api, kim, "final-plan")["id"], date="2026-06-05",
-                         plan={"reference": f"Composition/{kim_plan['ids']['Composition']}"})
+    issue_plan(api, kim, kim_mum, clock, "2026-05-01", "2026-05-10", "2026-06-05")
+    kim_final = one_clock(api, kim, "final-plan", "completed")
     assert output(kim_final, "on-time") is False and output(kim_final, "exception-applied") is None
     assert kim_final["businessStatus"]["text"].startswith("done 11 days late")
 
@@ -315,7 +319,8 @@ def test_the_statutory_timeline(api, clock):
     clock.at("2027-05-20")
     assert respond(api, amendment["id"], sam_mum, "agree").status_code == 200
     assert api.post(f"/fhir/Task/{amendment['id']}/$issue", None, la).json()["status"] == "amended"
-    amended = complete(api, amendment_clock["id"], date="2027-05-20", plan=plan_ref)
+    amended = api.get(f"/fhir/Task/{amendment_clock['id']}", la).json()  # met by $issue (reg 22(3))
+    assert amended["status"] == "completed" and output(amended, "on-time") is True
     amended_notice = api.get(f"/fhir/{output(amended, 'notice')['reference']}", sam_mum).json()
     assert amended_notice["category"][0]["coding"][0]["code"] == "plan-amended"
     assert ext(amended_notice, "ehcp-appeal-deadline") == "2027-07-20"
@@ -355,32 +360,42 @@ def test_the_statutory_timeline(api, clock):
     mine = lambda rows: sorted((r for r in rows if r["person_id"] in order), key=lambda r: order[r["person_id"]])  # noqa: E731
     assert mine(ret["requests"]) == [
         {"person_id": sam, "received_date": "2026-01-05", "request_source": "school", "request_outcome": "assess",
-         "request_outcome_date": "2026-02-09"},
+         "request_outcome_date": "2026-02-09", "request_outcome_code": "Y", "request_mediation": "",
+         "request_tribunal": ""},
         {"person_id": ali, "received_date": "2026-01-12", "request_source": "parent", "request_outcome": "assess",
-         "request_outcome_date": "2026-01-12"},
+         "request_outcome_date": "2026-01-12", "request_outcome_code": "Y", "request_mediation": "",
+         "request_tribunal": ""},
         {"person_id": kim, "received_date": "2026-01-05", "request_source": "young-person",
-         "request_outcome": "assess", "request_outcome_date": "2026-02-20"},
+         "request_outcome": "assess", "request_outcome_date": "2026-02-20", "request_outcome_code": "Y", "request_mediation": "",
+         "request_tribunal": ""},
         {"person_id": jo, "received_date": "2026-02-02", "request_source": "parent", "request_outcome": "not-assess",
-         "request_outcome_date": "2026-02-02"}]
+         "request_outcome_date": "2026-02-02", "request_outcome_code": "N", "request_mediation": "Y",
+         "request_tribunal": "N"}]  # Jo: a mediation certificate, no appeal
     assert mine(ret["assessments"]) == [
         {"person_id": sam, "received_date": "2026-01-05", "assessment_outcome": "issue",
          "assessment_outcome_date": "2026-04-10", "final_plan_date": "2026-05-14", "twenty_week_met": "Y",
-         "exception": ""},
+         "exception": "", "assessment_outcome_code": "Y", "assessment_mediation": "",
+         "assessment_tribunal": ""},
         {"person_id": ali, "received_date": "2026-01-12", "assessment_outcome": "issue",
          "assessment_outcome_date": "2026-04-20", "final_plan_date": "2026-06-10", "twenty_week_met": "N",
-         "exception": "absent-from-area"},
+         "exception": "absent-from-area", "assessment_outcome_code": "Y", "assessment_mediation": "",
+         "assessment_tribunal": ""},
         {"person_id": kim, "received_date": "2026-01-05", "assessment_outcome": "issue",
          "assessment_outcome_date": "2026-04-20", "final_plan_date": "2026-06-05", "twenty_week_met": "N",
-         "exception": ""}]
+         "exception": "", "assessment_outcome_code": "Y", "assessment_mediation": "",
+         "assessment_tribunal": ""}]
     plans = {r["person_id"]: r for r in mine(ret["named-plans"])}
     assert plans[sam] == {"person_id": sam, "plan_start_date": "2026-05-14", "last_review_date": "",
-                          "cease_date": "", "cease_reason": ""}  # the review in April 2027 is after the census
+                          "cease_date": "", "cease_reason": "", "transfer_la": "", "review_outcome_code": "",
+                          "cease_reason_code": ""}  # the review in April 2027 is after the census
     assert plans[ali]["plan_start_date"] == "2026-06-10" and plans[ali]["cease_date"] == "" and jo not in plans
     assert {(r["person_id"], r["sen_type"], r["sen_type_rank"]) for r in mine(ret["needs"])} == {
         (sam, "SLCN", "1"), (ali, "SLCN", "1"), (kim, "SLCN", "1")}
     person = {r["person_id"]: r for r in mine(ret["person"])}
     assert person[sam] == {"person_id": sam, "upn": "", "uln": "", "surname": "Example", "forename": "Sam",
-                           "birth_date": "2017-02-01", "sex": "", "postcode": ""}
+                           "birth_date": "2017-02-01", "sex": "", "postcode": "", "ethnicity": "WBRI"}
+    assert person[ali]["ethnicity"] == ""
+    assert ret["la"] == [{"la": "866", "year": "2027", "reference_date": "2027-01-21"}]
     assert mine(ret["placements"]) == [
         {"person_id": sam, "urn": "100001", "ukprn": "", "sen_setting": "MSU", "placement_rank": "1",
          "entry_date": "2026-05-14", "leaving_date": "", "attendance_pattern": "", "sen_unit": "Y",
@@ -389,11 +404,14 @@ def test_the_statutory_timeline(api, clock):
     assert (sam, "person", "no UPN (or ULN) recorded for t") in problems
     assert (sam, "placements", "attendance pattern (full or pa") in problems
     assert (ali, "placements", "section I names no establishme") in problems
+    assert (ali, "person", "no ethnicity recorded (UK Core") in problems
+    assert not [p for p in problems if p[0] == sam and p[1] == "person" and "ethnicity" in p[2]]
 
     # the next return: Ali's plan ceased in 2027 (after the appeal), Sam's review on 26 April 2027
     later = {r["person_id"]: r for r in sen2(api, 2028, la)["named-plans"]}
     assert later[ali]["cease_date"] == "2027-07-02" and later[ali]["cease_reason"] == "needs-met"
-    assert later[sam]["last_review_date"] == "2027-04-26"
+    assert later[ali]["cease_reason_code"] == "2"  # SEN2: needs met without an EHC plan
+    assert later[sam]["last_review_date"] == "2027-04-26" and later[sam]["review_outcome_code"] == "A"
     # another organisation's caller gets an empty return (only the custodian's records are in it)
     assert sen2(api, 2027, api.token("school", "Organization/school-1"))["person"] == []
 
@@ -446,7 +464,7 @@ def test_the_command_line_writes_the_same_return(api, clock, tmp_path, monkeypat
     served = sen2(api, 2027, api.la())
     import csv
 
-    for module in ("person", "requests", "assessments", "named-plans", "needs", "placements", "validation"):
+    for module in ("la", "person", "requests", "assessments", "named-plans", "needs", "placements", "validation"):
         written = list(csv.DictReader((tmp_path / f"sen2-2027-{module}.csv").open(encoding="utf-8")))
         assert written == served[module], module
     assert len(served["requests"]) == 4 and len(served["assessments"]) == 3
