@@ -23,6 +23,7 @@ from api.oauth_server import OAuthServer, SignedIn
 from ehcp_record.errors import FhirError
 from ehcp_record.identity import keys
 from ehcp_record.identity.federation import FederationError, verify_id_token
+from ehcp_record.net.outbound import Fence
 from ehcp_record.identity.links import Link, LinkError, identity_key
 
 bp = Blueprint("oauth", __name__)
@@ -181,7 +182,8 @@ def sign_in_federated() -> Response:
     """An ID token from a configured OpenID Connect provider (OIDC Core §3.1.3.7); any other
     issuer is refused with `invalid_token` (RFC 6750 §3.1) and no session starts."""
     try:
-        identity, name = verify_id_token(request.form.get("id_token", ""), services().settings.identity_providers)
+        identity, name = verify_id_token(request.form.get("id_token", ""), services().settings.identity_providers,
+                                         Fence.from_settings(services().settings))
     except FederationError as exc:
         response = jsonify({"error": "invalid_token", "error_description": str(exc)})
         response.status_code = 401

@@ -22,6 +22,7 @@ from ehcp_record.fhir.conformance import ConformanceLibrary
 from ehcp_record.fhir.search import SearchRegistry
 from ehcp_record.fhir.validator import ProfileValidator
 from ehcp_record.identity.service import IdentityService
+from ehcp_record.net.outbound import Fence
 from ehcp_record.notifications.subscriptions import SubscriptionService
 from ehcp_record.operations.assessment import AssessmentService
 from ehcp_record.operations.audit_log import AuditLog
@@ -80,7 +81,8 @@ def build_services(settings: Settings) -> Services:
     registry = SearchRegistry.load(settings.profiles_dir / "SearchParameter")
     compartment = Compartment.load(settings.profiles_dir / "CompartmentDefinition" / "ehcp-record.json", registry)
     checks = ProfileChecks(ProfileValidator.load(settings.profiles_dir))
-    subscriptions = SubscriptionService(registry, allow_plain_http=settings.env != "production")
+    subscriptions = SubscriptionService(registry, allow_plain_http=settings.env != "production",
+                                        fence=Fence.from_settings(settings))
     records = RecordStore(repo, registry, compartment, validator=checks, gate=ParentalInputGate(),
                           subscriptions=subscriptions, media=MediaStore(repo.db), transfers=TransferStore(repo))
     documents = DocumentService(settings.base_url)

@@ -15,9 +15,10 @@ import jwt
 
 from ehcp_record.config import IdentityProvider
 from ehcp_record.identity.links import identity_key
+from ehcp_record.net.outbound import Fence, fenced_jwk_client
 
 ALGORITHMS = ["RS256", "ES256", "RS384", "ES384"]
-_clients: dict[str, jwt.PyJWKClient] = {}
+_clients: dict[tuple[str, Fence], jwt.PyJWKClient] = {}
 _lock = threading.Lock()
 
 
@@ -25,8 +26,9 @@ class FederationError(ValueError):
     """An ID token that is not believed; the message says why, without echoing the token."""
 
 
-def verify_id_token(id_token: str, providers: tuple[IdentityProvider, ...]) -> tuple[str, str]:
-    """(identity, display name) for a valid ID token from a configured provider."""
+def verify_id_token(id_token: str, providers: tuple[IdentityProvider, ...], fence: Fence = Fence()) -> tuple[str, str]:
+    """(identity, display name) for a valid ID token from a configured provider; the JWKS is
+    fetched through the outbound fence (an internal `jwks_uri` must be allowed in configuration)."""
     try:
         unverified = jwt.decode(id_token, options={"verify_signature": False})
     except jwt.PyJWTError:
@@ -35,7 +37,7 @@ def verify_id_token(id_token: str, providers: tuple[IdentityProvider, ...]) -> t
     if provider is None:
         raise FederationError("the ID token's issuer is not a configured identity provider")
     try:
-        key = _jwks_client(provider.jwks_uri).get_signing_key_from_jwt(id_token)
+        key = _jwks_client(provider.jwks_uri, fence).get_signing_key_from_jwt(id_token)
         claims = jwt.decode(id_token, key.key, algorithms=ALGORITHMS, audience=provider.client_id,
                             issuer=provider.issuer, leeway=30, options={"require": ["exp", "iss", "aud", "sub"]})
     except jwt.PyJWKClientError:
@@ -49,8 +51,8 @@ def verify_id_token(id_token: str, providers: tuple[IdentityProvider, ...]) -> t
     return identity_key(provider.issuer, subject), name if isinstance(name, str) else ""
 
 
-def _jwks_client(jwks_uri: str) -> jwt.PyJWKClient:
+def _jwks_client(jwks_uri: str, fence: Fence) -> jwt.PyJWKClient:
     with _lock:
-        if jwks_uri not in _clients:
-            _clients[jwks_uri] = jwt.PyJWKClient(jwks_uri, cache_keys=True, lifespan=300, timeout=5)
-        return _clients[jwks_uri]
+        if (jwks_uri, fence) not in _clients:
+            _clients[(jwks_uri, fence)] = fenced_jwk_client(jwks_uri, fence, cache_keys=True, lifespan=300, timeout=5)
+        return _clients[(jwks_uri, fence)]
