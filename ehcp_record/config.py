@@ -69,7 +69,7 @@ DEFAULT_LOCAL_PEOPLE: tuple[dict, ...] = (
 
 @dataclass(frozen=True)
 class Settings:
-    mongodb_uri: str | None = None
+    mongodb_uri: str | None = field(default=None, repr=False)  # carries the database password
     database: str = "ehcp_record"
     data_dir: Path = Path("var")
     env: str = "local"

@@ -118,7 +118,12 @@ class SubscriptionService:
             response = None
         refs = [audit.version_ref(version)] if body is not None else [(f"{version.type}/{version.id}", None)]
         store.audit_record(version.record, "notify", f"Subscription/{subscription.id}", refs,
-                           outcome="permit" if response is not None and response.ok else "error")
+                           outcome="permit" if _delivered(response) else "error")
+
+
+def _delivered(response: requests.Response | None) -> bool:
+    """A 2xx only: a redirect is not followed (it could point anywhere), so it delivered nothing."""
+    return response is not None and 200 <= response.status_code < 300
 
 
 def _session(fence: Fence) -> requests.Session:
