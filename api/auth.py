@@ -17,6 +17,7 @@ JWKS key: its `alg`, or its key type's), whatever the token's header claims.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from ehcp_record.errors import FhirError
 from ehcp_record.audit.signing import load_or_create_private_key
 from ehcp_record.identity import keys as oauth_keys
 from ehcp_record.identity.clients import PRIVATE_KEY_JWT
-from ehcp_record.net.outbound import Fence
+from ehcp_record.net.outbound import Fence, OutboundRefused
 
 ROLES = frozenset({"parent", "young-person", "la", "school", "health", "social-care", "auditor", "system"})
 PROFESSIONAL_ROLES = frozenset({"la", "school", "health", "social-care", "system"})
@@ -85,7 +86,9 @@ class JwksCache:
             response = self.session.get(jwks_uri, timeout=5)
             response.raise_for_status()
             jwks = jwt.PyJWKSet.from_dict(response.json())
-        except (requests.RequestException, ValueError, jwt.PyJWTError):
+        except (requests.RequestException, ValueError, jwt.PyJWTError) as exc:
+            if isinstance(exc, OutboundRefused):
+                logging.getLogger("ehcp_record.net.outbound").warning("JWKS %s refused: %s", jwks_uri, exc)
             if cached:
                 return cached[1]
             raise FhirError(503, "exception", "the token issuer's keys could not be fetched; try again shortly") from None

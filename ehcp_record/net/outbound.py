@@ -189,6 +189,23 @@ class Fence:
         return session
 
 
+def configured_refusals(settings: Any) -> list[str]:
+    """The configured destinations (transfer peers, token issuers' and identity providers'
+    JWKS) the fence will refuse, each with the reason and the setting to change: said once
+    at start-up, so an operator learns it before the first transfer fails."""
+    fence = Fence.from_settings(settings)
+    urls = [("EHCP_TRUST_LIST", p.get("base_url")) for p in settings.trust_list]
+    urls += [("EHCP_TRUSTED_ISSUERS", i.jwks_uri) for i in settings.trusted_issuers]
+    urls += [("EHCP_IDENTITY_PROVIDERS", p.jwks_uri) for p in settings.identity_providers]
+    found = []
+    for setting, url in urls:
+        try:
+            fence.check_url(str(url or ""))
+        except OutboundRefused as refused:
+            found.append(f"{setting}: {url} will not be reached ({refused}); allow it in EHCP_OUTBOUND_ALLOW if intended")
+    return found
+
+
 def allowed_networks(values: Iterable[str]) -> tuple[Network, ...]:
     """EHCP_OUTBOUND_ALLOW entries (addresses or CIDR networks) as networks; ValueError names a bad one."""
     networks = []

@@ -211,3 +211,24 @@ def test_every_numeric_ipv4_spelling_decodes_as_the_c_library_does(value):
     for spelling in (str(value), hex(value), ".".join(f"0{int(o):o}" for o in octets), str(address)):
         assert literal_address(spelling) == address, spelling
     assert literal_address(f"{octets[0]}.{value & 0xFFFFFF}") == address
+
+
+def test_configured_destinations_the_fence_refuses_are_named_at_start_up():
+    from ehcp_record.net.outbound import configured_refusals
+
+    settings = load_settings({"trust_list": [{"organization": "Organization/la-916", "base_url": "http://10.0.0.9/fhir",
+                                              "public_key": "x"}],
+                              "trusted_issuers": [{"iss": "https://idp", "jwks_uri": "http://127.0.0.1:9/jwks"}]},
+                             environ={})
+    said = configured_refusals(settings)
+    assert len(said) == 2 and said[0].startswith("EHCP_TRUST_LIST: http://10.0.0.9/fhir will not be reached")
+    assert "EHCP_OUTBOUND_ALLOW" in said[1] and "loopback" in said[1]
+    allowed = load_settings({"trusted_issuers": [{"iss": "https://idp", "jwks_uri": "http://127.0.0.1:9/jwks"}],
+                             "outbound_allow": "127.0.0.1"}, environ={})
+    assert configured_refusals(allowed) == []
+
+
+def test_the_allowance_is_read_from_the_environment():
+    settings = load_settings(environ={"EHCP_OUTBOUND_ALLOW": "127.0.0.1,fd12::/64"})
+    assert settings.outbound_allow == ("127.0.0.1", "fd12::/64")
+    assert Fence.from_settings(settings).refusal(ipaddress.ip_address("fd12::5")) is None
