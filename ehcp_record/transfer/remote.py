@@ -38,7 +38,7 @@ from ehcp_record.errors import FhirError, invalid
 from ehcp_record.fhir import bundles
 from ehcp_record.fhir.canonical import naming_system
 from ehcp_record.fhir.dates import instant
-from ehcp_record.net.outbound import Fence
+from ehcp_record.net.outbound import Fence, OutboundRefused
 from ehcp_record.store.versions import Version
 
 SIGNATURE_HEADER = "X-EHCP-Signature"
@@ -168,6 +168,8 @@ def deliver(peer: Peer, body: bytes, headers: dict[str, str], session: requests.
     try:
         response = session.post(f"{peer.base_url}/$receive-transfer", data=body, headers=headers,
                                 timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
+    except OutboundRefused as refused:  # an internal address not allowed in EHCP_OUTBOUND_ALLOW
+        raise DeliveryFailed(f"{peer.organization} is not reachable from here: {refused}") from None
     except requests.RequestException as exc:
         raise DeliveryFailed(f"{peer.organization} could not be reached: {type(exc).__name__}") from None
     if response.status_code == 409:

@@ -182,7 +182,7 @@ def test_a_transfer_peer_on_an_internal_address_fails_delivery_without_a_socket(
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     peer = Peer("Organization/la-916", "http://10.0.0.9/fhir", Ed25519PrivateKey.generate().public_key())
-    with pytest.raises(DeliveryFailed, match="could not be reached"):
+    with pytest.raises(DeliveryFailed, match="la-916 is not reachable from here: 10.0.0.9 is a private address"):
         deliver(peer, b"{}", {}, delivery_session(retries=3, backoff=5))
     assert no_sockets == []
 
