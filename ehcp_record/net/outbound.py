@@ -18,7 +18,8 @@ are not used, and a refusal is not retried. `check_url` is the same test at save
 Subscription that can never be delivered is refused with the reason (422) when it is written.
 
 Anything new that fetches from another machine (OIDC discovery, token endpoints) should use
-`fence.session()`; `fenced_jwk_client` is the PyJWT JWKS client on the same session.
+`Fence.from_settings(settings).session()`, or `fence.protect(session)` for a session another
+library made (Authlib's OAuth2Session); `fenced_jwk_client` is PyJWT's JWKS client on it.
 """
 
 from __future__ import annotations
@@ -181,7 +182,16 @@ class Fence:
         """A requests Session whose every connection passes the fence, that never follows a
         redirect and ignores proxy settings in the environment. `retry` (urllib3's Retry) is
         applied to connection errors and the statuses it names, never to a refusal."""
-        session = _NoRedirectSession()
+        return self._mount(_NoRedirectSession(), retry)
+
+    def protect(self, session: requests.Session, retry: Retry | None = None) -> requests.Session:
+        """Fence a session made elsewhere (e.g. Authlib's `OAuth2Session`, a requests.Session
+        subclass): its connections pass the fence, environment proxies are ignored, and a
+        redirect raises TooManyRedirects instead of being followed."""
+        session.max_redirects = 0
+        return self._mount(session, retry)
+
+    def _mount(self, session: requests.Session, retry: Retry | None) -> requests.Session:
         session.trust_env = False
         adapter = _FencedAdapter(self, max_retries=retry or Retry(0, read=False))
         session.mount("http://", adapter)

@@ -232,3 +232,14 @@ def test_the_allowance_is_read_from_the_environment():
     settings = load_settings(environ={"EHCP_OUTBOUND_ALLOW": "127.0.0.1,fd12::/64"})
     assert settings.outbound_allow == ("127.0.0.1", "fd12::/64")
     assert Fence.from_settings(settings).refusal(ipaddress.ip_address("fd12::5")) is None
+
+
+def test_a_session_made_by_another_library_can_be_fenced(hook, no_sockets):
+    """Authlib's OAuth2Session (OIDC discovery, token requests) is a requests.Session: protect()
+    fences it the same way."""
+    from authlib.integrations.requests_client import OAuth2Session
+
+    session = Fence().protect(OAuth2Session("client"))
+    with pytest.raises(OutboundRefused, match="cloud metadata"):
+        session.get("http://169.254.169.254/.well-known/openid-configuration", timeout=2, withhold_token=True)
+    assert no_sockets == [] and session.max_redirects == 0 and session.trust_env is False
