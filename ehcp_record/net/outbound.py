@@ -73,7 +73,7 @@ def resolve_name(host: str, port: int) -> list[str]:
 def literal_address(host: str) -> Address | None:
     """`host` as an IP address if it is written as one, in any form the C resolver accepts
     (inet_aton(3): 2130706433, 0177.0.0.1, 0x7f.1), without asking DNS."""
-    host = host.strip("[]")
+    host = host.strip("[]").rstrip(".")  # "10.0.0.1." is 10.0.0.1 to the resolver too
     try:
         return ipaddress.ip_address(host)
     except ValueError:

@@ -38,6 +38,7 @@ REFUSED = [
     ("http://2130706433/", "loopback"),  # 127.0.0.1, not allowed by a fence that allows nothing
     ("http://0177.0.0.1/", "loopback"),
     ("http://127.1/", "loopback"),
+    ("http://10.0.0.1./", "private"),
     ("http://[::1]/", "loopback"),
     ("http://[fe80::1]/", "link-local"),
     ("http://169.254.10.10/", "link-local"),
