@@ -4,8 +4,8 @@ Each member has its own dbpath and log under a temp dir and a free loopback port
 fresh name, member 0 has the highest priority (so it is primary first) and the election timeout
 is MongoDB's default (10 s), so the gap without a primary is the one production meets. `close()` kills every member, whatever happened.
 Access control is on as in the embedded launcher: the members share one keyfile (internal
-authentication) and the first user is created through the localhost exception once member 0
-is primary; every client after that authenticates.
+authentication) and the first user is created through the localhost exception on the first
+primary; every client after that authenticates.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from ehcp_record.store.mongod_auth import Credentials, create_first_user, ensure
 
 PRIORITIES = (3, 2, 1)
 ELECTION_TIMEOUT_MS = 10000
+FIRST_ELECTION_TIMEOUT_MS = 500
 HEARTBEAT_MS = 500
 
 
@@ -85,9 +86,10 @@ class ReplicaSet:
             for member in self.members:
                 member.start(self.name)
             self._initiate(timeout)
+            self._create_user(self.wait_for_primary(None, timeout))
+            self._set_election_timeout(ELECTION_TIMEOUT_MS)
             self._step_up(self.members[0], timeout)
             self.wait_for_primary(self.members[0], timeout)
-            self._create_user(self.members[0])
         except BaseException:
             self.close()
             raise
@@ -97,7 +99,9 @@ class ReplicaSet:
         config = {"_id": self.name,
                   "members": [{"_id": m.index, "host": m.host, "priority": p}
                               for m, p in zip(self.members, PRIORITIES)],
-                  "settings": {"electionTimeoutMillis": ELECTION_TIMEOUT_MS, "heartbeatIntervalMillis": HEARTBEAT_MS}}
+                  # short at first: replSetStepUp needs a user, and a user needs a primary, so
+                  # the first primary comes from an election; the real timeout is set after
+                  "settings": {"electionTimeoutMillis": FIRST_ELECTION_TIMEOUT_MS, "heartbeatIntervalMillis": HEARTBEAT_MS}}
         deadline = time.monotonic() + timeout
         with self.members[0].client() as client:
             while True:
@@ -115,7 +119,7 @@ class ReplicaSet:
                 time.sleep(0.2)
 
     def _create_user(self, primary: Member) -> None:
-        """The localhost exception: the first user, created on the primary before any other."""
+        """The localhost exception: the first user, created on the first primary."""
         credentials = ensure_credentials(self.root)
         with primary.client() as client:
             create_first_user(client.admin, credentials)
@@ -123,8 +127,18 @@ class ReplicaSet:
         for member in self.members:
             member.credentials = credentials
 
+    def _set_election_timeout(self, millis: int) -> None:
+        primary = self.wait_for_primary()
+        with primary.client() as client:
+            config = client.admin.command("replSetGetConfig")["config"]
+            config["settings"]["electionTimeoutMillis"] = millis
+            config["version"] += 1
+            client.admin.command("replSetReconfig", config)
+
     def _step_up(self, member: Member, timeout: float) -> None:
         """Elect `member` now rather than after the first election timeout (10 s)."""
+        if self.primary() is member:
+            return
         self.wait_for_state(member, "SECONDARY", timeout)
         deadline = time.monotonic() + timeout
         with member.client() as client:
