@@ -10,13 +10,14 @@ request. A `role` claim in such a token is ignored. Dev and trusted-issuer token
 `role` claim API.md describes.
 
 Only `iss`, `aud`, `exp`, signature and the claims API.md names are trusted. JWKS documents are
-fetched with `requests` and cached; a token naming an unknown `kid` refreshes the cache, at most
+fetched through the outbound fence (ehcp_record/net/outbound.py) and cached; a token naming an unknown `kid` refreshes the cache, at most
 once a minute per issuer. Each key verifies only with its own algorithm (the dev key: EdDSA; a
 JWKS key: its `alg`, or its key type's), whatever the token's header claims.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,7 +25,6 @@ from typing import Any
 
 import jwt
 import requests
-from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from consent.model import Actor
@@ -35,6 +35,7 @@ from ehcp_record.errors import FhirError
 from ehcp_record.audit.signing import load_or_create_private_key
 from ehcp_record.identity import keys as oauth_keys
 from ehcp_record.identity.clients import PRIVATE_KEY_JWT
+from ehcp_record.net.outbound import Fence, OutboundRefused
 
 ROLES = frozenset({"parent", "young-person", "la", "school", "health", "social-care", "auditor", "system"})
 PROFESSIONAL_ROLES = frozenset({"la", "school", "health", "social-care", "system"})
@@ -54,7 +55,7 @@ def unauthorized(message: str) -> FhirError:
 class JwksCache:
     """JWKS per issuer, fetched over HTTPS with retries and cached for a few minutes."""
 
-    session: requests.Session = field(default_factory=lambda: _retrying_session())
+    session: requests.Session = field(default_factory=lambda: _retrying_session(Fence()))
     min_refetch_seconds: float = JWKS_MIN_REFETCH_SECONDS
     _keys: dict[str, tuple[float, jwt.PyJWKSet]] = field(default_factory=dict)
     _attempted: dict[str, float] = field(default_factory=dict)
@@ -85,7 +86,9 @@ class JwksCache:
             response = self.session.get(jwks_uri, timeout=5)
             response.raise_for_status()
             jwks = jwt.PyJWKSet.from_dict(response.json())
-        except (requests.RequestException, ValueError, jwt.PyJWTError):
+        except (requests.RequestException, ValueError, jwt.PyJWTError) as exc:
+            if isinstance(exc, OutboundRefused):
+                logging.getLogger("ehcp_record.net.outbound").warning("JWKS %s refused: %s", jwks_uri, exc)
             if cached:
                 return cached[1]
             raise FhirError(503, "exception", "the token issuer's keys could not be fetched; try again shortly") from None
@@ -98,18 +101,15 @@ def _find(jwks: jwt.PyJWKSet, kid: object) -> jwt.PyJWK | None:
     return next((key for key in jwks.keys if kid is None or key.key_id == kid), None)
 
 
-def _retrying_session() -> requests.Session:
-    session = requests.Session()
-    retry = Retry(total=2, backoff_factor=0.2, status_forcelist=(502, 503, 504), allowed_methods=("GET",))
-    session.mount("https://", HTTPAdapter(max_retries=retry))
-    session.mount("http://", HTTPAdapter(max_retries=retry))
-    return session
+def _retrying_session(fence: Fence) -> requests.Session:
+    """Through the outbound fence: the issuer's address is checked at connect time."""
+    return fence.session(Retry(total=2, backoff_factor=0.2, status_forcelist=(502, 503, 504), allowed_methods=("GET",)))
 
 
 class TokenVerifier:
     def __init__(self, settings: Settings, jwks: JwksCache | None = None, identity: Any = None) -> None:
         self.settings = settings
-        self.jwks = jwks or JwksCache()
+        self.jwks = jwks or JwksCache(session=_retrying_session(Fence.from_settings(settings)))
         self.issuers = {i.iss: i for i in settings.trusted_issuers}
         self.dev_key = load_or_create_private_key(settings.dev_key_path) if settings.dev_issuer else None
         self.identity = identity  # ehcp_record.identity.service.IdentityService: links and clients

@@ -30,6 +30,7 @@ from ehcp_record.identity import federation, keys, scopes
 from ehcp_record.identity.clients import RegisteredClient
 from ehcp_record.identity.federation import FederationError, Pending
 from ehcp_record.identity.links import Link, LinkError, identity_key
+from ehcp_record.net.outbound import Fence
 
 bp = Blueprint("oauth", __name__)
 LOCAL_ISSUER = "local"
@@ -215,7 +216,8 @@ def sign_in_with_provider(provider_id: str) -> Response:
     """Send the person to a configured OpenID Connect provider (OIDC Core §3.1.2.1)."""
     try:
         provider = federation.provider_named(services().settings.identity_providers, provider_id)
-        url, pending = federation.begin(provider, _callback_url(), _safe_next(request.args.get("next")))
+        url, pending = federation.begin(provider, _callback_url(), _safe_next(request.args.get("next")),
+                                        Fence.from_settings(services().settings))
     except FederationError as exc:
         return _federation_error(exc)
     session["federation"] = pending.as_dict()
@@ -231,7 +233,8 @@ def sign_in_callback() -> Response:
         if pending is None:
             raise FederationError("invalid_request", "no sign-in was started in this browser (or it was finished)")
         provider = federation.provider_named(services().settings.identity_providers, pending.provider)
-        person = federation.finish(provider, pending, request.args.to_dict(), _callback_url(), server().jwk)
+        person = federation.finish(provider, pending, request.args.to_dict(), _callback_url(), server().jwk,
+                                   Fence.from_settings(services().settings))
     except FederationError as exc:
         return (_denied_to_app(pending.next, exc) if pending else None) or _federation_error(exc)
     _start_session(person.identity, person.name, person.claims)

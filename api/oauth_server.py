@@ -41,6 +41,7 @@ from ehcp_record.identity.clients import PRIVATE_KEY_JWT, PUBLIC, PUBLIC_BY_REFR
 from ehcp_record.identity.links import Link
 from ehcp_record.identity.remote import RemoteError
 from ehcp_record.identity.service import IdentityService
+from ehcp_record.net.outbound import Fence
 
 #: SMART Backend Services: servers SHALL support RS384 and ES384 client assertions.
 ASSERTION_ALGORITHMS = ["ES384", "RS384", "ES256", "RS256"]
@@ -259,10 +260,9 @@ class PrivateKeyJwt(JWTBearerClientAssertion):
             return KeySet.import_key_set(client.jwks or {"keys": []})
         return self._fetched(client.jwks_uri, None)
 
-    @staticmethod
-    def _fetched(jwks_uri: str, kid: str | None) -> KeySet:
+    def _fetched(self, jwks_uri: str, kid: str | None) -> KeySet:
         try:
-            return KeySet.import_key_set(jwks.key_set(jwks_uri, kid))
+            return KeySet.import_key_set(jwks.key_set(jwks_uri, kid, Fence.from_settings(self.server.settings)))
         except (RemoteError, JoseError, ValueError) as exc:
             raise InvalidClientError(description=f"the client's registered keys could not be used: {exc}") from None
 

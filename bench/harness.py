@@ -26,7 +26,7 @@ if str(ROOT) not in sys.path:
 
 from api.auth import issue_dev_token  # noqa: E402
 from ehcp_record.config import load_settings  # noqa: E402
-from ehcp_record.store.mongod import free_port  # noqa: E402
+from ehcp_record.store.mongod import free_port, uri_for  # noqa: E402
 
 
 class Server:
@@ -59,8 +59,7 @@ class Server:
 
     @property
     def mongo_uri(self) -> str:
-        port = (self.data_dir / "mongod.port").read_text().strip()
-        return f"mongodb://127.0.0.1:{port}/?replicaSet=rs0"
+        return uri_for(self.data_dir)
 
     def token(self, role: str, **claims: str | None) -> str:
         """A dev token signed by this server's key (organization=, fhir_user=, ...)."""

@@ -14,6 +14,10 @@ external OpenID Connect issuers: {"id", "name", "issuer", "client_id", "scope", 
 "subject_claim", "name_claim", "claims", "token_endpoint_auth_method"}; docs/sign-in.md),
 EHCP_LOCAL_SIGN_IN (1/0: the dev sign-in page for the example people; never in production),
 EHCP_ACCESS_TOKEN_TTL, EHCP_REFRESH_TOKEN_TTL, EHCP_INVITATION_TTL (seconds).
+
+Outbound requests (Subscription notifications, transfer peers, JWKS): EHCP_OUTBOUND_ALLOW
+(comma-separated addresses or CIDR networks the server may connect to although they are not
+public, e.g. `127.0.0.1` for a receiver on the same machine; none by default; docs/security.md).
 """
 
 from __future__ import annotations
@@ -79,7 +83,7 @@ DEFAULT_LOCAL_PEOPLE: tuple[dict, ...] = (
 
 @dataclass(frozen=True)
 class Settings:
-    mongodb_uri: str | None = None
+    mongodb_uri: str | None = field(default=None, repr=False)  # carries the database password
     database: str = "ehcp_record"
     data_dir: Path = Path("var")
     env: str = "local"
@@ -103,6 +107,7 @@ class Settings:
     access_token_ttl: int = 3600
     refresh_token_ttl: int = 30 * 24 * 3600
     invitation_ttl: int = 14 * 24 * 3600
+    outbound_allow: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -164,6 +169,19 @@ class _ProviderSchema(Schema):
         return IdentityProvider(**data)
 
 
+def _networks(value: Any) -> list[str]:
+    """EHCP_OUTBOUND_ALLOW: comma-separated (or a list); each an IP address or CIDR network."""
+    import ipaddress
+
+    values = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
+    for entry in values:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ValidationError(f"{entry!r} is not an IP address or network", "outbound_allow") from None
+    return values
+
+
 def _origins(value: Any) -> list[str]:
     if isinstance(value, str):
         return [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
@@ -194,6 +212,7 @@ class _SettingsSchema(Schema):
     access_token_ttl = fields.Integer(load_default=3600, validate=validate.Range(min=30, max=24 * 3600))
     refresh_token_ttl = fields.Integer(load_default=30 * 24 * 3600, validate=validate.Range(min=1))
     invitation_ttl = fields.Integer(load_default=14 * 24 * 3600, validate=validate.Range(min=1))
+    outbound_allow = fields.Function(deserialize=_networks, load_default=list)
 
     @post_load
     def make(self, data: dict, **_: Any) -> Settings:
@@ -215,6 +234,7 @@ class _SettingsSchema(Schema):
             trust_list=tuple(data.pop("trust_list")), dev_issuer=dev, local_sign_in=local,
             oauth_clients=tuple(data.pop("oauth_clients")), cors_origins=tuple(data.pop("cors_origins")),
             identity_providers=tuple(data.pop("identity_providers")), local_people=tuple(data.pop("local_people")),
+            outbound_allow=tuple(data.pop("outbound_allow")),
             **data,
         )
 
@@ -228,7 +248,7 @@ _ENV = {
     "oauth_clients": "EHCP_OAUTH_CLIENTS", "cors_origins": "EHCP_CORS_ORIGINS",
     "identity_providers": "EHCP_IDENTITY_PROVIDERS", "local_sign_in": "EHCP_LOCAL_SIGN_IN",
     "access_token_ttl": "EHCP_ACCESS_TOKEN_TTL", "refresh_token_ttl": "EHCP_REFRESH_TOKEN_TTL",
-    "invitation_ttl": "EHCP_INVITATION_TTL",
+    "invitation_ttl": "EHCP_INVITATION_TTL", "outbound_allow": "EHCP_OUTBOUND_ALLOW",
 }
 _JSON_KEYS = {"trusted_issuers", "trust_list", "oauth_clients", "identity_providers"}
 

@@ -8,6 +8,7 @@ caller-scoped store per request (import-linter contracts in the test suite check
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -22,6 +23,7 @@ from ehcp_record.fhir.conformance import ConformanceLibrary
 from ehcp_record.fhir.search import SearchRegistry
 from ehcp_record.fhir.validator import ProfileValidator
 from ehcp_record.identity.service import IdentityService
+from ehcp_record.net.outbound import Fence, configured_refusals
 from ehcp_record.notifications.subscriptions import SubscriptionService
 from ehcp_record.operations.assessment import AssessmentService
 from ehcp_record.operations.audit_log import AuditLog
@@ -76,11 +78,14 @@ def build_services(settings: Settings) -> Services:
     if not settings.mongodb_uri:
         raise FhirError(500, "exception", "no database: set EHCP_MONGODB_URI or start with `ehcp-record serve`")
     signing_key = load_or_create_private_key(settings.signing_key_path)
+    for refusal in configured_refusals(settings):
+        logging.getLogger("ehcp_record.net.outbound").warning(refusal)
     repo = Repository.connect(settings.mongodb_uri, settings.database, signing_key, anchor_log(settings))
     registry = SearchRegistry.load(settings.profiles_dir / "SearchParameter")
     compartment = Compartment.load(settings.profiles_dir / "CompartmentDefinition" / "ehcp-record.json", registry)
     checks = ProfileChecks(ProfileValidator.load(settings.profiles_dir))
-    subscriptions = SubscriptionService(registry, allow_plain_http=settings.env != "production")
+    subscriptions = SubscriptionService(registry, allow_plain_http=settings.env != "production",
+                                        fence=Fence.from_settings(settings))
     records = RecordStore(repo, registry, compartment, validator=checks, gate=ParentalInputGate(),
                           subscriptions=subscriptions, media=MediaStore(repo.db), transfers=TransferStore(repo))
     documents = DocumentService(settings.base_url)

@@ -1,7 +1,9 @@
 """Fixtures: a real mongod (the embedded launcher) per session; a real HTTP server per module.
 
 No fakes of our database anywhere: API tests speak HTTP to the Flask app served by werkzeug on
-loopback, backed by a fresh database on the session's mongod.
+loopback, backed by a fresh database on the session's mongod. Servers allow outbound requests
+to 127.0.0.1 only (EHCP_OUTBOUND_ALLOW), and the outbound fence's name resolver is replaced for
+the whole session, so no test ever asks real DNS (a name resolves only if a test says so).
 """
 
 from __future__ import annotations
@@ -11,12 +13,34 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
+import socket
+
 import pytest
 from werkzeug.serving import make_server
+
+from ehcp_record.net import outbound
 
 from ehcp_record.store.mongod import EmbeddedMongo
 
 from tests.support import Api
+
+
+#: names the outbound fence may resolve in tests (a test adds its own with monkeypatch)
+TEST_NAMES: dict[str, list[str]] = {"localhost": ["127.0.0.1"]}
+
+
+def _test_resolver(host: str, port: int) -> list[str]:
+    if host in TEST_NAMES:
+        return TEST_NAMES[host]
+    raise socket.gaierror(socket.EAI_NONAME, f"{host} is not a test name (tests never ask real DNS)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_real_dns() -> Iterator[None]:
+    original = outbound.resolve_name
+    outbound.resolve_name = _test_resolver
+    yield
+    outbound.resolve_name = original
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +62,8 @@ def start_server(mongo: EmbeddedMongo, data_dir: Path, **overrides: object) -> t
     holder: dict[str, object] = {}
     server = make_server("127.0.0.1", 0, lambda environ, start: holder["app"](environ, start), threaded=True)
     config = {"mongodb_uri": mongo.uri, "database": f"t_{uuid.uuid4().hex[:12]}", "data_dir": str(data_dir),
-              "env": "test", "base_url": f"http://127.0.0.1:{server.server_port}/fhir", **overrides}
+              "env": "test", "base_url": f"http://127.0.0.1:{server.server_port}/fhir", "outbound_allow": "127.0.0.1",
+              **overrides}
     app = create_app(config)
     holder["app"] = app
     thread = threading.Thread(target=server.serve_forever, daemon=True)

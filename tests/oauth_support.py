@@ -76,7 +76,7 @@ def start_smart_server(mongo: Any, data_dir: Any, **overrides: Any) -> tuple[Api
     server = make_server("127.0.0.1", 0, lambda environ, start: holder["app"](environ, start), threaded=True)
     root = f"http://127.0.0.1:{server.server_port}"
     config = {"mongodb_uri": mongo.uri, "database": f"t_{uuid.uuid4().hex[:12]}", "data_dir": str(data_dir),
-              "env": "test", "base_url": f"{root}/fhir", **overrides}
+              "env": "test", "base_url": f"{root}/fhir", "outbound_allow": "127.0.0.1", **overrides}
     holder["app"] = create_app(config)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return Api(root, holder["app"].extensions["ehcp"].settings, holder["app"]), server

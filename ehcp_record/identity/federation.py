@@ -35,6 +35,7 @@ from authlib.oauth2.rfc7523 import private_key_jwt_sign
 from ehcp_record.config import IdentityProvider
 from ehcp_record.identity import jwks, keys, remote
 from ehcp_record.identity.links import identity_key
+from ehcp_record.net.outbound import Fence
 
 #: Asymmetric algorithms only: `none` and shared-secret HMAC are never accepted for ID tokens.
 ALGORITHMS = ["RS256", "ES256", "RS384", "ES384", "PS256"]
@@ -103,7 +104,7 @@ def provider_named(providers: tuple[IdentityProvider, ...], provider_id: str) ->
     raise FederationError("invalid_request", "that is not a configured identity provider")
 
 
-def endpoints(provider: IdentityProvider) -> Endpoints:
+def endpoints(provider: IdentityProvider, fence: Fence = Fence()) -> Endpoints:
     """The provider's endpoints: its discovery document (cached), checked to name the configured
     issuer (Discovery §4.3) and to stay on the issuer's origin; `jwks_uri` may be configured."""
     with _lock:
@@ -112,7 +113,7 @@ def endpoints(provider: IdentityProvider) -> Endpoints:
         return cached[0]
     url = provider.issuer.rstrip("/") + "/.well-known/openid-configuration"
     try:
-        document = remote.fetch_json(url, allowed=[provider.issuer])
+        document = remote.fetch_json(url, allowed=[provider.issuer], fence=fence)
     except remote.RemoteError as exc:
         raise FederationError("temporarily_unavailable", f"the identity provider's discovery failed: {exc}") from None
     if not isinstance(document, dict) or document.get("issuer") != provider.issuer:
@@ -132,9 +133,11 @@ def _client(provider: IdentityProvider, redirect_uri: str) -> OAuth2Session:
                          code_challenge_method="S256", token_endpoint_auth_method=provider.token_endpoint_auth_method)
 
 
-def begin(provider: IdentityProvider, redirect_uri: str, next_path: str) -> tuple[str, Pending]:
-    """(the provider's authorization URL, what to remember in the session)."""
-    where = endpoints(provider)
+def begin(provider: IdentityProvider, redirect_uri: str, next_path: str, fence: Fence = Fence()
+          ) -> tuple[str, Pending]:
+    """(the provider's authorization URL, what to remember in the session). Every fetch goes
+    through `fence`, the deployment's outbound fence (Fence.from_settings)."""
+    where = endpoints(provider, fence)
     pending = Pending(provider.id, secrets.token_urlsafe(24), secrets.token_urlsafe(24),
                       secrets.token_urlsafe(48), next_path)
     url, _ = _client(provider, redirect_uri).create_authorization_url(
@@ -143,7 +146,7 @@ def begin(provider: IdentityProvider, redirect_uri: str, next_path: str) -> tupl
 
 
 def finish(provider: IdentityProvider, pending: Pending, params: dict[str, str], redirect_uri: str,
-           signing_key: Any = None) -> FederatedPerson:
+           signing_key: Any = None, fence: Fence = Fence()) -> FederatedPerson:
     """The person the provider vouches for, after every check of the callback and ID token.
     `signing_key` (this server's own) signs a `private_key_jwt` assertion for providers that
     want one."""
@@ -156,14 +159,14 @@ def finish(provider: IdentityProvider, pending: Pending, params: dict[str, str],
         raise FederationError(error, f"the identity provider answered {params['error']!r}")
     if not params.get("code"):
         raise FederationError("invalid_request", "the sign-in response has no code")
-    where = endpoints(provider)
-    tokens = _exchange(provider, where, params["code"], pending.verifier, redirect_uri, signing_key)
-    claims = validate_id_token(tokens["id_token"], provider, pending.nonce, _keys_for(tokens["id_token"], where))
+    where = endpoints(provider, fence)
+    tokens = _exchange(provider, where, params["code"], pending.verifier, redirect_uri, signing_key, fence)
+    claims = validate_id_token(tokens["id_token"], provider, pending.nonce, _keys_for(tokens["id_token"], where, fence))
     return person_from(claims, provider)
 
 
 def _exchange(provider: IdentityProvider, where: Endpoints, code: str, verifier: str, redirect_uri: str,
-              signing_key: Any) -> dict:
+              signing_key: Any, fence: Fence) -> dict:
     """RFC 6749 §4.1.3 with the PKCE verifier; as a public client (`none`), or authenticated
     with a `private_key_jwt` assertion (RFC 7523 §2.2, signed by Authlib) when configured."""
     body = dict(parse_qsl(prepare_token_request("authorization_code", code=code, redirect_uri=redirect_uri,
@@ -173,7 +176,7 @@ def _exchange(provider: IdentityProvider, where: Endpoints, code: str, verifier:
                                          alg=keys.ALGORITHM, header={"kid": signing_key.kid}, expires_in=300)
         body.update(client_assertion_type=CLIENT_ASSERTION_TYPE, client_assertion=to_unicode(assertion))
     try:
-        tokens = remote.fetch_json(where.token_endpoint, allowed=[provider.issuer], form=body)
+        tokens = remote.fetch_json(where.token_endpoint, allowed=[provider.issuer], form=body, fence=fence)
     except remote.RemoteError as exc:
         raise FederationError("temporarily_unavailable", f"the identity provider's token endpoint failed: {exc}") from None
     if not isinstance(tokens, dict) or not isinstance(tokens.get("id_token"), str):
@@ -182,10 +185,10 @@ def _exchange(provider: IdentityProvider, where: Endpoints, code: str, verifier:
     return tokens
 
 
-def _keys_for(id_token: str, where: Endpoints) -> dict:
+def _keys_for(id_token: str, where: Endpoints, fence: Fence) -> dict:
     try:
         kid = jwt.get_unverified_header(id_token).get("kid")
-        return jwks.key_set(where.jwks_uri, kid)
+        return jwks.key_set(where.jwks_uri, kid, fence)
     except jwt.PyJWTError:
         raise FederationError("invalid_token", "the ID token is not a well-formed JWT") from None
     except remote.RemoteError as exc:

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 
 from ehcp_record.identity import remote
+from ehcp_record.net.outbound import Fence
 
 TTL_SECONDS = 300
 REFETCH_AFTER_SECONDS = 10.0
@@ -31,21 +32,21 @@ _cache: dict[str, _Entry] = {}
 _lock = threading.Lock()
 
 
-def key_set(jwks_uri: str, kid: str | None = None) -> dict:
+def key_set(jwks_uri: str, kid: str | None = None, fence: Fence = Fence()) -> dict:
     """The JWKS at `jwks_uri`, from cache while fresh; refetched once when `kid` is not in it."""
     with _lock:
         entry = _cache.get(jwks_uri)
     if entry is None:
-        return _fetch(jwks_uri)
+        return _fetch(jwks_uri, fence)
     age = time.monotonic() - entry.fetched
     fresh_enough = age < TTL_SECONDS and (kid is None or _has(entry.jwks, kid))
     if fresh_enough or age < REFETCH_AFTER_SECONDS:
         return entry.jwks
-    return _fetch(jwks_uri)
+    return _fetch(jwks_uri, fence)
 
 
-def _fetch(jwks_uri: str) -> dict:
-    document = remote.fetch_json(jwks_uri, allowed=[jwks_uri])
+def _fetch(jwks_uri: str, fence: Fence) -> dict:
+    document = remote.fetch_json(jwks_uri, allowed=[jwks_uri], fence=fence)
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise remote.RemoteError(f"{remote.origin(jwks_uri)} did not answer a JWKS")
     with _lock:

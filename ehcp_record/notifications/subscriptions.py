@@ -18,7 +18,6 @@ from typing import Callable
 from urllib.parse import urlparse
 
 import requests
-from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from consent.model import Actor
@@ -30,6 +29,7 @@ from ehcp_record.access.scoped import RecordStore, ScopedStore
 from ehcp_record.store.versions import Version
 from ehcp_record.fhir.dates import DateFormatError, parse_range
 from ehcp_record.fhir.search import SearchRegistry, parse_search
+from ehcp_record.net.outbound import Fence, OutboundRefused
 
 log = logging.getLogger("ehcp_record.notifications.subscriptions")
 _TIMEOUT = (3, 10)
@@ -39,7 +39,8 @@ _TIMEOUT = (3, 10)
 class SubscriptionService:
     registry: SearchRegistry
     allow_plain_http: bool = False
-    session_factory: Callable[[], requests.Session] = field(default=lambda: _session())
+    fence: Fence = field(default_factory=Fence)
+    session_factory: Callable[[], requests.Session] | None = None
     _pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(max_workers=4), repr=False)
 
     # --- writes -------------------------------------------------------------------------
@@ -66,6 +67,14 @@ class SubscriptionService:
         return {"owner": owner_key(caller), "owner_actor": _actor_fields(caller)}
 
     def _check_endpoint(self, endpoint: str) -> None:
+        """The outbound fence first (an internal address is refused with the reason, whatever
+        the scheme), then https only (plain http to loopback outside production). Delivery
+        checks the address again when it connects."""
+        try:
+            self.fence.check_url(endpoint)
+        except OutboundRefused as refused:
+            raise unprocessable(f"channel.endpoint is refused: {refused}", "value",
+                                ["Subscription.channel.endpoint"]) from None
         parsed = urlparse(endpoint)
         loopback = parsed.hostname in ("localhost",) or _is_loopback(parsed.hostname or "")
         if parsed.scheme != "https" and not (self.allow_plain_http and parsed.scheme == "http" and loopback):
@@ -101,18 +110,27 @@ class SubscriptionService:
             return  # not a match, or not the subscriber's to see: nothing is sent, nothing is said
         channel = subscription.resource["channel"]
         body = shown if channel.get("payload") == "application/fhir+json" else None
-        response = self.session_factory().post(channel["endpoint"], json=body, headers=_headers(channel), timeout=_TIMEOUT)
+        session = self.session_factory() if self.session_factory else _session(self.fence)
+        try:
+            response = session.post(channel["endpoint"], json=body, headers=_headers(channel), timeout=_TIMEOUT)
+        except OutboundRefused as refused:  # the endpoint now resolves somewhere internal
+            log.warning("notification for Subscription/%s refused: %s", subscription.id, refused)
+            response = None
         refs = [audit.version_ref(version)] if body is not None else [(f"{version.type}/{version.id}", None)]
         store.audit_record(version.record, "notify", f"Subscription/{subscription.id}", refs,
-                           outcome="permit" if response.ok else "error")
+                           outcome="permit" if _delivered(response) else "error")
 
 
-def _session() -> requests.Session:
-    session = requests.Session()
-    retry = Retry(total=2, backoff_factor=0.2, status_forcelist=(502, 503, 504), allowed_methods=frozenset({"POST"}))
-    session.mount("https://", HTTPAdapter(max_retries=retry))
-    session.mount("http://", HTTPAdapter(max_retries=retry))
-    return session
+def _delivered(response: requests.Response | None) -> bool:
+    """A 2xx only: a redirect is not followed (it could point anywhere), so it delivered nothing."""
+    return response is not None and 200 <= response.status_code < 300
+
+
+def _session(fence: Fence) -> requests.Session:
+    """Through the outbound fence (ehcp_record/net/outbound.py): checked at connect time, no
+    redirects followed; 502/503/504 and connection errors retried twice."""
+    return fence.session(Retry(total=2, backoff_factor=0.2, status_forcelist=(502, 503, 504),
+                               allowed_methods=frozenset({"POST"})))
 
 
 def _headers(channel: dict) -> dict[str, str]:

@@ -3,7 +3,8 @@
 Run as a single-node replica set because the record's promises need transactions (a version,
 its history row and its audit entry commit together) and transactions need a replica set.
 The same launcher serves `ehcp-record serve` and the test suite, so tests meet the database
-production meets, never a fake.
+production meets, never a fake. Access control is on (`--keyFile`, a SCRAM user; see
+`mongod_auth.py`): a client without the credentials in the data dir can read nothing.
 """
 
 from __future__ import annotations
@@ -22,8 +23,12 @@ from pathlib import Path
 from pymongo import MongoClient
 from pymongo.errors import OperationFailure, PyMongoError
 
+from ehcp_record.store.mongod_auth import (KEYFILE, Credentials, create_first_user, ensure_credentials,
+                                          ensure_keyfile, load_credentials)
+
 REPLICA_SET = "rs0"
 _PR_SET_PDEATHSIG = 1
+_AUTHENTICATION_FAILED, _UNAUTHORIZED = 18, 13
 log = logging.getLogger("ehcp_record.mongod")
 
 
@@ -85,7 +90,17 @@ def running_uri(data_dir: Path) -> str | None:
     port = _read_pid(data_dir / "mongod.port")
     if not pid or not port or not _pid_alive(pid) or _port_is_free(port):
         return None
-    return f"mongodb://127.0.0.1:{port}/?replicaSet={REPLICA_SET}"
+    return uri_for(data_dir, port)
+
+
+def uri_for(data_dir: Path, port: int | None = None) -> str:
+    """The connection string for the embedded mongod of `data_dir` (its saved port unless
+    given), with the credentials kept there."""
+    port = port or _read_pid(data_dir / "mongod.port")
+    credentials = load_credentials(data_dir)
+    if credentials is None:
+        return f"mongodb://127.0.0.1:{port}/?replicaSet={REPLICA_SET}"
+    return credentials.uri(f"127.0.0.1:{port}", REPLICA_SET)
 
 
 @dataclass
@@ -96,6 +111,7 @@ class EmbeddedMongo:
     cache_gb: float = 0.25
     port: int = 0
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    credentials: Credentials | None = field(default=None, repr=False)
 
     @property
     def db_path(self) -> Path:
@@ -103,16 +119,20 @@ class EmbeddedMongo:
 
     @property
     def uri(self) -> str:
-        return f"mongodb://127.0.0.1:{self.port}/?replicaSet={REPLICA_SET}"
+        """With the credentials: the only way in once access control is on."""
+        assert self.credentials is not None, "start() first"
+        return self.credentials.uri(f"127.0.0.1:{self.port}", REPLICA_SET)
 
     def start(self, timeout: float = 60.0) -> "EmbeddedMongo":
         self.db_path.mkdir(parents=True, exist_ok=True)
         self._clear_stale_lock()
         self.port = self._choose_port()
+        self.credentials = ensure_credentials(self.data_dir)
+        keyfile = ensure_keyfile(self.data_dir / KEYFILE)
         log = self.data_dir / "mongod.log"
         args = [
             str(mongod_binary()), "--dbpath", str(self.db_path), "--port", str(self.port),
-            "--bind_ip", "127.0.0.1", "--replSet", REPLICA_SET, "--logpath", str(log),
+            "--bind_ip", "127.0.0.1", "--replSet", REPLICA_SET, "--keyFile", str(keyfile), "--logpath", str(log),
             "--logappend", "--wiredTigerCacheSizeGB", str(self.cache_gb),
             "--setParameter", "diagnosticDataCollectionEnabled=false",
         ]
@@ -184,9 +204,10 @@ class EmbeddedMongo:
 
     def _wait_until_primary(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        client: MongoClient = MongoClient(
-            "127.0.0.1", self.port, directConnection=True, serverSelectionTimeoutMS=1000
-        )
+        assert self.credentials is not None
+        options = {"directConnection": True, "serverSelectionTimeoutMS": 1000}
+        client: MongoClient = MongoClient("127.0.0.1", self.port, **options, **self.credentials.client_options())
+        bare: MongoClient = MongoClient("127.0.0.1", self.port, **options)
         try:
             while time.monotonic() < deadline:
                 if self.process is not None and self.process.poll() is not None:
@@ -196,12 +217,40 @@ class EmbeddedMongo:
                 try:
                     if self._ensure_replica_set(client):
                         return
+                except OperationFailure as exc:
+                    if exc.code == _AUTHENTICATION_FAILED and self._bootstrap(bare):  # a new or pre-auth data dir
+                        # the failed handshake marked the server unknown until the next
+                        # heartbeat (10 s): a fresh client connects now
+                        client.close()
+                        client = MongoClient("127.0.0.1", self.port, **options, **self.credentials.client_options())
+                        continue
                 except PyMongoError:
                     pass
                 time.sleep(0.2)
         finally:
             client.close()
+            bare.close()
         raise EmbeddedMongoError(f"mongod did not become PRIMARY within {timeout:.0f}s")
+
+    def _bootstrap(self, bare: MongoClient) -> bool:
+        """Through the localhost exception (no user exists yet): initiate the set if needed,
+        then, once primary, create the server's user. A data dir written before access control
+        was on is upgraded this way, its data kept. A database that has users, none of them
+        ours, is refused: we do not know its credentials and will not guess."""
+        try:
+            if not self._ensure_replica_set(bare):
+                return False
+            create_first_user(bare.admin, self.credentials)
+            return True
+        except OperationFailure as exc:
+            if exc.code != _UNAUTHORIZED:
+                return False
+            raise EmbeddedMongoError(
+                f"the database in {self.db_path} has users, but the credentials in "
+                f"{self.data_dir / 'mongod.credentials'} are not one of them; restore that file from the "
+                f"server that created the database (or move the database aside to start afresh)") from None
+        except PyMongoError:
+            return False  # primary but not yet writable, or the set still settling: try again
 
     def _ensure_replica_set(self, client: MongoClient) -> bool:
         """Initiate on first start; after a port change force the single member's new address."""

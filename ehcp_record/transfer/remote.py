@@ -28,7 +28,6 @@ from datetime import datetime
 from typing import Any, Iterable
 
 import requests
-from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from ehcp_record.audit import chain as audit_chain
@@ -39,6 +38,7 @@ from ehcp_record.errors import FhirError, invalid
 from ehcp_record.fhir import bundles
 from ehcp_record.fhir.canonical import naming_system
 from ehcp_record.fhir.dates import instant
+from ehcp_record.net.outbound import Fence, OutboundRefused
 from ehcp_record.store.versions import Version
 
 SIGNATURE_HEADER = "X-EHCP-Signature"
@@ -142,16 +142,15 @@ def signed_headers(body: bytes, key, transfer_id: str) -> dict[str, str]:
             "Content-Type": "application/fhir+json", "Idempotency-Key": transfer_id}
 
 
-def delivery_session(retries: int = 4, backoff: float = 0.5) -> requests.Session:
+def delivery_session(retries: int = 4, backoff: float = 0.5, fence: Fence | None = None) -> requests.Session:
     """Retries with exponential backoff (0.5, 1, 2, 4 s) on connection errors, timeouts and
     500/502/503/504 (honouring Retry-After); POST is safe to retry because the receiver is
-    idempotent on the transfer id. A 4xx is the receiver's considered refusal: not retried."""
-    session = requests.Session()
+    idempotent on the transfer id. A 4xx is the receiver's considered refusal: not retried.
+    Through the outbound fence (`fence`, default: public addresses only): a peer whose address
+    is internal and not allowed in EHCP_OUTBOUND_ALLOW is refused, never retried."""
     retry = Retry(total=retries, connect=retries, read=retries, status=retries, backoff_factor=backoff,
                   status_forcelist=(500, 502, 503, 504), allowed_methods=frozenset({"POST"}), raise_on_status=False)
-    session.mount("http://", HTTPAdapter(max_retries=retry))
-    session.mount("https://", HTTPAdapter(max_retries=retry))
-    return session
+    return (fence or Fence()).session(retry)
 
 
 class DeliveryFailed(Exception):
@@ -169,6 +168,8 @@ def deliver(peer: Peer, body: bytes, headers: dict[str, str], session: requests.
     try:
         response = session.post(f"{peer.base_url}/$receive-transfer", data=body, headers=headers,
                                 timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
+    except OutboundRefused as refused:  # an internal address not allowed in EHCP_OUTBOUND_ALLOW
+        raise DeliveryFailed(f"{peer.organization} is not reachable from here: {refused}") from None
     except requests.RequestException as exc:
         raise DeliveryFailed(f"{peer.organization} could not be reached: {type(exc).__name__}") from None
     if response.status_code == 409:

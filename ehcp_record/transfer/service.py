@@ -31,6 +31,7 @@ from ehcp_record.fhir.dates import instant, parse_date
 from ehcp_record.fhir.parameters import read_parameters
 from ehcp_record.plan.gate import is_issued, is_plan
 from ehcp_record.fhir.identifiers import la_by_number
+from ehcp_record.net.outbound import Fence
 from ehcp_record.store.versions import Version
 from ehcp_record.workflow.task_values import TASK_CODE_SYSTEM, TASK_INPUT_SYSTEM, concept, is_task, task_input
 
@@ -60,7 +61,7 @@ class TransferRequest:
 @dataclass
 class TransferService:
     settings: Settings
-    session_factory: Callable[[], Any] = transfer_remote.delivery_session
+    session_factory: Callable[[], Any] | None = None  # default: delivery_session through the settings' fence
 
     # --- $transfer ----------------------------------------------------------------------
 
@@ -104,7 +105,9 @@ class TransferService:
         headers = transfer_remote.signed_headers(body, store.signing_key, task.id)
         sent = storage.sent(task.id)
         try:
-            ack = transfer_remote.deliver(peer, body, headers, self.session_factory(), earlier=sent)
+            session = self.session_factory() if self.session_factory else \
+                transfer_remote.delivery_session(fence=Fence.from_settings(self.settings))
+            ack = transfer_remote.deliver(peer, body, headers, session, earlier=sent)
         except transfer_remote.DeliveryFailed as failure:
             return self._note_pending(store, task, str(failure))
         received = storage.outbound(sent[transfer_remote.acknowledged_hash(ack) or ""]) or body

@@ -364,13 +364,13 @@ def test_cli_unknown_record_and_no_database(api, tmp_path):
 
 
 def test_cli_runs_beside_a_running_server(api, mongo, busy_record, tmp_path):
-    """The data dir of a running server (its mongod's pid and port, its keys and anchor): the
+    """The data dir of a running server (its mongod's pid, port and credentials, its keys and anchor): the
     CLI connects to that mongod instead of starting another on the same files."""
     import shutil
 
     beside = tmp_path / "var"
     beside.mkdir()
-    for name in ("mongod.pid", "mongod.port"):
+    for name in ("mongod.pid", "mongod.port", "mongod.credentials"):
         shutil.copy(mongo.data_dir / name, beside / name)
     (beside / "keys").symlink_to(api.settings.data_dir / "keys")
     (beside / "anchor").symlink_to(api.settings.data_dir / "anchor")

@@ -19,6 +19,7 @@ import requests
 from werkzeug.serving import make_server
 
 from api import create_app
+from ehcp_record.net.outbound import Fence
 from ehcp_record.store.mongod import free_port
 from ehcp_record.audit.signing import load_or_create_private_key, public_key_pem
 from ehcp_record.transfer.remote import ack_values, delivery_session, encode_bundle, signed_headers
@@ -43,8 +44,10 @@ class Deployment:
 
     def build(self, mongo, peer: "Deployment") -> None:
         app = create_app({"mongodb_uri": mongo.uri, "database": f"t_{uuid.uuid4().hex[:12]}", "data_dir": str(self.data),
-                          "env": "test", "organization": self.organization, "trust_list": [peer.trust_entry()]})
-        app.extensions["ehcp"].transfers.session_factory = lambda: delivery_session(retries=1, backoff=0)
+                          "env": "test", "organization": self.organization, "trust_list": [peer.trust_entry()],
+                          "outbound_allow": "127.0.0.1"})
+        fence = Fence.from_settings(app.extensions["ehcp"].settings)
+        app.extensions["ehcp"].transfers.session_factory = lambda: delivery_session(retries=1, backoff=0, fence=fence)
         self.api = Api(f"http://127.0.0.1:{self.port}", app.extensions["ehcp"].settings, app)
 
     @property

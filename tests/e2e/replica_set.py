@@ -3,6 +3,9 @@
 Each member has its own dbpath and log under a temp dir and a free loopback port; the set has a
 fresh name, member 0 has the highest priority (so it is primary first) and the election timeout
 is MongoDB's default (10 s), so the gap without a primary is the one production meets. `close()` kills every member, whatever happened.
+Access control is on as in the embedded launcher: the members share one keyfile (internal
+authentication) and the first user is created through the localhost exception on the first
+primary; every client after that authenticates.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ from pymongo import MongoClient
 from pymongo.errors import OperationFailure, PyMongoError
 
 from ehcp_record.store.mongod import _die_with_parent, free_port, mongod_binary
+from ehcp_record.store.mongod_auth import Credentials, create_first_user, ensure_credentials, ensure_keyfile
 
 PRIORITIES = (3, 2, 1)
 ELECTION_TIMEOUT_MS = 10000
+FIRST_ELECTION_TIMEOUT_MS = 500
 HEARTBEAT_MS = 500
 
 
@@ -30,7 +35,9 @@ class Member:
     port: int
     db_path: Path
     log_path: Path
+    keyfile: Path
     process: subprocess.Popen | None = None
+    credentials: Credentials | None = None  # None until the first user exists
 
     @property
     def host(self) -> str:
@@ -39,7 +46,7 @@ class Member:
     def start(self, name: str) -> None:
         self.db_path.mkdir(parents=True, exist_ok=True)
         args = [str(mongod_binary()), "--dbpath", str(self.db_path), "--port", str(self.port),
-                "--bind_ip", "127.0.0.1", "--replSet", name, "--logpath", str(self.log_path), "--logappend",
+                "--bind_ip", "127.0.0.1", "--replSet", name, "--keyFile", str(self.keyfile), "--logpath", str(self.log_path), "--logappend",
                 "--wiredTigerCacheSizeGB", "0.25", "--setParameter", "diagnosticDataCollectionEnabled=false"]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                         preexec_fn=_die_with_parent)
@@ -51,8 +58,9 @@ class Member:
             self.process.wait(10)
 
     def client(self, **options: object) -> MongoClient:
+        auth = self.credentials.client_options() if self.credentials else {}
         return MongoClient("127.0.0.1", self.port, directConnection=True, serverSelectionTimeoutMS=1000,
-                           **options)
+                           **auth, **options)
 
 
 @dataclass
@@ -60,20 +68,26 @@ class ReplicaSet:
     root: Path
     name: str = field(default_factory=lambda: f"fo_{uuid.uuid4().hex[:8]}")
     members: list[Member] = field(default_factory=list)
+    credentials: Credentials | None = None
 
     @property
     def uri(self) -> str:
         hosts = ",".join(m.host for m in self.members)
-        return f"mongodb://{hosts}/?replicaSet={self.name}"
+        assert self.credentials is not None, "start() first"
+        return self.credentials.uri(hosts, self.name)
 
     def start(self, timeout: float = 60.0) -> "ReplicaSet":
+        self.root.mkdir(parents=True, exist_ok=True)
+        keyfile = ensure_keyfile(self.root / "keyfile")
         for index in range(len(PRIORITIES)):
             folder = self.root / f"member{index}"
-            self.members.append(Member(index, free_port(), folder / "db", folder / "mongod.log"))
+            self.members.append(Member(index, free_port(), folder / "db", folder / "mongod.log", keyfile))
         try:
             for member in self.members:
                 member.start(self.name)
             self._initiate(timeout)
+            self._create_user(self.wait_for_primary(None, timeout))
+            self._set_election_timeout(ELECTION_TIMEOUT_MS)
             self._step_up(self.members[0], timeout)
             self.wait_for_primary(self.members[0], timeout)
         except BaseException:
@@ -85,7 +99,9 @@ class ReplicaSet:
         config = {"_id": self.name,
                   "members": [{"_id": m.index, "host": m.host, "priority": p}
                               for m, p in zip(self.members, PRIORITIES)],
-                  "settings": {"electionTimeoutMillis": ELECTION_TIMEOUT_MS, "heartbeatIntervalMillis": HEARTBEAT_MS}}
+                  # short at first: replSetStepUp needs a user, and a user needs a primary, so
+                  # the first primary comes from an election; the real timeout is set after
+                  "settings": {"electionTimeoutMillis": FIRST_ELECTION_TIMEOUT_MS, "heartbeatIntervalMillis": HEARTBEAT_MS}}
         deadline = time.monotonic() + timeout
         with self.members[0].client() as client:
             while True:
@@ -102,8 +118,27 @@ class ReplicaSet:
                         raise
                 time.sleep(0.2)
 
+    def _create_user(self, primary: Member) -> None:
+        """The localhost exception: the first user, created on the first primary."""
+        credentials = ensure_credentials(self.root)
+        with primary.client() as client:
+            create_first_user(client.admin, credentials)
+        self.credentials = credentials
+        for member in self.members:
+            member.credentials = credentials
+
+    def _set_election_timeout(self, millis: int) -> None:
+        primary = self.wait_for_primary()
+        with primary.client() as client:
+            config = client.admin.command("replSetGetConfig")["config"]
+            config["settings"]["electionTimeoutMillis"] = millis
+            config["version"] += 1
+            client.admin.command("replSetReconfig", config)
+
     def _step_up(self, member: Member, timeout: float) -> None:
         """Elect `member` now rather than after the first election timeout (10 s)."""
+        if self.primary() is member:
+            return
         self.wait_for_state(member, "SECONDARY", timeout)
         deadline = time.monotonic() + timeout
         with member.client() as client:

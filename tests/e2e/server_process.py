@@ -70,7 +70,7 @@ def _group_members(pgid: int) -> list[int]:
 def start(data_dir: Path, env: dict[str, str], workers: int = 2, port: int | None = None) -> ServerProcess:
     port = port or free_port()
     command = [sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--workers", str(workers)]
-    full_env = {**os.environ, "EHCP_DATA_DIR": str(data_dir), "EHCP_ENV": "test", **env}
+    full_env = {**os.environ, "EHCP_DATA_DIR": str(data_dir), "EHCP_ENV": "test", "EHCP_OUTBOUND_ALLOW": "127.0.0.1", **env}
     log = open(data_dir / "server.log", "ab")
     process = subprocess.Popen(command, env=full_env, stdout=log, stderr=log, start_new_session=True)
     base = f"http://127.0.0.1:{port}"

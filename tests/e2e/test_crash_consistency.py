@@ -20,6 +20,7 @@ from pymongo import MongoClient
 
 from api.auth import issue_dev_token
 from ehcp_record.audit.verify import trusted_keys, verify_record
+from ehcp_record.store.mongod import uri_for
 from ehcp_record.store.repository import Repository
 from ehcp_record.config import load_settings
 from tests.e2e import server_process
@@ -183,7 +184,7 @@ def test_api_sigkilled_three_times_mid_write_loses_no_acknowledged_write(tmp_pat
             found = {e["resource"]["id"] for e in response.json().get("entry", [])}
             missing += [i for i in chunk if i not in found]
         # ... and every acknowledged update is its version in history, with the content sent
-        uri = f"mongodb://127.0.0.1:{(tmp_path / 'mongod.port').read_text().strip()}/?replicaSet=rs0"
+        uri = uri_for(tmp_path)
         with MongoClient(uri, serverSelectionTimeoutMS=5000) as client:
             db = client[load_settings({}).database]
             for rid, vid, family in updates:

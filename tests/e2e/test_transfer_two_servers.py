@@ -16,7 +16,7 @@ import requests
 from pymongo import MongoClient
 
 from ehcp_record.config import load_settings
-from ehcp_record.store.mongod import free_port
+from ehcp_record.store.mongod import free_port, uri_for
 from ehcp_record.store.repository import Repository
 from ehcp_record.transfer.remote import ack_values, signed_headers
 from ehcp_record.store.transfers import TransferStore
@@ -101,9 +101,9 @@ def test_record_moves_between_deployments(tmp_path):
         assert refused.status_code == 404
 
         # a replayed delivery creates nothing; a tampered copy is refused and stores nothing
-        b_db = MongoClient(f"mongodb://127.0.0.1:{(b_dir / 'mongod.port').read_text().strip()}/?replicaSet=rs0",
+        b_db = MongoClient(uri_for(b_dir),
                            directConnection=True)["ehcp_record"]
-        a_db = MongoClient(f"mongodb://127.0.0.1:{(a_dir / 'mongod.port').read_text().strip()}/?replicaSet=rs0",
+        a_db = MongoClient(uri_for(a_dir),
                            directConnection=True)["ehcp_record"]
         task_id = delivered.json()["id"]
 

@@ -100,7 +100,7 @@ def test_discovery_must_name_the_issuer_and_stay_on_its_origin(monkeypatch):
                                    "token_endpoint": "https://b.example.test/t", "jwks_uri": "https://b.example.test/j"},
     }
 
-    def fake_fetch(url, allowed, form=None):
+    def fake_fetch(url, allowed, form=None, fence=None):
         assert remote.origin(url) in {remote.origin(a) for a in allowed}
         return documents[remote.origin(url)]
 
@@ -131,13 +131,13 @@ def test_private_key_jwt_at_the_providers_token_endpoint(monkeypatch):
     where = federation.Endpoints(ISSUER + "/authorize", ISSUER + "/token", ISSUER + "/jwks")
     sent: dict = {}
 
-    def token_endpoint(url, allowed, form=None):
+    def token_endpoint(url, allowed, form=None, fence=None):
         sent.update(form, url=url)
         return {"id_token": _token(), "access_token": "x", "token_type": "Bearer"}
 
-    monkeypatch.setattr(federation, "endpoints", lambda _: where)
+    monkeypatch.setattr(federation, "endpoints", lambda _, fence=None: where)
     monkeypatch.setattr(remote, "fetch_json", token_endpoint)
-    monkeypatch.setattr(jwks, "key_set", lambda uri, kid=None: KEYS)
+    monkeypatch.setattr(jwks, "key_set", lambda uri, kid=None, fence=None: KEYS)
     pending = federation.Pending("nhs", "s" * 32, NONCE, "v" * 48, "/oauth/account/links")
     person = federation.finish(provider, pending, {"state": "s" * 32, "code": "c1"}, "https://us.test/cb", ours)
     assert person.identity == f"{ISSUER}|person-1"

@@ -1,0 +1,1 @@
+"""The network edge: every request the server makes to another machine (outbound.py)."""
