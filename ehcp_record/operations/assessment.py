@@ -27,7 +27,7 @@ from ehcp_record.access.scoped import REQUEST_PURPOSES, PreparedWrite, RecordSco
 from ehcp_record.errors import business_rule, invalid, not_found, unprocessable
 from ehcp_record.fhir.canonical import code_system
 from ehcp_record.fhir.dates import instant, parse_date
-from ehcp_record.fhir.parameters import read_parameters
+from ehcp_record.fhir.signatures import read_inputs
 from ehcp_record.operations import notices
 from ehcp_record.store.versions import Version
 from ehcp_record.workflow import clocks, statutory
@@ -43,11 +43,6 @@ DECISIONS = {
     "issue-decision": ("issue", "not-issue"),
     "annual-review": ("maintain", "amend", "cease"),
 }
-STEP_PARAMETERS = {
-    "date": "date", "decision": "code", "reason": "string", "advice": "Reference",
-    "adviceCirculated": "date", "stepDownDiscussed": "boolean", "ceaseDiscussed": "boolean", "progress": "part",
-}
-
 
 def full_date(values: dict, name: str, today: date, not_before: date | None = None) -> date:
     """A full YYYY-MM-DD, not in the future (a step is recorded when it has happened)."""
@@ -117,9 +112,8 @@ class AssessmentService:
         custodian LA from a letter, on the day it was received (`received`, `requester`)."""
         role = store.caller.actor.role or ""
         scope = store.open_record(patient_id, REQUEST_PURPOSES.get(role, "write"), scope_type="Task")
-        values = read_parameters(body, {"received": "date", "requester": "code", "requesterReference": "Reference",
-                                        "note": "string"}, required=("received", "requester") if role == "la" else (),
-                                 strict=True)
+        values = read_inputs(body, "request-assessment",
+                             also_required=("received", "requester") if role == "la" else ())
         today = store.clock().date()
         if role != "la":
             values = _own_request(store, values, today, role)
@@ -159,8 +153,7 @@ class AssessmentService:
 
     def request_advice(self, store: ScopedStore, task_id: str, body: object) -> Version:
         request, scope = self._task(store, task_id, "assessment-request")
-        values = read_parameters(body, {"adviceType": "code", "requested": "date", "adviser": "Reference"},
-                                 required=("adviceType", "requested"), strict=True)
+        values = read_inputs(body, "request-advice")
         if request.resource.get("status") != "in-progress":
             raise business_rule("advice is sought for an assessment in progress; this request is "
                                 f"{request.resource.get('status')}")
@@ -187,8 +180,7 @@ class AssessmentService:
 
     def record_exception(self, store: ScopedStore, task_id: str, body: object) -> Version:
         clock, _ = self._clock(store, task_id)
-        values = read_parameters(body, {"reason": "code", "start": "date", "end": "date", "note": "string"},
-                                 required=("reason", "start", "end"), strict=True)
+        values = read_inputs(body, "clock-exception")
         if clock.resource.get("status") not in statutory.OPEN:
             raise business_rule("an exception is recorded while the clock runs; this one is "
                                 f"{clock.resource.get('status')} and its outcome is already recorded")
@@ -210,7 +202,7 @@ class AssessmentService:
 
     def complete(self, store: ScopedStore, task_id: str, body: object) -> Version:
         clock, scope = self._clock(store, task_id)
-        values = read_parameters(body, STEP_PARAMETERS, required=("date",), strict=True, repeating=("progress",))
+        values = read_inputs(body, "complete-step")
         if clock.resource.get("status") not in statutory.OPEN:
             raise business_rule(f"this clock is {clock.resource.get('status')}; only an open clock can be completed")
         code = statutory.clock_code(clock.resource) or ""

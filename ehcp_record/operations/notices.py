@@ -22,7 +22,7 @@ from ehcp_record.access.scoped import PreparedWrite, RecordScope, ScopedStore, v
 from ehcp_record.errors import business_rule, invalid, not_found
 from ehcp_record.fhir.canonical import code_system, structure_definition
 from ehcp_record.fhir.dates import instant, parse_date
-from ehcp_record.fhir.parameters import read_parameters
+from ehcp_record.fhir.signatures import read_inputs
 from ehcp_record.store.versions import Version
 from ehcp_record.workflow import clocks
 
@@ -130,8 +130,7 @@ class NoticeService:
     def event(self, store: ScopedStore, patient_id: str, body: object) -> Version:
         purpose = "write" if self._is_la(store) else "respond"
         scope = store.open_record(patient_id, purpose)
-        values = read_parameters(body, {"notice": "Reference", "kind": "code", "date": "date", "outcome": "code"},
-                                 required=("notice", "kind"), strict=True)
+        values = read_inputs(body, "notice-event")
         kind = values["kind"]
         if kind not in EVENTS:
             raise invalid(f"parameter 'kind' must be one of {', '.join(EVENTS)}", "value", ["Parameters.parameter"])

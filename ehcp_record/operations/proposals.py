@@ -32,7 +32,7 @@ from ehcp_record.access.scoped import PreparedWrite, RecordScope, ScopedStore, v
 from ehcp_record.errors import business_rule, invalid, not_found
 from ehcp_record.fhir.canonical import code_system, structure_definition
 from ehcp_record.fhir.dates import instant
-from ehcp_record.fhir.parameters import read_parameters
+from ehcp_record.fhir.signatures import read_inputs
 from ehcp_record.fhir.model import parse_resource
 from ehcp_record.plan.gate import PLAN_CONTENT_TYPES, is_issued, is_plan
 from ehcp_record.plan.proposed import ProposedPlan, proposed_resources
@@ -327,7 +327,7 @@ def _review_task(plan: Version, caller: Caller, owner: str | None, binary_id: st
 
 def _parse_response(body: object) -> tuple[str, str]:
     """`$respond`'s Parameters: `response` (agree | disagree | comment) and `comment` text."""
-    values = read_parameters(body, {"response": ("code", "string"), "comment": "string"})
+    values = read_inputs(body, "respond")
     response = values.get("response")
     if response not in RESPONSES:
         raise invalid("parameter 'response' must be agree, disagree or comment", "required", ["Parameters.parameter"])

@@ -30,7 +30,7 @@ from ehcp_record.access.scoped import RecordScope, ScopedStore, version_of
 from ehcp_record.errors import business_rule, invalid
 from ehcp_record.fhir.canonical import code_system
 from ehcp_record.fhir.dates import parse_date
-from ehcp_record.fhir.parameters import read_parameters
+from ehcp_record.fhir.signatures import read_inputs
 from ehcp_record.operations import notices
 from ehcp_record.operations.assessment import Step, clock_task, full_date, typed
 from ehcp_record.store.versions import Version
@@ -125,8 +125,7 @@ class ReviewService:
 
     def phase_transfer(self, store: ScopedStore, patient_id: str, body: object) -> Version:
         scope = store.open_record(patient_id, "write")
-        values = read_parameters(body, {"transferYear": "integer", "postSixteen": "boolean"},
-                                 required=("transferYear",), strict=True)
+        values = read_inputs(body, "phase-transfer")
         year = values["transferYear"]
         today = store.clock().date()
         if not isinstance(year, int) or not today.year <= year <= today.year + 1:
@@ -144,9 +143,7 @@ class ReviewService:
 
     def cease(self, store: ScopedStore, patient_id: str, body: object) -> Version:
         scope = store.open_record(patient_id, "write")
-        values = read_parameters(body, {"consulted": "date", "decided": "date", "reason": "code",
-                                        "reasonText": "string"}, required=("consulted", "decided", "reason"),
-                                 strict=True)
+        values = read_inputs(body, "cease")
         today = store.clock().date()
         consulted = full_date(values, "consulted", today)
         decided = full_date(values, "decided", today, consulted)

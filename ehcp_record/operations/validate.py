@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from ehcp_record.errors import FhirError, outcome_of
 from ehcp_record.fhir.model import parse_resource
-from ehcp_record.fhir.parameters import RESOURCE, read_parameters
+from ehcp_record.fhir.parameters import read_parameters
+from ehcp_record.fhir.signatures import signature
 from ehcp_record.plan.gate import is_plan
 from ehcp_record.fhir.identifiers import identifier_problems
 from ehcp_record.access.scoped import ScopedStore
@@ -51,7 +52,6 @@ class ValidateOperation:
 
 
 #: $validate's inputs (R4 Resource-validate): the resource, and optionally the profile to check.
-VALIDATE_PARAMETERS = {"resource": RESOURCE, "profile": ("uri", "canonical")}
 
 
 def _unwrap(body: object) -> tuple[object, str | None]:
@@ -61,7 +61,8 @@ def _unwrap(body: object) -> tuple[object, str | None]:
     invalid inner resource with a 400, where $validate must answer with its problems.
     """
     if isinstance(body, dict) and body.get("resourceType") == "Parameters":
-        values = read_parameters(body, VALIDATE_PARAMETERS, required=["resource"], check_structure=False)
+        inputs = signature("validate")  # a bare resource is also accepted (R4 $validate)
+        values = read_parameters(body, inputs.types, required=inputs.required, check_structure=False)
         return values["resource"], values.get("profile")
     return body, None
 

@@ -28,7 +28,7 @@ from ehcp_record.config import Settings
 from ehcp_record.access.scoped import PreparedWrite, RecordScope, ScopedStore, version_of
 from ehcp_record.errors import business_rule, invalid, unprocessable
 from ehcp_record.fhir.dates import instant, parse_date
-from ehcp_record.fhir.parameters import read_parameters
+from ehcp_record.fhir.signatures import read_inputs
 from ehcp_record.plan.gate import is_issued, is_plan
 from ehcp_record.fhir.identifiers import la_by_number
 from ehcp_record.net.outbound import Fence
@@ -325,13 +325,10 @@ def _custody_moves(old: str | None, new: str) -> list[dict]:
 
 
 #: $transfer's inputs, all required: the new LA and the two dates the reg 15 clocks run from.
-TRANSFER_PARAMETERS = {"destination": "Reference", "moveDate": "date", "notifiedDate": "date"}
-
-
 def parse_transfer(body: object) -> TransferRequest:
     """Read through the one Parameters reader, so a missing, repeated or mistyped input is
     refused the same way as in every other operation."""
-    values = read_parameters(body, TRANSFER_PARAMETERS, required=TRANSFER_PARAMETERS)
+    values = read_inputs(body, "transfer")
     destination = reference_of(values["destination"])
     if destination is None:
         raise invalid("parameter 'destination' must be a valueReference with a reference to the new LA's "
