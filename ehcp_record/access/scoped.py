@@ -147,6 +147,14 @@ class RecordStore:
         """The notifier's own question (no caller: it then asks as each subscriber)."""
         return self.repo.active_subscriptions(resource_types)
 
+    def current_subscription(self, subscription_id: str) -> Version | None:
+        """The notifier's own read of a subscription it delivers for (no caller, no audit)."""
+        return self.repo.read("Subscription", subscription_id)
+
+    def note_delivery(self, subscription: Version, delivered: bool) -> int:
+        """The notifier's tally: how many notifications in a row have now failed."""
+        return self.repo.note_delivery(subscription.type, subscription.id, delivered)
+
 
 def audited(method: Callable) -> Callable:
     """Every refusal raised inside a public method is written to the audit once, then raised."""
@@ -564,6 +572,7 @@ class ScopedStore:
                 raise unprocessable("Subscription.status 'error' is set by the server; send 'off' or 'requested'",
                                     "value", ["Subscription.status"])
             resource["status"] = "off" if resource.get("status") == "off" else "active"
+            resource.pop("error", None)  # the server's to say; an owner's write starts afresh
             extra = {**(extra or {}), **self._shared.subscriptions.prepare_subscription(self, resource, current)}
         if self.validator is not None:
             self.validator.check(resource)
@@ -681,6 +690,17 @@ class ScopedStore:
                 raise denied(f"{label} is not part of a child's record", None, label)
             decision = self.access.require(purpose, version.record, label)
         return version, decision  # type: ignore[return-value]
+
+    def prepare_subscription_error(self, subscription: Version, reason: str) -> PreparedWrite:
+        """The server turns a subscription whose notifications keep failing to `error`, saying
+        why in `Subscription.error` (R4 Subscription.status: "the server has an error executing
+        the notification"); nothing more is sent until its owner sets it back to `requested`.
+        Only the notifier calls this, on a subscription it delivers for; the owner is kept."""
+        resource = {k: v for k, v in subscription.resource.items() if k != "meta"}
+        resource.update(status="error", error=reason)
+        write = self._build(resource, None, subscription.vid, subscription, False)
+        write.extra.update(owner=subscription.owner, owner_actor=subscription.owner_actor)
+        return PreparedWrite(write, None, "subscription-error", (), False, self.caller)
 
     def notification_view(self, resource_type: str, pairs: list[tuple[str, str]], version: Version) -> dict | None:
         """Subscriptions: the changed resource as this subscriber may see it, when it matches

@@ -33,6 +33,8 @@ from ehcp_record.net.outbound import Fence, OutboundRefused
 
 log = logging.getLogger("ehcp_record.notifications.subscriptions")
 _TIMEOUT = (3, 10)
+#: Failed notifications in a row before a subscription is put in `error`.
+FAILURES_BEFORE_ERROR = 3
 
 
 @dataclass
@@ -111,14 +113,36 @@ class SubscriptionService:
         channel = subscription.resource["channel"]
         body = shown if channel.get("payload") == "application/fhir+json" else None
         session = self.session_factory() if self.session_factory else _session(self.fence)
+        failure = None
         try:
             response = session.post(channel["endpoint"], json=body, headers=_headers(channel), timeout=_TIMEOUT)
+            if not _delivered(response):
+                failure = f"the endpoint answered HTTP {response.status_code}"
         except OutboundRefused as refused:  # the endpoint now resolves somewhere internal
             log.warning("notification for Subscription/%s refused: %s", subscription.id, refused)
-            response = None
+            failure = f"the endpoint was refused: {refused}"
+        except requests.RequestException as exc:
+            failure = f"the endpoint could not be reached ({type(exc).__name__})"
         refs = [audit.version_ref(version)] if body is not None else [(f"{version.type}/{version.id}", None)]
         store.audit_record(version.record, "notify", f"Subscription/{subscription.id}", refs,
-                           outcome="permit" if _delivered(response) else "error")
+                           outcome="error" if failure else "permit")
+        self._tally(stores, store, subscription, failure)
+
+    def _tally(self, stores: RecordStore, store: ScopedStore, subscription: Version, failure: str | None) -> None:
+        """After `FAILURES_BEFORE_ERROR` failed notifications in a row (each after its own
+        retries) the subscription is put in `error` with the last reason, so a broken endpoint
+        is neither hammered nor silently ignored: its owner sees why and may switch it back on."""
+        failures = stores.note_delivery(subscription, failure is None)
+        if failure is None or failures < FAILURES_BEFORE_ERROR:
+            return
+        current = stores.current_subscription(subscription.id)
+        if current is None or current.resource.get("status") != "active":
+            return  # changed meanwhile (switched off, or already in error)
+        reason = f"{failures} notifications in a row failed; the last: {failure}"
+        try:
+            store.commit([store.prepare_subscription_error(current, reason)])
+        except FhirError:  # the owner wrote a newer version at the same moment: theirs stands
+            log.info("Subscription/%s changed while being put in error", subscription.id)
 
 
 def _delivered(response: requests.Response | None) -> bool:

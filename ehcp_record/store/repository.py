@@ -432,6 +432,15 @@ class Repository:
         """From memory, kept in step by a change stream (no query per commit)."""
         return self.subscriptions.active(resource_types)
 
+    def note_delivery(self, resource_type: str, resource_id: str, delivered: bool) -> int:
+        """Count a subscription's failed notifications in a row on its current document (one
+        atomic update, so every API process adds to the same tally; a success, or any new
+        version the owner writes, starts it again). Returns the count now."""
+        change = {"$set": {"failures": 0}} if delivered else {"$inc": {"failures": 1}}
+        doc = self.current.find_one_and_update({"_id": f"{resource_type}/{resource_id}"}, change,
+                                               projection={"failures": 1}, return_document=ReturnDocument.AFTER)
+        return int((doc or {}).get("failures", 0))
+
     def documents_of_record(self, record: str) -> dict[str, bytes]:
         return {d["_id"]: bytes(d["data"]) for d in self.db.documents.find({"record": record})}
 

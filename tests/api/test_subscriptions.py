@@ -132,3 +132,42 @@ def test_a_subscriber_switches_off_and_an_end_date_ends_it(api, world):
     assert _calls(1, 0.5) == []
     refused = api.post("/fhir/Subscription", dict(_subscription(child), status="error"), school)
     assert refused.status_code == 422 and "server" in refused.text
+
+
+@responses.activate
+def test_an_endpoint_that_keeps_failing_puts_the_subscription_in_error_until_its_owner_resumes_it(api, world):
+    """R4 Subscription.status `error`: after three failed notifications in a row the server stops
+    sending and says why (`Subscription.error`); the owner sets it back to `requested` and
+    notifications resume. A failure in between successes does not count towards it."""
+    from ehcp_record.notifications.subscriptions import FAILURES_BEFORE_ERROR
+
+    record, child, consent = world
+    responses.add_passthru(api.base)
+    failing = responses.add(responses.POST, HOOK, status=500)
+    school = api.token("school", "Organization/school-1")
+    created = api.post("/fhir/Subscription", _subscription(child), school).json()
+    url = f"/fhir/Subscription/{created['id']}"
+    time.sleep(0.3)  # the subscriptions cache follows a change stream
+    for n in range(1, FAILURES_BEFORE_ERROR + 1):
+        api.post("/fhir/DocumentReference", advice(child, "K"), api.la())
+        assert len(_calls(n)) == n
+    deadline = time.monotonic() + 5
+    while api.get(url, school).json()["status"] != "error" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stopped = api.get(url, school).json()
+    assert stopped["status"] == "error", stopped
+    assert stopped["error"] == "3 notifications in a row failed; the last: the endpoint answered HTTP 500"
+    assert stopped["meta"]["versionId"] == "2"
+    # nothing more is sent while it is in error
+    api.post("/fhir/DocumentReference", advice(child, "K"), api.la())
+    time.sleep(0.8)
+    assert len(_calls(FAILURES_BEFORE_ERROR + 1, 0.3)) == FAILURES_BEFORE_ERROR
+    # the owner fixes the endpoint and switches it back on
+    responses.replace(responses.POST, HOOK, status=200)
+    resumed = api.put(url, dict(stopped, status="requested"), school, **{"If-Match": 'W/"2"'})
+    assert resumed.status_code == 200 and resumed.json()["status"] == "active", resumed.text
+    assert "error" not in resumed.json()
+    time.sleep(0.3)
+    api.post("/fhir/DocumentReference", advice(child, "K"), api.la())
+    assert len(_calls(FAILURES_BEFORE_ERROR + 1)) == FAILURES_BEFORE_ERROR + 1
+    assert failing.call_count == FAILURES_BEFORE_ERROR
