@@ -21,8 +21,11 @@ HOST ?= 127.0.0.1
 serve: $(STAMP)
 	$(BIN)/ehcp-record serve --host $(HOST) --port $(PORT)
 
+# Two workers, each with its own embedded mongod; a test module stays on one worker (its server
+# and data are module fixtures). TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py
