@@ -13,6 +13,12 @@ browser origins allowed to call the API; none by default), EHCP_IDENTITY_PROVIDE
 external OpenID Connect issuers: {"issuer", "client_id", "jwks_uri", "subject_claim"}),
 EHCP_LOCAL_SIGN_IN (1/0: the dev sign-in page for the example people; never in production),
 EHCP_ACCESS_TOKEN_TTL, EHCP_REFRESH_TOKEN_TTL, EHCP_INVITATION_TTL (seconds).
+
+Encryption at rest (docs/encryption.md): EHCP_KMS_PROVIDERS (JSON: the KMS credentials pymongo
+takes, e.g. {"aws": {"accessKeyId": ..., "secretAccessKey": ...}}) and EHCP_MASTER_KEY (JSON: the
+provider and master key that wrap every data key, e.g. {"provider": "aws", "region": ..., "key":
+...}). Unset: a local master key file generated in the data dir, refused in production.
+EHCP_RETENTION_YEARS: years kept after the young person's 25th birthday (default 6).
 """
 
 from __future__ import annotations
@@ -89,7 +95,15 @@ class Settings:
     access_token_ttl: int = 3600
     refresh_token_ttl: int = 30 * 24 * 3600
     invitation_ttl: int = 14 * 24 * 3600
+    kms_providers: dict[str, Any] = field(default_factory=dict)
+    master_key: dict[str, Any] | None = None
+    retention_years: int = 6
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def master_key_dir(self) -> Path:
+        """The local master key files (embedded default only; never in production)."""
+        return self.data_dir / "keys" / "master"
 
     @property
     def oauth_issuer(self) -> str:
@@ -172,6 +186,9 @@ class _SettingsSchema(Schema):
     access_token_ttl = fields.Integer(load_default=3600, validate=validate.Range(min=30, max=24 * 3600))
     refresh_token_ttl = fields.Integer(load_default=30 * 24 * 3600, validate=validate.Range(min=1))
     invitation_ttl = fields.Integer(load_default=14 * 24 * 3600, validate=validate.Range(min=1))
+    kms_providers = fields.Dict(keys=fields.String(), values=fields.Dict(), load_default=dict)
+    master_key = fields.Dict(load_default=None, allow_none=True)
+    retention_years = fields.Integer(load_default=6, validate=validate.Range(min=0, max=100))
 
     @post_load
     def make(self, data: dict, **_: Any) -> Settings:
@@ -183,6 +200,7 @@ class _SettingsSchema(Schema):
             raise ValidationError("the dev issuer cannot be trusted in production", "dev_issuer")
         if local and production:
             raise ValidationError("the local sign-in page cannot be on in production", "local_sign_in")
+        _check_master_key(data["kms_providers"], data["master_key"], production)
         if "*" in data["cors_origins"]:
             raise ValidationError("name each allowed origin; '*' is not accepted", "cors_origins")
         return Settings(
@@ -203,9 +221,50 @@ _ENV = {
     "oauth_clients": "EHCP_OAUTH_CLIENTS", "cors_origins": "EHCP_CORS_ORIGINS",
     "identity_providers": "EHCP_IDENTITY_PROVIDERS", "local_sign_in": "EHCP_LOCAL_SIGN_IN",
     "access_token_ttl": "EHCP_ACCESS_TOKEN_TTL", "refresh_token_ttl": "EHCP_REFRESH_TOKEN_TTL",
-    "invitation_ttl": "EHCP_INVITATION_TTL",
+    "invitation_ttl": "EHCP_INVITATION_TTL", "kms_providers": "EHCP_KMS_PROVIDERS",
+    "master_key": "EHCP_MASTER_KEY", "retention_years": "EHCP_RETENTION_YEARS",
 }
-_JSON_KEYS = {"trusted_issuers", "trust_list", "oauth_clients", "identity_providers"}
+_JSON_KEYS = {"trusted_issuers", "trust_list", "oauth_clients", "identity_providers", "kms_providers", "master_key"}
+
+#: What each KMS provider pymongo supports needs (MongoDB CSFLE "KMS providers"): credentials
+#: in EHCP_KMS_PROVIDERS, and the master key's fields in EHCP_MASTER_KEY. An empty credentials
+#: object asks pymongo to find them on demand (instance roles), which aws, azure and gcp allow.
+KMS_CREDENTIALS = {
+    "aws": ("accessKeyId", "secretAccessKey"),
+    "azure": ("tenantId", "clientId", "clientSecret"),
+    "gcp": ("email", "privateKey"),
+    "kmip": ("endpoint",),
+}
+KMS_MASTER_KEY = {
+    "aws": ("region", "key"),
+    "azure": ("keyVaultEndpoint", "keyName"),
+    "gcp": ("projectId", "location", "keyRing", "keyName"),
+    "kmip": (),
+}
+
+
+def _check_master_key(providers: dict, master_key: dict | None, production: bool) -> None:
+    """The master key's configuration has the shape pymongo's KMS providers need; the local
+    key file (the embedded default) is refused in production, where it would sit beside the
+    data it protects."""
+    if master_key is None:
+        if providers:
+            raise ValidationError("EHCP_KMS_PROVIDERS needs EHCP_MASTER_KEY naming the provider and key", "master_key")
+        if production:
+            raise ValidationError("production needs a KMS master key (EHCP_KMS_PROVIDERS and EHCP_MASTER_KEY); "
+                                  "the local key file is for the embedded default only", "master_key")
+        return
+    kind = str(master_key.get("provider", "")).split(":")[0]
+    if kind not in KMS_CREDENTIALS:
+        raise ValidationError(f"master key provider must be one of {', '.join(KMS_CREDENTIALS)}", "master_key")
+    credentials = providers.get(master_key["provider"])
+    if credentials is None:
+        raise ValidationError(f"EHCP_KMS_PROVIDERS has no '{master_key['provider']}' entry", "kms_providers")
+    on_demand = credentials == {} and kind != "kmip"
+    missing = [k for k in KMS_CREDENTIALS[kind] if k not in credentials and not on_demand]
+    missing += [k for k in KMS_MASTER_KEY[kind] if k not in master_key]
+    if missing:
+        raise ValidationError(f"the {kind} master key needs {', '.join(missing)}", "master_key")
 
 
 def locate_data_dir(environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> Path:

@@ -731,6 +731,44 @@ class ScopedStore:
         self._audit_permits("export", [v for v, _ in shown], scope.decision, "$everything")
         return shown
 
+    # --- end of retention: erasure (crypto-shredding) ---------------------------------------
+
+    @audited
+    def erase_record(self, patient_id: str, reason: str) -> dict:
+        """`$erase`: the custodian LA ends the record. Every version, document and medium of it
+        answers 410 Gone from now on, on every path, and nothing else changes; the audit chain
+        keeps, in clear, who erased it, when and why (the store destroys the record's key).
+        Refused under a legal hold (409). Returns who, when and why."""
+        scope = self.open_record(patient_id, "erase")
+        at = self.clock()
+        erasure = {"at": instant(at), "by": self.caller.audit_agent(), "reason": reason}
+        body = audit.body(self.caller, "erase", "permit", at, reason, [(f"Patient/{patient_id}", None)],
+                          scope.decision.consent_ids)
+        self._repo.erase_record(patient_id, erasure, AuditAppend(audit.chain_of(patient_id), body, checkpoint=True))
+        return erasure
+
+    @audited
+    def place_legal_hold(self, patient_id: str, reason: str) -> None:
+        """A legal hold (litigation, an inquiry, a complaint) blocks erasure until lifted."""
+        self.open_record(patient_id, "erase")
+        self._repo.place_legal_hold(patient_id, {"at": instant(self.clock()), "by": self.caller.audit_agent(),
+                                                 "reason": reason})
+        self.audit_record(patient_id, "legal-hold", reason, [(f"Patient/{patient_id}", None)])
+
+    @audited
+    def lift_legal_hold(self, patient_id: str, reason: str) -> None:
+        self.open_record(patient_id, "erase")
+        self._repo.lift_legal_hold(patient_id)
+        self.audit_record(patient_id, "legal-hold-lifted", reason, [(f"Patient/{patient_id}", None)])
+
+    def retention_candidates(self) -> list[dict]:
+        """The custody states (birth date, legal hold) of the records this LA holds: the
+        retention rule (workflow/retention.py) picks the due ones. The custodian's own list only."""
+        actor = self.caller.actor
+        if actor.role != "la" or not actor.organization:
+            raise denied("only a local authority lists its records due for erasure", None, None)
+        return self._repo.retention_candidates(actor.organization)
+
     # --- plan documents (rendered by plan.documents, kept here) ---------------------------
 
     def stored_document(self, plan: Version) -> bytes | None:
