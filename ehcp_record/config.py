@@ -102,8 +102,8 @@ class Settings:
 
     @property
     def master_key_dir(self) -> Path:
-        """The local master key files (embedded default only; never in production)."""
-        return self.data_dir / "keys" / "master"
+        """The local master key files of this database (embedded default only; never in production)."""
+        return self.data_dir / "keys" / "master" / self.database
 
     @property
     def oauth_issuer(self) -> str:
