@@ -82,6 +82,7 @@ class RecordVerdict:
     differs: str | None = None
     head: dict | None = None
     faults: int = 0
+    erasure: dict | None = None  # who erased the record, when and why (crypto-shredded)
 
 
 @dataclass
@@ -176,7 +177,7 @@ def verify_record(repo: ChainSource, record: str, keys: dict[str, Ed25519PublicK
     if erasure:
         return RecordVerdict(True, verdict.entries, None, verdict.reason + (
             f", {len(versions.pairs)} version hashes found in the chain; the content was erased at "
-            f"{erasure.get('at')} by {erasure.get('by')} ({erasure.get('reason')}) and cannot be re-hashed"), head=head)
+            f"{erasure.get('at')} and cannot be re-hashed"), head=head, erasure=erasure)
     return RecordVerdict(True, verdict.entries, None, verdict.reason + _and_versions(versions), head=head)
 
 
