@@ -1005,7 +1005,7 @@ class TransferStorage:
         return self.repo.outbound_transfer(key)
 
     def keep_outbound(self, key: str, body: bytes) -> bytes:
-        return self.repo.keep_outbound_transfer(key, body)
+        return self.repo.keep_outbound_transfer(key, body, self.record)
 
     def sent(self, transfer_id: str) -> dict[str, str]:
         return self.transfers.sent(transfer_id)

@@ -26,10 +26,12 @@ import hmac
 import os
 import secrets
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import bson
 from bson.binary import STANDARD, Binary
 from bson.codec_options import CodecOptions
 from pymongo import MongoClient
@@ -43,6 +45,15 @@ SEARCH_KEY = "ehcp:search"
 ENCRYPTED_SUBTYPE = 6  # BSON binary subtype of a CSFLE ciphertext
 LOCAL_KEY_BYTES = 96   # a local master key is 96 bytes (libmongocrypt)
 BLIND_BYTES = 16       # blind index tokens: HMAC-SHA256 truncated to 128 bits
+#: How long libmongocrypt keeps a decrypted data key (its default is 60 s). Longer means a
+#: record's first read after a quiet spell needs no key-vault round trip; erasure does not rely
+#: on it (erased documents are refused before anything is opened) and rotation leaves the data
+#: keys themselves unchanged.
+KEY_CACHE_MS = 30 * 60 * 1000
+#: Opened documents remembered per process, keyed by the SHA-256 of their ciphertext (so a
+#: changed ciphertext is opened again); the Python side of libmongocrypt costs ~0.3 ms per value.
+OPENED_LIMIT = 20_000
+_CODEC = CodecOptions(uuid_representation=STANDARD, tz_aware=True)
 
 
 class KeyDestroyed(Exception):
@@ -124,11 +135,11 @@ class FieldCipher:
                                 partialFilterExpression={"keyAltNames": {"$exists": True}})
         self._ce = self._encryption(self._keys)
         self._keyed: set[str] = set()
+        self._opened = _Opened(OPENED_LIMIT)
         self._blind_secret = self._load_blind_secret(client[database]["keyring"])
 
     def _encryption(self, keys: MasterKeys) -> ClientEncryption:
-        return ClientEncryption(keys.providers, self.namespace, self._client,
-                                CodecOptions(uuid_representation=STANDARD, tz_aware=True))
+        return ClientEncryption(keys.providers, self.namespace, self._client, _CODEC, key_expiration_ms=KEY_CACHE_MS)
 
     # --- sealing ---------------------------------------------------------------------------
 
@@ -140,12 +151,19 @@ class FieldCipher:
 
     def open(self, sealed: Binary) -> Any:
         """The value inside `sealed`; KeyDestroyed when its data key no longer exists."""
+        digest = hashlib.sha256(sealed).digest()
+        known = self._opened.get(digest)
+        if known is not None:
+            return bson.decode(known, _CODEC)["v"]
         try:
-            return self._call(lambda ce: ce.decrypt(sealed))
+            value = self._call(lambda ce: ce.decrypt(sealed))
         except EncryptionError as error:
             if "not all keys requested were satisfied" in str(error):
                 raise KeyDestroyed() from None
             raise
+        if isinstance(value, dict):
+            self._opened.put(digest, bson.encode({"v": value}, codec_options=_CODEC))
+        return value
 
     def blind(self, domain: str, value: str) -> Binary:
         """A keyed blind index token (HMAC-SHA256 under the sealed search secret): equal values
@@ -204,6 +222,7 @@ class FieldCipher:
         """Delete the data key named `key_name`: what it sealed can never be opened again."""
         found = self.vault.find_one({"keyAltNames": key_name}, {"_id": 1})
         self._keyed.discard(key_name)
+        self._opened.clear()  # nothing opened under it stays in this process
         if found is None:
             return False
         self._ce.delete_key(found["_id"])
@@ -233,6 +252,33 @@ class FieldCipher:
 
     def close(self) -> None:
         self._ce.close()
+
+
+class _Opened:
+    """A bounded, thread-safe map: ciphertext digest -> the opened document as BSON bytes
+    (each hit decodes a fresh copy, so no caller shares a dict with another)."""
+
+    def __init__(self, limit: int) -> None:
+        self._items: OrderedDict[bytes, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+        self.limit = limit
+
+    def get(self, key: bytes) -> bytes | None:
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+            return found
+
+    def put(self, key: bytes, value: bytes) -> None:
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.limit:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
 
 
 def is_sealed(value: Any) -> bool:

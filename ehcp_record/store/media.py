@@ -30,8 +30,8 @@ from ehcp_record.store.versions import StoredMedia, TooLarge  # noqa: E402,F401
 
 
 class MediaStore:
-    def __init__(self, db: Database, seal: Sealing | None = None) -> None:
-        self.bucket = gridfs.GridFSBucket(db, bucket_name="media")
+    def __init__(self, db: Database, seal: Sealing | None = None, bucket: str = "media") -> None:
+        self.bucket = gridfs.GridFSBucket(db, bucket_name=bucket)
         self.seal = seal or Sealing(None)
         self._sealed_size: int | None = None
 

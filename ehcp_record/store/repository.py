@@ -14,6 +14,7 @@ its audit entry are all there after a crash, or none of them is.
 from __future__ import annotations
 
 import contextvars
+import io
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterator, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-import gridfs
+from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
 from pymongo.client_session import ClientSession
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, PyMongoError
@@ -36,6 +37,7 @@ from ehcp_record.errors import conflict, precondition_failed
 from ehcp_record.fhir.search import Criterion, SearchQuery, SortKey
 from ehcp_record.store import verify_reader
 from ehcp_record.store.crypto import FieldCipher, MasterKeys
+from ehcp_record.store.media import MediaStore
 from ehcp_record.store.sealing import Sealing, gone, key_name
 from ehcp_record.store.subscriptions import SubscriptionCache
 from ehcp_record.store.versions import (AuditAppend, RecordContext, Version, VersionWrite, Visibility,  # noqa: F401
@@ -63,7 +65,7 @@ def _consent_stages(custodian: str | None = None) -> list[dict]:
     source = {"$cond": [{"$eq": ["$custodian", custodian]}, None, "$record"]} if custodian else "$record"
     return [{"$addFields": {"_consents_of": source}},
             {"$lookup": {"from": "current", "localField": "_consents_of", "foreignField": "record", "as": "_consents",
-                         "pipeline": [{"$match": {"type": "Consent", "record": {"$ne": None}}}]}}]
+                         "pipeline": [{"$match": {"type": "Consent", "record": {"$ne": None}}}, {"$project": _VERSION}]}}]
 
 
 class Repository:
@@ -84,6 +86,7 @@ class Repository:
         self.audit = self.db.audit
         self.records = self.db.records
         self.subscriptions = SubscriptionCache(self.current, self._version)
+        self._outbound = MediaStore(self.db, self.seal, bucket="outbound")
 
     @classmethod
     def connect(cls, uri: str, database: str, signing_key: Ed25519PrivateKey | None = None,
@@ -117,7 +120,9 @@ class Repository:
         self.current.create_index([("custodian", ASCENDING), ("type", ASCENDING), ("updated", DESCENDING),
                                    ("_id", ASCENDING)])
         self.current.create_index([("type", ASCENDING), ("updated", DESCENDING), ("_id", ASCENDING)])
-        for param in ("identifier", "patient", "subject", "status", "code", "category", "owner", "focus", "actor"):
+        # string parameters too: their blind prefix tokens (store/sealing.py) are equality lookups
+        for param in ("identifier", "patient", "subject", "status", "code", "category", "owner", "focus", "actor",
+                      "name", "family", "given", "address-postalcode"):
             self.current.create_index([("type", ASCENDING), (f"idx.{param}", ASCENDING)], sparse=True)
         self.audit.create_index([("record", ASCENDING), ("seq", ASCENDING)], unique=True)
         self._backfill_custodians()
@@ -369,6 +374,7 @@ class Repository:
         key = f"{resource_type}/{resource_id}" if vid is None else f"{resource_type}/{resource_id}/{vid}"
         pipeline = [
             {"$match": {"_id": key}},
+            {"$project": _VERSION},
             {"$lookup": {"from": "records", "localField": "record", "foreignField": "_id", "as": "_state",
                          "pipeline": [{"$project": _STATE_FIELDS}]}},
             *_consent_stages(),
@@ -390,7 +396,7 @@ class Repository:
     def consents_of_records(self, records: list[str]) -> dict[str, list[Version]]:
         found: dict[str, list[Version]] = {r: [] for r in records}
         if records:
-            for doc in self.current.find({"type": "Consent", "record": {"$in": records}}):
+            for doc in self.current.find({"type": "Consent", "record": {"$in": records}}, _VERSION):
                 found[doc["record"]].append(self._version(doc))
         return found
 
@@ -399,17 +405,17 @@ class Repository:
         self.current.update_many({"record": record}, {"$set": {"custodian": custodian}}, session=session)
 
     def read(self, resource_type: str, resource_id: str) -> Version | None:
-        doc = self.current.find_one({"_id": f"{resource_type}/{resource_id}"})
+        doc = self.current.find_one({"_id": f"{resource_type}/{resource_id}"}, _VERSION)
         return self._version(doc) if doc else None
 
     def read_version(self, resource_type: str, resource_id: str, vid: int) -> Version | None:
-        doc = self.history.find_one({"_id": f"{resource_type}/{resource_id}/{vid}"})
+        doc = self.history.find_one({"_id": f"{resource_type}/{resource_id}/{vid}"}, _VERSION)
         return self._version(doc) if doc else None
 
     def history_of(self, resource_type: str, resource_id: str, offset: int, count: int) -> tuple[int, list[Version]]:
         query = {"type": resource_type, "rid": resource_id}
         total = self.history.count_documents(query)
-        docs = self.history.find(query).sort("vid", DESCENDING).skip(offset).limit(count)
+        docs = self.history.find(query, _VERSION).sort("vid", DESCENDING).skip(offset).limit(count)
         return total, [self._version(d) for d in docs]
 
     def history_search(self, types: list[str], visibility: Visibility, since: datetime | None,
@@ -432,22 +438,22 @@ class Repository:
             clauses.append(allowed)
         query = {"$and": clauses}
         total = self.history.count_documents(query)
-        docs = self.history.find(query).sort([("updated", DESCENDING), ("_id", ASCENDING)]).skip(offset).limit(count)
+        docs = self.history.find(query, _VERSION).sort([("updated", DESCENDING), ("_id", ASCENDING)]).skip(offset).limit(count)
         return total, [self._version(d) for d in docs]
 
     def versions_of_record(self, record: str) -> Iterator[Version]:
-        for doc in self.history.find({"record": record}).sort([("type", 1), ("rid", 1), ("vid", 1)]):
+        for doc in self.history.find({"record": record}, _VERSION).sort([("type", 1), ("rid", 1), ("vid", 1)]):
             yield self._version(doc)
 
     def current_of_record(self, record: str) -> list[Version]:
-        return [self._version(d) for d in self.current.find({"record": record}).sort([("type", 1), ("rid", 1)])]
+        return [self._version(d) for d in self.current.find({"record": record}, _VERSION).sort([("type", 1), ("rid", 1)])]
 
     def current_of_type(self, record: str, resource_type: str) -> list[Version]:
-        return [self._version(d) for d in self.current.find({"record": record, "type": resource_type})]
+        return [self._version(d) for d in self.current.find({"record": record, "type": resource_type}, _VERSION)]
 
     def version_at(self, resource_type: str, resource_id: str, at: datetime) -> Version | None:
         """The version that was current at `at` (the newest written at or before it)."""
-        doc = self.history.find_one({"type": resource_type, "rid": resource_id, "updated": {"$lte": at}},
+        doc = self.history.find_one({"type": resource_type, "rid": resource_id, "updated": {"$lte": at}}, _VERSION,
                                     sort=[("vid", DESCENDING)])
         return self._version(doc) if doc else None
 
@@ -462,14 +468,16 @@ class Repository:
         doc = self.db.outbound_transfers.find_one({"_id": transfer_id})
         if doc is None:
             return None
-        return gridfs.GridFSBucket(self.db, bucket_name="outbound").open_download_stream(doc["file"]).read()
+        return self._outbound.read_all(str(doc["file"]))
 
-    def keep_outbound_transfer(self, transfer_id: str, body: bytes) -> bytes:
-        """The signed bytes of a transfer, kept so every delivery attempt sends the same ones."""
-        file_id = gridfs.GridFSBucket(self.db, bucket_name="outbound").upload_from_stream(transfer_id, body)
+    def keep_outbound_transfer(self, transfer_id: str, body: bytes, record: str | None = None) -> bytes:
+        """The signed bytes of a transfer, kept (sealed under the record's key, like media) so
+        every delivery attempt sends the same ones."""
+        stored = self._outbound.save(body, io.BytesIO(), len(body), "application/fhir+json", record or "")
         try:
-            self.db.outbound_transfers.insert_one({"_id": transfer_id, "file": file_id})
+            self.db.outbound_transfers.insert_one({"_id": transfer_id, "file": ObjectId(stored.file_id)})
         except DuplicateKeyError:
+            self._outbound.delete(stored.file_id)
             return self.outbound_transfer(transfer_id) or body
         return body
 
@@ -493,7 +501,7 @@ class Repository:
     def read_many(self, refs: list[str]) -> dict[str, Version]:
         if not refs:
             return {}
-        return {d["_id"]: self._version(d) for d in self.current.find({"_id": {"$in": refs}, "erased": {"$exists": False}})}
+        return {d["_id"]: self._version(d) for d in self.current.find({"_id": {"$in": refs}, "erased": {"$exists": False}}, _VERSION)}
 
     def search(self, query: SearchQuery, visibility: Visibility) -> tuple[int, list[Version]]:
         total, found = self.search_in_context(query, visibility)
@@ -510,7 +518,7 @@ class Repository:
         pipeline = [{"$match": mongo_filter}, {"$sort": dict(_sort_spec(query.sort))}]
         if query.offset:
             pipeline.append({"$skip": query.offset})
-        pipeline += [{"$limit": query.count},
+        pipeline += [{"$limit": query.count}, {"$project": _VERSION},
                      {"$lookup": {"from": "records", "localField": "record", "foreignField": "_id", "as": "_state",
                                   "pipeline": [{"$project": _STATE_FIELDS}]}}]
         if not visibility.exact:
@@ -562,7 +570,7 @@ class Repository:
                                            {"_id": 0, "record": 1, "rid": 1, "vid": 1, "hash": 1})]
 
     def consents_of_record(self, record: str) -> list[Version]:
-        return [self._version(d) for d in self.current.find({"type": "Consent", "record": record})]
+        return [self._version(d) for d in self.current.find({"type": "Consent", "record": record}, _VERSION)]
 
     # --- audit --------------------------------------------------------------------------
 
@@ -685,6 +693,9 @@ def _aware(moment: datetime) -> datetime:
 
 #: Queries sent beside a search (`search_beside`); each waits on the network, not the CPU.
 _SIDE_QUERIES = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ehcp-side-query")
+
+#: A version as read: everything but its search index (blind tokens are many and never read back).
+_VERSION = {"idx": 0}
 
 #: What an access decision reads of a record's custody state (consent.model.RecordState).
 _STATE_FIELDS = {f: 1 for f in ("custodian", "birth_date", "parents", "lacks_capacity", "representative",

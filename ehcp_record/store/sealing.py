@@ -9,9 +9,10 @@ media store and transfer storage:
 - `idx`: dates, codes, status and references stay clear. Identifier tokens, and the normalised
   text of string parameters (name, family, given, address-postalcode), become keyed blind index
   tokens (HMAC-SHA256, `FieldCipher.blind`), domain-separated by parameter and use:
-  every prefix of each normalised value (FHIR's default starts-with, R4 search §3.1.1.5.3),
-  every substring up to `NGRAM` characters (`:contains`; a longer value must hold all its
-  `NGRAM`-character windows), and the text as written (`:exact`).
+  every prefix of each normalised value in `idx.<code>` (FHIR's default starts-with, R4 search
+  §3.1.1.5.3; indexed, so an equality lookup), every substring up to `NGRAM` characters in
+  `idx.<code>:grams` (`:contains`; a longer value must hold all its `NGRAM`-character windows),
+  and the text as written in `idx.<code>:exact` (`:exact`).
 - audit entries: the body's `at`, `action`, `outcome`, `agent`, `resources`, `consent` and
   `checkpoint` stay clear (agent and time search, chain verification, anchoring); the rest
   (reason, source, details) is sealed into `body.sealed` as base64 text, *before* the entry is
@@ -36,7 +37,7 @@ NGRAM = 8
 BLIND_TOKENS = frozenset({"identifier"})
 CLEAR_BODY = ("at", "action", "outcome", "agent", "resources", "consent", "checkpoint")
 ERASE_ACTION = "erase"
-UNREADABLE = "erased: this record's key was destroyed"
+UNREADABLE = "sealed: not readable here (the record was erased, or the entry came with a transfer sealed by the sending deployment)"
 
 
 def key_name(record: str | None) -> str:
@@ -47,6 +48,18 @@ def key_name(record: str | None) -> str:
 def gone(what: str) -> FhirError:
     """410 Gone (R4 http §3.1.0.6.1): the record was erased by its custodian."""
     return FhirError(410, "deleted", f"{what} was erased: its record's key was destroyed and it can never be read again")
+
+
+def _prefixes(values: Iterable[str]) -> set[str]:
+    """Every prefix of every value: starts-with becomes an equality lookup (indexed)."""
+    return {value[:end] for value in values for end in range(1, len(value) + 1)}
+
+
+def _grams(values: Iterable[str]) -> set[str]:
+    """Every substring of up to NGRAM characters: `:contains` (kept apart, not indexed, as the
+    unanchored match in clear is not)."""
+    return {value[start:start + size] for value in values
+            for size in range(1, min(NGRAM, len(value)) + 1) for start in range(len(value) - size + 1)}
 
 
 class Sealing:
@@ -107,20 +120,17 @@ class Sealing:
             if name.endswith(":exact"):
                 out[name] = [self._token("x", name, v) for v in values]
             elif f"{name}:exact" in index:
-                out[name] = sorted(set(self._text_tokens(name, values)))
+                out[name] = self._distinct(self._token("p", name, p) for p in _prefixes(values))
+                out[f"{name}:grams"] = self._distinct(self._token("c", name, g) for g in _grams(values))
             elif name in BLIND_TOKENS:
                 out[name] = [self._token("t", name, v) for v in values]
             else:
                 out[name] = values
         return out
 
-    def _text_tokens(self, name: str, values: Iterable[str]) -> Iterable[Binary]:
-        for value in values:
-            for end in range(1, len(value) + 1):
-                yield self._token("p", name, value[:end])
-            for size in range(1, min(NGRAM, len(value)) + 1):
-                for start in range(len(value) - size + 1):
-                    yield self._token("c", name, value[start:start + size])
+    @staticmethod
+    def _distinct(tokens: Iterable[Binary]) -> list[Binary]:
+        return sorted(set(tokens))
 
     def _token(self, use: str, name: str, value: str) -> Binary:
         assert self.cipher is not None
@@ -141,7 +151,7 @@ class Sealing:
             return {field: {"$in": [self._token("x", name, v) for v in values]}}
         if mode != "contains":
             return {field: {"$in": [self._token("p", name, v) for v in values]}}
-        return {"$or": [self._contains(field, name, v) for v in values]}
+        return {"$or": [self._contains(f"{field}:grams", name, v) for v in values]}
 
     def _contains(self, field: str, name: str, value: str) -> dict:
         if len(value) <= NGRAM:
