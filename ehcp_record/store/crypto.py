@@ -25,6 +25,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -73,22 +74,23 @@ class MasterKeys:
 
 # ----------------------------------------------------------------------- local master keys
 
-def local_key_dir(data_dir: Path) -> Path:
-    return data_dir / "keys" / "master"
-
-
 def local_master_keys(directory: Path, create: bool = True) -> MasterKeys:
     """Every local master key file (`local-0001.key`, ...); the newest wraps new data keys.
 
     The embedded default only (config refuses it in production): the key sits beside the data,
     so it protects a copied database or backup, not a copied data dir."""
-    files = sorted(directory.glob("local-*.key")) if directory.is_dir() else []
+    files = _key_files(directory)
     if not files:
         if not create:
             raise FileNotFoundError(f"no local master key in {directory}")
-        files = [new_local_master_key(directory)]
+        _link_into_place(directory / "local-0001.key")  # workers starting together agree on one
+        files = _key_files(directory)
     providers = {_provider(f): {"key": f.read_bytes()} for f in files}
     return MasterKeys(providers, _provider(files[-1]), None, tuple(f.name for f in files))
+
+
+def _key_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("local-*.key")) if directory.is_dir() else []
 
 
 def _provider(path: Path) -> str:
@@ -97,16 +99,32 @@ def _provider(path: Path) -> str:
 
 
 def new_local_master_key(directory: Path) -> Path:
-    """Write the next local master key file (owner-only), created exclusively so two processes
-    never write the same name."""
-    directory.mkdir(parents=True, exist_ok=True)
-    existing = sorted(directory.glob("local-*.key"))
-    number = int(existing[-1].stem.split("-")[1]) + 1 if existing else 1
-    path = directory / f"local-{number:04d}.key"
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "wb") as out:
-        out.write(secrets.token_bytes(LOCAL_KEY_BYTES))
-    return path
+    """Write the next local master key file (`ehcp-record keys rotate`)."""
+    while True:
+        existing = _key_files(directory)
+        number = int(existing[-1].stem.split("-")[1]) + 1 if existing else 1
+        path = directory / f"local-{number:04d}.key"
+        if _link_into_place(path):
+            return path
+
+
+def _link_into_place(path: Path) -> bool:
+    """A fresh random key at `path` (owner-only) unless one is there: written to a temporary
+    file and hard-linked into place, so no process ever reads a half-written key and of two
+    writers one wins (as `identity/keys.py` does for the signing key). False if it existed."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(secrets.token_bytes(LOCAL_KEY_BYTES))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        os.unlink(tmp)
 
 
 def retire_local_keys(directory: Path, keep: set[str]) -> list[str]:
