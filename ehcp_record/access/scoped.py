@@ -13,8 +13,9 @@ is validated, authorised (`write_rules`) and checked against the parental-input 
 server's own writes are named methods, each with its own decision and audit action:
 `prepare_proposed_content` and `prepare_issued_plan` ($issue, SEND Regulations 2014 regs 13
 and 22), `record_parental_response` ($respond), `prepare_transfer_update` and
-`commit_custody_move` (reg 15), `import_transfer` ($receive-transfer). There is no flag that
-switches a check off.
+`commit_custody_move` (reg 15), `import_transfer` ($receive-transfer), `erase_record` ($erase,
+the end of retention) and the legal hold. There is no flag that switches a check off. The store
+below encrypts and decrypts; nothing here knows of keys (an erased record answers 410).
 """
 
 from __future__ import annotations
@@ -761,6 +762,7 @@ class ScopedStore:
         self._repo.lift_legal_hold(patient_id)
         self.audit_record(patient_id, "legal-hold-lifted", reason, [(f"Patient/{patient_id}", None)])
 
+    @audited
     def retention_candidates(self) -> list[dict]:
         """The custody states (birth date, legal hold) of the records this LA holds: the
         retention rule (workflow/retention.py) picks the due ones. The custodian's own list only."""

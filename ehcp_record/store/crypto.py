@@ -233,9 +233,6 @@ class FieldCipher:
 
     # --- keys ------------------------------------------------------------------------------
 
-    def has_key(self, key_name: str) -> bool:
-        return self.vault.find_one({"keyAltNames": key_name}, {"_id": 1}) is not None
-
     def destroy(self, key_name: str) -> bool:
         """Delete the data key named `key_name`: what it sealed can never be opened again."""
         found = self.vault.find_one({"keyAltNames": key_name}, {"_id": 1})

@@ -9,6 +9,11 @@ single-shard):
 
 Every change is one transaction with majority write concern: the version, its history row and
 its audit entry are all there after a crash, or none of them is.
+
+At rest every child's content is sealed under that record's data key (store/sealing.py says
+what; store/crypto.py holds the keys; docs/encryption.md): documents are sealed before the
+transaction and opened as they are read, and an erased record (`erase_record`) answers 410.
+- `keyvault`  the data keys, wrapped by the master key; `keyring` the sealed blind-index secret
 """
 
 from __future__ import annotations
@@ -704,12 +709,6 @@ _STATE_FIELDS = {f: 1 for f in ("custodian", "birth_date", "parents", "lacks_cap
 
 def _is_chain_race(exc: DuplicateKeyError) -> bool:
     return "audit" in str(exc)
-
-
-def envelope(write: VersionWrite) -> dict:
-    """The stored document of one version, unsealed (the clear baseline); the repository's
-    `seal.envelope` is what it stores."""
-    return Sealing(None).envelope(write)
 
 
 def _search_filter(query: SearchQuery, visibility: Visibility, seal: Sealing | None = None) -> dict:

@@ -24,6 +24,7 @@ media store and transfer storage:
 from __future__ import annotations
 
 import base64
+from datetime import timezone
 from typing import Any, Iterable
 
 from bson.binary import Binary
@@ -85,7 +86,6 @@ class Sealing:
         return doc
 
     def version(self, doc: dict) -> Version:
-        from datetime import timezone
         if doc.get("erased"):
             raise gone(f"{doc['type']}/{doc['rid']}")
         updated = doc["updated"]

@@ -77,6 +77,12 @@ def test_every_path_to_the_erased_record_answers_410(api, erased):
         response = api.get(path, api.la())
         assert response.status_code == 410, (path, response.status_code)
         assert outcome_code(response) == "deleted"
+    gone = erased["gone"]
+    media = api.session.get(f"{api.base}/fhir/Binary/{gone['binary']}", timeout=30,
+                            headers={"Authorization": f"Bearer {api.la()}", "Accept": "image/png"})
+    assert media.status_code == 410 and not media.content.startswith(b"\x89PNG")  # the raw bytes too
+    assert api.get(f"/fhir/Composition/{gone['plan']}/_history/1/$document", api.la()).status_code == 410
+    assert api.get(f"/fhir/Patient/{gone['child']}", gone["parent"]).status_code == 410  # for the family too
     child = erased["gone"]["child"]
     put = api.put(f"/fhir/Patient/{child}", {"resourceType": "Patient", "id": child}, api.la())
     assert put.status_code == 410
