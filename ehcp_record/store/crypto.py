@@ -142,8 +142,12 @@ def retire_local_keys(directory: Path, keep: set[str]) -> list[str]:
 class FieldCipher:
     """Seal and open values with per-record data keys; blind tokens for search."""
 
-    def __init__(self, client: MongoClient, database: str, master_keys: Callable[[], MasterKeys]) -> None:
+    def __init__(self, client: MongoClient, database: str, master_keys: Callable[[], MasterKeys],
+                 may_create: Callable[[str], bool] = lambda name: True) -> None:
+        """`may_create(name)`: whether a data key of that name may be made (never again for an
+        erased record: what would be sealed under it is refused instead, KeyDestroyed)."""
         self._source = master_keys
+        self._may_create = may_create
         self._lock = threading.Lock()
         self._keys = master_keys()
         self.namespace = f"{database}.keyvault"
@@ -212,6 +216,8 @@ class FieldCipher:
         if key_name in self._keyed:
             return
         if self.vault.find_one({"keyAltNames": key_name}, {"_id": 1}) is None:
+            if not self._may_create(key_name):
+                raise KeyDestroyed()
             self._reload()  # wrap the new data key under the newest master key
             try:
                 self._ce.create_data_key(self._keys.provider, self._keys.master_key, key_alt_names=[key_name])

@@ -106,7 +106,10 @@ class Repository:
             connectTimeoutMS=3000, socketTimeoutMS=60000, waitQueueTimeoutMS=10000,
             retryWrites=True, retryReads=True,
         )
-        cipher = FieldCipher(client, database, master_keys) if master_keys is not None else None
+        records = client.get_database(database).records
+        cipher = None if master_keys is None else FieldCipher(  # an erased record never gets a new key
+            client, database, master_keys, lambda name: records.find_one(
+                {"_id": name, "erased": {"$exists": True}}, {"_id": 1}) is None)
         repo = cls(client, database, signing_key, anchor, cipher)
         repo.ensure_indexes()
         return repo
