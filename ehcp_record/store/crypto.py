@@ -156,7 +156,6 @@ class FieldCipher:
         self.vault.create_index("keyAltNames", unique=True,
                                 partialFilterExpression={"keyAltNames": {"$exists": True}})
         self._ce = self._encryption(self._keys)
-        self._keyed: set[str] = set()
         self._opened = _Opened(OPENED_LIMIT)
         self._blind_secret = self._load_blind_secret(client[database]["keyring"])
 
@@ -167,9 +166,18 @@ class FieldCipher:
 
     def seal(self, key_name: str, value: Any) -> Binary:
         """`value` (a document, bytes, a string) encrypted with the random algorithm under the
-        data key named `key_name` (created on first use)."""
-        self._ensure_key(key_name)
-        return self._call(lambda ce: ce.encrypt(value, RANDOM, key_alt_name=key_name))
+        data key named `key_name`, created on first use. Tried first: libmongocrypt finds the
+        key by name in its cache or the key vault, so a known key costs no extra round trip."""
+        def encrypt(ce: ClientEncryption) -> Binary:
+            return ce.encrypt(value, RANDOM, key_alt_name=key_name)
+
+        try:
+            return self._call(encrypt)
+        except EncryptionError as error:
+            if not _missing_key(error):
+                raise
+        self._create_key(key_name)
+        return self._call(encrypt)
 
     def open(self, sealed: Binary) -> Any:
         """The value inside `sealed`; KeyDestroyed when its data key no longer exists."""
@@ -180,7 +188,7 @@ class FieldCipher:
         try:
             value = self._call(lambda ce: ce.decrypt(sealed))
         except EncryptionError as error:
-            if "not all keys requested were satisfied" in str(error):
+            if _missing_key(error):
                 raise KeyDestroyed() from None
             raise
         if isinstance(value, dict):
@@ -199,8 +207,8 @@ class FieldCipher:
         ce = self._ce
         try:
             return work(ce)
-        except EncryptionError:
-            if not self._reload():
+        except EncryptionError as error:
+            if _missing_key(error) or not self._reload():
                 raise
             return work(self._ce)
 
@@ -212,19 +220,17 @@ class FieldCipher:
             self._keys, self._ce = fresh, self._encryption(fresh)
             return True
 
-    def _ensure_key(self, key_name: str) -> None:
-        if key_name in self._keyed:
-            return
-        if self.vault.find_one({"keyAltNames": key_name}, {"_id": 1}) is None:
-            if not self._may_create(key_name):
-                raise KeyDestroyed()
-            self._reload()  # wrap the new data key under the newest master key
-            try:
-                self._ce.create_data_key(self._keys.provider, self._keys.master_key, key_alt_names=[key_name])
-            except (DuplicateKeyError, EncryptionError) as error:
-                if self.vault.find_one({"keyAltNames": key_name}, {"_id": 1}) is None:
-                    raise error  # not a race with another writer
-        self._keyed.add(key_name)
+    def _create_key(self, key_name: str) -> None:
+        """A new data key named `key_name`, wrapped under the newest master key (another writer
+        creating it at the same moment is fine: the unique index keeps one)."""
+        if not self._may_create(key_name):
+            raise KeyDestroyed()
+        self._reload()
+        try:
+            self._ce.create_data_key(self._keys.provider, self._keys.master_key, key_alt_names=[key_name])
+        except (DuplicateKeyError, EncryptionError) as error:
+            if self.vault.find_one({"keyAltNames": key_name}, {"_id": 1}) is None:
+                raise error  # not a race with another writer
 
     def _load_blind_secret(self, keyring: Any) -> bytes:
         """The blind index secret, kept sealed under the search key (created once)."""
@@ -242,7 +248,6 @@ class FieldCipher:
     def destroy(self, key_name: str) -> bool:
         """Delete the data key named `key_name`: what it sealed can never be opened again."""
         found = self.vault.find_one({"keyAltNames": key_name}, {"_id": 1})
-        self._keyed.discard(key_name)
         self._opened.clear()  # nothing opened under it stays in this process
         if found is None:
             return False
@@ -300,6 +305,11 @@ class _Opened:
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+
+
+def _missing_key(error: EncryptionError) -> bool:
+    """libmongocrypt's answer when a data key (by id or by name) is not in the key vault."""
+    return "not all keys requested were satisfied" in str(error)
 
 
 def is_sealed(value: Any) -> bool:

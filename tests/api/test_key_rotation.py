@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from ehcp_record.store.crypto import FieldCipher
 from ehcp_record.store.repository import Repository
 from ehcp_record.wiring import master_keys, rotate_master_key
 from tests.conftest import start_server
@@ -50,6 +51,8 @@ def test_rotation_under_load_fails_no_request_and_loses_nothing(server):
     api, settings = server, server.services.settings
     children = [api.new_child()["id"] for _ in range(3)]
     old = {d["masterKey"]["provider"] for d in api.services.repo.cipher.vault.find()}
+    # a process started before the rotation, which has opened nothing yet
+    stale = FieldCipher(api.services.repo.client, settings.database, master_keys(settings))
     stop, failures, written = threading.Event(), [], []
     workers = [threading.Thread(target=_traffic, args=(api, child, stop, failures, written)) for child in children]
     for worker in workers:
@@ -66,6 +69,8 @@ def test_rotation_under_load_fails_no_request_and_loses_nothing(server):
     new = {d["masterKey"]["provider"] for d in vault.find()}
     assert len(new) == 1 and not (new & old), (old, new, lines)
     assert [f.name for f in settings.master_key_dir.glob("*.key")] == [sorted(new)[0].replace("local:k", "local-") + ".key"]
+    sealed = api.services.repo.db.current.find_one({"_id": f"Patient/{children[0]}"})["res"]
+    assert stale.open(sealed)["id"] == children[0]  # it finds the new master key file by itself
     after = api.new_child()["id"]  # the running server wraps a new record's key under the new master key
     assert vault.find_one({"keyAltNames": after})["masterKey"]["provider"] in new
     # a fresh process, holding only the new key file, opens everything that was written
