@@ -141,3 +141,21 @@ def test_retention_lists_due_records_and_a_legal_hold_blocks_erasure(api, erased
     assert api.get(f"/fhir/Patient/{held['child']}", api.la()).status_code == 200
     _operator(api).lift_legal_hold(held["child"], "claim settled")
     assert _erase(api, held["child"], api.la()).status_code == 200
+
+
+def test_the_daily_job_and_legal_holds_from_the_command_line(api, monkeypatch, capsys):
+    from api.cli import main
+
+    old = api.new_child(birthDate="1980-07-01")["id"]
+    monkeypatch.setenv("EHCP_MONGODB_URI", api.settings.mongodb_uri)
+    monkeypatch.setenv("EHCP_DATABASE", api.settings.database)
+    monkeypatch.setenv("EHCP_DATA_DIR", str(api.settings.data_dir))
+    assert main(["retention", "due", "--organization", LA]) == 0
+    listed = capsys.readouterr().out
+    assert f"Patient/{old}\tborn 1980-07-01\tdue 2011-07-01" in listed
+    assert main(["retention", "hold", old, "--organization", LA, "--reason", "inquiry"]) == 0
+    assert capsys.readouterr().out.strip() == f"held Patient/{old}"
+    from datetime import date
+
+    assert old not in {d.record for d in api.services.erasure.due(_operator(api), date.today())}
+    assert _erase(api, old, api.la()).status_code == 409
