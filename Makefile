@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test bench bench-search bench-load bench-verify clean
+.PHONY: install serve test bench bench-search bench-load bench-verify bench-encryption clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (or set PYTHON=python3)"; exit 1; }
@@ -43,6 +43,12 @@ bench-load: $(STAMP)
 
 bench-verify: $(STAMP)
 	$(BIN)/python bench/verify.py
+
+# Read, write and search throughput with encryption at rest on and off, side by side (~3 min);
+# ENC_ARGS=--quick for a smoke run.
+ENC_ARGS ?=
+bench-encryption: $(STAMP)
+	$(BIN)/python bench/encryption.py $(ENC_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .hypothesis

@@ -78,6 +78,22 @@ def _parser() -> argparse.ArgumentParser:
         "verify", help="verify every record (exit 0), report the first fault (exit 1), or say why it could not check (exit 2)")
     verify.add_argument("--record")
     verify.set_defaults(handler=_audit_verify)
+    keys = commands.add_parser("keys", help="encryption keys (docs/encryption.md)")
+    keys_commands = keys.add_subparsers()
+    rotate = keys_commands.add_parser("rotate", help="re-wrap every data key under a new master key (servers may run)")
+    rotate.add_argument("--master-key", help='with a KMS: the new master key as JSON, {"provider": "aws", ...}')
+    rotate.set_defaults(handler=_keys_rotate)
+    retention = commands.add_parser("retention", help="end of retention: records due for erasure, legal holds")
+    retention_commands = retention.add_subparsers()
+    due = retention_commands.add_parser("due", help="list the LA's records whose retention has ended (run daily)")
+    due.add_argument("--organization", required=True, help="the custodian LA, e.g. Organization/la-866")
+    due.set_defaults(handler=_retention_due)
+    for name, text in (("hold", "place a legal hold (blocks $erase)"), ("release", "lift a legal hold")):
+        hold = retention_commands.add_parser(name, help=text)
+        hold.add_argument("record", help="the record's Patient id")
+        hold.add_argument("--organization", required=True, help="the custodian LA")
+        hold.add_argument("--reason", required=True)
+        hold.set_defaults(handler=_retention_hold, hold=name == "hold")
     sen2 = commands.add_parser("sen2", help="write the SEN2 return of one LA's records: a CSV per module and validation.csv")
     sen2.add_argument("--year", required=True, help="collection year (census on the third Thursday of January)")
     sen2.add_argument("--organization", required=True, help="the custodian LA, e.g. Organization/la-866")
@@ -230,6 +246,84 @@ def _audit_verify(args: argparse.Namespace) -> int:
     for line in lines:
         print(line)
     return 0 if ok else 1
+
+
+def _settings_beside_server() -> Settings:
+    from dataclasses import replace
+
+    settings = load_settings({"data_dir": str(locate_data_dir())})
+    if not settings.mongodb_uri:
+        uri = running_uri(settings.data_dir.resolve())
+        if uri:
+            settings = replace(settings, mongodb_uri=uri)
+    return settings
+
+
+def _keys_rotate(args: argparse.Namespace) -> int:
+    """Re-wrap every data key under a new master key; exit 2 with one line if it cannot."""
+    import json
+
+    from ehcp_record.wiring import rotate_master_key
+
+    try:
+        new_key = json.loads(args.master_key) if args.master_key else None
+        with database(_settings_beside_server()) as ready:
+            lines = rotate_master_key(ready, new_key)
+    except Exception as exc:  # noqa: BLE001 - report, do not trace, for an operator
+        return _refuse(f"ehcp-record keys rotate: {type(exc).__name__}: {str(exc)[:300]}")
+    for line in lines:
+        print(line)
+    return 0
+
+
+def _operator_store(services, organization: str):
+    """The LA's own operator, as `sen2` acts: the same scoped store, decisions and audit."""
+    from consent.model import Actor
+    from consent.scopes import parse_scopes
+    from ehcp_record.access.caller import Caller
+
+    caller = Caller(Actor(role="la", sub=f"cli:retention:{organization}", organization=organization),
+                    parse_scopes("user/*.rs user/Patient.u"), issuer="urn:ehcp-record:cli")
+    return services.records.for_caller(caller)
+
+
+def _retention_due(args: argparse.Namespace) -> int:
+    """One line per record due for erasure: record, birth date, due date."""
+    from ehcp_record.errors import FhirError
+    from datetime import datetime, timezone
+
+    from consent.clock import uk_date
+    from ehcp_record.wiring import build_services
+
+    with database(_settings_beside_server()) as ready:
+        services = build_services(ready)
+        try:
+            due = services.erasure.due(_operator_store(services, args.organization), uk_date(datetime.now(timezone.utc)))
+        except FhirError as exc:
+            return _refuse(f"retention due: {exc}")
+        finally:
+            services.records.close()
+    for item in due:
+        print(f"Patient/{item.record}\tborn {item.birth_date.isoformat()}\tdue {item.due.isoformat()}")
+    print(f"{len(due)} records due for erasure")
+    return 0
+
+
+def _retention_hold(args: argparse.Namespace) -> int:
+    from ehcp_record.errors import FhirError
+    from ehcp_record.wiring import build_services
+
+    with database(_settings_beside_server()) as ready:
+        services = build_services(ready)
+        try:
+            store = _operator_store(services, args.organization)
+            (store.place_legal_hold if args.hold else store.lift_legal_hold)(args.record, args.reason)
+        except FhirError as exc:
+            return _refuse(f"retention: {exc}")
+        finally:
+            services.records.close()
+    print(f"{'held' if args.hold else 'released'} Patient/{args.record}")
+    return 0
 
 
 def _sen2(args: argparse.Namespace) -> int:

@@ -99,6 +99,12 @@ def everything(patient_id: str) -> Response:
     return fhir_response(bundles.searchset([bundles.entry(r, mode="match") for r in resources], len(resources)))
 
 
+@bp.post("/Patient/<patient_id>/$erase")
+@operation("erase", "Patient")
+def erase(patient_id: str) -> Response:
+    return fhir_response(services().erasure.erase(store(), patient_id, json_body()))
+
+
 @bp.post("/<fhir_type:resource_type>/$validate")
 @operation("validate", None)
 def validate(resource_type: str) -> Response:

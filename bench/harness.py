@@ -33,12 +33,13 @@ class Server:
     """`ehcp-record serve` (gunicorn) with its embedded mongod in `data_dir`, serving this
     checkout's code (ROOT first on the server's PYTHONPATH)."""
 
-    def __init__(self, data_dir: Path, workers: int) -> None:
+    def __init__(self, data_dir: Path, workers: int, launcher: list[str] | None = None) -> None:
+        """`launcher`: the command that runs `api.cli` (default `python -m api.cli`)."""
         self.port = free_port()
         env = {**os.environ, "EHCP_DATA_DIR": str(data_dir), "EHCP_ENV": "local",
                "PYTHONPATH": os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
         env.pop("EHCP_MONGODB_URI", None)
-        command = [sys.executable, "-m", "api.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+        command = (launcher or [sys.executable, "-m", "api.cli"]) + ["serve", "--host", "127.0.0.1", "--port", str(self.port),
                    "--workers", str(workers)]
         self.log = open(data_dir / "server.log", "wb")
         self.process = subprocess.Popen(command, env=env, stdout=self.log, stderr=self.log, start_new_session=True)

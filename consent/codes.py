@@ -56,8 +56,9 @@ OP_MANAGE_CONSENT = "manage-consent"
 OP_RESPOND = "respond"
 OP_TRANSFER = "transfer"
 OP_AUDIT_LOG = "audit-log"
+OP_ERASE = "erase"  # crypto-shred the record at the end of retention (docs/encryption.md)
 OPERATIONS: tuple[str, ...] = (
-    OP_READ, OP_CONTRIBUTE, OP_WRITE, OP_MANAGE_CONSENT, OP_RESPOND, OP_TRANSFER, OP_AUDIT_LOG,
+    OP_READ, OP_CONTRIBUTE, OP_WRITE, OP_MANAGE_CONSENT, OP_RESPOND, OP_TRANSFER, OP_AUDIT_LOG, OP_ERASE,
 )
 
 # Sections the family may contribute to directly: their own views (A) and advice or

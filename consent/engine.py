@@ -281,6 +281,16 @@ def _transfer(actor: Actor, record: RecordState, grants: Iterable[Grant],
     return _deny("only the local authority holding custody may transfer the plan")
 
 
+def _erase(actor: Actor, record: RecordState, grants: Iterable[Grant], now: datetime) -> Decision:
+    """Only the custodian LA erases a record: it is the data controller that set its retention
+    schedule (UK GDPR Art. 5(1)(e) storage limitation, Art. 17 erasure)."""
+    if is_custodian(actor, record):
+        return _custodian(actor, frozenset())
+    if is_former_custodian(actor, record):
+        return _transferred(actor)
+    return _deny("only the local authority holding custody may erase the record")
+
+
 def _audit_log(actor: Actor, record: RecordState, grants: Iterable[Grant],
                now: datetime) -> Decision:
     today = uk_date(now)
@@ -303,6 +313,7 @@ _RULES: dict[str, Callable[[Actor, RecordState, Iterable[Grant], datetime], Deci
     codes.OP_RESPOND: _respond,
     codes.OP_TRANSFER: _transfer,
     codes.OP_AUDIT_LOG: _audit_log,
+    codes.OP_ERASE: _erase,
 }
 
 

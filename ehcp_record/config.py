@@ -18,6 +18,11 @@ EHCP_ACCESS_TOKEN_TTL, EHCP_REFRESH_TOKEN_TTL, EHCP_INVITATION_TTL (seconds).
 Outbound requests (Subscription notifications, transfer peers, JWKS): EHCP_OUTBOUND_ALLOW
 (comma-separated addresses or CIDR networks the server may connect to although they are not
 public, e.g. `127.0.0.1` for a receiver on the same machine; none by default; docs/security.md).
+Encryption at rest (docs/encryption.md): EHCP_KMS_PROVIDERS (JSON: the KMS credentials pymongo
+takes, e.g. {"aws": {"accessKeyId": ..., "secretAccessKey": ...}}) and EHCP_MASTER_KEY (JSON: the
+provider and master key that wrap every data key, e.g. {"provider": "aws", "region": ..., "key":
+...}). Unset: a local master key file generated in the data dir, refused in production.
+EHCP_RETENTION_YEARS: years kept after the young person's 25th birthday (default 6).
 """
 
 from __future__ import annotations
@@ -108,7 +113,15 @@ class Settings:
     refresh_token_ttl: int = 30 * 24 * 3600
     invitation_ttl: int = 14 * 24 * 3600
     outbound_allow: tuple[str, ...] = ()
+    kms_providers: dict[str, Any] = field(default_factory=dict)
+    master_key: dict[str, Any] | None = None
+    retention_years: int = 6
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def master_key_dir(self) -> Path:
+        """The local master key files of this database (embedded default only; never in production)."""
+        return self.data_dir / "keys" / "master" / self.database
 
     @property
     def oauth_issuer(self) -> str:
@@ -213,6 +226,9 @@ class _SettingsSchema(Schema):
     refresh_token_ttl = fields.Integer(load_default=30 * 24 * 3600, validate=validate.Range(min=1))
     invitation_ttl = fields.Integer(load_default=14 * 24 * 3600, validate=validate.Range(min=1))
     outbound_allow = fields.Function(deserialize=_networks, load_default=list)
+    kms_providers = fields.Dict(keys=fields.String(), values=fields.Dict(), load_default=dict)
+    master_key = fields.Dict(load_default=None, allow_none=True)
+    retention_years = fields.Integer(load_default=6, validate=validate.Range(min=0, max=100))
 
     @post_load
     def make(self, data: dict, **_: Any) -> Settings:
@@ -227,6 +243,7 @@ class _SettingsSchema(Schema):
         provider_ids = [p.id for p in data["identity_providers"]]
         if len(provider_ids) != len(set(provider_ids)):
             raise ValidationError("each identity provider needs its own id", "identity_providers")
+        _check_master_key(data["kms_providers"], data["master_key"], production)
         if "*" in data["cors_origins"]:
             raise ValidationError("name each allowed origin; '*' is not accepted", "cors_origins")
         return Settings(
@@ -249,8 +266,50 @@ _ENV = {
     "identity_providers": "EHCP_IDENTITY_PROVIDERS", "local_sign_in": "EHCP_LOCAL_SIGN_IN",
     "access_token_ttl": "EHCP_ACCESS_TOKEN_TTL", "refresh_token_ttl": "EHCP_REFRESH_TOKEN_TTL",
     "invitation_ttl": "EHCP_INVITATION_TTL", "outbound_allow": "EHCP_OUTBOUND_ALLOW",
+    "kms_providers": "EHCP_KMS_PROVIDERS",
+    "master_key": "EHCP_MASTER_KEY", "retention_years": "EHCP_RETENTION_YEARS",
 }
-_JSON_KEYS = {"trusted_issuers", "trust_list", "oauth_clients", "identity_providers"}
+_JSON_KEYS = {"trusted_issuers", "trust_list", "oauth_clients", "identity_providers", "kms_providers", "master_key"}
+
+#: What each KMS provider pymongo supports needs (MongoDB CSFLE "KMS providers"): credentials
+#: in EHCP_KMS_PROVIDERS, and the master key's fields in EHCP_MASTER_KEY. An empty credentials
+#: object asks pymongo to find them on demand (instance roles), which aws, azure and gcp allow.
+KMS_CREDENTIALS = {
+    "aws": ("accessKeyId", "secretAccessKey"),
+    "azure": ("tenantId", "clientId", "clientSecret"),
+    "gcp": ("email", "privateKey"),
+    "kmip": ("endpoint",),
+}
+KMS_MASTER_KEY = {
+    "aws": ("region", "key"),
+    "azure": ("keyVaultEndpoint", "keyName"),
+    "gcp": ("projectId", "location", "keyRing", "keyName"),
+    "kmip": (),
+}
+
+
+def _check_master_key(providers: dict, master_key: dict | None, production: bool) -> None:
+    """The master key's configuration has the shape pymongo's KMS providers need; the local
+    key file (the embedded default) is refused in production, where it would sit beside the
+    data it protects."""
+    if master_key is None:
+        if providers:
+            raise ValidationError("EHCP_KMS_PROVIDERS needs EHCP_MASTER_KEY naming the provider and key", "master_key")
+        if production:
+            raise ValidationError("production needs a KMS master key (EHCP_KMS_PROVIDERS and EHCP_MASTER_KEY); "
+                                  "the local key file is for the embedded default only", "master_key")
+        return
+    kind = str(master_key.get("provider", "")).split(":")[0]
+    if kind not in KMS_CREDENTIALS:
+        raise ValidationError(f"master key provider must be one of {', '.join(KMS_CREDENTIALS)}", "master_key")
+    credentials = providers.get(master_key["provider"])
+    if credentials is None:
+        raise ValidationError(f"EHCP_KMS_PROVIDERS has no '{master_key['provider']}' entry", "kms_providers")
+    on_demand = credentials == {} and kind != "kmip"
+    missing = [k for k in KMS_CREDENTIALS[kind] if k not in credentials and not on_demand]
+    missing += [k for k in KMS_MASTER_KEY[kind] if k not in master_key]
+    if missing:
+        raise ValidationError(f"the {kind} master key needs {', '.join(missing)}", "master_key")
 
 
 def locate_data_dir(environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> Path:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ehcp_record.access.compartment import Compartment
 from ehcp_record.access.scoped import RecordStore
@@ -27,6 +27,7 @@ from ehcp_record.net.outbound import Fence, configured_refusals
 from ehcp_record.notifications.subscriptions import SubscriptionService
 from ehcp_record.operations.assessment import AssessmentService
 from ehcp_record.operations.audit_log import AuditLog
+from ehcp_record.operations.erase import ErasureService
 from ehcp_record.operations.everything import EverythingService
 from ehcp_record.operations.media import MediaService
 from ehcp_record.operations.notices import NoticeService
@@ -38,6 +39,7 @@ from ehcp_record.operations.worklist import WorklistService
 from ehcp_record.plan.documents import DocumentService
 from ehcp_record.plan.gate import ParentalInputGate
 from ehcp_record.plan.validation import ProfileChecks
+from ehcp_record.store.crypto import MasterKeys, local_master_keys, new_local_master_key, retire_local_keys
 from ehcp_record.store.identity import IdentityStore
 from ehcp_record.store.media import MediaStore
 from ehcp_record.store.repository import Repository
@@ -64,6 +66,7 @@ class Services:
     notices: NoticeService = field(default_factory=NoticeService)
     worklist: WorklistService = field(default_factory=WorklistService)
     sen2: Sen2Service = field(default_factory=Sen2Service)
+    erasure: ErasureService = field(default_factory=ErasureService)
     identity: IdentityService | None = None
     conformance: ConformanceLibrary = field(default_factory=ConformanceLibrary)
     verifier: Any = None  # api.auth.TokenVerifier, set by the API (Flask-free here)
@@ -80,14 +83,15 @@ def build_services(settings: Settings) -> Services:
     signing_key = load_or_create_private_key(settings.signing_key_path)
     for refusal in configured_refusals(settings):
         logging.getLogger("ehcp_record.net.outbound").warning(refusal)
-    repo = Repository.connect(settings.mongodb_uri, settings.database, signing_key, anchor_log(settings))
+    repo = Repository.connect(settings.mongodb_uri, settings.database, signing_key, anchor_log(settings),
+                              master_keys(settings))
     registry = SearchRegistry.load(settings.profiles_dir / "SearchParameter")
     compartment = Compartment.load(settings.profiles_dir / "CompartmentDefinition" / "ehcp-record.json", registry)
     checks = ProfileChecks(ProfileValidator.load(settings.profiles_dir))
     subscriptions = SubscriptionService(registry, allow_plain_http=settings.env != "production",
                                         fence=Fence.from_settings(settings))
     records = RecordStore(repo, registry, compartment, validator=checks, gate=ParentalInputGate(),
-                          subscriptions=subscriptions, media=MediaStore(repo.db), transfers=TransferStore(repo))
+                          subscriptions=subscriptions, media=MediaStore(repo.db, repo.seal), transfers=TransferStore(repo))
     documents = DocumentService(settings.base_url)
     reviews = ReviewService()
     transfers = TransferService(settings)
@@ -99,6 +103,7 @@ def build_services(settings: Settings) -> Services:
         validate=ValidateOperation(checks), transfers=transfers, receive_transfer=ReceiveTransfer(records, transfers),
         assessment=AssessmentService(reviews), reviews=reviews,
         conformance=ConformanceLibrary.load(settings.profiles_dir),
+        erasure=ErasureService(settings.retention_years),
     )
 
 
@@ -119,6 +124,19 @@ def client_registry(settings: Settings) -> Iterator[IdentityService]:
         repo.close()
 
 
+def master_keys(settings: Settings) -> Callable[[], MasterKeys]:
+    """Where the master key comes from (docs/encryption.md): the configured KMS provider, or
+    the local key files in the data dir (the embedded default; config refuses it in production).
+    A function, so a running server picks up a rotation (`ehcp-record keys rotate`)."""
+    if settings.master_key:
+        key = dict(settings.master_key)
+        provider = key.pop("provider")
+        configured = MasterKeys(dict(settings.kms_providers), provider, key or None, "configured")
+        return lambda: configured
+    directory = settings.master_key_dir
+    return lambda: local_master_keys(directory)
+
+
 def anchor_log(settings: Settings) -> AnchorLog:
     """Where chain heads are kept outside MongoDB: files in the data dir, one directory per
     database. Replace here to send them to another deployment or a transparency service."""
@@ -128,8 +146,43 @@ def anchor_log(settings: Settings) -> AnchorLog:
 def verify_audit_chains(settings: Settings, record: str | None = None) -> tuple[bool, list[str]]:
     """`ehcp-record audit verify`: the operator's check of every chain (or one).
     Raises LookupError for an unknown record."""
-    repo = Repository.connect(settings.mongodb_uri or "", settings.database, anchor=anchor_log(settings))
+    repo = Repository.connect(settings.mongodb_uri or "", settings.database, anchor=anchor_log(settings),
+                              master_keys=master_keys(settings))
     try:
         return verify_all(repo, settings, record)
+    finally:
+        repo.close()
+
+
+def rotate_master_key(settings: Settings, new_master_key: dict | None = None) -> list[str]:
+    """`ehcp-record keys rotate`: re-wrap every data key under a new master key, while servers
+    run (`rewrap_many_data_key`; the data keys, so every ciphertext, stay as they are).
+
+    Local key files (the embedded default): a new key file is written, every data key is
+    re-wrapped under it (twice over, to catch keys a server created meanwhile under the old
+    one), and old files no data key uses any more are deleted. A running server notices the
+    new file the first time it needs it (store/crypto.py reloads on an unknown provider).
+    With a KMS, `new_master_key` names the new key ({"provider": ..., fields}); put it in
+    EHCP_MASTER_KEY afterwards and run the command again once servers have restarted, to
+    re-wrap keys created meanwhile."""
+    repo = Repository.connect(settings.mongodb_uri or "", settings.database, master_keys=master_keys(settings))
+    try:
+        assert repo.cipher is not None
+        lines = []
+        if new_master_key is None and not settings.master_key:
+            created = new_local_master_key(settings.master_key_dir)
+            target = local_master_keys(settings.master_key_dir)
+            target = MasterKeys({target.provider: target.providers[target.provider]}, target.provider)
+            lines.append(f"new local master key {created.name}")
+        else:
+            key = dict(new_master_key or settings.master_key or {})
+            provider = key.pop("provider")
+            target = MasterKeys(dict(settings.kms_providers), provider, key or None)
+        for attempt in (1, 2):
+            lines.append(f"pass {attempt}: re-wrapped {repo.cipher.rewrap(target)} data keys under {target.provider}")
+        if target.provider.startswith("local:"):
+            retired = retire_local_keys(settings.master_key_dir, repo.cipher.providers_in_use() | {target.provider})
+            lines.append(f"retired {', '.join(retired) or 'no'} old key files")
+        return lines
     finally:
         repo.close()

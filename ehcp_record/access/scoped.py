@@ -13,8 +13,9 @@ is validated, authorised (`write_rules`) and checked against the parental-input 
 server's own writes are named methods, each with its own decision and audit action:
 `prepare_proposed_content` and `prepare_issued_plan` ($issue, SEND Regulations 2014 regs 13
 and 22), `record_parental_response` ($respond), `prepare_transfer_update` and
-`commit_custody_move` (reg 15), `import_transfer` ($receive-transfer). There is no flag that
-switches a check off.
+`commit_custody_move` (reg 15), `import_transfer` ($receive-transfer), `erase_record` ($erase,
+the end of retention) and the legal hold. There is no flag that switches a check off. The store
+below encrypts and decrypts; nothing here knows of keys (an erased record answers 410).
 """
 
 from __future__ import annotations
@@ -771,6 +772,45 @@ class ScopedStore:
         self._audit_permits("export", [v for v, _ in shown], scope.decision, "$everything")
         return shown
 
+    # --- end of retention: erasure (crypto-shredding) ---------------------------------------
+
+    @audited
+    def erase_record(self, patient_id: str, reason: str) -> dict:
+        """`$erase`: the custodian LA ends the record. Every version, document and medium of it
+        answers 410 Gone from now on, on every path, and nothing else changes; the audit chain
+        keeps, in clear, who erased it, when and why (the store destroys the record's key).
+        Refused under a legal hold (409). Returns who, when and why."""
+        scope = self.open_record(patient_id, "erase")
+        at = self.clock()
+        erasure = {"at": instant(at), "by": self.caller.audit_agent(), "reason": reason}
+        body = audit.body(self.caller, "erase", "permit", at, reason, [(f"Patient/{patient_id}", None)],
+                          scope.decision.consent_ids)
+        self._repo.erase_record(patient_id, erasure, AuditAppend(audit.chain_of(patient_id), body, checkpoint=True))
+        return erasure
+
+    @audited
+    def place_legal_hold(self, patient_id: str, reason: str) -> None:
+        """A legal hold (litigation, an inquiry, a complaint) blocks erasure until lifted."""
+        self.open_record(patient_id, "erase")
+        self._repo.place_legal_hold(patient_id, {"at": instant(self.clock()), "by": self.caller.audit_agent(),
+                                                 "reason": reason})
+        self.audit_record(patient_id, "legal-hold", reason, [(f"Patient/{patient_id}", None)])
+
+    @audited
+    def lift_legal_hold(self, patient_id: str, reason: str) -> None:
+        self.open_record(patient_id, "erase")
+        self._repo.lift_legal_hold(patient_id)
+        self.audit_record(patient_id, "legal-hold-lifted", reason, [(f"Patient/{patient_id}", None)])
+
+    @audited
+    def retention_candidates(self) -> list[dict]:
+        """The custody states (birth date, legal hold) of the records this LA holds: the
+        retention rule (workflow/retention.py) picks the due ones. The custodian's own list only."""
+        actor = self.caller.actor
+        if actor.role != "la" or not actor.organization:
+            raise denied("only a local authority lists its records due for erasure", None, None)
+        return self._repo.retention_candidates(actor.organization)
+
     # --- plan documents (rendered by plan.documents, kept here) ---------------------------
 
     def stored_document(self, plan: Version) -> bytes | None:
@@ -1040,7 +1080,7 @@ class TransferStorage:
         return self.repo.outbound_transfer(key)
 
     def keep_outbound(self, key: str, body: bytes) -> bytes:
-        return self.repo.keep_outbound_transfer(key, body)
+        return self.repo.keep_outbound_transfer(key, body, self.record)
 
     def sent(self, transfer_id: str) -> dict[str, str]:
         return self.transfers.sent(transfer_id)

@@ -82,6 +82,7 @@ class RecordVerdict:
     differs: str | None = None
     head: dict | None = None
     faults: int = 0
+    erasure: dict | None = None  # who erased the record, when and why (crypto-shredded)
 
 
 @dataclass
@@ -139,9 +140,16 @@ def latest_head(repo: ChainSource, record: str) -> dict | None:
 def verify_record(repo: ChainSource, record: str, keys: dict[str, Ed25519PublicKey],
                   held_head: audit_chain.ChainHead | None = None) -> RecordVerdict:
     faults: list[_Fault] = []
-    versions = _check_history(repo.version_digests(record), faults)
-    _check_current(repo.version_digests(record, current=True), versions, faults)
-    _check_documents(repo.documents_of_record(record), versions, faults)
+    erasure = getattr(repo, "erasure", lambda _: None)(record)
+    if erasure:
+        # Crypto-shredded (docs/encryption.md): the content cannot be opened, so it cannot be
+        # re-hashed; the chain still must hold every recorded version hash, and verifies as stored.
+        versions = _Versions()
+        versions.pairs = list(repo.version_hashes(record))  # type: ignore[attr-defined]
+    else:
+        versions = _check_history(repo.version_digests(record), faults)
+        _check_current(repo.version_digests(record, current=True), versions, faults)
+        _check_documents(repo.documents_of_record(record), versions, faults)
     anchor = getattr(repo, "anchor", None) or NoAnchor()
     known = [(anchor.high_water(record), "the sequence high-water mark kept outside the database")]
     anchored = anchor.latest_head(record)
@@ -166,6 +174,10 @@ def verify_record(repo: ChainSource, record: str, keys: dict[str, Ed25519PublicK
         return RecordVerdict(False, verdict.entries, verdict.first_invalid, verdict.reason,
                              f"AuditEvent/{record}-{verdict.first_invalid}" if verdict.first_invalid else None,
                              "audit chain", head, 1)
+    if erasure:
+        return RecordVerdict(True, verdict.entries, None, verdict.reason + (
+            f", {len(versions.pairs)} version hashes found in the chain; the content was erased at "
+            f"{erasure.get('at')} and cannot be re-hashed"), head=head, erasure=erasure)
     return RecordVerdict(True, verdict.entries, None, verdict.reason + _and_versions(versions), head=head)
 
 

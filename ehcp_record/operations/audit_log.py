@@ -73,6 +73,8 @@ class AuditLog:
                 parameters.append({"name": "resource", "valueString": verdict.resource})
             if verdict.differs:
                 parameters.append({"name": "differs", "valueString": verdict.differs})
+        if verdict.erasure:
+            parameters.append(_erased(verdict.erasure))
         if held_head:
             parameters.append({"name": "extendsHead", "valueBoolean": verdict.valid})
         parameters += head_parameters(verdict.head)
@@ -142,3 +144,12 @@ def _date_range(value: str | None) -> tuple[str, str] | None:
         raise invalid(f"date: {exc}") from None
     low, high = instant(lo), instant(hi)
     return {"eq": (low, high), "ge": (low, "9999"), "gt": (high, "9999"), "lt": ("0000", low), "le": ("0000", high)}[prefix]
+
+
+def _erased(erasure: dict) -> dict:
+    """Who erased the record, when and why (`$erase`), as the chain keeps it in clear."""
+    agent = erasure.get("by") or {}
+    who = agent.get("organization") or agent.get("fhirUser") or agent.get("sub") or "unknown"
+    return {"name": "erased", "part": [{"name": "at", "valueInstant": erasure.get("at")},
+                                       {"name": "by", "valueString": who},
+                                       {"name": "reason", "valueString": erasure.get("reason", "")}]}

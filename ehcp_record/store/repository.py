@@ -9,11 +9,17 @@ single-shard):
 
 Every change is one transaction with majority write concern: the version, its history row and
 its audit entry are all there after a crash, or none of them is.
+
+At rest every child's content is sealed under that record's data key (store/sealing.py says
+what; store/crypto.py holds the keys; docs/encryption.md): documents are sealed before the
+transaction and opened as they are read, and an erased record (`erase_record`) answers 410.
+- `keyvault`  the data keys, wrapped by the master key; `keyring` the sealed blind-index secret
 """
 
 from __future__ import annotations
 
 import contextvars
+import io
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +28,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterator, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-import gridfs
+from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
 from pymongo.client_session import ClientSession
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, PyMongoError
@@ -35,6 +41,9 @@ from ehcp_record.audit.anchor import AnchorLog, NoAnchor
 from ehcp_record.errors import conflict, precondition_failed
 from ehcp_record.fhir.search import Criterion, SearchQuery, SortKey
 from ehcp_record.store import verify_reader
+from ehcp_record.store.crypto import FieldCipher, MasterKeys
+from ehcp_record.store.media import MediaStore
+from ehcp_record.store.sealing import Sealing, gone, key_name
 from ehcp_record.store.subscriptions import SubscriptionCache
 from ehcp_record.store.versions import (AuditAppend, RecordContext, Version, VersionWrite, Visibility,  # noqa: F401
                                          utc_now)
@@ -61,13 +70,17 @@ def _consent_stages(custodian: str | None = None) -> list[dict]:
     source = {"$cond": [{"$eq": ["$custodian", custodian]}, None, "$record"]} if custodian else "$record"
     return [{"$addFields": {"_consents_of": source}},
             {"$lookup": {"from": "current", "localField": "_consents_of", "foreignField": "record", "as": "_consents",
-                         "pipeline": [{"$match": {"type": "Consent", "record": {"$ne": None}}}]}}]
+                         "pipeline": [{"$match": {"type": "Consent", "record": {"$ne": None}}}, {"$project": _VERSION}]}}]
 
 
 class Repository:
     def __init__(self, client: MongoClient, database: str, signing_key: Ed25519PrivateKey | None = None,
-                 anchor: AnchorLog | None = None) -> None:
+                 anchor: AnchorLog | None = None, cipher: FieldCipher | None = None) -> None:
         self.client = client
+        #: seals content at rest (store/crypto.py); None only for the benchmark's clear baseline
+        #: and tools that never read a record's content
+        self.cipher = cipher
+        self.seal = Sealing(cipher)
         self.signing_key = signing_key
         #: chain heads kept outside MongoDB: signed checkpoints and each chain's high-water mark
         self.anchor: AnchorLog = anchor or NoAnchor()
@@ -77,11 +90,12 @@ class Repository:
         self.history = self.db.history
         self.audit = self.db.audit
         self.records = self.db.records
-        self.subscriptions = SubscriptionCache(self.current, _version)
+        self.subscriptions = SubscriptionCache(self.current, self._version)
+        self._outbound = MediaStore(self.db, self.seal, bucket="outbound")
 
     @classmethod
     def connect(cls, uri: str, database: str, signing_key: Ed25519PrivateKey | None = None,
-                anchor: AnchorLog | None = None) -> "Repository":
+                anchor: AnchorLog | None = None, master_keys: Callable[[], MasterKeys] | None = None) -> "Repository":
         """Every wait is bounded, so an unreachable database fails fast (the API answers 503)
         rather than hanging: finding a primary, connecting, each socket read, a slot in the
         pool. The API also bounds each request as a whole with `pymongo.timeout` (a client-wide
@@ -92,7 +106,11 @@ class Repository:
             connectTimeoutMS=3000, socketTimeoutMS=60000, waitQueueTimeoutMS=10000,
             retryWrites=True, retryReads=True,
         )
-        repo = cls(client, database, signing_key, anchor)
+        records = client.get_database(database).records
+        cipher = None if master_keys is None else FieldCipher(  # an erased record never gets a new key
+            client, database, master_keys, lambda name: records.find_one(
+                {"_id": name, "erased": {"$exists": True}}, {"_id": 1}) is None)
+        repo = cls(client, database, signing_key, anchor, cipher)
         repo.ensure_indexes()
         return repo
 
@@ -110,7 +128,9 @@ class Repository:
         self.current.create_index([("custodian", ASCENDING), ("type", ASCENDING), ("updated", DESCENDING),
                                    ("_id", ASCENDING)])
         self.current.create_index([("type", ASCENDING), ("updated", DESCENDING), ("_id", ASCENDING)])
-        for param in ("identifier", "patient", "subject", "status", "code", "category", "owner", "focus", "actor"):
+        # string parameters too: their blind prefix tokens (store/sealing.py) are equality lookups
+        for param in ("identifier", "patient", "subject", "status", "code", "category", "owner", "focus", "actor",
+                      "name", "family", "given", "address-postalcode"):
             self.current.create_index([("type", ASCENDING), (f"idx.{param}", ASCENDING)], sparse=True)
         self.audit.create_index([("record", ASCENDING), ("seq", ASCENDING)], unique=True)
         self._backfill_custodians()
@@ -176,11 +196,14 @@ class Repository:
         `custody` (record, new custodian) moves the searchable custodian of every current
         document of the record in the same transaction (reg 15 transfers)."""
 
+        docs = [self.seal.envelope(write) for write in writes]  # sealed once, outside the retries
+        audits = [self.sealed_append(a) for a in audits]
+
         def work(session: ClientSession) -> None:
             if custody is not None:
                 self.move_custody_of_versions(session, *custody)
-            for write in writes:
-                self._write_version(session, write)
+            for write, doc in zip(writes, docs):
+                self._write_version(session, write, doc)
             for record, changes in record_updates or []:
                 self.records.update_one({"_id": record}, changes, upsert=True, session=session)
             for append in audits:
@@ -201,6 +224,7 @@ class Repository:
         """
         if not audits:
             return
+        audits = [self.sealed_append(a) for a in audits]
         first: dict[str, AuditAppend] = {}
         later: list[AuditAppend] = []
         for append in audits:
@@ -220,6 +244,13 @@ class Repository:
                        + [c for c in signed if c["record"] not in signed_failed])
         for append in lost + later:
             self._append_retrying(append)
+
+    def sealed_append(self, append: AuditAppend) -> AuditAppend:
+        """The append with its body in stored form (store/sealing.py), so the chain hashes
+        what is stored."""
+        if append.body.get("sealed") is not None or self.cipher is None:
+            return append
+        return replace(append, body=self.seal.body_in(append.chain, append.body))
 
     def _pending_anchor(self, session: ClientSession) -> list[dict]:
         """Entries appended in `session`'s transaction so far (one list per session)."""
@@ -301,8 +332,8 @@ class Repository:
                     raise
                 time.sleep(min(0.001 * (attempt + 1), 0.02))
 
-    def _write_version(self, session: ClientSession, write: VersionWrite) -> None:
-        doc = envelope(write)
+    def _write_version(self, session: ClientSession, write: VersionWrite, doc: dict | None = None) -> None:
+        doc = doc if doc is not None else self.seal.envelope(write)
         if write.expected is None:
             try:
                 self.current.insert_one(doc, session=session)
@@ -322,6 +353,7 @@ class Repository:
 
     def _append(self, session: ClientSession | None, append: AuditAppend) -> dict:
         """Add one entry (and a signed checkpoint when due) at the tip of the record's chain."""
+        append = self.sealed_append(append)
         last = self.audit.find_one({"record": append.chain}, sort=[("seq", DESCENDING)], session=session)
         entry, checkpoint = self._next(append, last)
         self.audit.insert_one(entry, session=session)
@@ -339,6 +371,10 @@ class Repository:
 
     # --- reads --------------------------------------------------------------------------
 
+    def _version(self, doc: dict) -> Version:
+        """A stored document as a Version: opened with its record's key; 410 once erased."""
+        return self.seal.version(doc)
+
     def read_in_context(self, resource_type: str, resource_id: str, vid: int | None = None) -> RecordContext:
         """A resource (current, or version `vid`) with its record's custody state, consents and
         audit-chain tip, in one round trip, so a read costs this and its audit insert."""
@@ -346,6 +382,7 @@ class Repository:
         key = f"{resource_type}/{resource_id}" if vid is None else f"{resource_type}/{resource_id}/{vid}"
         pipeline = [
             {"$match": {"_id": key}},
+            {"$project": _VERSION},
             {"$lookup": {"from": "records", "localField": "record", "foreignField": "_id", "as": "_state",
                          "pipeline": [{"$project": _STATE_FIELDS}]}},
             *_consent_stages(),
@@ -355,8 +392,8 @@ class Repository:
         if not docs:
             return RecordContext(None, None, [], None)
         doc = docs[0]
-        return RecordContext(_version(doc), (doc.get("_state") or [None])[0],
-                             [_version(c) for c in doc.get("_consents", [])], (doc.get("_tip") or [None])[0])
+        return RecordContext(self._version(doc), (doc.get("_state") or [None])[0],
+                             [self._version(c) for c in doc.get("_consents", [])], (doc.get("_tip") or [None])[0])
 
     def record_states(self, records: list[str]) -> dict[str, dict]:
         """Custody state of many records in one query (a search's results)."""
@@ -367,8 +404,8 @@ class Repository:
     def consents_of_records(self, records: list[str]) -> dict[str, list[Version]]:
         found: dict[str, list[Version]] = {r: [] for r in records}
         if records:
-            for doc in self.current.find({"type": "Consent", "record": {"$in": records}}):
-                found[doc["record"]].append(_version(doc))
+            for doc in self.current.find({"type": "Consent", "record": {"$in": records}}, _VERSION):
+                found[doc["record"]].append(self._version(doc))
         return found
 
     def move_custody_of_versions(self, session: ClientSession, record: str, custodian: str | None) -> None:
@@ -376,25 +413,25 @@ class Repository:
         self.current.update_many({"record": record}, {"$set": {"custodian": custodian}}, session=session)
 
     def read(self, resource_type: str, resource_id: str) -> Version | None:
-        doc = self.current.find_one({"_id": f"{resource_type}/{resource_id}"})
-        return _version(doc) if doc else None
+        doc = self.current.find_one({"_id": f"{resource_type}/{resource_id}"}, _VERSION)
+        return self._version(doc) if doc else None
 
     def read_version(self, resource_type: str, resource_id: str, vid: int) -> Version | None:
-        doc = self.history.find_one({"_id": f"{resource_type}/{resource_id}/{vid}"})
-        return _version(doc) if doc else None
+        doc = self.history.find_one({"_id": f"{resource_type}/{resource_id}/{vid}"}, _VERSION)
+        return self._version(doc) if doc else None
 
     def history_of(self, resource_type: str, resource_id: str, offset: int, count: int) -> tuple[int, list[Version]]:
         query = {"type": resource_type, "rid": resource_id}
         total = self.history.count_documents(query)
-        docs = self.history.find(query).sort("vid", DESCENDING).skip(offset).limit(count)
-        return total, [_version(d) for d in docs]
+        docs = self.history.find(query, _VERSION).sort("vid", DESCENDING).skip(offset).limit(count)
+        return total, [self._version(d) for d in docs]
 
     def history_search(self, types: list[str], visibility: Visibility, since: datetime | None,
                        offset: int, count: int) -> tuple[int, list[Version]]:
         """Type- and system-level history (R4 http §3.1.0.11), newest first, limited to what
         `visibility` allows. History rows keep the custodian they were written under, so an
         LA's custody is matched by the records it holds now, from the custody state."""
-        clauses: list[dict] = [{"type": {"$in": types}}]
+        clauses: list[dict] = [{"type": {"$in": types}}, {"erased": {"$exists": False}}]
         if "Subscription" in types:
             clauses.append({"$or": [{"type": {"$ne": "Subscription"}}, {"owner": visibility.owner}]})
         if since is not None:
@@ -409,24 +446,24 @@ class Repository:
             clauses.append(allowed)
         query = {"$and": clauses}
         total = self.history.count_documents(query)
-        docs = self.history.find(query).sort([("updated", DESCENDING), ("_id", ASCENDING)]).skip(offset).limit(count)
-        return total, [_version(d) for d in docs]
+        docs = self.history.find(query, _VERSION).sort([("updated", DESCENDING), ("_id", ASCENDING)]).skip(offset).limit(count)
+        return total, [self._version(d) for d in docs]
 
     def versions_of_record(self, record: str) -> Iterator[Version]:
-        for doc in self.history.find({"record": record}).sort([("type", 1), ("rid", 1), ("vid", 1)]):
-            yield _version(doc)
+        for doc in self.history.find({"record": record}, _VERSION).sort([("type", 1), ("rid", 1), ("vid", 1)]):
+            yield self._version(doc)
 
     def current_of_record(self, record: str) -> list[Version]:
-        return [_version(d) for d in self.current.find({"record": record}).sort([("type", 1), ("rid", 1)])]
+        return [self._version(d) for d in self.current.find({"record": record}, _VERSION).sort([("type", 1), ("rid", 1)])]
 
     def current_of_type(self, record: str, resource_type: str) -> list[Version]:
-        return [_version(d) for d in self.current.find({"record": record, "type": resource_type})]
+        return [self._version(d) for d in self.current.find({"record": record, "type": resource_type}, _VERSION)]
 
     def version_at(self, resource_type: str, resource_id: str, at: datetime) -> Version | None:
         """The version that was current at `at` (the newest written at or before it)."""
-        doc = self.history.find_one({"type": resource_type, "rid": resource_id, "updated": {"$lte": at}},
+        doc = self.history.find_one({"type": resource_type, "rid": resource_id, "updated": {"$lte": at}}, _VERSION,
                                     sort=[("vid", DESCENDING)])
-        return _version(doc) if doc else None
+        return self._version(doc) if doc else None
 
     def active_subscriptions(self, resource_types: set[str]) -> list[Version]:
         """From memory, kept in step by a change stream (no query per commit)."""
@@ -442,20 +479,22 @@ class Repository:
         return int((doc or {}).get("failures", 0))
 
     def documents_of_record(self, record: str) -> dict[str, bytes]:
-        return {d["_id"]: bytes(d["data"]) for d in self.db.documents.find({"record": record})}
+        return {d["_id"]: self.seal.bytes_out(d["data"], d["_id"]) for d in self.db.documents.find({"record": record})}
 
     def outbound_transfer(self, transfer_id: str) -> bytes | None:
         doc = self.db.outbound_transfers.find_one({"_id": transfer_id})
         if doc is None:
             return None
-        return gridfs.GridFSBucket(self.db, bucket_name="outbound").open_download_stream(doc["file"]).read()
+        return self._outbound.read_all(str(doc["file"]))
 
-    def keep_outbound_transfer(self, transfer_id: str, body: bytes) -> bytes:
-        """The signed bytes of a transfer, kept so every delivery attempt sends the same ones."""
-        file_id = gridfs.GridFSBucket(self.db, bucket_name="outbound").upload_from_stream(transfer_id, body)
+    def keep_outbound_transfer(self, transfer_id: str, body: bytes, record: str | None = None) -> bytes:
+        """The signed bytes of a transfer, kept (sealed under the record's key, like media) so
+        every delivery attempt sends the same ones."""
+        stored = self._outbound.save(body, io.BytesIO(), len(body), "application/fhir+json", record or "")
         try:
-            self.db.outbound_transfers.insert_one({"_id": transfer_id, "file": file_id})
+            self.db.outbound_transfers.insert_one({"_id": transfer_id, "file": ObjectId(stored.file_id)})
         except DuplicateKeyError:
+            self._outbound.delete(stored.file_id)
             return self.outbound_transfer(transfer_id) or body
         return body
 
@@ -465,12 +504,12 @@ class Repository:
 
     def stored_document(self, key: str) -> bytes | None:
         doc = self.db.documents.find_one({"_id": key})
-        return bytes(doc["data"]) if doc else None
+        return self.seal.bytes_out(doc["data"], "the issued document") if doc else None
 
     def store_document(self, key: str, record: str, data: bytes, sha256: str) -> bytes:
         """Keep an issued document once; a concurrent first render keeps the first copy."""
         try:
-            self.db.documents.insert_one({"_id": key, "record": record, "data": data, "sha256": sha256,
+            self.db.documents.insert_one({"_id": key, "record": record, "data": self.seal.bytes_in(record, data), "sha256": sha256,
                                           "stored": datetime.now(timezone.utc)})
         except DuplicateKeyError:
             pass
@@ -479,7 +518,7 @@ class Repository:
     def read_many(self, refs: list[str]) -> dict[str, Version]:
         if not refs:
             return {}
-        return {d["_id"]: _version(d) for d in self.current.find({"_id": {"$in": refs}})}
+        return {d["_id"]: self._version(d) for d in self.current.find({"_id": {"$in": refs}, "erased": {"$exists": False}}, _VERSION)}
 
     def search(self, query: SearchQuery, visibility: Visibility) -> tuple[int, list[Version]]:
         total, found = self.search_in_context(query, visibility)
@@ -490,20 +529,20 @@ class Repository:
         the filter is a superset still to be decided, its consents) in one aggregate, and the
         total: counted only when the first page is full, since a page that is not full from
         offset 0 already is the total (FHIR R4 search: Bundle.total)."""
-        mongo_filter = _search_filter(query, visibility)
+        mongo_filter = _search_filter(query, visibility, self.seal)
         if query.summary_count or query.count == 0:
             return self.current.count_documents(mongo_filter), []
         pipeline = [{"$match": mongo_filter}, {"$sort": dict(_sort_spec(query.sort))}]
         if query.offset:
             pipeline.append({"$skip": query.offset})
-        pipeline += [{"$limit": query.count},
+        pipeline += [{"$limit": query.count}, {"$project": _VERSION},
                      {"$lookup": {"from": "records", "localField": "record", "foreignField": "_id", "as": "_state",
                                   "pipeline": [{"$project": _STATE_FIELDS}]}}]
         if not visibility.exact:
             pipeline += _consent_stages(visibility.custodian)
         pipeline += _TIP_STAGES
-        found = [RecordContext(_version(d), (d.get("_state") or [None])[0],
-                               [_version(c) for c in d.get("_consents", ())], (d.get("_tip") or [None])[0])
+        found = [RecordContext(self._version(d), (d.get("_state") or [None])[0],
+                               [self._version(c) for c in d.get("_consents", ())], (d.get("_tip") or [None])[0])
                  for d in self.current.aggregate(pipeline)]
         if query.offset == 0 and len(found) < query.count:
             return len(found), found
@@ -514,7 +553,8 @@ class Repository:
     def ids_with_identifier(self, resource_type: str, token: str) -> list[str]:
         """Ids of current resources of a type carrying an identifier token (`system|value`),
         whoever may see them: for uniqueness rules such as one record per NHS number."""
-        return [d["rid"] for d in self.current.find({"type": resource_type, "idx.identifier": token}, {"rid": 1})]
+        value = self.seal.token_values("idx.identifier", [token])[0] if self.cipher else token
+        return [d["rid"] for d in self.current.find({"type": resource_type, "idx.identifier": value}, {"rid": 1})]
 
     def record_state(self, record: str) -> dict | None:
         return self.records.find_one({"_id": record})
@@ -543,11 +583,11 @@ class Repository:
         """(record, id, version, hash) of every Consent naming a recipient: keys only, since
         a search asks this on every request and a version, once parsed, never changes."""
         return [(d.get("record"), d["rid"], d["vid"], d.get("hash", ""))
-                for d in self.current.find({"type": "Consent", "recipients": {"$in": recipients}},
+                for d in self.current.find({"type": "Consent", "recipients": {"$in": recipients}, "erased": {"$exists": False}},
                                            {"_id": 0, "record": 1, "rid": 1, "vid": 1, "hash": 1})]
 
     def consents_of_record(self, record: str) -> list[Version]:
-        return [_version(d) for d in self.current.find({"type": "Consent", "record": record})]
+        return [self._version(d) for d in self.current.find({"type": "Consent", "record": record}, _VERSION)]
 
     # --- audit --------------------------------------------------------------------------
 
@@ -557,7 +597,8 @@ class Repository:
             cursor = cursor.skip(offset)
         if count:
             cursor = cursor.limit(count)
-        yield from cursor
+        for entry in cursor:
+            yield self.seal.entry_out(entry)
 
     def audit_search(self, chain: str, seq: int | None = None, agent: str | None = None,
                      at_range: tuple[str, str] | None = None, offset: int = 0, count: int = 20) -> tuple[int, list[dict]]:
@@ -573,15 +614,74 @@ class Repository:
             query["body.at"] = {"$gte": at_range[0], "$lt": at_range[1]}
         total = self.audit.count_documents(query)
         cursor = self.audit.find(query, {"_id": 0, "cp_at": 0}).sort("seq", DESCENDING).skip(offset).limit(count)
-        return total, list(cursor)
+        return total, [self.seal.entry_out(e) for e in cursor]
 
     def chains(self) -> list[str]:
         return sorted(self.audit.distinct("record"))
 
     def version_digests(self, record: str, current: bool = False) -> Iterator[tuple]:
         """Every stored version of a record (history, or the current documents) re-hashed from
-        its stored content: (type, rid, vid, recomputed sha256 or None, recorded sha256)."""
-        return verify_reader.version_digests(self.current if current else self.history, record)
+        its stored content, opened with the record's key: (type, rid, vid, recomputed sha256 or
+        None, recorded sha256)."""
+        opener = (lambda value: self.seal.open(value, record)) if self.cipher is not None else None
+        return verify_reader.version_digests(self.current if current else self.history, record, opener)
+
+    # --- retention and erasure (crypto-shredding) --------------------------------------------
+
+    def erasure(self, record: str) -> dict | None:
+        """Who erased the record, when and why (None while it is readable)."""
+        return ((self.records.find_one({"_id": record}, {"erased": 1}) or {}).get("erased"))
+
+    def retention_state(self, record: str) -> dict:
+        """The record's birth date, legal hold and erasure, for the retention rule."""
+        return self.records.find_one({"_id": record}, {"birth_date": 1, "legal_hold": 1, "erased": 1,
+                                                       "custodian": 1}) or {}
+
+    def retention_candidates(self, custodian: str) -> list[dict]:
+        """The records in `custodian`'s custody that are not erased, with birth date and hold."""
+        return list(self.records.find({"custodian": custodian, "transferred_out": {"$ne": True},
+                                       "erased": {"$exists": False}},
+                                      {"birth_date": 1, "legal_hold": 1}))
+
+    def place_legal_hold(self, record: str, hold: dict) -> bool:
+        """A legal hold blocks erasure until lifted (litigation, an inquiry, a complaint)."""
+        done = self.records.update_one({"_id": record, "erased": {"$exists": False}}, {"$set": {"legal_hold": hold}})
+        return done.matched_count == 1
+
+    def lift_legal_hold(self, record: str) -> bool:
+        return self.records.update_one({"_id": record}, {"$unset": {"legal_hold": ""}}).modified_count == 1
+
+    def erase_record(self, record: str, erasure: dict, audit: AuditAppend) -> None:
+        """Crypto-shred one child's record: in one transaction mark the custody state, every
+        current and history document erased (so every path answers 410, search omits it, and
+        the search tokens go) and append the erasure to the chain, wholly clear; then destroy the
+        record's data key, after which no copy of its content (backups included) can be opened.
+
+        Refused (409) under a legal hold; a second call finishes an erasure whose key deletion
+        was interrupted. The clear audit chain, the recorded version hashes and ids remain."""
+        assert self.cipher is not None, "erasure destroys a key: this repository has none"
+
+        def work(session: ClientSession) -> bool:
+            state = self.records.find_one({"_id": record}, {"legal_hold": 1, "erased": 1}, session=session)
+            if state is None:
+                raise gone(f"Patient/{record}")
+            if state.get("erased"):
+                return False
+            if state.get("legal_hold"):
+                raise conflict(f"Patient/{record} is under a legal hold ({state['legal_hold'].get('reason', '')}); "
+                               "lift it before erasing", "business-rule")
+            self.records.update_one({"_id": record}, {"$set": {"erased": erasure}, "$unset": {
+                "birth_date": "", "parents": "", "representative": "", "lacks_capacity": ""}}, session=session)
+            for collection in (self.current, self.history):
+                collection.update_many({"record": record}, {"$set": {"erased": True}, "$unset": {"idx": ""}},
+                                       session=session)
+            self._append(session, audit)
+            return True
+
+        fresh = self.in_transaction(work)
+        destroyed = self.cipher.destroy(key_name(record))
+        if not fresh and not destroyed:
+            raise gone(f"Patient/{record}")
 
     def hashed_entries(self, chain: str) -> Iterator:
         """A chain in seq order for verify_chain, each entry's hash recomputed (verify_reader)."""
@@ -611,6 +711,9 @@ def _aware(moment: datetime) -> datetime:
 #: Queries sent beside a search (`search_beside`); each waits on the network, not the CPU.
 _SIDE_QUERIES = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ehcp-side-query")
 
+#: A version as read: everything but its search index (blind tokens are many and never read back).
+_VERSION = {"idx": 0}
+
 #: What an access decision reads of a record's custody state (consent.model.RecordState).
 _STATE_FIELDS = {f: 1 for f in ("custodian", "birth_date", "parents", "lacks_capacity", "representative",
                                 "transferred_out", "former_custodians")}
@@ -620,28 +723,10 @@ def _is_chain_race(exc: DuplicateKeyError) -> bool:
     return "audit" in str(exc)
 
 
-def envelope(write: VersionWrite) -> dict:
-    """The stored document of one version (current and history share it)."""
-    doc = {
-        "_id": f"{write.type}/{write.id}", "type": write.type, "rid": write.id, "vid": write.vid,
-        "updated": write.updated, "record": write.record, "section": write.section,
-        "res": write.resource, "idx": write.index, "hash": write.hash, "custodian": write.custodian,
-    }
-    doc.update(write.extra)
-    return doc
-
-
-def _version(doc: dict) -> Version:
-    updated = doc["updated"]
-    if updated.tzinfo is None:
-        updated = updated.replace(tzinfo=timezone.utc)
-    return Version(doc["type"], doc["rid"], doc["vid"], updated, doc["res"], doc.get("record"),
-                   doc.get("section"), doc.get("hash", ""), doc.get("owner"), doc.get("owner_actor"))
-
-
-def _search_filter(query: SearchQuery, visibility: Visibility) -> dict:
-    clauses: list[dict] = [{"type": query.resource_type}]
-    clauses.extend(_criterion_filter(c) for c in query.criteria)
+def _search_filter(query: SearchQuery, visibility: Visibility, seal: Sealing | None = None) -> dict:
+    seal = seal or Sealing(None)
+    clauses: list[dict] = [{"type": query.resource_type}, {"erased": {"$exists": False}}]
+    clauses.extend(_criterion_filter(c, seal) for c in query.criteria)
     if query.resource_type == "Subscription":
         clauses.append({"owner": visibility.owner})
     if not visibility.everything:
@@ -678,15 +763,19 @@ def _visibility_filter(visibility: Visibility) -> dict:
     return {"$or": allowed} if allowed else {"_id": {"$exists": False}}
 
 
-def _criterion_filter(criterion: Criterion) -> dict:
+def _criterion_filter(criterion: Criterion, seal: Sealing) -> dict:
     if criterion.kind == "id":
         return {"rid": {"$in": [str(v) for v in criterion.values]}}
     if criterion.kind == "date":
         field_name = "updated" if criterion.field == "_lastUpdated" else criterion.field
         return {"$or": [_date_clause(field_name, v, criterion.field == "_lastUpdated") for v in criterion.values]}
     if criterion.kind == "string":
+        if seal.is_blind(criterion.field, "string"):
+            return seal.string_clause(criterion.field, criterion.mode, [str(v) for v in criterion.values])
         return _string_filter(criterion)
     values = [str(v) for v in criterion.values]
+    if seal.is_blind(criterion.field, criterion.kind):
+        values = seal.token_values(criterion.field, values)  # type: ignore[assignment]
     if criterion.negate:
         return {criterion.field: {"$nin": values}}
     return {criterion.field: {"$in": values}}

@@ -21,7 +21,8 @@ from pymongo.errors import PyMongoError
 from ehcp_record.store.versions import Version
 
 log = logging.getLogger("ehcp_record.subscriptions")
-_ACTIVE = {"type": "Subscription", "res.status": "active"}
+#: `idx.status` (clear) rather than `res.status`: the content is sealed at rest (store/sealing.py)
+_ACTIVE = {"type": "Subscription", "idx.status": "active"}
 
 
 class SubscriptionCache:

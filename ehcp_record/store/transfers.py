@@ -16,7 +16,7 @@ from pymongo.client_session import ClientSession
 from pymongo.errors import DuplicateKeyError
 
 from ehcp_record.errors import conflict
-from ehcp_record.store.repository import Repository, envelope
+from ehcp_record.store.repository import Repository
 from ehcp_record.store.versions import AuditAppend, ImportedRecord, VersionWrite  # noqa: F401
 
 
@@ -51,7 +51,8 @@ class TransferStore:
                 self.repo.note_audit_entries(session, [dict(e) for e in imported.audit_entries])
             self.repo.records.insert_one({"_id": imported.record, **imported.record_state}, session=session)
             for key, data in imported.documents.items():
-                self.repo.db.documents.insert_one({"_id": key, "record": imported.record, "data": data}, session=session)
+                self.repo.db.documents.insert_one({"_id": key, "record": imported.record,
+                                                   "data": self.repo.seal.bytes_in(imported.record, data)}, session=session)
             for write in imported.new_versions:
                 self.repo._write_version(session, write)
             if imported.import_audit is not None:
@@ -66,12 +67,12 @@ class TransferStore:
             key = f"{write.type}/{write.id}"
             if only_if_absent and self.repo.current.find_one({"_id": key}, {"_id": 1}, session=session):
                 continue
-            doc = envelope(write)
+            doc = self.repo.seal.envelope(write)
             self.repo.history.insert_one(dict(doc, _id=f"{key}/{write.vid}"), session=session)
             if key not in latest or latest[key].vid < write.vid:
                 latest[key] = write
         for write in latest.values():
-            self.repo.current.insert_one(envelope(write), session=session)
+            self.repo.current.insert_one(self.repo.seal.envelope(write), session=session)
 
     # --- sending ------------------------------------------------------------------------
 

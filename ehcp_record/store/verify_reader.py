@@ -93,11 +93,17 @@ def forget() -> None:
     _ENTRIES.clear()
 
 
-def version_digests(collection: Collection, record: str) -> Iterator[VersionDigest]:
-    """Every stored version of `record` in `collection` (history or current), re-hashed."""
+def version_digests(collection: Collection, record: str, opener: Callable[[Any], Any] | None = None
+                    ) -> Iterator[VersionDigest]:
+    """Every stored version of `record` in `collection` (history or current), re-hashed.
+
+    `opener` opens sealed content (store/sealing.py); workers hold no keys, so sealed records
+    are hashed in this process (the memo still skips documents whose stored bytes it has seen)."""
     query = {"record": record}
-    pooled = collection.count_documents(query) >= PARALLEL_FROM
     batches = _raw_batches(collection, query, _VERSION_FIELDS)
+    if opener is not None:
+        return _hashed(batches, _VERSIONS, b"sealed\0", _digest_opened_batch, (opener,), False)
+    pooled = collection.count_documents(query) >= PARALLEL_FROM
     return _hashed(batches, _VERSIONS, b"", _digest_version_batch, (), pooled)
 
 
@@ -201,6 +207,18 @@ def _discard_pool() -> None:
 def _digest_version_batch(raw: bytes) -> list[VersionDigest]:
     return [(doc.get("type"), doc.get("rid"), doc.get("vid"), _rehash(doc.get("res")), doc.get("hash"))
             for doc in bson.decode_all(raw, _DECODE)]
+
+
+def _digest_opened_batch(opener: Callable[[Any], Any], raw: bytes) -> list[VersionDigest]:
+    out: list[VersionDigest] = []
+    for doc in bson.decode_all(raw, _DECODE):
+        try:
+            resource = opener(doc.get("res"))
+        except Exception:  # unreadable content is a fault the verifier reports, not a crash
+            resource = None
+        out.append((doc.get("type"), doc.get("rid"), doc.get("vid"),
+                    None if resource is None else _rehash(resource), doc.get("hash")))
+    return out
 
 
 def _hash_entry_batch(record: str, raw: bytes) -> list[tuple]:

@@ -127,6 +127,7 @@ def body_kind(method: str, rule: str) -> str | None:
         ("POST", "/fhir/Composition/<composition_id>/$propose", "proposal"),
         ("POST", "/fhir/Task/<task_id>/$respond", "response"), ("POST", "/fhir/Task/<task_id>/$issue", "none"),
         ("POST", "/fhir/Task/<task_id>/$accept", "none"), ("POST", "/fhir/Patient/<patient_id>/$transfer", "transfer"),
+        ("POST", "/fhir/Patient/<patient_id>/$erase", "none"),
         # the statutory timeline (operations.assessment, reviews, notices): the record is opened first
         ("POST", "/fhir/Patient/<patient_id>/$request-assessment", "none"),
         ("POST", "/fhir/Task/<task_id>/$request-advice", "none"), ("POST", "/fhir/Task/<task_id>/$clock-exception", "none"),

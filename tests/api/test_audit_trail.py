@@ -31,6 +31,26 @@ def _db(api):
     return MongoClient(api.settings.mongodb_uri)[api.settings.database]
 
 
+def _edit_res(api, collection: str, key: str, change) -> dict:
+    """Edit a stored resource as someone holding the record's data key would (the strongest
+    tamperer: content is sealed at rest, docs/encryption.md): open it, change it, seal it again."""
+    from ehcp_record.store.sealing import key_name
+
+    repo, db = api.services.repo, _db(api)
+    doc = db[collection].find_one({"_id": key})
+    res = repo.seal.open(doc["res"], key)
+    change(res)
+    assert db[collection].update_one({"_id": key}, {"$set": {"res": repo.cipher.seal(key_name(doc["record"]), res)}}
+                                     ).modified_count == 1
+    return res
+
+
+def _schedule(text: str):
+    def change(res: dict) -> None:
+        res["activity"][0]["detail"]["scheduledString"] = text
+    return change
+
+
 def test_untampered_chain_verifies(api, busy_record):
     verdict = _verdict(api, busy_record["id"])
     assert verdict["valid"] is True and verdict["entries"] >= 8
@@ -74,7 +94,8 @@ def test_inserted_entry_is_found(api, busy_record):
 def test_history_version_missing_from_chain_is_found(api, busy_record):
     db = _db(api)
     row = db.history.find_one({"record": busy_record["id"], "type": "Condition"})
-    db.history.update_one({"_id": row["_id"]}, {"$set": {"res.note": [{"text": "rewritten"}], "hash": "f" * 64}})
+    _edit_res(api, "history", row["_id"], lambda res: res.__setitem__("note", [{"text": "rewritten"}]))
+    db.history.update_one({"_id": row["_id"]}, {"$set": {"hash": "f" * 64}})
     verdict = _verdict(api, busy_record["id"])
     assert verdict["valid"] is False and "Condition/" in verdict["reason"]
 
@@ -161,7 +182,6 @@ def test_audit_search_pages_like_every_search(api, busy_record):
 
 # --- tampering with the plan itself, and with the tail of the chain --------------------------
 
-SCHEDULE = "activity.0.detail.scheduledString"
 
 
 @pytest.fixture()
@@ -198,9 +218,8 @@ def _cli(api, record: str | None = None, data_dir=None) -> subprocess.CompletedP
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
 
 
-def _edit_provision(db, collection: str, care_plan: str, vid: int | None = None) -> None:
-    query = {"_id": f"CarePlan/{care_plan}" + (f"/{vid}" if vid else "")}
-    assert db[collection].update_one(query, {"$set": {f"res.{SCHEDULE}": "1 hour per week"}}).modified_count == 1
+def _edit_provision(api, collection: str, care_plan: str, vid: int | None = None) -> None:
+    _edit_res(api, collection, f"CarePlan/{care_plan}" + (f"/{vid}" if vid else ""), _schedule("1 hour per week"))
 
 
 def test_issued_record_verifies_and_hands_back_a_signed_head(api, issued_record):
@@ -215,7 +234,7 @@ def test_issued_record_verifies_and_hands_back_a_signed_head(api, issued_record)
 
 def test_edited_current_document_is_found(api, issued_record):
     care_plan = issued_record["ids"]["CarePlan"]
-    _edit_provision(_db(api), "current", care_plan)
+    _edit_provision(api, "current", care_plan)
     assert "1 hour per week" in api.get(f"/fhir/CarePlan/{care_plan}", api.la()).text  # what a reader is served
     verdict = _all(api, issued_record["child"])
     assert verdict["valid"] is False and verdict["firstInvalid"] == 0
@@ -229,7 +248,7 @@ def test_edited_history_document_is_found(api, issued_record):
     care_plan = issued_record["ids"]["CarePlan"]
     db = _db(api)
     vid = db.current.find_one({"_id": f"CarePlan/{care_plan}"})["vid"]
-    _edit_provision(db, "history", care_plan, vid)
+    _edit_provision(api, "history", care_plan, vid)
     verdict = _all(api, issued_record["child"])
     assert verdict["valid"] is False and verdict["resource"] == f"CarePlan/{care_plan}/_history/{vid}"
     assert verdict["reason"].startswith(f"history version CarePlan/{care_plan}/_history/{vid} was altered")
@@ -242,8 +261,8 @@ def test_edited_current_and_history_documents_are_found(api, issued_record):
     care_plan = issued_record["ids"]["CarePlan"]
     db = _db(api)
     vid = db.current.find_one({"_id": f"CarePlan/{care_plan}"})["vid"]
-    _edit_provision(db, "current", care_plan)
-    _edit_provision(db, "history", care_plan, vid)
+    _edit_provision(api, "current", care_plan)
+    _edit_provision(api, "history", care_plan, vid)
     assert "1 hour per week" in api.get(f"/fhir/CarePlan/{care_plan}/_history/{vid}", api.la()).text
     verdict = _all(api, issued_record["child"])
     assert verdict["valid"] is False and verdict["resource"] == f"CarePlan/{care_plan}/_history/{vid}"
@@ -258,11 +277,11 @@ def test_edited_hash_and_content_together_is_found_by_the_chain(api, issued_reco
     care_plan = issued_record["ids"]["CarePlan"]
     db = _db(api)
     for collection, key in (("current", f"CarePlan/{care_plan}"),):
-        doc = db[collection].find_one({"_id": key})
-        doc["res"]["activity"][0]["detail"]["scheduledString"] = "1 hour per week"
-        db[collection].update_one({"_id": key}, {"$set": {"res": doc["res"], "hash": content_hash(doc["res"])}})
-        vid = doc["vid"]
-        db.history.update_one({"_id": f"{key}/{vid}"}, {"$set": {"res": doc["res"], "hash": content_hash(doc["res"])}})
+        res = _edit_res(api, collection, key, _schedule("1 hour per week"))
+        db[collection].update_one({"_id": key}, {"$set": {"hash": content_hash(res)}})
+        vid = db[collection].find_one({"_id": key})["vid"]
+        _edit_res(api, "history", f"{key}/{vid}", _schedule("1 hour per week"))
+        db.history.update_one({"_id": f"{key}/{vid}"}, {"$set": {"hash": content_hash(res)}})
     verdict = _all(api, issued_record["child"])
     # the signed $document of the issued plan still holds the original provision
     assert verdict["valid"] is False and f"holds CarePlan/{care_plan} content that is no stored version" in verdict["reason"]
@@ -280,9 +299,10 @@ def test_edited_stored_document_is_found(api, issued_record):
     assert stored is not None
     import json
 
-    document = json.loads(bytes(stored["data"]))
+    seal = api.services.repo.seal  # stored documents are sealed: edit as the key holder would
+    document = json.loads(seal.bytes_out(stored["data"], key))
     document["entry"][0]["resource"]["title"] = "A different plan"
-    db.documents.update_one({"_id": key}, {"$set": {"data": json.dumps(document).encode()}})
+    db.documents.update_one({"_id": key}, {"$set": {"data": seal.bytes_in(stored["record"], json.dumps(document).encode())}})
     verdict = _all(api, issued_record["child"])
     assert verdict["valid"] is False and verdict["resource"] == f"$document of Composition/{plan}/_history/{vid}"
     assert "does not match that version" in verdict["reason"]
@@ -400,7 +420,7 @@ def test_the_worker_pool_finds_what_one_process_finds(api, issued_record, in_wor
     assert in_worker_processes._pool._processes  # it was hashed in worker processes
     db = _db(api)
     vid = db.current.find_one({"_id": f"CarePlan/{care_plan}"})["vid"]
-    _edit_provision(db, "history", care_plan, vid)
+    _edit_provision(api, "history", care_plan, vid)
     newest = db.audit.find_one({"record": child}, sort=[("seq", -1)])
     db.audit.update_one({"_id": newest["_id"]}, {"$set": {"body.reason": "edited"}})
     pooled = _all(api, child)
@@ -447,12 +467,11 @@ def test_a_document_edited_after_a_check_is_found_by_the_next(api, issued_record
     assert _all(api, child)["valid"] is True  # the second check reuses what the first worked out
     db = _db(api)
     vid = db.current.find_one({"_id": f"CarePlan/{care_plan}"})["vid"]
-    _edit_provision(db, "history", care_plan, vid)
+    original = db.history.find_one({"_id": f"CarePlan/{care_plan}/{vid}"})["res"]
+    _edit_provision(api, "history", care_plan, vid)
     verdict = _all(api, child)
     assert verdict["valid"] is False and verdict["resource"] == f"CarePlan/{care_plan}/_history/{vid}", verdict
-    db.history.update_one({"_id": f"CarePlan/{care_plan}/{vid}"},
-                          {"$set": {f"res.{SCHEDULE}": db.current.find_one(
-                              {"_id": f"CarePlan/{care_plan}"})["res"]["activity"][0]["detail"]["scheduledString"]}})
+    db.history.update_one({"_id": f"CarePlan/{care_plan}/{vid}"}, {"$set": {"res": original}})
     assert _all(api, child)["valid"] is True  # put back byte for byte: valid again
     oldest = db.audit.find_one({"record": child, "seq": 2})
     db.audit.update_one({"_id": oldest["_id"]}, {"$set": {"body.reason": oldest["body"]["reason"] + "!"}})

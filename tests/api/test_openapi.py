@@ -48,6 +48,7 @@ EHCP_OPERATION_ROUTES = (
     ("/fhir/Task/{}/$proposal", "GET"),
     ("/fhir/Task/{}/$issue", "POST"),
     ("/fhir/Patient/{}/$transfer", "POST"),
+    ("/fhir/Patient/{}/$erase", "POST"),
     ("/fhir/Task/{}/$accept", "POST"),
     ("/fhir/$receive-transfer", "POST"),
     ("/fhir/Patient/{}/$access-log", "GET"),

@@ -87,10 +87,15 @@ class Seeded:
         self.by_type["Binary"] = [medium.json()["id"]]
         self.by_type["Consent"] = [consent.json()["id"]]
         self.by_type.setdefault("Organization", []).append(LA.split("/")[1])
+        # `$erase` gets a record of its own: erasing the shared one would turn every later
+        # operation on it into 410 (docs/encryption.md).
+        self.erasable = api.new_child()["id"]
 
     def id_for(self, path: str, type_: str | None, generated: str) -> str:
         if path.startswith("/fhir/Composition/"):
             return self.plan_id
+        if path.endswith("$erase"):
+            return self.erasable
         if path.startswith("/fhir/Patient/"):
             return self.child_id
         if path.endswith("$accept"):
@@ -146,6 +151,9 @@ schema = schemathesis.openapi.from_path(SPEC_PATH, config=schemathesis.Config.fr
     "checks": {"positive_data_acceptance": {"expected-statuses": POSITIVE_STATUSES}},
     "operations": [{"include-method": "DELETE",
                     "checks": {"positive_data_acceptance": {"expected-statuses": POSITIVE_STATUSES + ["405"]}}},
+                   # once its record is erased, $erase answers 410 (documented)
+                   {"include-path": "/fhir/Patient/{id}/$erase",
+                    "checks": {"positive_data_acceptance": {"expected-statuses": POSITIVE_STATUSES + ["410"]}}},
                    # $validate reports an invalid body's faults in a 200 OperationOutcome (FHIR).
                    {"include-path": "/fhir/{type}/$validate",
                     "checks": {"negative_data_rejection": {"expected-statuses": NEGATIVE_STATUSES + ["200"]}}}],

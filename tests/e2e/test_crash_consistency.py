@@ -21,7 +21,9 @@ from pymongo import MongoClient
 from api.auth import issue_dev_token
 from ehcp_record.audit.verify import trusted_keys, verify_record
 from ehcp_record.store.mongod import uri_for
+from ehcp_record.store.crypto import FieldCipher
 from ehcp_record.store.repository import Repository
+from ehcp_record.wiring import master_keys
 from ehcp_record.config import load_settings
 from tests.e2e import server_process
 from tests.support import LA
@@ -62,7 +64,7 @@ def test_kill_during_writes_leaves_whole_versions_only(mongo, tmp_path):
     assert written, "no write happened before the kill"
 
     settings = load_settings({"data_dir": str(tmp_path), "mongodb_uri": mongo.uri, "database": database})
-    repo = Repository.connect(mongo.uri, database)
+    repo = Repository.connect(mongo.uri, database, master_keys=master_keys(settings))  # opens sealed content
     db = MongoClient(mongo.uri)[database]
     for child in children:
         current = db.current.find_one({"_id": f"Patient/{child['id']}"})
@@ -186,10 +188,12 @@ def test_api_sigkilled_three_times_mid_write_loses_no_acknowledged_write(tmp_pat
         # ... and every acknowledged update is its version in history, with the content sent
         uri = uri_for(tmp_path)
         with MongoClient(uri, serverSelectionTimeoutMS=5000) as client:
-            db = client[load_settings({}).database]
+            settings = load_settings({"data_dir": str(tmp_path)})
+            db = client[settings.database]
+            cipher = FieldCipher(client, settings.database, master_keys(settings))  # content is sealed at rest
             for rid, vid, family in updates:
-                row = db.history.find_one({"_id": f"Patient/{rid}/{vid}"}, {"res.name": 1})
-                if row is None or row["res"]["name"][0]["family"] != family:
+                row = db.history.find_one({"_id": f"Patient/{rid}/{vid}"}, {"res": 1})
+                if row is None or cipher.open(row["res"])["name"][0]["family"] != family:
                     missing.append(f"Patient/{rid}/_history/{vid}")
             for child in updated:
                 current = db.current.find_one({"_id": f"Patient/{child['id']}"}, {"vid": 1})

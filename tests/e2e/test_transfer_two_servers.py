@@ -16,6 +16,7 @@ import requests
 from pymongo import MongoClient
 
 from ehcp_record.config import load_settings
+from ehcp_record.store.crypto import FieldCipher, local_master_keys
 from ehcp_record.store.mongod import free_port, uri_for
 from ehcp_record.store.repository import Repository
 from ehcp_record.transfer.remote import ack_values, signed_headers
@@ -107,7 +108,9 @@ def test_record_moves_between_deployments(tmp_path):
                            directConnection=True)["ehcp_record"]
         task_id = delivered.json()["id"]
 
-        origin_repo = Repository(a_db.client, "ehcp_record", load_or_create_private_key(a_dir / "keys" / "server-signing.pem"))
+        cipher = FieldCipher(a_db.client, "ehcp_record", lambda: local_master_keys(a_dir / "keys" / "master" / "ehcp_record"))
+        origin_repo = Repository(a_db.client, "ehcp_record", load_or_create_private_key(a_dir / "keys" / "server-signing.pem"),
+                                 cipher=cipher)  # the kept bundles are sealed under the record's key
         sent = TransferStore(origin_repo).sent(task_id)
         assert len(sent) == 2  # the consent given while the receiver was down made a new bundle
         acknowledgement = json.loads(delivered.json()["output"][1]["valueString"])

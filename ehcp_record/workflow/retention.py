@@ -1,0 +1,63 @@
+"""The retention rule: when a child's record falls due for erasure (crypto-shredding).
+
+SEN records are commonly kept until the young person's 25th birthday plus a further period set
+by the LA's retention schedule (date of birth + 31 years is in use; EHCP-REFERENCE "Records
+retention"; UK GDPR Art. 5(1)(e) storage limitation). The further period is configuration
+(`EHCP_RETENTION_YEARS`, default 6). A legal hold blocks erasure whatever the date.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+KEPT_UNTIL_BIRTHDAY = 25
+
+
+@dataclass(frozen=True)
+class RetentionDue:
+    """One record of the custodian's whose retention has ended."""
+
+    record: str
+    birth_date: date
+    due: date
+
+
+def anniversary(day: date, years: int) -> date:
+    """`day` moved on `years` years; 29 February falls on 28 February in a common year."""
+    try:
+        return day.replace(year=day.year + years)
+    except ValueError:
+        return day.replace(year=day.year + years, day=28)
+
+
+def erasure_due(birth_date: date, extra_years: int) -> date:
+    """The first day the record may be erased: the 25th birthday plus the further period."""
+    return anniversary(birth_date, KEPT_UNTIL_BIRTHDAY + extra_years)
+
+
+def parse_birth_date(text: str | None) -> date | None:
+    """A FHIR date (YYYY, YYYY-MM or YYYY-MM-DD); a partial date counts from its last day
+    (kept longest, so a record is never erased early)."""
+    if not text:
+        return None
+    parts = [int(p) for p in text[:10].split("-")]
+    if len(parts) == 3:
+        return date(*parts)
+    year, month = parts[0], parts[1] if len(parts) > 1 else 12
+    following = date(year + (month == 12), month % 12 + 1, 1)
+    return date.fromordinal(following.toordinal() - 1)
+
+
+def due_records(states: list[dict], extra_years: int, today: date) -> list[RetentionDue]:
+    """The records among `states` (custody states: `_id`, `birth_date`, `legal_hold`) due for
+    erasure on `today`, oldest first; held records and those with no birth date never are."""
+    due = []
+    for state in states:
+        birth = parse_birth_date(state.get("birth_date"))
+        if birth is None or state.get("legal_hold"):
+            continue
+        when = erasure_due(birth, extra_years)
+        if when <= today:
+            due.append(RetentionDue(state["_id"], birth, when))
+    return sorted(due, key=lambda d: (d.due, d.record))
