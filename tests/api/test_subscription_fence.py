@@ -90,8 +90,9 @@ def _notify_outcomes(api, subscription_id: str, wanted: int, seconds: float = 5.
     """The `notify` audit entries' outcomes for one subscription (every delivery is audited)."""
     deadline = time.monotonic() + seconds
     while True:
-        found = [e["body"]["outcome"] for e in api.services.repo.db.audit.find(
-            {"body.action": "notify", "body.reason": f"Subscription/{subscription_id}"})]
+        repo = api.services.repo  # the reason is sealed at rest: open each entry as the store does
+        entries = (repo.seal.entry_out(e) for e in repo.db.audit.find({"body.action": "notify"}))
+        found = [e["body"]["outcome"] for e in entries if e["body"].get("reason") == f"Subscription/{subscription_id}"]
         if len(found) >= wanted or time.monotonic() > deadline:
             return found
         time.sleep(0.05)
