@@ -322,9 +322,11 @@ def test_bearer_token_from_unknown_issuer_is_invalid_token(smart, idp):
 def test_local_sign_in_is_off_in_production_config():
     from ehcp_record.config import ConfigError, load_settings
 
-    assert load_settings({"env": "production"}, environ={}).local_sign_in is False
-    with pytest.raises(ConfigError):
-        load_settings({"env": "production", "local_sign_in": True}, environ={})
+    kms = {"kms_providers": {"aws": {"accessKeyId": "AKIA...", "secretAccessKey": "s"}},
+           "master_key": {"provider": "aws", "region": "eu-west-2", "key": "arn:aws:kms:eu-west-2:1:key/x"}}
+    assert load_settings({"env": "production", **kms}, environ={}).local_sign_in is False
+    with pytest.raises(ConfigError, match="local sign-in"):
+        load_settings({"env": "production", "local_sign_in": True, **kms}, environ={})
 
 
 
