@@ -89,6 +89,8 @@ class Settings:
     access_token_ttl: int = 3600
     refresh_token_ttl: int = 30 * 24 * 3600
     invitation_ttl: int = 14 * 24 * 3600
+    #: analytics disclosure control: cells of fewer children than this are suppressed
+    analytics_threshold: int = 5
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -172,6 +174,7 @@ class _SettingsSchema(Schema):
     access_token_ttl = fields.Integer(load_default=3600, validate=validate.Range(min=30, max=24 * 3600))
     refresh_token_ttl = fields.Integer(load_default=30 * 24 * 3600, validate=validate.Range(min=1))
     invitation_ttl = fields.Integer(load_default=14 * 24 * 3600, validate=validate.Range(min=1))
+    analytics_threshold = fields.Integer(load_default=5, validate=validate.Range(min=3, max=100))
 
     @post_load
     def make(self, data: dict, **_: Any) -> Settings:
@@ -203,7 +206,7 @@ _ENV = {
     "oauth_clients": "EHCP_OAUTH_CLIENTS", "cors_origins": "EHCP_CORS_ORIGINS",
     "identity_providers": "EHCP_IDENTITY_PROVIDERS", "local_sign_in": "EHCP_LOCAL_SIGN_IN",
     "access_token_ttl": "EHCP_ACCESS_TOKEN_TTL", "refresh_token_ttl": "EHCP_REFRESH_TOKEN_TTL",
-    "invitation_ttl": "EHCP_INVITATION_TTL",
+    "invitation_ttl": "EHCP_INVITATION_TTL", "analytics_threshold": "EHCP_ANALYTICS_THRESHOLD",
 }
 _JSON_KEYS = {"trusted_issuers", "trust_list", "oauth_clients", "identity_providers"}
 
