@@ -94,7 +94,7 @@ def _init_cors(app: Flask, settings: Settings) -> None:
 
 
 def _register_blueprints(app: Flask) -> None:
-    from api import conformance, media, oauth, open_endpoints, operations, rest
+    from api import analytics, conformance, media, oauth, open_endpoints, operations, rest
 
     app.url_map.converters["fhir_type"] = _ResourceTypeConverter
     app.url_map.converters["fhir_json_type"] = _JsonResourceTypeConverter
@@ -103,6 +103,7 @@ def _register_blueprints(app: Flask) -> None:
     app.register_blueprint(oauth.bp)
     app.register_blueprint(conformance.bp)
     app.register_blueprint(operations.bp)
+    app.register_blueprint(analytics.bp)
     app.register_blueprint(media.bp)
     app.register_blueprint(rest.bp)
 

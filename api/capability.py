@@ -34,7 +34,8 @@ def capability_statement(services: Services) -> dict:
             "mode": "server",
             "security": _security(services.settings),
             "resource": [_resource(services, t) for t in STORED_TYPES + READ_ONLY_TYPES]
-                        + [_conformance_resource(services, t) for t in SERVED_TYPES],
+                        + [_conformance_resource(services, t) for t in SERVED_TYPES]
+                        + [_operations_only(t) for t in _operation_only_types()],
             "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
             "operation": [{"name": name, "definition": definition} for name, rtype, definition in OPERATIONS if rtype is None],
         }],
@@ -87,6 +88,17 @@ def _resource(services: Services, resource_type: str) -> dict:
     if operations:
         entry["operation"] = operations
     return entry
+
+
+def _operation_only_types() -> list[str]:
+    """Types served only through an operation (Measure: `$evaluate-measure`, api/analytics.py)."""
+    listed = set(STORED_TYPES) | set(READ_ONLY_TYPES) | set(SERVED_TYPES)
+    return sorted({rtype for _, rtype, _ in OPERATIONS if rtype and rtype not in listed})
+
+
+def _operations_only(resource_type: str) -> dict:
+    return {"type": resource_type,
+            "operation": [{"name": n, "definition": d} for n, rtype, d in OPERATIONS if rtype == resource_type]}
 
 
 def _search_params(services: Services, resource_type: str) -> list[dict]:
