@@ -35,15 +35,15 @@ class Cell:
 
 
 def lines(keys: Iterable[Key]) -> list[tuple[Key, list[Key]]]:
-    """Each published margin with the keys that add up to it (one dimension varying)."""
-    keys = list(keys)
-    found: dict[Key, list[Key]] = {}
+    """Each published margin with the keys that add up to it, one line per dimension that
+    varies: the row margins add up to the total, and so, separately, do the column margins."""
+    found: dict[tuple[Key, int], list[Key]] = {}
     for key in keys:
         for position, value in enumerate(key):
             if value is not None:
                 total = key[:position] + (None,) + key[position + 1:]
-                found.setdefault(total, []).append(key)
-    return list(found.items())
+                found.setdefault((total, position), []).append(key)
+    return [(total, members) for (total, _), members in found.items()]
 
 
 def suppress(cells: dict[Key, Cell], threshold: int = DEFAULT_THRESHOLD) -> dict[Key, Cell]:
