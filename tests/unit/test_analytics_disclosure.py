@@ -70,4 +70,4 @@ def test_lines_of_a_two_way_table():
     found = lines(_table([[1, 2], [3, 4]]))
     assert (("r0", None), [("r0", "c0"), ("r0", "c1")]) in found
     totals = sorted((sorted(members, key=str) for total, members in found if total == (None, None)), key=str)
-    assert totals == [[(None, "c0"), (None, "c1")], [("r0", None), ("r1", None)]]  # two lines, not one
+    assert totals == [[("r0", None), ("r1", None)], [(None, "c0"), (None, "c1")]]  # two lines, not one
