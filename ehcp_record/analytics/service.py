@@ -12,9 +12,13 @@ period and the LA.
 
 from __future__ import annotations
 
+import json
+import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 from ehcp_record.access.scoped import ScopedStore
 from ehcp_record.analytics.disclosure import DEFAULT_THRESHOLD
@@ -34,6 +38,7 @@ class AnalyticsService:
     extract: Extract
     measures_dir: Path
     threshold: int = DEFAULT_THRESHOLD
+    today: Callable[[], date] = field(default=lambda: datetime.now(timezone.utc).date())
 
     def measures(self) -> dict[str, dict]:
         return load_measures(self.measures_dir)
@@ -49,6 +54,9 @@ class AnalyticsService:
             if measure is None:
                 raise not_found(f"Measure/{measure_id}")
             period = period_of(params.get("periodStart"), params.get("periodEnd"))
+            if period.year >= self.today().year:
+                raise invalid(f"figures for {period.year} are published once the year has ended (a year still "
+                              "running would show each new child as a change)", "value", ["periodStart"])
             la = self._subject(actor.role, actor.organization, params.get("subject"))
             files = self.extract.files()
             if files is None:
@@ -58,7 +66,23 @@ class AnalyticsService:
             store.audit_record(None, AUDIT_ACTION, f"Measure/{measure_id}: {refusal.diagnostics}", outcome="deny")
             raise
         store.audit_record(None, AUDIT_ACTION, f"Measure/{measure_id} for LA {la}, {period.start} to {period.end}")
-        return evaluate(measure, files, la, period, self.threshold)
+        return self._released(measure, files, la, period)
+
+    def _released(self, measure: dict, files: dict, la: str, period: Period) -> dict:
+        """A year's report is released once and then stays as it was, like an official
+        statistics release: a child recorded late cannot be found by comparing today's
+        figures with yesterday's. The release is kept beside the extract."""
+        path = self.extract.root / "releases" / f"t{self.threshold}" / measure["id"] / f"{la}-{period.year}.json"
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            pass
+        report = evaluate(measure, files, la, period, self.threshold)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(report), encoding="utf-8")
+        os.replace(temporary, path)
+        return report
 
     def _subject(self, role: str, organization: str | None, subject: str | None) -> str:
         """The LA number the report is about: an LA's own; the one a partnership user names."""

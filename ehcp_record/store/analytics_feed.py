@@ -40,15 +40,16 @@ class RecordSnapshot:
 class AnalyticsFeed:
     """Reads `current` and `records` (majority read concern); never writes."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, overlap: timedelta = OVERLAP) -> None:
         self._db = db.with_options(read_concern=ReadConcern("majority"))
+        self.overlap = overlap
 
     def changed_records(self, since: datetime | None) -> tuple[list[str], datetime | None]:
         """Records with a current resource of a plan type updated after `since` minus the
         overlap, and the newest `updated` seen (the next resume point)."""
         query: dict = {"record": {"$ne": None}}
         if since is not None:
-            query["updated"] = {"$gt": since - OVERLAP}
+            query["updated"] = {"$gt": since - self.overlap}
         records: set[str] = set()
         newest = since
         for resource_type in PLAN_TYPES:

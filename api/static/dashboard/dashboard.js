@@ -50,7 +50,7 @@ async function loadLabels() {
 function fillYears() {
   const select = $("year");
   const now = new Date().getUTCFullYear();
-  for (let year = now; year >= now - 6; year -= 1) {
+  for (let year = now - 1; year >= now - 7; year -= 1) {  // whole years that have ended
     const option = el("option", { value: String(year), text: String(year) });
     if (year === now - 1) option.selected = true;
     select.append(option);
