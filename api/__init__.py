@@ -44,6 +44,8 @@ def create_app(test_config: Mapping[str, Any] | None = None, settings: Settings 
     app.teardown_request(_end_database_deadline)
     app.after_request(_common_headers)
     app.after_request(_errors_as_outcomes)
+    if settings.analytics_refresh_seconds and settings.env != "test" and services.analytics is not None:
+        services.analytics.extract.refresh_in_background(settings.analytics_refresh_seconds, log.warning)
     return app
 
 

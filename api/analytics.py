@@ -36,6 +36,8 @@ OPERATIONS.append(("evaluate-measure", "Measure", EVALUATE_MEASURE))
 #: dashboard of children's figures loads nothing it does not ship).
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+#: What /dashboard/static serves (the licence and provenance notes beside them are not served).
+SERVED = frozenset({"dashboard.js", "dashboard.css", "chart.umd.min.js"})
 _PARAMETERS = {"periodStart": "date", "periodEnd": "date", "subject": "string", "reportType": "code"}
 
 
@@ -80,7 +82,7 @@ def dashboard_reports() -> Response:
 
 @bp.get("/dashboard/static/<name>")
 def dashboard_static(name: str) -> Response:
-    if name not in {p.name for p in STATIC.iterdir()} or name == "index.html":
+    if name not in SERVED:
         raise FhirError(404, "not-found", f"no dashboard file named {name!r}")
     response = send_from_directory(STATIC, name, max_age=3600)
     response.headers["X-Content-Type-Options"] = "nosniff"

@@ -91,6 +91,9 @@ class Settings:
     invitation_ttl: int = 14 * 24 * 3600
     #: analytics disclosure control: cells of fewer children than this are suppressed
     analytics_threshold: int = 5
+    #: how often the serving processes bring the analytics extract up to date (0: never; use
+    #: `ehcp-record analytics refresh` from a timer instead)
+    analytics_refresh_seconds: int = 300
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -175,6 +178,7 @@ class _SettingsSchema(Schema):
     refresh_token_ttl = fields.Integer(load_default=30 * 24 * 3600, validate=validate.Range(min=1))
     invitation_ttl = fields.Integer(load_default=14 * 24 * 3600, validate=validate.Range(min=1))
     analytics_threshold = fields.Integer(load_default=5, validate=validate.Range(min=3, max=100))
+    analytics_refresh_seconds = fields.Integer(load_default=300, validate=validate.Range(min=0))
 
     @post_load
     def make(self, data: dict, **_: Any) -> Settings:
@@ -207,6 +211,7 @@ _ENV = {
     "identity_providers": "EHCP_IDENTITY_PROVIDERS", "local_sign_in": "EHCP_LOCAL_SIGN_IN",
     "access_token_ttl": "EHCP_ACCESS_TOKEN_TTL", "refresh_token_ttl": "EHCP_REFRESH_TOKEN_TTL",
     "invitation_ttl": "EHCP_INVITATION_TTL", "analytics_threshold": "EHCP_ANALYTICS_THRESHOLD",
+    "analytics_refresh_seconds": "EHCP_ANALYTICS_REFRESH_SECONDS",
 }
 _JSON_KEYS = {"trusted_issuers", "trust_list", "oauth_clients", "identity_providers"}
 

@@ -21,6 +21,7 @@ copy whose pseudonyms are the recipient's own (pseudonym.py).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -155,6 +156,29 @@ class Extract:
             if stale.name not in (generation, previous):
                 shutil.rmtree(stale, ignore_errors=True)
         return generation
+
+    def refresh_in_background(self, seconds: int, log: Callable[[str], None]) -> threading.Thread:
+        """Refresh now and then every `seconds`, in a daemon thread. Of several processes sharing
+        the data dir (gunicorn workers), only the one holding the lock file refreshes."""
+        def loop() -> None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with open(self.root / "refresh.lock", "a+") as lock:
+                while True:
+                    try:
+                        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except OSError:
+                        continue  # another process refreshes
+                    try:
+                        self.refresh()
+                    except Exception as exc:  # noqa: BLE001 - a failed refresh is retried next time
+                        log(f"analytics extract refresh failed: {exc}")
+                    finally:
+                        fcntl.flock(lock, fcntl.LOCK_UN)
+                    time.sleep(seconds)
+
+        thread = threading.Thread(target=loop, name="analytics-refresh", daemon=True)
+        thread.start()
+        return thread
 
     # --- handing over ----------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import duckdb
 
 from ehcp_record.analytics.disclosure import DEFAULT_THRESHOLD, Cell, Key, suppress
-from ehcp_record.analytics.rows import TABLES
+from ehcp_record.analytics.rows import INTEGER_COLUMNS, TABLES
 from ehcp_record.fhir.canonical import naming_system
 
 SQL = "application/x-duckdb-sql"
@@ -74,18 +74,24 @@ def _components(stratifier: dict) -> list[str]:
     return [c["criteria"]["expression"] for c in stratifier.get("component", [])]
 
 
-def evaluate(measure: dict, files: dict[str, Path], la: str, period: Period,
+def evaluate(measure: dict, files: dict[str, Path] | None, la: str, period: Period,
              threshold: int = DEFAULT_THRESHOLD) -> dict:
-    """The summary MeasureReport of one LA for one year, with small cells suppressed."""
+    """The summary MeasureReport of one LA for one year, with small cells suppressed.
+    `files` None (no extract built yet) gives a `pending` report over empty tables."""
     connection = duckdb.connect(":memory:")
     try:
-        for table, path in files.items():
-            connection.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{_quoted(path)}')")
+        for table, columns in TABLES.items():
+            if files is None:
+                typed = ", ".join(f'"{c}" {"INTEGER" if c in INTEGER_COLUMNS else "VARCHAR"}' for c in columns)
+                connection.execute(f"CREATE TABLE {table} ({typed})")
+            else:
+                connection.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{_quoted(files[table])}')")
         groups = [_group(connection, group, la, period, threshold) for group in measure.get("group", [])]
     finally:
         connection.close()
     return _without_none({
-        "resourceType": "MeasureReport", "status": "complete", "type": "summary", "measure": measure["url"],
+        "resourceType": "MeasureReport", "status": "pending" if files is None else "complete", "type": "summary",
+        "measure": measure["url"],
         "subject": {"identifier": {"system": LA_NUMBER_SYSTEM, "value": la}, "display": f"Local authority {la}"},
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "period": {"start": period.start, "end": period.end},
@@ -194,7 +200,3 @@ def _stratifier(stratifier: dict, dimensions: list[str], cells: dict[Key, Cell])
             stratum["component"] = [{"code": {"text": d}, "value": {"text": values[d]}} for d in mine]
         strata.append(stratum)
     return {"code": [{"text": " x ".join(mine)}], "stratum": strata}
-
-
-def tables() -> tuple[str, ...]:
-    return tuple(TABLES)

@@ -26,7 +26,9 @@ OPEN_PATHS = {"/healthz", "/readyz", "/fhir/metadata", "/fhir/.well-known/smart-
 #: session cookie) and the OAuth protocol endpoints whose errors are RFC 6749 §5.2 JSON.
 SIGN_IN_PATHS = {"/oauth/authorize", "/oauth/token", "/oauth/revoke", "/oauth/introspect", "/oauth/jwks",
                  "/oauth/sign-in", "/oauth/sign-in/federated", "/oauth/sign-out", "/oauth/account/links",
-                 "/oauth/account/links/{id}"}
+                 "/oauth/account/links/{id}",
+                 # the inclusion dashboard (api/analytics.py): the same sign-in session cookie
+                 "/dashboard", "/dashboard/reports", "/dashboard/static/{name}"}
 OAUTH_ERROR_PATHS = {"/oauth/authorize", "/oauth/token", "/oauth/revoke", "/oauth/introspect",
                      "/oauth/sign-in/federated"}
 #: Authenticated by the sending deployment's Ed25519 signature, not a bearer token.
