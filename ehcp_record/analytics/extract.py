@@ -21,6 +21,7 @@ copy whose pseudonyms are the recipient's own (pseudonym.py).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ehcp_record.analytics.banding import SMALL_SETTING, la_number
@@ -103,9 +105,28 @@ class Extract:
 
     # --- refreshing ------------------------------------------------------------------
 
-    def refresh(self, full: bool = False) -> RefreshReport:
-        """Bring the extract up to date with the record (one refresh at a time per process)."""
-        with self._lock:
+    @contextlib.contextmanager
+    def _exclusive(self, wait: bool) -> Iterator[bool]:
+        """One refresh at a time, across threads and across processes sharing the data dir
+        (gunicorn workers, `ehcp-record analytics refresh`): a lock file beside the manifest."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self._lock, open(self.root / "refresh.lock", "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def refresh(self, full: bool = False, wait: bool = True) -> RefreshReport | None:
+        """Bring the extract up to date with the record; None when `wait` is False and another
+        process is refreshing already."""
+        with self._exclusive(wait) as mine:
+            if not mine:
+                return None
             started = time.perf_counter()
             manifest = self.manifest()
             today = self.today()
@@ -113,16 +134,21 @@ class Extract:
             since = None if full else datetime.fromisoformat(manifest["resume"]) if manifest.get("resume") else None
             records, newest = self.feed.changed_records(since)
             directory = self.feed.directory()
-            fresh = {t: [] for t in TABLES}
-            for snapshot in self.feed.snapshots(records):
-                rows = child_rows(self.pseudonyms.own(snapshot.record), snapshot.custodian, snapshot.resources,
-                                  directory, today)
-                for table, items in rows.tables.items():
-                    fresh[table].extend(items)
+            fresh = self._rows_of(records, directory, today)
             tables = self._merged(fresh, {self.pseudonyms.own(r) for r in records}, full)
             generation = self._write(tables, newest, today, _local_authorities(directory))
             return RefreshReport(generation, len(records), full, time.perf_counter() - started,
                                  {t: tables[t].num_rows for t in TABLES})
+
+    def _rows_of(self, records: list[str], directory: dict[str, dict], today: date) -> dict[str, list[dict]]:
+        """The de-identified rows of these records, table by table (rows.py)."""
+        fresh: dict[str, list[dict]] = {t: [] for t in TABLES}
+        for snapshot in self.feed.snapshots(records):
+            rows = child_rows(self.pseudonyms.own(snapshot.record), snapshot.custodian, snapshot.resources,
+                              directory, today)
+            for table, items in rows.tables.items():
+                fresh[table].extend(items)
+        return fresh
 
     def _merged(self, fresh: dict[str, list[dict]], changed: set[str], full: bool) -> dict[str, pa.Table]:
         old = {t: schema(t).empty_table() for t in TABLES} if full else self._tables()
@@ -130,8 +156,7 @@ class Extract:
         for table in TABLES:
             kept = old[table]
             if changed and kept.num_rows:
-                mask = pa.array([child not in changed for child in kept.column("child").to_pylist()])
-                kept = kept.filter(mask)
+                kept = kept.filter(pc.invert(pc.is_in(kept.column("child"), value_set=pa.array(sorted(changed)))))
             new = pa.Table.from_pylist(fresh[table], schema=schema(table))
             merged[table] = pa.concat_tables([kept, new]) if kept.num_rows else new
         merged["plan_years"] = _fold_small_settings(merged["plan_years"])
@@ -161,20 +186,12 @@ class Extract:
         """Refresh now and then every `seconds`, in a daemon thread. Of several processes sharing
         the data dir (gunicorn workers), only the one holding the lock file refreshes."""
         def loop() -> None:
-            self.root.mkdir(parents=True, exist_ok=True)
-            with open(self.root / "refresh.lock", "a+") as lock:
-                while True:
-                    try:
-                        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    except OSError:
-                        continue  # another process refreshes
-                    try:
-                        self.refresh()
-                    except Exception as exc:  # noqa: BLE001 - a failed refresh is retried next time
-                        log(f"analytics extract refresh failed: {exc}")
-                    finally:
-                        fcntl.flock(lock, fcntl.LOCK_UN)
-                    time.sleep(seconds)
+            while True:
+                try:
+                    self.refresh(wait=False)  # another process refreshing: this one skips a turn
+                except Exception as exc:  # noqa: BLE001 - a failed refresh is retried next time
+                    log(f"analytics extract refresh failed: {exc}")
+                time.sleep(seconds)
 
         thread = threading.Thread(target=loop, name="analytics-refresh", daemon=True)
         thread.start()
@@ -208,13 +225,10 @@ def _local_authorities(directory: dict[str, dict]) -> dict[str, str]:
 
 def _fold_small_settings(plan_years: pa.Table) -> pa.Table:
     """A URN attended by fewer than SMALL_SETTING children becomes its setting type."""
-    children: dict[str, set[str]] = {}
-    rows = plan_years.to_pylist()
-    for row in rows:
-        if row["setting"] and row["setting"] != row["setting_type"]:
-            children.setdefault(row["setting"], set()).add(row["child"])
-    for row in rows:
-        urn = row["setting"]
-        if urn is None or urn == row["setting_type"] or len(children.get(urn, ())) < SMALL_SETTING:
-            row["setting"] = row["setting_type"]
-    return pa.Table.from_pylist(rows, schema=plan_years.schema)
+    named = plan_years.filter(pc.and_(pc.is_valid(plan_years.column("setting")),
+                                      pc.not_equal(plan_years.column("setting"), plan_years.column("setting_type"))))
+    counts = named.group_by("setting").aggregate([("child", "count_distinct")])
+    big = counts.filter(pc.greater_equal(counts.column("child_count_distinct"), SMALL_SETTING)).column("setting")
+    keep = pc.fill_null(pc.is_in(plan_years.column("setting"), value_set=big.combine_chunks()), False)
+    folded = pc.if_else(keep, plan_years.column("setting"), plan_years.column("setting_type"))
+    return plan_years.set_column(plan_years.schema.get_field_index("setting"), "setting", folded)

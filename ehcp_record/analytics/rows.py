@@ -37,6 +37,7 @@ CATEGORY_SYSTEM = code_system("provision-category")
 URN_SYSTEM = naming_system("urn")
 LA_NUMBER_SYSTEM = naming_system("dfe-la-number")
 PROVISION_SECTIONS = ("F", "G", "H1", "H2")
+ACHIEVEMENT_SYSTEM = "http://terminology.hl7.org/CodeSystem/goal-achievement"
 ISSUED = ("final", "amended")
 
 #: goal-achievement (http://terminology.hl7.org/CodeSystem/goal-achievement) -> the three
@@ -58,6 +59,7 @@ TABLES: dict[str, tuple[str, ...]] = {
 }
 #: Columns that are whole numbers; every other column is a string (or null).
 INTEGER_COLUMNS = frozenset({"year", "rank"})
+Sections = dict[str, list[str]]  # a plan's section code -> the references it lists
 
 
 @dataclass
@@ -78,13 +80,14 @@ def child_rows(child: str, custodian: str | None, resources: Iterable[dict], dir
     patient = next((r for r in resources if r.get("resourceType") == "Patient"), {})
     birth = _date(patient.get("birthDate"))
     plan = _issued_plan(resources)
-    needs = _needs(plan, by_ref) if plan else []
+    sections = _sections(plan) if plan else {}
+    needs = _needs(sections, by_ref)
     primary = needs[0] if needs else "none"
     if plan is not None:
         start = _plan_start(plan, tasks)
         ceased = _ceased(tasks)
-        _plan_years(out, child, la, plan, by_ref, directory, needs, birth, start, ceased, as_of)
-        _outcomes(out, child, la, plan, by_ref, tasks, primary)
+        _plan_years(out, child, la, sections, by_ref, directory, needs, birth, start, ceased, as_of)
+        _outcomes(out, child, la, sections, by_ref, tasks, primary)
     _clocks(out, child, la, tasks, primary, directory, as_of)
     return out
 
@@ -96,11 +99,14 @@ def _issued_plan(resources: list[dict]) -> dict | None:
     return max(issued, key=lambda r: str(r.get("date", ""))) if issued else None
 
 
-def _section(plan: dict, code: str) -> list[str]:
+def _sections(plan: dict) -> dict[str, list[str]]:
+    """Section code -> the references it lists (reg 12: each section separately identified)."""
+    found: dict[str, list[str]] = {}
     for section in plan.get("section", []) or []:
-        if any(c.get("code") == code for c in (section.get("code") or {}).get("coding", []) or []):
-            return [str(e.get("reference", "")) for e in section.get("entry", []) or []]
-    return []
+        for coding in (section.get("code") or {}).get("coding", []) or []:
+            entries = section.get("entry", []) or []
+            found.setdefault(str(coding.get("code")), [str(e.get("reference", "")) for e in entries])
+    return found
 
 
 def _coded(concept: object, system: str) -> str | None:
@@ -108,8 +114,8 @@ def _coded(concept: object, system: str) -> str | None:
     return next((c.get("code") for c in codings or [] if isinstance(c, dict) and c.get("system") == system), None)
 
 
-def _needs(plan: dict, by_ref: dict[str, dict]) -> list[str]:
-    found = [_coded(by_ref.get(ref, {}).get("code"), NEED_SYSTEM) for ref in _section(plan, "B")]
+def _needs(sections: Sections, by_ref: dict[str, dict]) -> list[str]:
+    found = [_coded(by_ref.get(ref, {}).get("code"), NEED_SYSTEM) for ref in sections.get("B", [])]
     return [code for code in found if code]
 
 
@@ -139,9 +145,9 @@ def _ceased(tasks: list[dict]) -> tuple[date, str] | None:
     return None
 
 
-def _placement(plan: dict, by_ref: dict[str, dict], directory: dict[str, dict]) -> tuple[str, str | None]:
+def _placement(sections: Sections, by_ref: dict[str, dict], directory: dict[str, dict]) -> tuple[str, str | None]:
     """The first setting section I names: its SEN2 setting type and URN (folded later)."""
-    for ref in _section(plan, "I"):
+    for ref in sections.get("I", []):
         organization = by_ref.get(ref) or directory.get(ref)
         if organization and organization.get("resourceType") == "Organization":
             setting = next((_coded(t, SETTING_SYSTEM) for t in organization.get("type", []) or []
@@ -152,17 +158,17 @@ def _placement(plan: dict, by_ref: dict[str, dict], directory: dict[str, dict]) 
     return "none", None
 
 
-def _plan_years(out: ChildRows, child: str, la: str, plan: dict, by_ref: dict[str, dict], directory: dict[str, dict],
-                needs: list[str], birth: date | None, start: date | None, ceased: tuple[date, str] | None,
+def _plan_years(out: ChildRows, child: str, la: str, sections: Sections, by_ref: dict[str, dict],
+                directory: dict[str, dict], needs: list[str], birth: date | None, start: date | None, ceased: tuple[date, str] | None,
                 as_of: date) -> None:
     """One row per calendar year in which the plan was maintained, up to `as_of`."""
     if start is None:
         return
     last = min(ceased[0].year if ceased else as_of.year, as_of.year)
-    setting_type, urn = _placement(plan, by_ref, directory)
+    setting_type, urn = _placement(sections, by_ref, directory)
     primary = needs[0] if needs else "none"
     provisions = [(section, _coded(_activity_code(by_ref.get(ref, {})), CATEGORY_SYSTEM) or "unspecified")
-                  for section in PROVISION_SECTIONS for ref in _section(plan, section) if ref in by_ref]
+                  for section in PROVISION_SECTIONS for ref in sections.get(section, []) if ref in by_ref]
     for year in range(start.year, last + 1):
         band = age_band(birth, year)
         if band is None:
@@ -186,7 +192,7 @@ def _activity_code(careplan: dict) -> object:
     return None
 
 
-def _outcomes(out: ChildRows, child: str, la: str, plan: dict, by_ref: dict[str, dict], tasks: list[dict],
+def _outcomes(out: ChildRows, child: str, la: str, sections: Sections, by_ref: dict[str, dict], tasks: list[dict],
               primary: str) -> None:
     """Progress recorded at a review meeting, dated by that meeting's month."""
     reviewed: dict[str, date] = {}
@@ -196,9 +202,9 @@ def _outcomes(out: ChildRows, child: str, la: str, plan: dict, by_ref: dict[str,
             ref = (item.get("valueReference") or {}).get("reference", "")
             if ref.startswith("Goal/") and (ref not in reviewed or day > reviewed[ref]):
                 reviewed[ref] = day
-    for ref in _section(plan, "E"):
+    for ref in sections.get("E", []):
         goal = by_ref.get(ref, {})
-        progress = PROGRESS.get(_coded(goal.get("achievementStatus"), "http://terminology.hl7.org/CodeSystem/goal-achievement") or "")
+        progress = PROGRESS.get(_coded(goal.get("achievementStatus"), ACHIEVEMENT_SYSTEM) or "")
         if progress and ref in reviewed:
             out.tables["outcomes"].append({"child": child, "la": la, "month": month(reviewed[ref]),
                                            "primary_need": primary, "progress": progress})
