@@ -17,6 +17,8 @@ cannot be differenced to expose a few children.
 from __future__ import annotations
 
 import json
+import re
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -78,14 +80,17 @@ def evaluate(measure: dict, files: dict[str, Path] | None, la: str, period: Peri
              threshold: int = DEFAULT_THRESHOLD) -> dict:
     """The summary MeasureReport of one LA for one year, with small cells suppressed.
     `files` None (no extract built yet) gives a `pending` report over empty tables."""
-    connection = duckdb.connect(":memory:")
+    connection = _database().cursor()  # a connection of its own; TEMP views stay in it
+    used = " ".join(p["criteria"]["expression"] for g in measure.get("group", []) for p in g.get("population", []))
     try:
         for table, columns in TABLES.items():
+            if not re.search(rf"\b{table}\b", used):
+                continue  # only the tables the Measure reads
             if files is None:
                 typed = ", ".join(f'"{c}" {"INTEGER" if c in INTEGER_COLUMNS else "VARCHAR"}' for c in columns)
-                connection.execute(f"CREATE TABLE {table} ({typed})")
+                connection.execute(f"CREATE TEMP TABLE {table} ({typed})")
             else:
-                connection.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{_quoted(files[table])}')")
+                connection.execute(f"CREATE TEMP VIEW {table} AS SELECT * FROM read_parquet('{_quoted(files[table])}')")
         groups = [_group(connection, group, la, period, threshold) for group in measure.get("group", [])]
     finally:
         connection.close()
@@ -96,6 +101,20 @@ def evaluate(measure: dict, files: dict[str, Path] | None, la: str, period: Peri
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "period": {"start": period.start, "end": period.end},
         "improvementNotation": measure.get("improvementNotation"), "group": groups})
+
+
+_DUCKDB: duckdb.DuckDBPyConnection | None = None
+_DUCKDB_LOCK = threading.Lock()
+
+
+def _database() -> duckdb.DuckDBPyConnection:
+    """One in-memory DuckDB per process (opening one costs tens of milliseconds); each
+    evaluation takes a cursor of it, which is a connection of its own (DuckDB Python API)."""
+    global _DUCKDB
+    with _DUCKDB_LOCK:
+        if _DUCKDB is None:
+            _DUCKDB = duckdb.connect(":memory:")
+        return _DUCKDB
 
 
 def _without_none(resource: dict) -> dict:
