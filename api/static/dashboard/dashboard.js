@@ -18,6 +18,10 @@ const LABELS = {
 const DIMENSION_NAMES = { primary_need: "Primary need", age_band: "Age band", section: "Plan section",
   category: "Provision category", progress: "Progress", timeliness: "Timeliness", setting_type: "Setting type",
   reason: "Reason" };
+// Dimensions with a natural order; any other is sorted by its label.
+const ORDER = { age_band: ["0-4", "5-10", "11-15", "16-19", "20-25"],
+  timeliness: ["met", "late", "late-excepted", "overdue", "overdue-excepted"],
+  progress: ["achieved", "progressing", "not-progressing"] };
 const charts = [];
 
 const $ = (id) => document.getElementById(id);
@@ -82,7 +86,12 @@ function table(report) {
   }
   const total = count(group.population.filter((p) => p.code.coding[0].code === "initial-population"));
   const score = group.measureScore ? group.measureScore.value : null;
-  return { dimensions, cells, values: values.map((v) => [...v].sort()), total, score };
+  const sorted = values.map((v, i) => [...v].sort((a, b) => {
+    const order = ORDER[dimensions[i]];
+    if (order) return order.indexOf(a) - order.indexOf(b);
+    return label(dimensions[i], a).localeCompare(label(dimensions[i], b));
+  }));
+  return { dimensions, cells, values: sorted, total, score };
 }
 
 // What is shown, as rows of text: the table, the chart and the CSV all come from this.
@@ -167,15 +176,15 @@ function render(bundle, need) {
     const section = el("section", { class: "figure", "aria-labelledby": `${id}-title` },
       el("h2", { id: `${id}-title`, text: measure.title }), el("p", { text: measure.description }));
     if (data.score !== null && !need) {
-      section.append(el("p", { class: "score", text: `${Math.round(data.score * 1000) / 10}% (all ${cellText(data.total)})` }));
+      section.append(el("p", { class: "score", text: `${Math.round(data.score * 1000) / 10}% (of ${cellText(data.total)})` }));
     }
     if (view.note) section.append(el("p", { class: "note", text: view.note }));
     const summary = view.chart.map((r) => `${r[0]}: ${cellText(r[1])}`).join("; ");
     const canvas = el("canvas", { role: "img", "aria-label": `Bar chart of ${measure.title}. ${summary}. The table below has the figures.` });
     section.append(el("div", { class: "chart" }, canvas), renderTable(view, measure.title, id));
     const file = URL.createObjectURL(new Blob([csv(view)], { type: "text/csv" }));
-    section.append(el("a", { class: "download", href: file, download: `${measure.id || "figure"}-${$("year").value}.csv`,
-      text: `Download these figures (CSV)` }));
+    section.append(el("a", { class: "download", href: file, download: `${measure.id || "figure"}-${$("year").value}.csv` },
+      "Download these figures (CSV)", el("span", { class: "visually-hidden", text: `: ${measure.title}` })));
     figures.append(section);
     renderChart(canvas, view, measure.title);
   });
