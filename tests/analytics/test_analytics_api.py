@@ -156,3 +156,18 @@ def test_dashboard_serves_la_staff_their_own_figures(cohort_api):
     script = browser.get(api.base + "/dashboard/static/chart.umd.min.js", timeout=10)
     assert script.status_code == 200 and script.text.startswith("/*!\n * Chart.js v4.6.1")
     assert browser.get(api.base + "/dashboard/static/nothing.js", timeout=10).status_code == 404
+
+
+def test_one_refresh_at_a_time_across_processes(cohort_api):
+    """Another process holding the extract's lock file (a gunicorn worker refreshing): this
+    one skips its turn instead of writing a second generation beside it."""
+    import fcntl
+
+    api, _ = cohort_api
+    extract = api.services.analytics.extract
+    before = extract.manifest()["generation"]
+    with open(extract.root / "refresh.lock", "a+") as other:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        assert extract.refresh(wait=False) is None
+        fcntl.flock(other, fcntl.LOCK_UN)
+    assert extract.manifest()["generation"] == before
