@@ -303,6 +303,9 @@ def _analytics_refresh(args: argparse.Namespace) -> int:
 def _analytics_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from consent.model import Actor
+    from consent.scopes import parse_scopes
+    from ehcp_record.access.caller import Caller
     from ehcp_record.wiring import build_services
 
     with database(_with_running_database(load_settings())) as ready:
@@ -312,6 +315,11 @@ def _analytics_export(args: argparse.Namespace) -> int:
                 print("analytics: no extract yet; run `ehcp-record analytics refresh` first", file=sys.stderr)
                 return 2
             written = services.analytics.extract.export(args.recipient, Path(args.out))
+            operator = Caller(Actor(role="system", sub="cli:analytics-export"), parse_scopes("system/*.rs"),
+                              issuer="urn:ehcp-record:cli")
+            services.records.for_caller(operator).audit_record(  # every use of the extract is audited
+                None, "analytics-export", f"extract {services.analytics.extract.manifest()['generation']} "
+                f"exported for {args.recipient}")
         finally:
             services.records.close()
     print(f"analytics extract for {args.recipient}: {', '.join(str(p) for p in written.values())}")
