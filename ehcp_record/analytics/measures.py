@@ -137,7 +137,8 @@ def _group(connection: duckdb.DuckDBPyConnection, group: dict, la: str, period: 
                  "stratifier": [_stratifier(s, dimensions, cells) for s in group.get("stratifier", [])]}
     if numerator is not None:
         hit, miss = scored
-        score = _score(total, hit, miss, threshold)
+        expression = numerator["criteria"]["expression"]
+        score = _score(total, hit, miss, threshold) if _numerator_shown(expression, dimensions, cells) else None
         out["population"].append(_population_count("numerator", Cell(hit.count, hit.children, score is None)))
         if score is not None:
             out["measureScore"] = score
@@ -193,6 +194,22 @@ def _population_count(code: str, cell: Cell) -> dict:
     else:
         entry["count"] = cell.count
     return entry
+
+
+_ONE_VALUE = re.compile(r"\s*(\w+)\s*=\s*'([^']*)'\s*")
+
+
+def _numerator_shown(expression: str, dimensions: list[str], cells: dict[Key, Cell]) -> bool:
+    """Would the numerator tell more than the table? A numerator `column = 'value'` on a
+    stratifier column is that column's margin cell: it may be shown only where that cell is.
+    Any other numerator is shown only when the table hides nothing (secondary suppression
+    cannot account for a sum it does not know)."""
+    match = _ONE_VALUE.fullmatch(expression)
+    if match and match.group(1) in dimensions:
+        position = dimensions.index(match.group(1))
+        key = tuple(match.group(2) if i == position else None for i in range(len(dimensions)))
+        return key not in cells or not cells[key].suppressed
+    return not any(cell.suppressed for cell in cells.values())
 
 
 def _score(total: Cell, hit: Cell, miss: Cell, threshold: int) -> dict | None:

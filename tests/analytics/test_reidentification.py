@@ -156,6 +156,23 @@ def test_no_report_singles_out_a_child(cohort_api, measure):
             for total, members in _lines(report):
                 if total is not None:
                     assert sum(m is None for m in members) != 1, (measure, la, year, total, members)
+            _numerator_hides_nothing(measure, report)
+
+
+#: A proportion's numerator is one margin cell: published only where that cell is.
+NUMERATORS = {"ehcp-outcome-progress": ("progress", "achieved"), "ehcp-twenty-week": ("timeliness", "met"),
+              "ehcp-reviews-on-time": ("timeliness", "met"), "ehcp-transfers-on-time": ("timeliness", "met")}
+
+
+def _numerator_hides_nothing(measure: str, report: dict) -> None:
+    group = report["group"][0]
+    numerator = next((p for p in group["population"] if p["code"]["coding"][0]["code"] == "numerator"), None)
+    if measure not in NUMERATORS or numerator is None or "count" not in numerator:
+        return
+    dimension, value = NUMERATORS[measure]
+    margin = next(s for s in group["stratifier"] if s["code"][0]["text"] == dimension)
+    cell = next((t["population"][0] for t in margin["stratum"] if t["value"]["text"] == value), {"count": 0})
+    assert cell.get("count") == numerator["count"], (measure, "the numerator shows a hidden margin")
 
 
 def test_overlapping_or_partial_periods_cannot_be_differenced(cohort_api):

@@ -71,3 +71,17 @@ def test_whole_years(start, end, year):
 def test_no_other_period(start, end):
     with pytest.raises(FhirError):
         period_of(start, end)
+
+
+def test_a_numerator_never_shows_a_margin_the_table_hides():
+    """met 20, late 30, late-excepted 3: the 3 is hidden and so is the next smallest, met;
+    publishing the numerator (met) would give both back."""
+    from ehcp_record.analytics.disclosure import Cell, suppress
+    from ehcp_record.analytics.measures import _numerator_shown
+
+    cells = {("met",): Cell(20, 20), ("late",): Cell(30, 30), ("late-excepted",): Cell(3, 3), (None,): Cell(53, 53)}
+    suppress(cells)
+    assert cells[("met",)].suppressed and not cells[("late",)].suppressed
+    assert not _numerator_shown("timeliness = 'met'", ["timeliness"], cells)
+    assert _numerator_shown("timeliness = 'late'", ["timeliness"], cells)
+    assert not _numerator_shown("timeliness <> 'late'", ["timeliness"], cells)  # not one margin: table hides some
