@@ -31,7 +31,7 @@ from ehcp_record.store.analytics_feed import AnalyticsFeed  # noqa: E402
 from ehcp_record.store.mongod import EmbeddedMongo  # noqa: E402
 from pymongo import MongoClient  # noqa: E402
 
-MEASURES = ROOT / "profiles" / "measures"
+MEASURES = ROOT / "profiles" / "Measure"
 
 
 def run(mongo: EmbeddedMongo, size: int, work: Path, rounds: int) -> dict[str, float]:

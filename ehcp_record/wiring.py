@@ -108,7 +108,7 @@ def analytics_service(repo: Repository, settings: Settings) -> AnalyticsService:
     Measures evaluated over it. The feed is handed to the extract here and to nothing else."""
     extract = Extract(settings.data_dir / "analytics" / settings.database, AnalyticsFeed(repo.db),
                       Pseudonymiser.from_data_dir(settings.data_dir / "keys" / "analytics-pseudonym-key"))
-    return AnalyticsService(extract, settings.profiles_dir / "measures", settings.analytics_threshold)
+    return AnalyticsService(extract, settings.profiles_dir / "Measure", settings.analytics_threshold)
 
 
 def identity_service(repo: Repository, records: RecordStore, settings: Settings) -> IdentityService:

@@ -6,6 +6,6 @@
   free text or exact dates);
 - `extract`: the Parquet files (pyarrow), rebuilt incrementally from the store's read-only feed;
 - `disclosure`: primary and secondary suppression of small cells;
-- `measures`: the Measures in profiles/measures, evaluated with DuckDB to MeasureReports;
+- `measures`: the Measures in profiles/Measure, evaluated with DuckDB to MeasureReports;
 - `service`: who may ask for what, and the audit of every query.
 """

@@ -1,4 +1,4 @@
-"""The dashboard's figures as FHIR R4 Measures (profiles/measures/*.json), evaluated over the
+"""The dashboard's figures as FHIR R4 Measures (profiles/Measure/*.json), evaluated over the
 extract with DuckDB into summary MeasureReports (https://hl7.org/fhir/R4/measure.html,
 https://hl7.org/fhir/R4/measurereport.html, operation $evaluate-measure).
 
@@ -54,7 +54,7 @@ class Period:
 
 @lru_cache(maxsize=4)
 def load_measures(directory: Path) -> dict[str, dict]:
-    """Every Measure in profiles/measures, by id."""
+    """Every Measure in profiles/Measure, by id."""
     found = {}
     for path in sorted(directory.glob("*.json")):
         measure = json.loads(path.read_text(encoding="utf-8"))

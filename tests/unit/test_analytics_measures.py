@@ -1,4 +1,4 @@
-"""The Measures in profiles/measures are valid FHIR R4 Measures, one per dashboard figure the
+"""The Measures in profiles/Measure are valid FHIR R4 Measures, one per dashboard figure the
 issue names, each readable by the evaluator; pseudonyms and bands behave as documented."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from ehcp_record.analytics.rows import TABLES
 from ehcp_record.analytics.service import period_of
 from ehcp_record.errors import FhirError
 
-MEASURES = Path(__file__).resolve().parents[2] / "profiles" / "measures"
+MEASURES = Path(__file__).resolve().parents[2] / "profiles" / "Measure"
 FIGURES = {"ehcp-need-prevalence", "ehcp-provision", "ehcp-outcome-progress", "ehcp-twenty-week",
            "ehcp-reviews-on-time", "ehcp-transfers-on-time", "ehcp-placements", "ehcp-plans-ceased"}
 
