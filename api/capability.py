@@ -131,6 +131,8 @@ def _revincludes(services: Services, resource_type: str) -> list[str]:
 
 def _conformance_resource(services: Services, resource_type: str) -> dict:
     """Our definitions in profiles/, served read-only and without a token."""
-    return {"type": resource_type, "interaction": [{"code": "read"}, {"code": "search-type"}],
-            "searchParam": [{"name": n, "type": "uri" if n == "url" else "token"}
-                            for n in ("_id", "url", "name", "version", "status")]}
+    entry = {"type": resource_type, "interaction": [{"code": "read"}, {"code": "search-type"}],
+             "searchParam": [{"name": n, "type": "uri" if n == "url" else "token"}
+                             for n in ("_id", "url", "name", "version", "status")]}
+    operations = [{"name": n, "definition": d} for n, rtype, d in OPERATIONS if rtype == resource_type]
+    return entry | ({"operation": operations} if operations else {})

@@ -81,7 +81,7 @@ OPEN_RULES = {
     "/dashboard/static/<name>": "the dashboard's own script, styles and vendored Chart.js",
     **{f"/fhir/{t}{suffix}": "our published definitions (profiles/), no child's data"
        for t in ("StructureDefinition", "ValueSet", "CodeSystem", "SearchParameter", "OperationDefinition",
-                 "CompartmentDefinition") for suffix in ("", "/<fhir_id:resource_id>")},
+                 "CompartmentDefinition", "Measure") for suffix in ("", "/<fhir_id:resource_id>")},
 }
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
 #: Path variables this suite knows how to fill with child 1's ids and with a missing id.

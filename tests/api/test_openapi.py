@@ -19,7 +19,7 @@ HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "tra
 IGNORED_FLASK_METHODS = {"HEAD", "OPTIONS"}
 #: Our published definitions (profiles/) are open too, so their canonical URLs resolve for anyone.
 CONFORMANCE_PATHS = {f"/fhir/{t}{suffix}" for t in ("StructureDefinition", "ValueSet", "CodeSystem", "SearchParameter",
-                                                    "OperationDefinition", "CompartmentDefinition")
+                                                    "OperationDefinition", "CompartmentDefinition", "Measure")
                      for suffix in ("", "/{id}")}
 OPEN_PATHS = {"/healthz", "/readyz", "/fhir/metadata", "/fhir/.well-known/smart-configuration"} | CONFORMANCE_PATHS
 #: The authorization server (no bearer token: OAuth client authentication or the sign-in
