@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test bench bench-search bench-load bench-verify bench-encryption clean
+.PHONY: install serve test bench bench-search bench-load bench-verify bench-encryption bench-analytics clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (or set PYTHON=python3)"; exit 1; }
@@ -57,6 +57,10 @@ bench-verify: $(STAMP)
 ENC_ARGS ?=
 bench-encryption: $(STAMP)
 	$(BIN)/python bench/encryption.py $(ENC_ARGS)
+# The analytics extract: build and measure evaluation times at 2,000 and 20,000 children (~5 min);
+# BENCH_ARGS="--sizes 2000" for a quick run.
+bench-analytics: $(STAMP)
+	$(BIN)/python bench/analytics.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .hypothesis

@@ -44,6 +44,8 @@ def create_app(test_config: Mapping[str, Any] | None = None, settings: Settings 
     app.teardown_request(_end_database_deadline)
     app.after_request(_common_headers)
     app.after_request(_errors_as_outcomes)
+    if settings.analytics_refresh_seconds and settings.env != "test" and services.analytics is not None:
+        services.analytics.extract.refresh_in_background(settings.analytics_refresh_seconds, log.warning)
     return app
 
 
@@ -94,7 +96,7 @@ def _init_cors(app: Flask, settings: Settings) -> None:
 
 
 def _register_blueprints(app: Flask) -> None:
-    from api import conformance, media, oauth, open_endpoints, operations, rest
+    from api import analytics, conformance, media, oauth, open_endpoints, operations, rest
 
     app.url_map.converters["fhir_type"] = _ResourceTypeConverter
     app.url_map.converters["fhir_json_type"] = _JsonResourceTypeConverter
@@ -103,6 +105,7 @@ def _register_blueprints(app: Flask) -> None:
     app.register_blueprint(oauth.bp)
     app.register_blueprint(conformance.bp)
     app.register_blueprint(operations.bp)
+    app.register_blueprint(analytics.bp)
     app.register_blueprint(media.bp)
     app.register_blueprint(rest.bp)
 

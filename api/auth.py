@@ -37,7 +37,8 @@ from ehcp_record.identity import keys as oauth_keys
 from ehcp_record.identity.clients import PRIVATE_KEY_JWT
 from ehcp_record.net.outbound import Fence, OutboundRefused
 
-ROLES = frozenset({"parent", "young-person", "la", "school", "health", "social-care", "auditor", "system"})
+ROLES = frozenset({"parent", "young-person", "la", "school", "health", "social-care", "auditor", "system",
+                   "partnership"})  # partnership: national or regional figures only (ehcp_record/analytics)
 PROFESSIONAL_ROLES = frozenset({"la", "school", "health", "social-care", "system"})
 ALGORITHMS = ["RS256", "ES256", "EdDSA"]
 DEV_ALGORITHM = "EdDSA"

@@ -34,7 +34,8 @@ def capability_statement(services: Services) -> dict:
             "mode": "server",
             "security": _security(services.settings),
             "resource": [_resource(services, t) for t in STORED_TYPES + READ_ONLY_TYPES]
-                        + [_conformance_resource(services, t) for t in SERVED_TYPES],
+                        + [_conformance_resource(services, t) for t in SERVED_TYPES]
+                        + [_operations_only(t) for t in _operation_only_types()],
             "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
             "operation": [{"name": name, "definition": definition} for name, rtype, definition in OPERATIONS if rtype is None],
         }],
@@ -90,6 +91,17 @@ def _resource(services: Services, resource_type: str) -> dict:
     return entry
 
 
+def _operation_only_types() -> list[str]:
+    """Types served only through an operation (Measure: `$evaluate-measure`, api/analytics.py)."""
+    listed = set(STORED_TYPES) | set(READ_ONLY_TYPES) | set(SERVED_TYPES)
+    return sorted({rtype for _, rtype, _ in OPERATIONS if rtype and rtype not in listed})
+
+
+def _operations_only(resource_type: str) -> dict:
+    return {"type": resource_type,
+            "operation": [{"name": n, "definition": d} for n, rtype, d in OPERATIONS if rtype == resource_type]}
+
+
 def _search_params(services: Services, resource_type: str) -> list[dict]:
     params = [{"name": "_id", "type": "token"}, {"name": "_lastUpdated", "type": "date"}]
     for param in sorted(services.registry.for_type(resource_type), key=lambda p: p.code):
@@ -120,6 +132,8 @@ def _revincludes(services: Services, resource_type: str) -> list[str]:
 
 def _conformance_resource(services: Services, resource_type: str) -> dict:
     """Our definitions in profiles/, served read-only and without a token."""
-    return {"type": resource_type, "interaction": [{"code": "read"}, {"code": "search-type"}],
-            "searchParam": [{"name": n, "type": "uri" if n == "url" else "token"}
-                            for n in ("_id", "url", "name", "version", "status")]}
+    entry = {"type": resource_type, "interaction": [{"code": "read"}, {"code": "search-type"}],
+             "searchParam": [{"name": n, "type": "uri" if n == "url" else "token"}
+                             for n in ("_id", "url", "name", "version", "status")]}
+    operations = [{"name": n, "definition": d} for n, rtype, d in OPERATIONS if rtype == resource_type]
+    return entry | ({"operation": operations} if operations else {})

@@ -99,6 +99,16 @@ def _parser() -> argparse.ArgumentParser:
     sen2.add_argument("--organization", required=True, help="the custodian LA, e.g. Organization/la-866")
     sen2.add_argument("--out", default=".", help="directory for the CSV files (default: current directory)")
     sen2.set_defaults(handler=_sen2)
+    analytics = commands.add_parser("analytics", help="the de-identified analytics extract (docs/analytics.md)")
+    analytics_commands = analytics.add_subparsers()
+    refresh = analytics_commands.add_parser("refresh", help="bring the extract up to date with the records")
+    refresh.add_argument("--full", action="store_true", help="rebuild every record, not only those changed")
+    refresh.set_defaults(handler=_analytics_refresh)
+    export = analytics_commands.add_parser(
+        "export", help="write a copy of the extract for one recipient (its own pseudonyms) as Parquet files")
+    export.add_argument("--recipient", required=True, help="who receives it, e.g. dfe or la-866-analysts")
+    export.add_argument("--out", required=True, help="directory for the Parquet files")
+    export.set_defaults(handler=_analytics_export)
     return parser
 
 
@@ -362,6 +372,57 @@ def _sen2(args: argparse.Namespace) -> int:
     (out / f"sen2-{result.year}-validation.csv").write_text(result.validation_csv(), encoding="utf-8")
     print(f"SEN2 {result.year} (census {result.census}): {len(result.rows['person'])} people, "
           f"{len(result.problems)} validation problems, written to {out}")
+    return 0
+
+
+def _with_running_database(settings: Settings):
+    from dataclasses import replace
+
+    if not settings.mongodb_uri:
+        uri = running_uri(settings.data_dir.resolve())
+        if uri:
+            settings = replace(settings, mongodb_uri=uri)
+    return settings
+
+
+def _analytics_refresh(args: argparse.Namespace) -> int:
+    """The system process that feeds the extract (never reachable from a request)."""
+    from ehcp_record.wiring import build_services
+
+    with database(_with_running_database(load_settings())) as ready:
+        services = build_services(ready)
+        try:
+            report = services.analytics.extract.refresh(full=args.full)
+        finally:
+            services.records.close()
+    print(f"analytics extract {report.generation}: {report.records_rebuilt} records rebuilt "
+          f"({'full' if report.full else 'incremental'}) in {report.seconds:.1f} s; rows {report.rows}")
+    return 0
+
+
+def _analytics_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from consent.model import Actor
+    from consent.scopes import parse_scopes
+    from ehcp_record.access.caller import Caller
+    from ehcp_record.wiring import build_services
+
+    with database(_with_running_database(load_settings())) as ready:
+        services = build_services(ready)
+        try:
+            if services.analytics.extract.files() is None:
+                print("analytics: no extract yet; run `ehcp-record analytics refresh` first", file=sys.stderr)
+                return 2
+            written = services.analytics.extract.export(args.recipient, Path(args.out))
+            operator = Caller(Actor(role="system", sub="cli:analytics-export"), parse_scopes("system/*.rs"),
+                              issuer="urn:ehcp-record:cli")
+            services.records.for_caller(operator).audit_record(  # every use of the extract is audited
+                None, "analytics-export", f"extract {services.analytics.extract.manifest()['generation']} "
+                f"exported for {args.recipient}")
+        finally:
+            services.records.close()
+    print(f"analytics extract for {args.recipient}: {', '.join(str(p) for p in written.values())}")
     return 0
 
 

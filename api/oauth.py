@@ -302,8 +302,8 @@ def _sign_in_url(next_path: str) -> str:
 
 
 def _safe_next(value: str | None) -> str:
-    """Only our own authorize or account pages: never an open redirect."""
-    if value and value.startswith(("/oauth/authorize?", "/oauth/account")):
+    """Only our own authorize, account or dashboard pages: never an open redirect."""
+    if value and (value.startswith(("/oauth/authorize?", "/oauth/account")) or value == "/dashboard"):
         return value
     return "/oauth/account/links"
 

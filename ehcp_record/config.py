@@ -116,6 +116,11 @@ class Settings:
     kms_providers: dict[str, Any] = field(default_factory=dict)
     master_key: dict[str, Any] | None = None
     retention_years: int = 6
+    #: analytics disclosure control: cells of fewer children than this are suppressed
+    analytics_threshold: int = 5
+    #: how often the serving processes bring the analytics extract up to date (0: never; use
+    #: `ehcp-record analytics refresh` from a timer instead)
+    analytics_refresh_seconds: int = 300
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -229,6 +234,8 @@ class _SettingsSchema(Schema):
     kms_providers = fields.Dict(keys=fields.String(), values=fields.Dict(), load_default=dict)
     master_key = fields.Dict(load_default=None, allow_none=True)
     retention_years = fields.Integer(load_default=6, validate=validate.Range(min=0, max=100))
+    analytics_threshold = fields.Integer(load_default=5, validate=validate.Range(min=3, max=100))
+    analytics_refresh_seconds = fields.Integer(load_default=300, validate=validate.Range(min=0))
 
     @post_load
     def make(self, data: dict, **_: Any) -> Settings:
@@ -268,6 +275,8 @@ _ENV = {
     "invitation_ttl": "EHCP_INVITATION_TTL", "outbound_allow": "EHCP_OUTBOUND_ALLOW",
     "kms_providers": "EHCP_KMS_PROVIDERS",
     "master_key": "EHCP_MASTER_KEY", "retention_years": "EHCP_RETENTION_YEARS",
+    "analytics_threshold": "EHCP_ANALYTICS_THRESHOLD",
+    "analytics_refresh_seconds": "EHCP_ANALYTICS_REFRESH_SECONDS",
 }
 _JSON_KEYS = {"trusted_issuers", "trust_list", "oauth_clients", "identity_providers", "kms_providers", "master_key"}
 

@@ -14,6 +14,9 @@ from typing import Any, Callable, Iterator
 
 from ehcp_record.access.compartment import Compartment
 from ehcp_record.access.scoped import RecordStore
+from ehcp_record.analytics.extract import Extract
+from ehcp_record.analytics.pseudonym import Pseudonymiser
+from ehcp_record.analytics.service import AnalyticsService
 from ehcp_record.audit.anchor import AnchorLog, FileAnchorLog
 from ehcp_record.audit.signing import load_or_create_private_key
 from ehcp_record.audit.verify import trusted_keys, verify_all
@@ -40,6 +43,7 @@ from ehcp_record.plan.documents import DocumentService
 from ehcp_record.plan.gate import ParentalInputGate
 from ehcp_record.plan.validation import ProfileChecks
 from ehcp_record.store.crypto import MasterKeys, local_master_keys, new_local_master_key, retire_local_keys
+from ehcp_record.store.analytics_feed import AnalyticsFeed
 from ehcp_record.store.identity import IdentityStore
 from ehcp_record.store.media import MediaStore
 from ehcp_record.store.repository import Repository
@@ -68,6 +72,7 @@ class Services:
     sen2: Sen2Service = field(default_factory=Sen2Service)
     erasure: ErasureService = field(default_factory=ErasureService)
     identity: IdentityService | None = None
+    analytics: AnalyticsService | None = None
     conformance: ConformanceLibrary = field(default_factory=ConformanceLibrary)
     verifier: Any = None  # api.auth.TokenVerifier, set by the API (Flask-free here)
 
@@ -104,7 +109,16 @@ def build_services(settings: Settings) -> Services:
         assessment=AssessmentService(reviews), reviews=reviews,
         conformance=ConformanceLibrary.load(settings.profiles_dir),
         erasure=ErasureService(settings.retention_years),
+        analytics=analytics_service(repo, settings),
     )
+
+
+def analytics_service(repo: Repository, settings: Settings) -> AnalyticsService:
+    """The de-identified extract (fed read-only from the store, kept in the data dir) and the
+    Measures evaluated over it. The feed is handed to the extract here and to nothing else."""
+    extract = Extract(settings.data_dir / "analytics" / settings.database, AnalyticsFeed(repo.db, opener=repo.seal.open),
+                      Pseudonymiser.from_data_dir(settings.data_dir / "keys" / "analytics-pseudonym-key"))
+    return AnalyticsService(extract, settings.profiles_dir / "Measure", settings.analytics_threshold)
 
 
 def identity_service(repo: Repository, records: RecordStore, settings: Settings) -> IdentityService:

@@ -17,7 +17,7 @@ from pathlib import Path
 from ehcp_record.errors import invalid, not_found
 
 SERVED_TYPES = ("StructureDefinition", "ValueSet", "CodeSystem", "SearchParameter", "OperationDefinition",
-                "CompartmentDefinition")
+                "CompartmentDefinition", "Measure")
 #: Search parameters per type (R4 conformance resources' common ones), all matched exactly;
 #: `url` may carry `|version` (R4 search §3.1.1.5.11 canonical references).
 _COMMON = ("_id", "url", "name", "version", "status", "title")

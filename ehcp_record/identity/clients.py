@@ -29,7 +29,7 @@ PRIVATE_KEY_JWT = "private_key_jwt"
 PUBLIC_BY_REFRESH_TOKEN = "none_by_refresh_token"
 PUBLIC_GRANTS = ("authorization_code", "refresh_token")
 BACKEND_GRANTS = ("client_credentials",)
-BACKEND_ROLES = ("la", "school", "health", "social-care", "system", "auditor")
+BACKEND_ROLES = ("la", "school", "health", "social-care", "system", "auditor", "partnership")
 
 
 @dataclass(frozen=True)

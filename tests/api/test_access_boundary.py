@@ -77,9 +77,14 @@ OPEN_RULES = {
     "/oauth/account/links/<link_id>": "the signed-in person's own links (session)",
     "/oauth/invitations": "custodian only, decided by ScopedStore.open_record(record, 'write')",
     "/oauth/links/<link_id>": "custodian only, decided by ScopedStore.open_record(record, 'write')",
+    # aggregate figures from the de-identified extract only, never a record (tests/analytics)
+    "/fhir/Measure/<measure_id>/$evaluate-measure": "suppressed MeasureReports; LA and partnership users only",
+    "/dashboard": "the dashboard page (sign-in session; LA and partnership staff only)",
+    "/dashboard/reports": "suppressed MeasureReports (sign-in session; LA and partnership staff only)",
+    "/dashboard/static/<name>": "the dashboard's own script, styles and vendored Chart.js",
     **{f"/fhir/{t}{suffix}": "our published definitions (profiles/), no child's data"
        for t in ("StructureDefinition", "ValueSet", "CodeSystem", "SearchParameter", "OperationDefinition",
-                 "CompartmentDefinition") for suffix in ("", "/<fhir_id:resource_id>")},
+                 "CompartmentDefinition", "Measure") for suffix in ("", "/<fhir_id:resource_id>")},
 }
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
 #: Path variables this suite knows how to fill with child 1's ids and with a missing id.

@@ -19,7 +19,7 @@ HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "tra
 IGNORED_FLASK_METHODS = {"HEAD", "OPTIONS"}
 #: Our published definitions (profiles/) are open too, so their canonical URLs resolve for anyone.
 CONFORMANCE_PATHS = {f"/fhir/{t}{suffix}" for t in ("StructureDefinition", "ValueSet", "CodeSystem", "SearchParameter",
-                                                    "OperationDefinition", "CompartmentDefinition")
+                                                    "OperationDefinition", "CompartmentDefinition", "Measure")
                      for suffix in ("", "/{id}")}
 OPEN_PATHS = {"/healthz", "/readyz", "/fhir/metadata", "/fhir/.well-known/smart-configuration"} | CONFORMANCE_PATHS
 #: The authorization server (no bearer token: OAuth client authentication or the sign-in
@@ -27,7 +27,9 @@ OPEN_PATHS = {"/healthz", "/readyz", "/fhir/metadata", "/fhir/.well-known/smart-
 SIGN_IN_PATHS = {"/oauth/authorize", "/oauth/token", "/oauth/revoke", "/oauth/introspect", "/oauth/jwks",
                  "/oauth/.well-known/openid-configuration", "/oauth/sign-in", "/oauth/sign-in/provider/{id}",
                  "/oauth/sign-in/callback", "/oauth/sign-out", "/oauth/account/links", "/oauth/account/links/{id}",
-                 "/oauth/account/approvals/{client_id}"}
+                 "/oauth/account/approvals/{client_id}",
+                 # the inclusion dashboard (api/analytics.py): the same sign-in session cookie
+                 "/dashboard", "/dashboard/reports", "/dashboard/static/{name}"}
 OAUTH_ERROR_PATHS = {"/oauth/authorize", "/oauth/token", "/oauth/revoke", "/oauth/introspect",
                      "/oauth/sign-in/provider/{id}", "/oauth/sign-in/callback"}
 #: Authenticated by the sending deployment's Ed25519 signature, not a bearer token.

@@ -1,0 +1,11 @@
+"""The de-identified analytics extract and the measures evaluated over it.
+
+- `pseudonym`: keyed pseudonyms (HMAC-SHA256 with the deployment's key), one per recipient;
+- `banding`: ages in bands, dates as months, LA numbers, small settings folded into their type;
+- `rows`: one child's current resources -> rows of the extract tables (no names, identifiers,
+  free text or exact dates);
+- `extract`: the Parquet files (pyarrow), rebuilt incrementally from the store's read-only feed;
+- `disclosure`: primary and secondary suppression of small cells;
+- `measures`: the Measures in profiles/Measure, evaluated with DuckDB to MeasureReports;
+- `service`: who may ask for what, and the audit of every query.
+"""

@@ -1,0 +1,234 @@
+"""The de-identified extract: Parquet files (pyarrow), one per table of `rows.TABLES`.
+
+Layout under the extract's directory (in the data dir, one per database):
+    manifest.json          the generation in use, the feed's resume point, when it was built
+    gen-000042/<table>.parquet
+A refresh writes a whole new generation and then switches the manifest (os.replace), so a
+reader (DuckDB in measures.py) always sees one consistent set of files; the generation before
+stays for readers still on it.
+
+Incremental: only records the feed reports changed since the resume point are rebuilt (their
+rows dropped by pseudonym and made again). Open clocks are judged as of the day, so the first
+refresh of a new day rebuilds everything, as does `refresh(full=True)`.
+
+Settings (schools) are named by URN only when at least `banding.SMALL_SETTING` children in
+the extract attend them; otherwise the row says only the setting type. A school folded once is
+named again only at the next full rebuild; one that shrinks is folded at once.
+
+The same files are what a national warehouse loads: `export(recipient, directory)` writes a
+copy whose pseudonyms are the recipient's own (pseudonym.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator, Protocol
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ehcp_record.analytics.banding import SMALL_SETTING, la_number
+from ehcp_record.analytics.pseudonym import Pseudonymiser
+from ehcp_record.analytics.rows import INTEGER_COLUMNS, LA_NUMBER_SYSTEM, TABLES, child_rows
+
+
+class Snapshot(Protocol):
+    record: str
+    custodian: str | None
+    transferred_out: bool
+    resources: tuple[dict, ...]
+
+
+class Feed(Protocol):
+    """What the extract needs from the store (ehcp_record/store/analytics_feed.py)."""
+
+    def changed_records(self, since: datetime | None) -> tuple[list[str], datetime | None]: ...
+
+    def snapshots(self, records: list[str]) -> Iterator[Snapshot]: ...
+
+    def directory(self) -> dict[str, dict]: ...
+
+
+def schema(table: str) -> pa.Schema:
+    return pa.schema([(c, pa.int32() if c in INTEGER_COLUMNS else pa.string()) for c in TABLES[table]])
+
+
+@dataclass(frozen=True)
+class RefreshReport:
+    generation: str
+    records_rebuilt: int
+    full: bool
+    seconds: float
+    rows: dict[str, int]
+
+
+class Extract:
+    def __init__(self, root: Path, feed: Feed, pseudonyms: Pseudonymiser,
+                 today: Callable[[], date] = lambda: datetime.now(timezone.utc).date()) -> None:
+        self.root = root
+        self.feed = feed
+        self.pseudonyms = pseudonyms
+        self.today = today
+        self._lock = threading.Lock()
+
+    # --- reading ---------------------------------------------------------------------
+
+    def manifest(self) -> dict | None:
+        try:
+            return json.loads((self.root / "manifest.json").read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def files(self) -> dict[str, Path] | None:
+        """The Parquet file of each table in the generation in use (None before the first build)."""
+        manifest = self.manifest()
+        if manifest is None:
+            return None
+        directory = self.root / manifest["generation"]
+        return {table: directory / f"{table}.parquet" for table in TABLES}
+
+    def _tables(self) -> dict[str, pa.Table]:
+        files = self.files()
+        if files is None:
+            return {t: schema(t).empty_table() for t in TABLES}
+        return {t: pq.read_table(path, schema=schema(t)) for t, path in files.items()}
+
+    # --- refreshing ------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _exclusive(self, wait: bool) -> Iterator[bool]:
+        """One refresh at a time, across threads and across processes sharing the data dir
+        (gunicorn workers, `ehcp-record analytics refresh`): a lock file beside the manifest."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self._lock, open(self.root / "refresh.lock", "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def refresh(self, full: bool = False, wait: bool = True) -> RefreshReport | None:
+        """Bring the extract up to date with the record; None when `wait` is False and another
+        process is refreshing already."""
+        with self._exclusive(wait) as mine:
+            if not mine:
+                return None
+            started = time.perf_counter()
+            manifest = self.manifest()
+            today = self.today()
+            full = full or manifest is None or manifest.get("as_of") != today.isoformat()
+            since = None if full else datetime.fromisoformat(manifest["resume"]) if manifest.get("resume") else None
+            records, newest = self.feed.changed_records(since)
+            directory = self.feed.directory()
+            fresh = self._rows_of(records, directory, today)
+            tables = self._merged(fresh, {self.pseudonyms.own(r) for r in records}, full)
+            generation = self._write(tables, newest, today, _local_authorities(directory))
+            return RefreshReport(generation, len(records), full, time.perf_counter() - started,
+                                 {t: tables[t].num_rows for t in TABLES})
+
+    def _rows_of(self, records: list[str], directory: dict[str, dict], today: date) -> dict[str, list[dict]]:
+        """The de-identified rows of these records, table by table (rows.py)."""
+        fresh: dict[str, list[dict]] = {t: [] for t in TABLES}
+        for snapshot in self.feed.snapshots(records):
+            rows = child_rows(self.pseudonyms.own(snapshot.record), snapshot.custodian, snapshot.resources,
+                              directory, today)
+            for table, items in rows.tables.items():
+                fresh[table].extend(items)
+        return fresh
+
+    def _merged(self, fresh: dict[str, list[dict]], changed: set[str], full: bool) -> dict[str, pa.Table]:
+        old = {t: schema(t).empty_table() for t in TABLES} if full else self._tables()
+        merged = {}
+        for table in TABLES:
+            kept = old[table]
+            if changed and kept.num_rows:
+                kept = kept.filter(pc.invert(pc.is_in(kept.column("child"), value_set=pa.array(sorted(changed)))))
+            new = pa.Table.from_pylist(fresh[table], schema=schema(table))
+            merged[table] = pa.concat_tables([kept, new]) if kept.num_rows else new
+        merged["plan_years"] = _fold_small_settings(merged["plan_years"])
+        return merged
+
+    def _write(self, tables: dict[str, pa.Table], resume: datetime | None, today: date, las: dict[str, str]) -> str:
+        manifest = self.manifest() or {}
+        number = int(str(manifest.get("generation", "gen-0")).split("-")[1]) + 1
+        generation = f"gen-{number:06d}"
+        directory = self.root / generation
+        directory.mkdir(parents=True, exist_ok=True)
+        for table, data in tables.items():
+            pq.write_table(data, directory / f"{table}.parquet", compression="zstd")
+        body = {"generation": generation, "resume": resume.isoformat() if resume else None,
+                "as_of": today.isoformat(), "built": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "rows": {t: tables[t].num_rows for t in TABLES}, "local_authorities": las}
+        temporary = self.root / ".manifest.json.tmp"
+        temporary.write_text(json.dumps(body, indent=1), encoding="utf-8")
+        os.replace(temporary, self.root / "manifest.json")
+        previous = manifest.get("generation")
+        for stale in self.root.glob("gen-*"):
+            if stale.name not in (generation, previous):
+                shutil.rmtree(stale, ignore_errors=True)
+        return generation
+
+    def refresh_in_background(self, seconds: int, log: Callable[[str], None]) -> threading.Thread:
+        """Refresh now and then every `seconds`, in a daemon thread. Of several processes sharing
+        the data dir (gunicorn workers), only the one holding the lock file refreshes."""
+        def loop() -> None:
+            while True:
+                try:
+                    self.refresh(wait=False)  # another process refreshing: this one skips a turn
+                except Exception as exc:  # noqa: BLE001 - a failed refresh is retried next time
+                    log(f"analytics extract refresh failed: {exc}")
+                time.sleep(seconds)
+
+        thread = threading.Thread(target=loop, name="analytics-refresh", daemon=True)
+        thread.start()
+        return thread
+
+    # --- handing over ----------------------------------------------------------------
+
+    def export(self, recipient: str, directory: Path) -> dict[str, Path]:
+        """The extract for one recipient: the same rows, the recipient's own pseudonyms."""
+        directory.mkdir(parents=True, exist_ok=True)
+        written = {}
+        for table, data in self._tables().items():
+            mapped = pa.array([self.pseudonyms.for_recipient(c, recipient) for c in data.column("child").to_pylist()],
+                              pa.string())
+            data = data.set_column(data.schema.get_field_index("child"), "child", mapped)
+            written[table] = directory / f"{table}.parquet"
+            pq.write_table(data, written[table], compression="zstd")
+        return written
+
+
+def _local_authorities(directory: dict[str, dict]) -> dict[str, str]:
+    """LA Organization reference -> DfE LA number, so a request can name its LA without
+    reading the record store (the extract is all a measure evaluation reads)."""
+    found = {}
+    for reference in directory:
+        number = la_number(reference, directory, LA_NUMBER_SYSTEM)
+        if number != "unknown":
+            found[reference] = number
+    return found
+
+
+def _fold_small_settings(plan_years: pa.Table) -> pa.Table:
+    """A URN attended by fewer than SMALL_SETTING children becomes its setting type."""
+    named = plan_years.filter(pc.and_(pc.is_valid(plan_years.column("setting")),
+                                      pc.not_equal(plan_years.column("setting"), plan_years.column("setting_type"))))
+    counts = named.group_by("setting").aggregate([("child", "count_distinct")])
+    big = counts.filter(pc.greater_equal(counts.column("child_count_distinct"), SMALL_SETTING)).column("setting")
+    keep = pc.fill_null(pc.is_in(plan_years.column("setting"), value_set=big.combine_chunks()), False)
+    folded = pc.if_else(keep, plan_years.column("setting"), plan_years.column("setting_type"))
+    return plan_years.set_column(plan_years.schema.get_field_index("setting"), "setting", folded)
