@@ -123,7 +123,7 @@ def analytics_service(repo: Repository, settings: Settings) -> AnalyticsService:
 
 def identity_service(repo: Repository, records: RecordStore, settings: Settings) -> IdentityService:
     """Clients, links and invitations (signing in), stored beside the records."""
-    store = IdentityStore(repo.db)
+    store = IdentityStore(repo.db, repo.seal)
     store.ensure_indexes()
     return IdentityService(store, records, settings)
 

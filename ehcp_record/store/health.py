@@ -8,7 +8,8 @@ from contextlib import AbstractContextManager
 
 import pymongo
 from pymongo import MongoClient
-from pymongo.errors import ConnectionFailure, ExecutionTimeout, OperationFailure, PyMongoError, WTimeoutError
+from pymongo.errors import (ConnectionFailure, EncryptionError, ExecutionTimeout, OperationFailure, PyMongoError,
+                             WTimeoutError)
 
 PROBE_SECONDS = 3.0
 #: Server error codes that mean "no primary just now" (shutdown, step-down, election).
@@ -30,7 +31,12 @@ def request_deadline(seconds: float) -> AbstractContextManager:
 
 
 def database_unavailable(error: BaseException) -> bool:
-    """pymongo's ways of saying the database cannot be reached or did not answer in time."""
+    """pymongo's ways of saying the database cannot be reached or did not answer in time,
+    including when it said so to client-side encryption (the key vault is read from the same
+    replica set: during an election a data key lookup fails like any other read)."""
+    cause = getattr(error, "cause", None)
+    if isinstance(error, EncryptionError) and isinstance(cause, BaseException) and cause is not error:
+        return database_unavailable(cause)
     if isinstance(error, (ConnectionFailure, ExecutionTimeout, WTimeoutError)):
         return True  # AutoReconnect, NetworkTimeout, NotPrimaryError, ServerSelectionTimeoutError, WaitQueueTimeoutError
     if isinstance(error, OperationFailure) and (error.code in _UNAVAILABLE_CODES

@@ -6,6 +6,9 @@ Nothing here belongs to one child's record, so these collections are keyed by th
 not the record id (they are small and unsharded). Single use is enforced by the database:
 a code or an invitation is claimed with one conditional update, so two requests racing with
 the same code cannot both win (RFC 6749 §4.1.2, §10.5).
+
+A link keeps the person's name as their identity provider gave it (`display`): sealed at rest
+under the deployment's directory key (store/sealing.py), like the directory's own resources.
 """
 
 from __future__ import annotations
@@ -16,13 +19,17 @@ from pymongo import ASCENDING, ReturnDocument
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
+from ehcp_record.store.crypto import DIRECTORY_KEY
+from ehcp_record.store.sealing import Sealing
+
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
 class IdentityStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, seal: Sealing | None = None) -> None:
+        self.seal = seal or Sealing(None)
         self.clients = db.oauth_clients
         self.links = db.identity_links
         self.invitations = db.invitations
@@ -66,24 +73,32 @@ class IdentityStore:
             {"$set": {"used_at": at, "used_by": identity}}, return_document=ReturnDocument.AFTER)
 
     def add_link(self, document: dict) -> None:
+        if document.get("display") and self.seal.cipher is not None:
+            document = dict(document, display=self.seal.cipher.seal(DIRECTORY_KEY, document["display"]))
         self.links.insert_one(document)
 
+    def _opened(self, document: dict | None) -> dict | None:
+        if document is not None and document.get("display"):
+            document = dict(document, display=self.seal.open(document["display"], f"link {document.get('_id')}"))
+        return document
+
     def active_links(self, identity: str) -> list[dict]:
-        return list(self.links.find({"identity": identity, "active": True}).sort("created_at", ASCENDING))
+        found = self.links.find({"identity": identity, "active": True}).sort("created_at", ASCENDING)
+        return [self._opened(d) for d in found]
 
     def active_link(self, identity: str, fhir_user: str) -> dict | None:
-        return self.links.find_one({"identity": identity, "fhir_user": fhir_user, "active": True})
+        return self._opened(self.links.find_one({"identity": identity, "fhir_user": fhir_user, "active": True}))
 
     def link(self, link_id: str) -> dict | None:
-        return self.links.find_one({"_id": link_id})
+        return self._opened(self.links.find_one({"_id": link_id}))
 
     def links_of_record(self, record: str) -> list[dict]:
-        return list(self.links.find({"record": record}).sort("created_at", ASCENDING))
+        return [self._opened(d) for d in self.links.find({"record": record}).sort("created_at", ASCENDING)]
 
     def deactivate_link(self, link_id: str, by: str, at: datetime) -> dict | None:
-        return self.links.find_one_and_update({"_id": link_id, "active": True},
-                                              {"$set": {"active": False, "removed_at": at, "removed_by": by}},
-                                              return_document=ReturnDocument.AFTER)
+        return self._opened(self.links.find_one_and_update(
+            {"_id": link_id, "active": True}, {"$set": {"active": False, "removed_at": at, "removed_by": by}},
+            return_document=ReturnDocument.AFTER))
 
     # --- approvals (the consent screen) ---------------------------------------------------
 

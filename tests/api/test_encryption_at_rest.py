@@ -4,7 +4,9 @@ or media byte in clear; search by identifier and by name still works, with FHIR'
 
 from __future__ import annotations
 
+import json
 import os
+import uuid
 
 import bson
 import pytest
@@ -104,3 +106,16 @@ def test_string_search_keeps_starts_with_exact_and_contains(api, stored):
     assert child["id"] not in _ids(api, "Patient?family:exact=morgan")      # exact is case-sensitive
     assert mother["id"] in _ids(api, "RelatedPerson?given=rach")
     assert child["id"] in _ids(api, "Patient?address-postalcode=sn1")
+
+
+def test_a_signed_in_persons_name_is_sealed_in_the_identity_store(api):
+    """The name an identity provider gives for a person (kept on their link) is sealed at rest
+    like the directory's resources, and read back as given."""
+    store = api.services.identity.store
+    link_id = f"link-{uuid.uuid4().hex[:8]}"
+    store.add_link({"_id": link_id, "identity": "https://login.example|p-1", "fhir_user": "RelatedPerson/x",
+                    "record": "r-1", "active": True, "display": "Morgan Example-Parent"})
+    raw = store.links.find_one({"_id": link_id})
+    assert "Morgan" not in json.dumps(raw, default=str) and isinstance(raw["display"], bytes)
+    assert store.link(link_id)["display"] == "Morgan Example-Parent"
+    assert [d["display"] for d in store.active_links("https://login.example|p-1")] == ["Morgan Example-Parent"]
