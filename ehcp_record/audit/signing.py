@@ -14,9 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import os
 import re
-import tempfile
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -25,6 +23,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
+
+from ehcp_record.secret_files import create_once
 
 __all__ = [
     "key_id",
@@ -35,7 +35,6 @@ __all__ = [
     "verify",
 ]
 
-_KEY_FILE_MODE = 0o600
 _KEY_DIR_MODE = 0o700
 _SIGNATURE_BYTES = 64
 # Unpadded or correctly padded base64url; anything else is refused, so one signature has one
@@ -61,25 +60,10 @@ def load_or_create_private_key(path: Path) -> Ed25519PrivateKey:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    _write_new_file(path, pem)
+    create_once(path, lambda: pem)
     return _load_private_key(path)
 
 
-def _write_new_file(path: Path, data: bytes) -> None:
-    """Create `path` holding `data` (mode 0600) unless it already exists; never overwrite."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, _KEY_FILE_MODE)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            os.link(tmp_name, path)  # atomic, and fails rather than replace an existing key
-        except FileExistsError:
-            pass  # another process created the key first: use theirs
-    finally:
-        os.unlink(tmp_name)
 
 
 def _load_private_key(path: Path) -> Ed25519PrivateKey:

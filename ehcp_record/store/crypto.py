@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
-import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -38,6 +36,7 @@ from bson.codec_options import CodecOptions
 from pymongo import MongoClient
 from pymongo.encryption import Algorithm, ClientEncryption
 from pymongo.errors import DuplicateKeyError, EncryptionError
+from ehcp_record.secret_files import create_once
 
 RANDOM = Algorithm.AEAD_AES_256_CBC_HMAC_SHA_512_Random
 #: Key names no record can take: a FHIR id has no ':' (R4 datatypes "id").
@@ -83,7 +82,7 @@ def local_master_keys(directory: Path, create: bool = True) -> MasterKeys:
     if not files:
         if not create:
             raise FileNotFoundError(f"no local master key in {directory}")
-        _link_into_place(directory / "local-0001.key")  # workers starting together agree on one
+        create_once(directory / "local-0001.key", _new_local_key)  # workers starting together agree on one
         files = _key_files(directory)
     providers = {_provider(f): {"key": f.read_bytes()} for f in files}
     return MasterKeys(providers, _provider(files[-1]), None, tuple(f.name for f in files))
@@ -104,27 +103,10 @@ def new_local_master_key(directory: Path) -> Path:
         existing = _key_files(directory)
         number = int(existing[-1].stem.split("-")[1]) + 1 if existing else 1
         path = directory / f"local-{number:04d}.key"
-        if _link_into_place(path):
+        if create_once(path, _new_local_key):
             return path
 
 
-def _link_into_place(path: Path) -> bool:
-    """A fresh random key at `path` (owner-only) unless one is there: written to a temporary
-    file and hard-linked into place, so no process ever reads a half-written key and of two
-    writers one wins (as `identity/keys.py` does for the signing key). False if it existed."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(secrets.token_bytes(LOCAL_KEY_BYTES))
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        return True
-    finally:
-        os.unlink(tmp)
 
 
 def retire_local_keys(directory: Path, keep: set[str]) -> list[str]:
@@ -314,3 +296,8 @@ def _missing_key(error: EncryptionError) -> bool:
 
 def is_sealed(value: Any) -> bool:
     return isinstance(value, Binary) and value.subtype == ENCRYPTED_SUBTYPE
+
+
+def _new_local_key() -> bytes:
+    """A fresh random local master key (the embedded default's, never production's)."""
+    return secrets.token_bytes(LOCAL_KEY_BYTES)

@@ -16,10 +16,10 @@ import base64
 import json
 import os
 import secrets
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote_plus
+from ehcp_record.secret_files import create_once
 
 KEYFILE = "mongod.keyfile"
 CREDENTIALS = "mongod.credentials"
@@ -51,7 +51,7 @@ class Credentials:
 
 def ensure_keyfile(path: Path) -> Path:
     """The replica set's shared secret (756 base64 characters from 567 random bytes)."""
-    _create_once(path, lambda: base64.b64encode(secrets.token_bytes(567)))
+    create_once(path, lambda: base64.b64encode(secrets.token_bytes(567)))
     os.chmod(path, 0o600)
     return path
 
@@ -59,7 +59,7 @@ def ensure_keyfile(path: Path) -> Path:
 def ensure_credentials(data_dir: Path) -> Credentials:
     """The server's user and password, generated on the first start and kept thereafter."""
     path = data_dir / CREDENTIALS
-    _create_once(path, lambda: json.dumps({"user": USER, "password": secrets.token_urlsafe(32)}).encode())
+    create_once(path, lambda: json.dumps({"user": USER, "password": secrets.token_urlsafe(32)}).encode())
     found = load_credentials(data_dir)
     if found is None:
         raise AuthSetupError(f"{path} is not a JSON object with 'user' and 'password'")
@@ -81,21 +81,3 @@ def create_first_user(admin_db, credentials: Credentials) -> None:
     admin_db.command("createUser", credentials.user, pwd=credentials.password, roles=ROLES,
                      mechanisms=[MECHANISM])
 
-
-def _create_once(path: Path, make) -> None:
-    """Write `make()` to `path` (mode 0600) unless it exists: a temporary file hard-linked into
-    place, so of two processes starting together the first wins and both read the same bytes."""
-    if path.exists():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(make())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-    finally:
-        os.unlink(tmp)
