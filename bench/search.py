@@ -16,8 +16,9 @@ measures at 1 and 8 clients (threads, each with its own keep-alive connection):
   consented child
 - LA  `GET /fhir/Patient/<id>` (a single read)
 
-beside raw pymongo on the same mongod doing the same logical query (indexed field, type
-filter, the server's sort, limit) plus one majority-acknowledged audit insert per request.
+beside raw pymongo on the same mongod doing the same logical query (indexed field or blind
+token, type filter, the server's sort, limit), opening each result with the record's data key
+(content is sealed at rest), plus one majority-acknowledged audit insert per request.
 It also counts MongoDB operations per API request (serverStatus opcounters delta).
 
 Targets (from the issue): search latency flat (largest scale within 1.2x of the smallest);
@@ -50,6 +51,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.harness import Client, Server, measure  # noqa: E402
+from ehcp_record.store.crypto import FieldCipher, local_master_keys  # noqa: E402
+from ehcp_record.store.sealing import Sealing  # noqa: E402
 from tests.consent_support import grant  # noqa: E402
 from tests.e2e.plan_builders import parent  # noqa: E402
 
@@ -204,25 +207,30 @@ def warm_up(work: Callable[[], None], most: int = 3, seconds: float = 1.0) -> No
             return
 
 
-def raw_query(db, name: str, child: dict):
+def raw_query(db, seal: Sealing, name: str, child: dict):
     """The server's query for one measure done straight on `current` (keep in step with
-    ehcp_record/store/repository.py: envelope fields `type`, `idx.<param>`, `updated`, `_id`).
-    Returns the documents, as the server would go on to render them."""
+    ehcp_record/store/repository.py: envelope fields `type`, `idx.<param>`, `updated`, `_id`),
+    each result opened as any reader of the database must (content is sealed at rest, and an
+    identifier is found by its blind token: ehcp_record/store/sealing.py). Returns the resources,
+    as the server would go on to render them."""
     sort = [("updated", DESCENDING), ("_id", ASCENDING)]  # repository._sort_spec with no _sort
     if name == "raw identifier":
-        return list(db.current.find({"type": "Patient", "idx.identifier": f"{NHS}|{child['nhs']}"}).sort(sort).limit(20))
-    if name == "raw patient":
-        return list(db.current.find({"type": "Composition", "idx.patient": f"Patient/{child['patient']}"}).sort(sort).limit(20))
-    return [db.current.find_one({"_id": f"Patient/{child['patient']}"})]
+        token = seal.token_values("idx.identifier", [f"{NHS}|{child['nhs']}"])[0]
+        found = list(db.current.find({"type": "Patient", "idx.identifier": token}).sort(sort).limit(20))
+    elif name == "raw patient":
+        found = list(db.current.find({"type": "Composition", "idx.patient": f"Patient/{child['patient']}"}).sort(sort).limit(20))
+    else:
+        found = [d for d in [db.current.find_one({"_id": f"Patient/{child['patient']}"})] if d is not None]
+    return [dict(d, res=seal.open(d["res"], d["_id"])) for d in found]
 
 
-def raw_worker(db, name: str, children: list[dict], seed: int) -> Callable[[], None]:
+def raw_worker(db, seal: Sealing, name: str, children: list[dict], seed: int) -> Callable[[], None]:
     chooser = random.Random(seed)
     scratch = db.get_collection("bench_search_audit", write_concern=WriteConcern("majority"))
 
     def work() -> None:
         child = chooser.choice(children)
-        found = raw_query(db, name, child)
+        found = raw_query(db, seal, name, child)
         assert len(found) == 1 and found[0] is not None
         scratch.insert_one({"record": child["patient"], "action": "search", "at": time.time(),
                             "resources": [d["_id"] for d in found]})
@@ -255,7 +263,7 @@ def operations_per_request(server: Server, db, token: str, children: list[dict],
     return per
 
 
-def run_scale(server: Server, db, seeder: Seeder, scale: int, seconds: float, raw_seconds: float,
+def run_scale(server: Server, db, seal: Sealing, seeder: Seeder, scale: int, seconds: float, raw_seconds: float,
               op_requests: int) -> dict:
     tokens = {"la": seeder.tokens[LA], "school": server.token("school", organization=SCHOOL)}
     pools = {"la": [c for c in seeder.children.values() if c["la"] == LA],
@@ -272,10 +280,10 @@ def run_scale(server: Server, db, seeder: Seeder, scale: int, seconds: float, ra
                   f"p50 {rows[-1]['p50_ms']:8.1f} ms ({rows[-1]['requests']} requests)", file=sys.stderr, flush=True)
     raw: dict[tuple[str, int], dict] = {}
     for name in ("raw identifier", "raw patient", "raw read"):
-        warm_up(raw_worker(db, name, pools["la"], 99), 50)
+        warm_up(raw_worker(db, seal, name, pools["la"], 99), 50)
         for clients in (1, 8):
             raw[(name, clients)] = measure(name, clients, raw_seconds,
-                                           lambda i: raw_worker(db, name, pools["la"], 2000 * clients + i))
+                                           lambda i: raw_worker(db, seal, name, pools["la"], 2000 * clients + i))
     for row in rows:
         twin = raw[(MEASURES[row["name"]][4], row["clients"])]
         row.update(raw_name=twin["name"], raw_per_second=twin["per_second"], raw_p50_ms=twin["p50_ms"],
@@ -367,7 +375,9 @@ def main() -> int:
         db = mongo.get_database("ehcp_record")
         try:
             seeder = Seeder(server)
-            seeder.directory()
+            seeder.directory()  # the server has made its keys by now: the raw twin opens with them
+            seal = Sealing(FieldCipher(mongo, "ehcp_record",
+                                       lambda: local_master_keys(Path(tmp) / "keys" / "master" / "ehcp_record")))
             seeder.open_records(OTHER_LA, list(range(OTHER_LA_FIRST, OTHER_LA_FIRST + OTHER_LA_RECORDS)))
             opened = 0
             for scale in scales:
@@ -378,7 +388,7 @@ def main() -> int:
                 opened = scale
                 print(f"seeded {scale:,} records in {time.monotonic() - phase:.0f} s ({rate:.0f} records/s)",
                       file=sys.stderr, flush=True)
-                results.append(run_scale(server, db, seeder, scale, seconds, raw_seconds, op_requests))
+                results.append(run_scale(server, db, seal, seeder, scale, seconds, raw_seconds, op_requests))
                 rates.append(rate)
         finally:
             mongo.close()
