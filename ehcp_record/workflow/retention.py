@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date
 
+from ehcp_record.workflow.clocks import add_months
+
 KEPT_UNTIL_BIRTHDAY = 25
 
 
@@ -23,17 +25,10 @@ class RetentionDue:
     due: date
 
 
-def anniversary(day: date, years: int) -> date:
-    """`day` moved on `years` years; 29 February falls on 28 February in a common year."""
-    try:
-        return day.replace(year=day.year + years)
-    except ValueError:
-        return day.replace(year=day.year + years, day=28)
-
-
 def erasure_due(birth_date: date, extra_years: int) -> date:
-    """The first day the record may be erased: the 25th birthday plus the further period."""
-    return anniversary(birth_date, KEPT_UNTIL_BIRTHDAY + extra_years)
+    """The first day the record may be erased: the 25th birthday plus the further period (a
+    29 February birthday falls on 28 February in a common year, as `clocks.add_months` clamps)."""
+    return add_months(birth_date, 12 * (KEPT_UNTIL_BIRTHDAY + extra_years))
 
 
 def parse_birth_date(text: str | None) -> date | None:
