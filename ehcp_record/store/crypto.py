@@ -25,7 +25,6 @@ import hashlib
 import hmac
 import secrets
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -37,6 +36,7 @@ from pymongo import MongoClient
 from pymongo.encryption import Algorithm, ClientEncryption
 from pymongo.errors import DuplicateKeyError, EncryptionError
 from ehcp_record.secret_files import create_once
+from ehcp_record.store.memo import Memo
 
 RANDOM = Algorithm.AEAD_AES_256_CBC_HMAC_SHA_512_Random
 #: Key names no record can take: a FHIR id has no ':' (R4 datatypes "id").
@@ -138,7 +138,7 @@ class FieldCipher:
         self.vault.create_index("keyAltNames", unique=True,
                                 partialFilterExpression={"keyAltNames": {"$exists": True}})
         self._ce = self._encryption(self._keys)
-        self._opened = _Opened(OPENED_LIMIT)
+        self._opened = Memo(OPENED_LIMIT)
         self._blind_secret = self._load_blind_secret(client[database]["keyring"])
 
     def _encryption(self, keys: MasterKeys) -> ClientEncryption:
@@ -262,31 +262,6 @@ class FieldCipher:
         self._ce.close()
 
 
-class _Opened:
-    """A bounded, thread-safe map: ciphertext digest -> the opened document as BSON bytes
-    (each hit decodes a fresh copy, so no caller shares a dict with another)."""
-
-    def __init__(self, limit: int) -> None:
-        self._items: OrderedDict[bytes, bytes] = OrderedDict()
-        self._lock = threading.Lock()
-        self.limit = limit
-
-    def get(self, key: bytes) -> bytes | None:
-        with self._lock:
-            found = self._items.get(key)
-            if found is not None:
-                self._items.move_to_end(key)
-            return found
-
-    def put(self, key: bytes, value: bytes) -> None:
-        with self._lock:
-            self._items[key] = value
-            while len(self._items) > self.limit:
-                self._items.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
 
 
 def _missing_key(error: EncryptionError) -> bool:

@@ -5,7 +5,7 @@ long record nearly all the time goes on decoding BSON into Python and writing ca
 not on MongoDB, so the store reads the server's batches as raw BSON (`find_raw_batches`) and:
 
 - remembers, per stored document, the SHA-256 of its exact bytes and what hashing it gave
-  (`_Memo`, in this process's memory only, bounded by `MEMO_LIMIT`). A document whose bytes
+  (`store.memo.Memo`, in this process's memory only, bounded by `MEMO_LIMIT`). A document whose bytes
   are identical to ones already decoded and hashed here decodes to identical content, so its
   result is reused instead of decoded again; one changed by a single byte is a different key
   and is decoded and hashed in full. The verdict is the same as without the memo, only
@@ -30,7 +30,6 @@ import multiprocessing
 import os
 import struct
 import threading
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -41,6 +40,7 @@ from bson.codec_options import CodecOptions
 from pymongo.collection import Collection
 
 from ehcp_record.audit import chain as audit_chain
+from ehcp_record.store.memo import Memo
 
 #: (type, id, versionId, sha256 recomputed from the stored content or None, recorded sha256)
 VersionDigest = tuple[object, object, object, "str | None", object]
@@ -58,32 +58,10 @@ _pool: Executor | None = None
 _pool_lock = threading.Lock()
 
 
-class _Memo:
-    """A bounded, thread-safe map from the SHA-256 of a stored document's bytes to its result."""
-
-    def __init__(self, limit: int) -> None:
-        self._items: OrderedDict[bytes, Any] = OrderedDict()
-        self._lock = threading.Lock()
-        self.limit = limit
-
-    def get_many(self, keys: list[bytes]) -> list[Any]:
-        with self._lock:
-            return [self._items.get(key) for key in keys]
-
-    def put_many(self, pairs: Iterable[tuple[bytes, Any]]) -> None:
-        with self._lock:
-            for key, value in pairs:
-                self._items[key] = value
-            while len(self._items) > self.limit:
-                self._items.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
 
 
-_VERSIONS = _Memo(MEMO_LIMIT)
-_ENTRIES = _Memo(MEMO_LIMIT)
+_VERSIONS = Memo(MEMO_LIMIT)
+_ENTRIES = Memo(MEMO_LIMIT)
 
 
 def forget() -> None:
@@ -140,7 +118,7 @@ def _documents(batch: bytes) -> list[bytes]:
     return docs
 
 
-def _hashed(batches: Iterable[list[bytes]], memo: _Memo, salt: bytes, work: Callable, args: tuple,
+def _hashed(batches: Iterable[list[bytes]], memo: Memo, salt: bytes, work: Callable, args: tuple,
             pooled: bool) -> Iterator:
     """Each stored document's result, in the order read: remembered, or worked out (in the pool
     when `pooled`). Every batch is read and submitted before the first result is used, so
@@ -161,7 +139,7 @@ def _hashed(batches: Iterable[list[bytes]], memo: _Memo, salt: bytes, work: Call
     return _in_order(pending, memo, work, args)
 
 
-def _in_order(pending: list, memo: _Memo, work: Callable, args: tuple) -> Iterator:
+def _in_order(pending: list, memo: Memo, work: Callable, args: tuple) -> Iterator:
     for keys, known, future, missing in pending:
         if missing:
             fresh = iter(_result(future, work, args, missing))
