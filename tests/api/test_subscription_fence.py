@@ -7,16 +7,15 @@ from an allowed subscriber is not followed. The server allows 127.0.0.1 only (te
 from __future__ import annotations
 
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterator
 
 import pytest
 
 from tests.conftest import TEST_NAMES
+from tests import net_support
 
 SECTION = "http://ehcp-record.example.org/fhir/CodeSystem/ehcp-section"
+hook = net_support.hook  # the 127.0.0.1 subscriber (module fixture)
 
 REFUSED = [
     ("http://169.254.169.254/latest/meta-data/", "169.254.169.254 is a cloud metadata address"),
@@ -45,28 +44,6 @@ def outside_connections(monkeypatch) -> list:
     monkeypatch.setattr(socket.socket, "connect", checked)
     return seen
 
-
-class _Hook(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self.server.hits.append(self.path)  # type: ignore[attr-defined]
-        self.send_response(302 if self.path == "/redirect" else 200)
-        if self.path == "/redirect":
-            self.send_header("Location", "http://10.0.0.1/stolen")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture(scope="module")
-def hook() -> Iterator[ThreadingHTTPServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
-    server.hits = []  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterator
 
 import pytest
 from hypothesis import given, strategies as st
@@ -24,8 +21,10 @@ from ehcp_record.identity import remote
 from ehcp_record.net.outbound import Fence, OutboundRefused, literal_address
 from ehcp_record.transfer.remote import DeliveryFailed, Peer, deliver, delivery_session
 from tests.conftest import TEST_NAMES
+from tests import net_support
 
 LOOPBACK = Fence((ipaddress.ip_network("127.0.0.1/32"),))  # what the tests allow
+hook = net_support.hook  # the 127.0.0.1 subscriber (module fixture)
 
 REFUSED = [
     ("http://169.254.169.254/latest/meta-data/", "cloud metadata"),
@@ -92,32 +91,6 @@ def connections(monkeypatch) -> list:
     monkeypatch.setattr(socket.socket, "connect", checked)
     return seen
 
-
-class _Hook(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
-        self.server.hits.append(self.path)  # type: ignore[attr-defined]
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if self.path.startswith("/redirect"):
-            self.send_response(302)
-            self.send_header("Location", "http://10.0.0.1/stolen")
-        else:
-            self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    do_GET = do_POST
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture(scope="module")
-def hook() -> Iterator[ThreadingHTTPServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
-    server.hits = []  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
 
 
 @pytest.mark.parametrize("url, reason", REFUSED)
