@@ -9,8 +9,9 @@ retention"; UK GDPR Art. 5(1)(e) storage limitation). The further period is conf
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 
+from ehcp_record.fhir.dates import parse_range
 from ehcp_record.workflow.clocks import add_months
 
 KEPT_UNTIL_BIRTHDAY = 25
@@ -33,15 +34,12 @@ def erasure_due(birth_date: date, extra_years: int) -> date:
 
 def parse_birth_date(text: str | None) -> date | None:
     """A FHIR date (YYYY, YYYY-MM or YYYY-MM-DD); a partial date counts from its last day
-    (kept longest, so a record is never erased early)."""
+    (kept longest, so a record is never erased early). The range a partial date covers is the
+    one FHIR date module's (`fhir.dates.parse_range`, R4 search §3.1.1.5.6)."""
     if not text:
         return None
-    parts = [int(p) for p in text[:10].split("-")]
-    if len(parts) == 3:
-        return date(*parts)
-    year, month = parts[0], parts[1] if len(parts) > 1 else 12
-    following = date(year + (month == 12), month % 12 + 1, 1)
-    return date.fromordinal(following.toordinal() - 1)
+    _, end = parse_range(text[:10])
+    return (end - timedelta(days=1)).date()
 
 
 def due_records(states: list[dict], extra_years: int, today: date) -> list[RetentionDue]:
