@@ -46,9 +46,7 @@ class DocumentService:
         stored = self.issued_bytes(store, plan) if is_issued(plan.resource) else None
         bundle = json.loads(stored) if stored is not None else self.render(store, plan)
         resources = [e["resource"] for e in bundle["entry"]]
-        shown = store.view_all(resources, decision)
-        refs = [(f"{r['resourceType']}/{r['id']}/_history/{r.get('meta', {}).get('versionId', '')}", None) for r in shown]
-        store.audit_record(plan.record, "export", "$document", refs, decision.consent_ids)
+        shown = _exported(store, resources, decision, plan.record, "$document")
         if len(shown) == len(resources) and shown == resources:
             return stored if stored is not None else _encode(bundle)
         bundle.pop("signature", None)
@@ -64,9 +62,9 @@ class DocumentService:
         if to_vid and to_vid.startswith("Task/") and proposal is not None:
             if from_vid is not None and not from_vid.isdigit():
                 raise invalid("from is a version number, e.g. ?from=1&to=Task/<review id>", "value")
-            store.resource("Composition", composition_id, "read")  # a plan the caller cannot see is missing
-            proposed = proposal(to_vid.removeprefix("Task/"))
+            proposed = proposal(to_vid.removeprefix("Task/"))  # reads the plan it was made against
             if proposed.plan_id != composition_id:
+                store.resource("Composition", composition_id, "read")  # a plan the caller cannot see is missing
                 raise invalid(f"{to_vid} is a proposal for another plan, not Composition/{composition_id}", "value")
             since = int(from_vid) if from_vid else proposed.against
             before = json.loads(self.document(store, composition_id, str(since)))
@@ -118,10 +116,7 @@ class DocumentService:
 
     def shown(self, store: ScopedStore, bundle: dict, decision, record: str, purpose: str) -> dict:
         """A rendered (unsigned) document as the caller may see it, its export audited."""
-        resources = [e["resource"] for e in bundle["entry"]]
-        shown = store.view_all(resources, decision)
-        refs = [(f"{r['resourceType']}/{r['id']}", None) for r in shown]
-        store.audit_record(record, "export", purpose, refs, decision.consent_ids)
+        shown = _exported(store, [e["resource"] for e in bundle["entry"]], decision, record, purpose)
         bundle["entry"] = [_entry_for(self.base_url, r) for r in shown]
         return bundle
 
@@ -135,6 +130,21 @@ class DocumentService:
             "sigFormat": "application/octet-stream", "targetFormat": "application/fhir+json",
             "data": base64.b64encode(data).decode(),
         }
+
+
+def _exported(store: ScopedStore, resources: list[dict], decision, record: str, purpose: str) -> list[dict]:
+    """What of a document's resources the caller may see, that export audited once (each
+    resource named at its version when it has one; a proposed resource has none yet)."""
+    shown = store.view_all(resources, decision)
+    refs = [(_versioned_ref(r), None) for r in shown]
+    store.audit_record(record, "export", purpose, refs, decision.consent_ids)
+    return shown
+
+
+def _versioned_ref(resource: dict) -> str:
+    ref = f"{resource['resourceType']}/{resource['id']}"
+    vid = (resource.get("meta") or {}).get("versionId")
+    return f"{ref}/_history/{vid}" if vid else ref
 
 
 def verify_document(public_key, document: dict) -> bool:
