@@ -7,6 +7,10 @@ the return when a request was received in the period or was still open at the ce
 a plan was active at the census date or ceased in the period. One CSV per module, columns in
 the order of profiles/CodeSystem/sen2-module (codes as CodeSystems in profiles/), and a
 validation report naming each record whose data is incomplete for the return and why.
+Structure and items after the DfE SEN2 person level 2023 technical specification v1.1 (October
+2022); docs/sen2.md names the sources and which recorded fact each column is read from: a
+placement is an entry of the plan's section I with its `ehcp-placement` extension, the personal
+budget section J's `ehcp-personal-budget`.
 
 Only records in the caller's custody are included (`ScopedStore.custody_state`); every record
 is read through `ScopedStore.everything`, so the read is audited as an export.
@@ -33,6 +37,8 @@ from ehcp_record.workflow.task_values import is_task, task_input, task_output
 PROFILES = Path(__file__).resolve().parents[2] / "profiles"
 NEED_SYSTEM = code_system("sen-primary-need")
 SETTING_SYSTEM = code_system("sen2-setting")
+ATTENDANCE_SYSTEM = code_system("sen2-attendance-pattern")
+RESIDENTIAL_SYSTEM = code_system("sen2-residential")
 PLACEMENT_EXTENSION = structure_definition("ehcp-placement")
 BUDGET_EXTENSION = structure_definition("ehcp-personal-budget")
 UPN_SYSTEM = naming_system("upn")
@@ -469,7 +475,7 @@ def _placement_row(result: Return, pid: str, entry: dict, organization: dict | N
     if not (urn or ukprn or setting):
         return None
     name = (organization or {}).get("name") or entry.get("display") or "a placement"
-    pattern = _code(placement.get("attendancePattern"), code_system("sen2-attendance-pattern"))
+    pattern = _code(placement.get("attendancePattern"), ATTENDANCE_SYSTEM)
     if not pattern:
         result.problems.append((pid, "placements", f"attendance pattern of {name} (full or part time) is not recorded "
                                 "(ehcp-placement attendancePattern on its section I entry)"))
@@ -479,7 +485,7 @@ def _placement_row(result: Return, pid: str, entry: dict, organization: dict | N
             "entry_date": entered, "leaving_date": placement.get("end") or "", "attendance_pattern": pattern,
             "sen_unit": _yes_no(placement.get("senUnit") is True),
             "resourced_provision": _yes_no(placement.get("resourcedProvision") is True),
-            "residential": _code(placement.get("residential"), code_system("sen2-residential"))}
+            "residential": _code(placement.get("residential"), RESIDENTIAL_SYSTEM)}
 
 
 def _code(coding: object, system: str) -> str:
