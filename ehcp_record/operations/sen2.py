@@ -259,8 +259,8 @@ def _rya(result: Return, pid: str, request: dict) -> str:
     value = task_input(request, "relevant-youth-accommodation")
     if isinstance(value, bool):
         return "Y" if value else "N"
-    result.problems.append((pid, "requests", f"request received {_received(request)} does not record whether it was made "
-                            "in relevant youth accommodation ($request-assessment inRelevantYouthAccommodation)"))
+    result.problems.append((pid, "requests", (f"request received {_received(request)} does not record whether it was "
+                            "made in relevant youth accommodation ($request-assessment inRelevantYouthAccommodation)")))
     return ""
 
 
@@ -370,8 +370,8 @@ def _personal_budget(result: Return, pid: str, plan: dict) -> dict[str, str]:
     """SEN2 PB, OA and DP from section J's ehcp-personal-budget (CFA 2014 s49): Y or N each."""
     budget = _parts(_section(plan, "J"), BUDGET_EXTENSION)
     if "takenUp" not in budget:
-        result.problems.append((pid, "named-plans", "section J does not record whether a personal budget was taken up "
-                                "(ehcp-personal-budget takenUp, organisedArrangements, directPayments)"))
+        result.problems.append((pid, "named-plans", ("section J does not record whether a personal budget was taken "
+                                "up (ehcp-personal-budget takenUp, organisedArrangements, directPayments)")))
         return {"pb": "", "oa": "", "dp": ""}
     taken = budget["takenUp"] is True
     return {"pb": _yes_no(taken), "oa": _yes_no(taken and budget.get("organisedArrangements") is True),
@@ -477,8 +477,8 @@ def _placement_row(result: Return, pid: str, entry: dict, organization: dict | N
     name = (organization or {}).get("name") or entry.get("display") or "a placement"
     pattern = _code(placement.get("attendancePattern"), ATTENDANCE_SYSTEM)
     if not pattern:
-        result.problems.append((pid, "placements", f"attendance pattern of {name} (full or part time) is not recorded "
-                                "(ehcp-placement attendancePattern on its section I entry)"))
+        result.problems.append((pid, "placements", (f"attendance pattern of {name} (full or part time) is not "
+                                "recorded (ehcp-placement attendancePattern on its section I entry)")))
     entered = placement.get("start") if isinstance(placement.get("start"), str) else (start.isoformat() if start else "")
     return {"person_id": pid, "urn": urn, "ukprn": ukprn, "sen_setting": "" if urn or ukprn else setting,
             "sen_setting_other": entry.get("display", "") if setting == "NIEO" and not (urn or ukprn) else "",
