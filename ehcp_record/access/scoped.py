@@ -1127,18 +1127,16 @@ def _task_record(task: dict, current: Version | None) -> str:
 
 
 def _refuse_client_clock(resource: dict, current: Version | None) -> None:
-    """A plain create or update never writes a statutory clock, nor turns a Task into or out of
-    one: its due dates come from the regulations, set by the operations that run the timeline.
-    The workflow Tasks an LA may still write itself (transfer, parental review) carry only the
-    due dates the regulations give, and keep them (`statutory.client_task_problem`)."""
+    """A plain create or update never writes a Task the server alone writes (a statutory clock, a
+    transfer), nor turns a Task into or out of one: their due dates come from the regulations, set
+    by the operations that run the timeline (`statutory.client_write_refusal` names them). The
+    parental-review Task an LA may still write itself carries only the due dates the regulations
+    give, and keeps them (`statutory.client_task_problem`)."""
     if resource["resourceType"] != "Task":
         return
-    if statutory.is_clock_task(resource) or (current is not None and statutory.is_clock_task(current.resource)):
-        raise conflict("statutory clock Tasks (ehcp-task-code: assessment-request, assessment-decision, advice, "
-                       "issue-decision, final-plan, review-due, review-report, annual-review, amendment, "
-                       "phase-transfer, cease, notice-to-family) are written by the server; use $request-assessment, "
-                       "$request-advice, $clock-exception, $complete-step, $phase-transfer, $cease or $issue",
-                       "business-rule")
+    refusal = statutory.client_write_refusal(resource, current.resource if current is not None else None)
+    if refusal is not None:
+        raise conflict(refusal, "business-rule")
     problem = statutory.client_task_problem(resource, current.resource if current is not None else None)
     if problem is not None:
         raise unprocessable(problem, "business-rule", ["Task.restriction.period"])

@@ -140,6 +140,8 @@ class AssessmentService:
                   typed("requester-type", valueCodeableConcept=concept(REQUESTER_SYSTEM, values["requester"]))]
         if isinstance(values.get("requesterReference"), dict):
             inputs.append(typed("requester", valueReference=values["requesterReference"]))
+        if isinstance(values.get("inRelevantYouthAccommodation"), bool):  # CFA 2014 ss70-75; SEN2 RYA
+            inputs.append(typed("relevant-youth-accommodation", valueBoolean=values["inRelevantYouthAccommodation"]))
         task = clock_task(record, "final-plan", received, clocks.final_plan_due(received), store, inputs=inputs)
         if isinstance(values.get("requesterReference"), dict) and store.caller.actor.role != "la":
             task["requester"] = values["requesterReference"]

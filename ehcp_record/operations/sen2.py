@@ -7,6 +7,10 @@ the return when a request was received in the period or was still open at the ce
 a plan was active at the census date or ceased in the period. One CSV per module, columns in
 the order of profiles/CodeSystem/sen2-module (codes as CodeSystems in profiles/), and a
 validation report naming each record whose data is incomplete for the return and why.
+Structure and items after the DfE SEN2 person level 2023 technical specification v1.1 (October
+2022); docs/sen2.md names the sources and which recorded fact each column is read from: a
+placement is an entry of the plan's section I with its `ehcp-placement` extension, the personal
+budget section J's `ehcp-personal-budget`.
 
 Only records in the caller's custody are included (`ScopedStore.custody_state`); every record
 is read through `ScopedStore.everything`, so the read is audited as an export.
@@ -24,7 +28,7 @@ from pathlib import Path
 
 from ehcp_record.access.scoped import ScopedStore
 from ehcp_record.errors import FhirError, invalid
-from ehcp_record.fhir.canonical import code_system, naming_system
+from ehcp_record.fhir.canonical import code_system, naming_system, structure_definition
 from ehcp_record.fhir.dates import parse_date
 from ehcp_record.operations import notices
 from ehcp_record.operations.worklist import all_matches
@@ -33,6 +37,10 @@ from ehcp_record.workflow.task_values import is_task, task_input, task_output
 PROFILES = Path(__file__).resolve().parents[2] / "profiles"
 NEED_SYSTEM = code_system("sen-primary-need")
 SETTING_SYSTEM = code_system("sen2-setting")
+ATTENDANCE_SYSTEM = code_system("sen2-attendance-pattern")
+RESIDENTIAL_SYSTEM = code_system("sen2-residential")
+PLACEMENT_EXTENSION = structure_definition("ehcp-placement")
+BUDGET_EXTENSION = structure_definition("ehcp-personal-budget")
 UPN_SYSTEM = naming_system("upn")
 ULN_SYSTEM = naming_system("uln")
 URN_SYSTEM = naming_system("urn")
@@ -147,7 +155,7 @@ def _child(result: Return, patient: dict, resources: list[dict], period: tuple[d
     for request in in_period:
         _request(result, pid, request, tasks, census, [r for r in resources if notices.is_notice(r)])
     if plan is not None:
-        _named_plan(result, pid, plan, tasks, resources, census, la)
+        _named_plan(result, pid, plan, tasks, resources, census, la, period)
 
 
 def _open_at(request: dict, tasks: list[dict], census: date) -> bool:
@@ -220,7 +228,7 @@ def _request(result: Return, pid: str, request: dict, tasks: list[dict], census:
     withdrawn = request.get("status") == "cancelled"
     result.rows["requests"].append({
         "person_id": pid, "received_date": _received(request).isoformat(),
-        "request_source": task_input(request, "requester-type") or "",
+        "request_source": task_input(request, "requester-type") or "", "rya": _rya(result, pid, request),
         "request_outcome": outcome or "pending", "request_outcome_date": decided.isoformat() if decided else "",
         "request_outcome_code": _outcome_code(outcome, withdrawn),
         **_disputed("request", sent, decision, census)})
@@ -241,7 +249,19 @@ def _request(result: Return, pid: str, request: dict, tasks: list[dict], census:
         "assessment_outcome_date": issue_done.isoformat() if issue_done else "",
         "final_plan_date": final_done.isoformat() if final_done else "", "twenty_week_met": met,
         "exception": exception, "assessment_outcome_code": _outcome_code(assessment, withdrawn and not final_done),
-        **_disputed("assessment", sent, issue, census)})
+        **_disputed("assessment", sent, issue, census), **_plan_disputed(sent, final if final_done else None, census)})
+
+
+def _rya(result: Return, pid: str, request: dict) -> str:
+    """SEN2 RYA: was the request made while the child or young person was detained in relevant
+    youth accommodation (CFA 2014 ss70-75)? Recorded by `$request-assessment`
+    (`inRelevantYouthAccommodation`); a request that did not say is listed for the LA to answer."""
+    value = task_input(request, "relevant-youth-accommodation")
+    if isinstance(value, bool):
+        return "Y" if value else "N"
+    result.problems.append((pid, "requests", (f"request received {_received(request)} does not record whether it was "
+                            "made in relevant youth accommodation ($request-assessment inRelevantYouthAccommodation)")))
+    return ""
 
 
 def _disputed(prefix: str, sent: list[dict], clock: dict | None, census: date) -> dict[str, str]:
@@ -252,12 +272,25 @@ def _disputed(prefix: str, sent: list[dict], clock: dict | None, census: date) -
     found = [n for n in sent if about and {"reference": about} in (n.get("about") or [])]
     if not found:
         return {f"{prefix}_mediation": "", f"{prefix}_tribunal": ""}
+    return {f"{prefix}_mediation": _by_census(found[0], notices.MEDIATION_CERTIFICATE, census),
+            f"{prefix}_tribunal": _by_census(found[0], notices.APPEAL_LODGED, census)}
 
-    def by_census(url: str) -> bool:
-        day = notices.extension_value(found[0], url, "valueDate")
-        return isinstance(day, str) and parse_date(day) <= census
-    return {f"{prefix}_mediation": "Y" if by_census(notices.MEDIATION_CERTIFICATE) else "N",
-            f"{prefix}_tribunal": "Y" if by_census(notices.APPEAL_LODGED) else "N"}
+
+def _plan_disputed(sent: list[dict], final: dict | None, census: date) -> dict[str, str]:
+    """SEN2 OtherMediation/OtherTribunal: whether the notice sent with the issued plan (appeal
+    rights against its sections B, F and I, CFA 2014 s51(2)(c)) led to a mediation certificate or an
+    appeal by the census date; empty when no plan was issued."""
+    reference = str(task_output(final, "notice") or "") if final else ""
+    notice = [n for n in sent if reference == f"Communication/{n['id']}"]
+    if not notice:
+        return {"other_mediation": "", "other_tribunal": ""}
+    return {"other_mediation": _by_census(notice[0], notices.MEDIATION_CERTIFICATE, census),
+            "other_tribunal": _by_census(notice[0], notices.APPEAL_LODGED, census)}
+
+
+def _by_census(notice: dict, url: str, census: date) -> str:
+    day = notices.extension_value(notice, url, "valueDate")
+    return "Y" if isinstance(day, str) and parse_date(day) <= census else "N"
 
 
 def _outcome_code(decision: str | None, withdrawn: bool) -> str:
@@ -309,25 +342,53 @@ def _ceased(tasks: list[dict], census: date) -> tuple[date, str] | None:
 
 
 def _named_plan(result: Return, pid: str, named: NamedPlan, tasks: list[dict], resources: list[dict], census: date,
-                la: str) -> None:
+                la: str, period: tuple[date, date]) -> None:
     reviews = [d for d in (_done(t, census) for t in tasks if is_task(t, "review-due")) if d]
     ceased = _ceased(tasks, census)
     start = named.start
     cease_code = sen2_codes("ehcp-cease-reason").get(ceased[1], "") if ceased else ""
+    plan = named.composition
+    placements = _placements(result, pid, plan, resources, start, period) if plan is not None else []
     result.rows["named-plans"].append({
         "person_id": pid, "plan_start_date": start.isoformat() if start else "",
+        "plan_res": placements[0]["residential"] if placements else "",
+        **(_personal_budget(result, pid, plan) if plan is not None else {"pb": "", "oa": "", "dp": ""}),
         "last_review_date": max(reviews).isoformat() if reviews else "",
         "cease_date": ceased[0].isoformat() if ceased else "", "cease_reason": ceased[1] if ceased else "",
         "transfer_la": _transferred_from(tasks, la, census), "review_outcome_code": _review_outcome(tasks, census),
         "cease_reason_code": cease_code})
     if ceased and not cease_code:
         result.problems.append((pid, "named-plans", f"cease reason '{ceased[1]}' has no SEN2 code (ehcp-cease-reason)"))
-    plan = named.composition
     if plan is None:
         result.problems.append((pid, "named-plans", named.why_missing))
         return
     _needs(result, pid, plan, resources)
-    _placements(result, pid, plan, resources, start)
+    result.rows["placements"] += placements
+
+
+def _personal_budget(result: Return, pid: str, plan: dict) -> dict[str, str]:
+    """SEN2 PB, OA and DP from section J's ehcp-personal-budget (CFA 2014 s49): Y or N each."""
+    budget = _parts(_section(plan, "J"), BUDGET_EXTENSION)
+    if "takenUp" not in budget:
+        result.problems.append((pid, "named-plans", ("section J does not record whether a personal budget was taken "
+                                "up (ehcp-personal-budget takenUp, organisedArrangements, directPayments)")))
+        return {"pb": "", "oa": "", "dp": ""}
+    taken = budget["takenUp"] is True
+    return {"pb": _yes_no(taken), "oa": _yes_no(taken and budget.get("organisedArrangements") is True),
+            "dp": _yes_no(taken and budget.get("directPayments") is True)}
+
+
+def _parts(element: dict, url: str) -> dict:
+    """The sub-extension values of a complex extension, by their url (start -> "2026-09-03")."""
+    for extension in element.get("extension", []) or []:
+        if extension.get("url") == url:
+            return {part.get("url"): next((v for k, v in part.items() if k.startswith("value")), None)
+                    for part in extension.get("extension", []) or []}
+    return {}
+
+
+def _yes_no(value: bool) -> str:
+    return "Y" if value else "N"
 
 
 def _transferred_from(tasks: list[dict], la: str, census: date) -> str:
@@ -381,26 +442,54 @@ def _needs(result: Return, pid: str, plan: dict, resources: list[dict]) -> None:
         result.problems.append((pid, "needs", "section B names no need coded from sen-primary-need"))
 
 
-def _placements(result: Return, pid: str, plan: dict, resources: list[dict], start: date | None) -> None:
-    """Placements: the establishments named in section I (Organization with a URN or UKPRN)."""
+def _placements(result: Return, pid: str, plan: dict, resources: list[dict], start: date | None,
+                period: tuple[date, date]) -> list[dict]:
+    """Placements: the entries of section I (SEND Regulations 2014 reg 12(1)(i)), each an
+    establishment with a URN or UKPRN, or the DfE setting type where there is none, with how it is
+    attended (the entry's ehcp-placement extension). A placement that ended before the collection
+    year is not reported; one with no recorded start is reported from the plan's start."""
     by_ref = {f"{r['resourceType']}/{r['id']}": r for r in resources}
-    rank = 0
+    rows: list[dict] = []
     for entry in _section(plan, "I").get("entry", []) or []:
-        organization = by_ref.get(entry.get("reference", ""))
-        if organization is None or organization["resourceType"] != "Organization":
+        organization = by_ref.get(str(entry.get("reference", "")))
+        placement = _parts(entry, PLACEMENT_EXTENSION)
+        ended = parse_date(placement["end"]) if isinstance(placement.get("end"), str) else None
+        if ended is not None and ended < period[0]:
             continue
-        rank += 1
-        setting = next((c.get("code") for t in organization.get("type", []) or [] for c in t.get("coding", [])
-                        if c.get("system") == SETTING_SYSTEM), "")
-        result.rows["placements"].append({
-            "person_id": pid, "urn": _identifier(organization, URN_SYSTEM), "ukprn": _identifier(organization, UKPRN_SYSTEM),
-            "sen_setting": setting, "placement_rank": rank, "entry_date": start.isoformat() if start else "",
-            "leaving_date": "", "attendance_pattern": "", "sen_unit": "Y" if setting == "MSU" else "N",
-            "resourced_provision": "Y" if setting == "MSR" else "N"})
-        result.problems.append((pid, "placements", "attendance pattern (full or part time) is not recorded"))
-    if rank == 0:
-        result.problems.append((pid, "placements", "section I names no establishment (an Organization with a URN or "
-                                "UKPRN), so the placement cannot be reported"))
+        row = _placement_row(result, pid, entry, organization, placement, start)
+        if row is not None:
+            row["placement_rank"] = len(rows) + 1
+            rows.append(row)
+    if not rows:
+        result.problems.append((pid, "placements", ("no placement in the collection year: section I names no "
+                                "establishment (an Organization with a URN or UKPRN) and records no setting type "
+                                "(ehcp-placement setting), or every placement ended before the year")))
+    return rows
+
+
+def _placement_row(result: Return, pid: str, entry: dict, organization: dict | None, placement: dict,
+                   start: date | None) -> dict | None:
+    urn = _identifier(organization or {}, URN_SYSTEM)
+    ukprn = _identifier(organization or {}, UKPRN_SYSTEM)
+    setting = _code(placement.get("setting"), SETTING_SYSTEM)
+    if not (urn or ukprn or setting):
+        return None
+    name = (organization or {}).get("name") or entry.get("display") or "a placement"
+    pattern = _code(placement.get("attendancePattern"), ATTENDANCE_SYSTEM)
+    if not pattern:
+        result.problems.append((pid, "placements", (f"attendance pattern of {name} (full or part time) is not "
+                                "recorded (ehcp-placement attendancePattern on its section I entry)")))
+    entered = placement.get("start") if isinstance(placement.get("start"), str) else (start.isoformat() if start else "")
+    return {"person_id": pid, "urn": urn, "ukprn": ukprn, "sen_setting": "" if urn or ukprn else setting,
+            "sen_setting_other": entry.get("display", "") if setting == "NIEO" and not (urn or ukprn) else "",
+            "entry_date": entered, "leaving_date": placement.get("end") or "", "attendance_pattern": pattern,
+            "sen_unit": _yes_no(placement.get("senUnit") is True),
+            "resourced_provision": _yes_no(placement.get("resourcedProvision") is True),
+            "residential": _code(placement.get("residential"), RESIDENTIAL_SYSTEM)}
+
+
+def _code(coding: object, system: str) -> str:
+    return str(coding.get("code", "")) if isinstance(coding, dict) and coding.get("system") == system else ""
 
 
 def as_parameters(result: Return) -> dict:

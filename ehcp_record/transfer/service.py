@@ -40,7 +40,7 @@ STOPPED = ("the old local authority's review or proposed amendment ends on trans
            "the new authority maintains the plan and reviews it (SEND Regulations 2014 reg 15(3)(a), (5))")
 ASSESSMENT_STOPPED = ("the old local authority's EHC needs assessment ends on transfer: the new authority decides "
                       "whether to make one and tells the family within 6 weeks (SEND Regulations 2014 reg 15(4)(b)), "
-                      "its own time limits running from becoming responsible for the child (regs 4(1)(b), 10(1)); "
+                      "its own time limits running from becoming responsible for the child (regs 5(1)(b), 10(1)); "
                       "advice already obtained is passed on and is not sought again where the adviser, the old "
                       "authority and the family are satisfied it is sufficient (reg 15(3)(b))")
 REVIEW_RETIMED = ("replaced on transfer by the new authority's review clock: before the later of 12 months from the "

@@ -228,9 +228,10 @@ def assessment_decision_due(request_received: date) -> date:
     """Last day to tell the family whether the LA will carry out an EHC needs assessment.
 
     SEND Regs 5(1): "as soon as practicable and in any event within 6 weeks of ... receiving a
-    request for an assessment under section 36(1) of the Act". Exceptions: reg 5(4)(a)-(d). A
-    refusal has the same 6 weeks in reg 4(1) ("within 6 weeks of (a) receiving a request ... or
-    (b) becoming responsible for the child or young person in accordance with section 24").
+    request for an assessment under section 36(1) of the Act" (reg 5(1)(a); 5(1)(b) runs the same
+    6 weeks from becoming responsible under section 24), notifying "its decision whether or not"
+    to assess, so a refusal and a decision to assess share the limit (a refusal's notice carries
+    the appeal rights, reg 5(3)). Exceptions: reg 5(4)(a)-(d).
     """
     return request_received + timedelta(weeks=6)
 
@@ -248,8 +249,10 @@ def issue_decision_due(request_received: date) -> date:
     """Last day to notify a decision NOT to issue a plan after the assessment.
 
     SEND Regs 10(1): "as soon as practicable, and in any event within 16 weeks of the local
-    authority receiving a request for an EHC needs assessment". Sending the draft plan by then
-    is the other way to meet it. Exceptions: reg 10(4)(a)-(d).
+    authority receiving a request for an EHC needs assessment". Reg 10(1) times only that
+    notice; the record also closes this clock when the LA decides to issue a plan instead (the
+    draft goes to the family, reg 13(1)), for which the regulations set no separate date.
+    Exceptions: reg 10(4)(a)-(d).
     """
     return request_received + timedelta(weeks=16)
 

@@ -49,6 +49,19 @@ CLOCK_REGULATIONS: dict[str, str] = {
 #: writes them (`ScopedStore.prepare_clock`, `prepare_assessment_request`); a client's plain
 #: create or update of one is refused, so no due date moves except by the operations.
 CLOCK_TASK_CODES = frozenset(CLOCK_REGULATIONS) | {"assessment-request"}
+#: Every Task the server alone writes, and what a client calls instead: the clocks, and the
+#: transfer (its due dates are reg 15(2)'s, its completion moves custody). A client's plain
+#: create, update or transaction entry of one is refused (409 business-rule), in
+#: `ScopedStore`'s client write path, through `client_write_refusal`.
+SERVER_WRITTEN_TASKS = {
+    **{code: ("statutory clock Tasks (ehcp-task-code: assessment-request, assessment-decision, advice, issue-decision, "
+              "final-plan, review-due, review-report, annual-review, amendment, phase-transfer, cease, "
+              "notice-to-family) are written by the server; use $request-assessment, $request-advice, "
+              "$clock-exception, $complete-step, $phase-transfer, $cease or $issue") for code in CLOCK_TASK_CODES},
+    "transfer": ("transfer Tasks (ehcp-task-code transfer) are written by the server with the due dates of SEND "
+                 "Regulations 2014 reg 15; use POST /fhir/Patient/{id}/$transfer (the custodian LA), and $accept "
+                 "(the destination LA) to complete it"),
+}
 OPEN = ("requested", "received", "accepted", "in-progress", "ready", "on-hold")
 
 
@@ -159,6 +172,17 @@ def is_clock_task(task: dict) -> bool:
                for c in codings)
 
 
+def client_write_refusal(task: dict, current: dict | None) -> str | None:
+    """Why a client may not write this Task (a server-written one, or one that was), or None."""
+    for candidate in (task, current or {}):
+        codings = (candidate.get("code") or {}).get("coding", []) if isinstance(candidate.get("code"), dict) else []
+        for coding in codings:
+            if isinstance(coding, dict) and coding.get("system") == TASK_CODE_SYSTEM and \
+                    coding.get("code") in SERVER_WRITTEN_TASKS:
+                return SERVER_WRITTEN_TASKS[coding["code"]]
+    return None
+
+
 def clock_code(task: dict) -> str | None:
     for coding in (task.get("code") or {}).get("coding", []):
         if coding.get("system") == TASK_CODE_SYSTEM and coding.get("code") in CLOCK_REGULATIONS:
@@ -217,12 +241,13 @@ DUE_INPUTS = ("transfer-due", "notice-due", "review-due", "final-plan-due", "mov
 
 
 def client_task_problem(task: dict, current: dict | None) -> str | None:
-    """Why a client's own write of a transfer or parental-review Task is refused, or None.
+    """Why a client's own write of a parental-review Task is refused, or None.
 
-    Those Tasks may be written directly (profiles/examples), but never with a due date the
-    regulations do not give: a transfer is due on the day reg 15(2) says; a family's window to
-    respond is at least 15 days (regs 13(1)(a), 22(2)(c)); and an update never moves a due date."""
-    if not any(is_task(t, code) for t in (task, current or {}) for code in ("transfer", "parental-review")):
+    That Task may be written directly (profiles/examples), but never with a due date the
+    regulations do not give: a family's window to respond is at least 15 days (regs 13(1)(a),
+    22(2)(c)); and an update never moves a due date. (A transfer Task is the server's alone:
+    `client_write_refusal`.)"""
+    if not any(is_task(t, "parental-review") for t in (task, current or {})):
         return None
     period = (task.get("restriction") or {}).get("period") or {}
     if current is not None:
@@ -232,8 +257,6 @@ def client_task_problem(task: dict, current: dict | None) -> str | None:
             return ("a workflow Task's due dates are set when it is made and do not move by update "
                     f"(changed: {', '.join(moved + (['restriction.period'] if not moved else []))})")
         return None
-    if is_task(task, "transfer"):
-        return _transfer_problem(task, period)
     if is_task(task, "parental-review") and period.get("start") and period.get("end"):
         try:
             least = clocks.response_window_end(parse_date(str(period["start"])[:10]))
@@ -242,18 +265,4 @@ def client_task_problem(task: dict, current: dict | None) -> str | None:
                         f"restriction.period.end must be on or after {least}")
         except ValueError:
             return "restriction.period must hold full dates"
-    return None
-
-
-def _transfer_problem(task: dict, period: dict) -> str | None:
-    move, notified = task_input(task, "move-date"), task_input(task, "notified-date")
-    if not isinstance(move, str) or not isinstance(notified, str):
-        return None  # the profile's own cardinality rules answer for a missing input
-    try:
-        due = clocks.transfer_due(parse_date(move), parse_date(notified))
-    except ValueError:
-        return "move-date and notified-date must be full dates"
-    if str(period.get("end", ""))[:10] != due.isoformat():
-        return (f"a move on {move} learned of on {notified} is transferred by {due} (SEND Regulations 2014 reg 15(2)): "
-                "restriction.period.end must be that day; $transfer sets it")
     return None

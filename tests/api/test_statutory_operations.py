@@ -235,23 +235,29 @@ def test_progress_changes_only_the_achievement_status_and_adds_a_note(api, child
     assert prepared.operation == "progress"
 
 
-def test_a_transfer_or_review_task_written_directly_keeps_the_regulations_dates(api):
-    """The transfer and parental-review examples may be posted as they are, but not with a due
-    date the regulations do not give (reg 15(2); regs 13(1)(a), 22(2)(c)), and an update never
-    moves one (422 business-rule)."""
+def test_a_transfer_task_is_the_servers_and_a_review_task_keeps_the_regulations_dates(api):
+    """A transfer Task is written only by $transfer (its due dates are reg 15(2)'s): a plain POST,
+    or one in a transaction, is refused (409 business-rule naming $transfer), and nothing is
+    written. The parental-review example may be posted as it is, but not with a due date the
+    regulations do not give (regs 13(1)(a), 22(2)(c)) (422 business-rule)."""
     from tests.api.test_shipped_examples import example
 
     child_id, _, _ = family_of(api, "Ira")
     transfer = dict(example("transfer-task.json"), **{"for": {"reference": f"Patient/{child_id}"}})
-    early = dict(transfer, restriction={"period": {"end": "2025-12-24"}})
-    refused = api.post("/fhir/Task", early, api.la())
-    assert refused.status_code == 422 and "reg 15(2)" in refused.json()["issue"][0]["diagnostics"]
-    made = api.post("/fhir/Task", transfer, api.la())
-    assert made.status_code == 201, made.text
-    moved = dict(made.json(), restriction={"period": {"end": "2026-12-24"}})
-    response = api.put(f"/fhir/Task/{moved['id']}", moved, api.la(), **{"If-Match": 'W/"1"'})
-    assert response.status_code == 422 and "do not move" in response.text
+    refused = api.post("/fhir/Task", transfer, api.la())
+    assert refused.status_code == 409 and outcome_code(refused) == "business-rule"
+    assert "$transfer" in refused.json()["issue"][0]["diagnostics"]
+    in_bundle = api.post("/fhir", {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": transfer, "request": {"method": "POST", "url": "Task"}}]}, api.la())
+    assert in_bundle.status_code == 409 and "$transfer" in in_bundle.text
+    assert tasks_of(api, child_id) == 0
     review = dict(example("parental-review-task.json"), **{"for": {"reference": f"Patient/{child_id}"}})
     short = dict(review, restriction={"period": {"start": "2025-03-03", "end": "2025-03-10"}})
     too_short = api.post("/fhir/Task", short, api.la())
     assert too_short.status_code == 422 and "at least 15 days" in too_short.text
+    made = api.post("/fhir/Task", review, api.la())
+    assert made.status_code == 201, made.text
+    renamed = dict(made.json(), code=transfer["code"])  # a PUT cannot turn a Task into a transfer either
+    put = api.put(f"/fhir/Task/{renamed['id']}", renamed, api.la(), **{"If-Match": 'W/"1"'})
+    assert put.status_code == 409 and "$transfer" in put.json()["issue"][0]["diagnostics"]
+    assert api.get(f"/fhir/Task/{renamed['id']}", api.la()).json()["code"] == review["code"]

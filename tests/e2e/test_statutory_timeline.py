@@ -105,29 +105,44 @@ def new_family(api, name: str, birth: str = "2017-02-01", **fields):
     return child["id"], api.token("parent", None, fhir_user=f"RelatedPerson/{mum['id']}")
 
 
-def request(api, child: str, received: str, requester: str) -> dict:
-    response = api.post(f"/fhir/Patient/{child}/$request-assessment", params(received=received, requester=requester),
-                        api.la())
+def request(api, child: str, received: str, requester: str, **more) -> dict:
+    response = api.post(f"/fhir/Patient/{child}/$request-assessment",
+                        params(received=received, requester=requester, **more), api.la())
     assert response.status_code == 201, response.text
     return response.json()
 
 
 SCHOOL = {"resourceType": "Organization", "id": "school-100001", "name": "Example Primary School",
-          "identifier": [{"system": f"{BASE}/NamingSystem/urn", "value": "100001"}],
-          "type": [{"coding": [{"system": f"{BASE}/CodeSystem/sen2-setting", "code": "MSU"}]}]}
+          "identifier": [{"system": f"{BASE}/NamingSystem/urn", "value": "100001"}]}
+PLACEMENT = f"{BASE}/StructureDefinition/ehcp-placement"
+
+
+def placement(start: str, pattern: str, end: str | None = None, setting: str | None = None, **flags) -> list[dict]:
+    """The ehcp-placement extension of a section I entry (SEN2 placement details)."""
+    parts = [{"url": "start", "valueDate": start},
+             {"url": "attendancePattern", "valueCoding": {"system": f"{BASE}/CodeSystem/sen2-attendance-pattern",
+                                                          "code": pattern}}]
+    parts += [{"url": "end", "valueDate": end}] if end else []
+    parts += [{"url": "setting", "valueCoding": {"system": f"{BASE}/CodeSystem/sen2-setting", "code": setting}}] if setting else []
+    parts += [{"url": name, "valueBoolean": value} for name, value in flags.items()]
+    return [{"url": PLACEMENT, "extension": parts}]
 
 
 def issue_plan(api, child: str, mum: str, clock: Clock, drafted: str, answered: str, issued: str,
-               school: dict | None = None) -> dict:
+               school: dict | None = None, entries: list[dict] | None = None, budget: list[dict] | None = None) -> dict:
     """The draft (reg 13(1)), the family's comment within 15 days, and $issue; section I names
-    `school` (an establishment with its URN) when given."""
+    `school` (an establishment with its URN) and holds `entries` when given; section J records
+    `budget` (the ehcp-personal-budget parts)."""
     clock.at(drafted)
     bundle = draft_plan_bundle(child)
+    plan = bundle["entry"][-1]["resource"]
+    section = {s["title"]: s for s in plan["section"]}
     if school is not None:
         assert api.put(f"/fhir/Organization/{school['id']}", school, api.la()).status_code in (200, 201)
-        plan = bundle["entry"][-1]["resource"]
-        section_i = next(s for s in plan["section"] if s["title"] == "I")
-        section_i["entry"] = [{"reference": f"Organization/{school['id']}"}]
+    if entries is not None:
+        section["I"]["entry"] = entries
+    if budget is not None:
+        section["J"]["extension"] = [{"url": f"{BASE}/StructureDefinition/ehcp-personal-budget", "extension": budget}]
     created = api.post("/fhir", bundle, api.la())
     assert created.status_code == 200, created.text
     ids = ids_by_type(created.json())
@@ -149,7 +164,7 @@ def test_the_statutory_timeline(api, clock):
                  "valueCodeableConcept": {"coding": [{"system": f"{BASE}/CodeSystem/sen2-ethnicity", "code": "WBRI"}]}}
     sam, sam_mum = new_family(api, "Sam", extension=[ethnicity])
     clock.at("2026-01-05")
-    req = request(api, sam, "2026-01-05", "school")
+    req = request(api, sam, "2026-01-05", "school", inRelevantYouthAccommodation=False)
     assert req["restriction"]["period"] == {"start": "2026-01-05", "end": "2026-05-25"}  # reg 13(2): 20 weeks
     decision = one_clock(api, sam, "assessment-decision")
     assert decision["restriction"]["period"]["end"] == "2026-02-16"  # reg 5(1): 6 weeks
@@ -194,7 +209,10 @@ def test_the_statutory_timeline(api, clock):
     on_paper = api.post(f"/fhir/Task/{one_clock(api, sam, 'final-plan')['id']}/$complete-step",
                         params(date="2026-04-10"), la)
     assert on_paper.status_code == 409 and "$issue" in on_paper.text  # the final plan is met by sending it
-    issued = issue_plan(api, sam, sam_mum, clock, "2026-04-10", "2026-04-20", "2026-05-14", SCHOOL)
+    sam_school = {"reference": f"Organization/{SCHOOL['id']}",
+                  "extension": placement("2026-06-01", "FT", senUnit=True, resourcedProvision=False)}
+    issued = issue_plan(api, sam, sam_mum, clock, "2026-04-10", "2026-04-20", "2026-05-14", SCHOOL, [sam_school],
+                        [{"url": "takenUp", "valueBoolean": True}, {"url": "directPayments", "valueBoolean": True}])
     # $issue sent the finalised plan, which met the final-plan clock (regs 13(2), 14(2))
     final = one_clock(api, sam, "final-plan", "completed")
     assert output(final, "on-time") is True and final["executionPeriod"]["end"] == "2026-05-14"
@@ -216,6 +234,9 @@ def test_the_statutory_timeline(api, clock):
     assert notice_event(api, sam, la, notice_ref, "read").status_code == 409  # receipts come from the family
     forged = {k: v for k, v in notice.items() if k not in ("id", "meta")}
     assert api.post("/fhir/Communication", forged, la).status_code == 405  # server-written only
+    # the family disputes section I: a mediation certificate on the issued plan's notice (SEN2 OtherMediation)
+    clock.at("2026-07-01")
+    assert notice_event(api, sam, la, notice_ref, "mediation-certificate", day="2026-07-01").status_code == 200
 
     # ---- child 2: late, with an exception that applies (absent 5 weeks, reg 10(4)(d))
     ali, ali_mum = new_family(api, "Ali")
@@ -240,7 +261,9 @@ def test_the_statutory_timeline(api, clock):
     overdue = {i["clock"]: i for i in worklist(api, "2026-06-03") if i["patient"] == f"Patient/{ali}"}
     assert overdue["final-plan"]["daysLeft"] == -2 and overdue["final-plan"]["state"] == "overdue"
     assert overdue["final-plan"]["exception"] == "absent-from-area"
-    issue_plan(api, ali, ali_mum, clock, "2026-05-20", "2026-06-01", "2026-06-10")
+    tuition = {"display": "Specialist tuition at home arranged by the local authority (CFA 2014 s61)",
+               "extension": placement("2026-06-10", "PT", end="2026-12-18", setting="OLA")}
+    issue_plan(api, ali, ali_mum, clock, "2026-05-20", "2026-06-01", "2026-06-10", entries=[tuition])
     late_final = one_clock(api, ali, "final-plan", "completed")
     assert output(late_final, "on-time") is False
     assert output(late_final, "exception-applied") == {"coding": [{"system": f"{BASE}/CodeSystem/ehcp-clock-exception",
@@ -359,36 +382,38 @@ def test_the_statutory_timeline(api, clock):
     order = {sam: 0, ali: 1, kim: 2, jo: 3}
     mine = lambda rows: sorted((r for r in rows if r["person_id"] in order), key=lambda r: order[r["person_id"]])  # noqa: E731
     assert mine(ret["requests"]) == [
-        {"person_id": sam, "received_date": "2026-01-05", "request_source": "school", "request_outcome": "assess",
+        {"person_id": sam, "received_date": "2026-01-05", "request_source": "school", "rya": "N", "request_outcome": "assess",
          "request_outcome_date": "2026-02-09", "request_outcome_code": "Y", "request_mediation": "",
          "request_tribunal": ""},
-        {"person_id": ali, "received_date": "2026-01-12", "request_source": "parent", "request_outcome": "assess",
+        {"person_id": ali, "received_date": "2026-01-12", "request_source": "parent", "rya": "", "request_outcome": "assess",
          "request_outcome_date": "2026-01-12", "request_outcome_code": "Y", "request_mediation": "",
          "request_tribunal": ""},
-        {"person_id": kim, "received_date": "2026-01-05", "request_source": "young-person",
+        {"person_id": kim, "received_date": "2026-01-05", "request_source": "young-person", "rya": "",
          "request_outcome": "assess", "request_outcome_date": "2026-02-20", "request_outcome_code": "Y", "request_mediation": "",
          "request_tribunal": ""},
-        {"person_id": jo, "received_date": "2026-02-02", "request_source": "parent", "request_outcome": "not-assess",
+        {"person_id": jo, "received_date": "2026-02-02", "request_source": "parent", "rya": "", "request_outcome": "not-assess",
          "request_outcome_date": "2026-02-02", "request_outcome_code": "N", "request_mediation": "Y",
          "request_tribunal": "N"}]  # Jo: a mediation certificate, no appeal
     assert mine(ret["assessments"]) == [
         {"person_id": sam, "received_date": "2026-01-05", "assessment_outcome": "issue",
          "assessment_outcome_date": "2026-04-10", "final_plan_date": "2026-05-14", "twenty_week_met": "Y",
          "exception": "", "assessment_outcome_code": "Y", "assessment_mediation": "",
-         "assessment_tribunal": ""},
+         "assessment_tribunal": "", "other_mediation": "Y", "other_tribunal": "N"},  # the plan's notice disputed
         {"person_id": ali, "received_date": "2026-01-12", "assessment_outcome": "issue",
          "assessment_outcome_date": "2026-04-20", "final_plan_date": "2026-06-10", "twenty_week_met": "N",
          "exception": "absent-from-area", "assessment_outcome_code": "Y", "assessment_mediation": "",
-         "assessment_tribunal": ""},
+         "assessment_tribunal": "", "other_mediation": "N", "other_tribunal": "N"},
         {"person_id": kim, "received_date": "2026-01-05", "assessment_outcome": "issue",
          "assessment_outcome_date": "2026-04-20", "final_plan_date": "2026-06-05", "twenty_week_met": "N",
          "exception": "", "assessment_outcome_code": "Y", "assessment_mediation": "",
-         "assessment_tribunal": ""}]
+         "assessment_tribunal": "", "other_mediation": "N", "other_tribunal": "N"}]
     plans = {r["person_id"]: r for r in mine(ret["named-plans"])}
-    assert plans[sam] == {"person_id": sam, "plan_start_date": "2026-05-14", "last_review_date": "",
+    assert plans[sam] == {"person_id": sam, "plan_start_date": "2026-05-14", "plan_res": "", "pb": "Y", "oa": "N",
+                          "dp": "Y", "last_review_date": "",
                           "cease_date": "", "cease_reason": "", "transfer_la": "", "review_outcome_code": "",
                           "cease_reason_code": ""}  # the review in April 2027 is after the census
     assert plans[ali]["plan_start_date"] == "2026-06-10" and plans[ali]["cease_date"] == "" and jo not in plans
+    assert (plans[ali]["pb"], plans[ali]["oa"], plans[ali]["dp"]) == ("", "", "")  # section J records no budget
     assert {(r["person_id"], r["sen_type"], r["sen_type_rank"]) for r in mine(ret["needs"])} == {
         (sam, "SLCN", "1"), (ali, "SLCN", "1"), (kim, "SLCN", "1")}
     person = {r["person_id"]: r for r in mine(ret["person"])}
@@ -396,19 +421,27 @@ def test_the_statutory_timeline(api, clock):
                            "birth_date": "2017-02-01", "sex": "", "postcode": "", "ethnicity": "WBRI"}
     assert person[ali]["ethnicity"] == ""
     assert ret["la"] == [{"la": "866", "year": "2027", "reference_date": "2027-01-21"}]
-    assert mine(ret["placements"]) == [
-        {"person_id": sam, "urn": "100001", "ukprn": "", "sen_setting": "MSU", "placement_rank": "1",
-         "entry_date": "2026-05-14", "leaving_date": "", "attendance_pattern": "", "sen_unit": "Y",
-         "resourced_provision": "N"}]
+    assert mine(ret["placements"]) == [  # Sam at a school with a URN; Ali in EOTAS (DfE SENsetting OLA) until December
+        {"person_id": sam, "urn": "100001", "ukprn": "", "sen_setting": "", "sen_setting_other": "",
+         "placement_rank": "1", "entry_date": "2026-06-01", "leaving_date": "", "attendance_pattern": "FT",
+         "sen_unit": "Y", "resourced_provision": "N", "residential": ""},
+        {"person_id": ali, "urn": "", "ukprn": "", "sen_setting": "OLA", "sen_setting_other": "",
+         "placement_rank": "1", "entry_date": "2026-06-10", "leaving_date": "2026-12-18", "attendance_pattern": "PT",
+         "sen_unit": "N", "resourced_provision": "N", "residential": ""}]
     problems = {(r["person_id"], r["module"], r["problem"][:30]) for r in mine(ret["validation"])}
     assert (sam, "person", "no UPN (or ULN) recorded for t") in problems
-    assert (sam, "placements", "attendance pattern (full or pa") in problems
-    assert (ali, "placements", "section I names no establishme") in problems
+    assert (kim, "placements", "no placement in the collection") in problems
+    assert (ali, "named-plans", "section J does not record whet") in problems
+    assert {p[0] for p in problems if p[1] == "requests"} == {ali, kim, jo}  # RYA not recorded
+    assert not [p for p in problems if p[1] == "placements" and p[0] in (sam, ali)]
     assert (ali, "person", "no ethnicity recorded (UK Core") in problems
     assert not [p for p in problems if p[0] == sam and p[1] == "person" and "ethnicity" in p[2]]
 
     # the next return: Ali's plan ceased in 2027 (after the appeal), Sam's review on 26 April 2027
-    later = {r["person_id"]: r for r in sen2(api, 2028, la)["named-plans"]}
+    next_return = sen2(api, 2028, la)
+    later = {r["person_id"]: r for r in next_return["named-plans"]}
+    # Ali's placement ended on 18 December 2026, before the 2027 collection year: not reported again
+    assert [r["person_id"] for r in next_return["placements"] if r["person_id"] in (sam, ali)] == [sam]
     assert later[ali]["cease_date"] == "2027-07-02" and later[ali]["cease_reason"] == "needs-met"
     assert later[ali]["cease_reason_code"] == "2"  # SEN2: needs met without an EHC plan
     assert later[sam]["last_review_date"] == "2027-04-26" and later[sam]["review_outcome_code"] == "A"

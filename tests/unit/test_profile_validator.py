@@ -420,3 +420,45 @@ def test_rules_are_data_a_new_profile_rule_applies_without_code(tmp_path: Path, 
     path.write_text(json.dumps(sd), encoding="utf-8")
     issue = only(ProfileValidator.load(profiles).validate(resource(plan_bundle, "outcome-community")), code="required")
     assert issue.path == "Goal.note"
+
+
+# ------------------------------------------------------------------ SEN2 placement and personal budget
+
+
+def _plan_sections(plan_bundle: dict) -> tuple[dict, dict, dict]:
+    plan = resource(plan_bundle, "plan-jamie-morgan")
+    by_code = {s["code"]["coding"][0]["code"]: s for s in plan["section"]}
+    return plan, by_code["I"], by_code["J"]
+
+
+def test_a_placement_that_ends_before_it_starts_or_repeats_a_part_is_refused(validator, plan_bundle):
+    plan, section_i, _ = _plan_sections(plan_bundle)
+    parts = section_i["entry"][0]["extension"][0]["extension"]
+    parts.append({"url": "end", "valueDate": "2025-09-01"})  # the placement starts on 3 September 2025
+    only(validator.validate(plan), rule="ehcp-placement-2")
+    parts.append({"url": "start", "valueDate": "2025-09-04"})
+    assert {"ehcp-placement-2", "ehcp-placement-3"} <= {i.rule for i in validator.validate(plan)}
+
+
+def test_a_placement_attendance_pattern_must_be_a_dfe_code(validator, plan_bundle):
+    plan, section_i, _ = _plan_sections(plan_bundle)
+    pattern = next(p for p in section_i["entry"][0]["extension"][0]["extension"] if p["url"] == "attendancePattern")
+    pattern["valueCoding"]["code"] = "HALF"
+    issue = only(validator.validate(plan), code="code-invalid")
+    assert "sen2-attendance-pattern" in issue.message
+
+
+def test_a_section_i_entry_names_an_establishment_or_a_dfe_setting(validator, plan_bundle):
+    plan, section_i, _ = _plan_sections(plan_bundle)
+    section_i["entry"].append({"display": "Tuition at home"})
+    only(validator.validate(plan), rule="ehcp-placement-1")
+    section_i["entry"][-1]["extension"] = [{"url": f"{SD}/ehcp-placement", "extension": [
+        {"url": "setting", "valueCoding": {"system": f"{CANONICAL_BASE}/CodeSystem/sen2-setting", "code": "OLA"}}]}]
+    assert validator.validate(plan) == []
+
+
+def test_a_personal_budget_not_taken_up_is_not_paid_directly(validator, plan_bundle):
+    plan, _, section_j = _plan_sections(plan_bundle)
+    taken = next(p for p in section_j["extension"][0]["extension"] if p["url"] == "takenUp")
+    taken["valueBoolean"] = False  # directPayments stays true
+    only(validator.validate(plan), rule="ehcp-personal-budget-1")
