@@ -299,7 +299,7 @@ _YEAR = timedelta(days=366)
 #: The clocks `$issue` meets, and why `$complete-step` does not.
 ISSUED_BY = {
     "final-plan": "$issue sends the finalised plan with its notice (SEND Regulations 2014 regs 13(2), 14(2))",
-    "amendment": "$issue of the amended plan sends it with its notice (SEND Regulations 2014 reg 22(3), (4))",
+    "amendment": "$issue of the amended plan sends it with its notice (SEND Regulations 2014 reg 22(3))",
 }
 #: What each caller's request is made as (CFA 2014 s36(1)), and the ehcp-requester code.
 OWN_REQUESTER = {"parent": "parent", "young-person": "young-person", "school": "school"}
@@ -358,7 +358,8 @@ def issued_effects(store: ScopedStore, scope: RecordScope, plan: str, amended: b
     14(2)); that meets the final-plan clock of a request in progress (reg 13(2), 20 weeks, or
     late with a reg 13(3) exception), which ends the request, and starts the first review clock
     (CFA 2014 s44(1): 12 months beginning with the date the plan was made). An amended plan is
-    sent with its notice (reg 22(4)), meeting the amendment clock a review opened (reg 22(3)).
+    sent with its notice within 8 weeks of the proposed amendments (reg 22(3)), meeting the amendment
+    clock a review opened.
     """
     today = store.clock().date()
     code = "amendment" if amended else "final-plan"

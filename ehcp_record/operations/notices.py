@@ -3,7 +3,7 @@
 Every decision with a right of appeal (CFA 2014 s51: not to assess, not to issue, the issued
 plan, the amended plan, not to amend after a review, to cease) is a `Communication` to the
 decision-maker: the decision, the reasons, the appeal and mediation information the
-regulations require (SEND Regulations 2014 regs 5(3), 10(3), 14, 20(10), 22(4), 31(3), 32),
+regulations require (SEND Regulations 2014 regs 5(3), 10(3), 14, 20(10), 22(3)-(4), 31(3), 32),
 and the appeal deadline computed by `clocks.appeal_deadline` (Tribunal Procedure Rules 2008
 r20(1)(c)). The server writes it (`ScopedStore.prepare_decision_notice`); clients can only
 read it. The family's app records `delivered` and `read` receipts with the server's time

@@ -5,7 +5,7 @@ least 15 days to comment), reg 22 (proposed amendments, at least 15 days to resp
 amended plan within 8 weeks of the proposals). The exact proposed content is pinned by a
 SHA-256 hash; `$issue` applies it only when a response by the decision-maker exists for that
 hash and the plan has not moved since it was proposed. Issuing sends the plan with its notice
-of the right of appeal (reg 14(2); reg 22(4) for an amended plan) and moves the statutory
+of the right of appeal (reg 14(2); reg 22(3) for an amended plan) and moves the statutory
 timeline on in the same transaction (`assessment.issued_effects`).
 """
 

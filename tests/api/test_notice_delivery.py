@@ -1,7 +1,7 @@
 """A decision notice reaches the family's app through its Subscription (FHIR R4 rest-hook), and
 the app's receipt is recorded: the Ombudsman's case 21 019 072 was a parent who never learned
 that a decision was online. The notice comes from `$issue` (SEND Regulations 2014 reg 14(2) for
-the finalised plan, reg 22(4) for an amended one), in the same transaction as the plan."""
+the finalised plan, reg 22(3) for an amended one), in the same transaction as the plan."""
 
 from __future__ import annotations
 
