@@ -163,21 +163,24 @@ def _resources_within(resource: dict, where: str) -> Iterator[tuple[str, dict]]:
 
 
 def _translate(errors: Iterator[jsonschema_rs.ValidationError], where: str, resource: dict) -> Iterator[Problem]:
-    choices_said: set[tuple[str, str]] = set()
+    errors = list(errors)
+    # a choice given with a type it does not take is one problem, not also "value[x] is missing"
+    choices_said = {(_fhirpath(where, e.instance_path), _unknown(_fhirpath(where, e.instance_path), name,
+                                                                 list(e.schema_path)[:-1])[1])
+                    for e in errors if e.kind.name == "additionalProperties" for name in e.kind.unexpected}
     for error in errors:
         at = _fhirpath(where, error.instance_path)
         schema_path = list(error.schema_path)
         kind = error.kind.name
         if kind == "additionalProperties":
-            owner = _annotation(schema_path[:-1], "x-fhir")
             for name in error.kind.unexpected:
-                yield Problem(f"{at}.{name}", f"{at}.{name} is not an element of {owner} in FHIR R4 "
-                                              "(check its spelling and where it is placed)")
+                yield _unknown(at, name, schema_path[:-1])[0]
         elif kind == "required":
             yield _missing(f"{at}.{error.kind.property}")
         elif kind == "anyOf" and _annotation(schema_path[:-1], "x-required"):
             element = _annotation(schema_path[:-1], "x-required").rsplit(".", 1)[1]
-            yield _missing(f"{at}.{element}")
+            if (at, element) not in choices_said:
+                yield _missing(f"{at}.{element}")
         elif kind == "propertyNames" and "dependencies" in schema_path:
             choice = _annotation(schema_path[:schema_path.index("dependencies") + 2], "x-choice")
             element = choice.rsplit(".", 1)[1]
@@ -188,6 +191,20 @@ def _translate(errors: Iterator[jsonschema_rs.ValidationError], where: str, reso
                                                  f"(a choice element takes one type)")
         else:
             yield _value_problem(at, kind, schema_path, error)
+
+
+def _unknown(at: str, name: str, definition_path: list) -> tuple[Problem, str]:
+    """An element name the definition has not: a misspelling, or a choice element with a type
+    it does not take in R4 (`valueCodeableReference`, an R4B type). Returns the choice too."""
+    owner = _annotation(definition_path, "x-fhir")
+    choices = _annotation(definition_path, "x-choices") or {}
+    for stem, choice in choices.items():
+        if name.startswith(stem) and name[len(stem):][:1].isupper():
+            element = choice.rsplit(".", 1)[1]
+            return Problem(f"{at}.{name}", f"{at}.{name}: {name[len(stem):]} is not one of the types {choice} "
+                                           "takes in FHIR R4"), element
+    return Problem(f"{at}.{name}", f"{at}.{name} is not an element of {owner} in FHIR R4 "
+                                   "(check its spelling and where it is placed)"), ""
 
 
 def _missing(path: str) -> Problem:
@@ -213,7 +230,7 @@ def _value_problem(at: str, kind: str, schema_path: list, error: jsonschema_rs.V
     return Problem(at, f"{at}: {shown} is not valid FHIR R4 here")
 
 
-def _annotation(schema_path: list, key: str) -> str:
+def _annotation(schema_path: list, key: str) -> Any:
     """An `x-` annotation of the schema node at this path of the generated schema."""
     node: Any = {"definitions": _definitions()}
     for part in schema_path:

@@ -24,7 +24,7 @@ R4 JSON rules are (json.html §2.6.2) and the official schema is loose:
   of the official 145-way `oneOf`, whose errors say nothing useful.
 
 `x-fhir` (the element or type a definition is), `x-type` (the primitive a value definition is),
-`x-required` and `x-choice` are annotations the server reads to say an error in FHIR's words;
+`x-required`, `x-choice` and `x-choices` (stem -> choice element) are annotations the server reads to say an error in FHIR's words;
 validators ignore them. The summary elements (isSummary) of each resource type go to
 profiles/r4/summary-elements.json for `_summary=true`.
 """
@@ -188,6 +188,7 @@ class Generator:
         required: list[str] = []
         all_of: list[dict] = []
         dependencies: dict[str, dict] = {}
+        choices: dict[str, str] = {}
         owner = self.names[path]
         if is_resource_root:
             properties["resourceType"] = {"const": path}
@@ -212,6 +213,8 @@ class Generator:
                 properties[json_name] = self.slot(target, many)
                 if code in self.primitives and name != "id" and code != "xhtml":
                     properties["_" + json_name] = self.slot("Element", many, sibling=True)
+            if choice:
+                choices[name[:-3]] = f"{path}.{name}"
             if choice and len(names) > 1:
                 group = f"{owner}.{name[:-3]}.choice"
                 self.definitions[group] = {"enum": names}
@@ -232,6 +235,8 @@ class Generator:
             schema["allOf"] = all_of
         if dependencies:
             schema["dependencies"] = dependencies
+        if choices:
+            schema["x-choices"] = choices
         return schema
 
     def target(self, element: dict, code: str | None, backbones: set[str]) -> str:
