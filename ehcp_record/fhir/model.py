@@ -13,7 +13,7 @@ from typing import Any
 
 from consent.references import literal_key, ref_key  # noqa: F401 (ref_key re-exported)
 from ehcp_record.errors import FhirError, invalid, too_costly
-from ehcp_record.fhir.structure import Problem, problems, resource_types
+from ehcp_record.fhir import structure
 
 #: The types this server stores (API.md "Resource interactions"). AuditEvent is rendered from
 #: the audit chain, never written by clients.
@@ -53,7 +53,7 @@ def parse_resource(body: Any, expected_type: str | None = None) -> dict:
     if not is_resource_type(resource_type):
         raise invalid(f"'{resource_type}' is not a FHIR R4 resource type", "not-supported")
     check_nesting(body, resource_type)
-    found = problems(body, _MAX_ERRORS)
+    found = structure.problems(body, _MAX_ERRORS)
     if found:
         raise _structure_error(found)
     return body
@@ -61,13 +61,14 @@ def parse_resource(body: Any, expected_type: str | None = None) -> dict:
 
 def is_resource_type(name: str) -> bool:
     """True for a concrete FHIR R4 resource type (not a datatype, not Resource/DomainResource)."""
-    return name in resource_types()
+    return name in structure.resource_types()
 
 
 def check_nesting(value: Any, path: str = "", limit: int = MAX_JSON_DEPTH, resource_types: bool = True) -> None:
     """Refuse JSON nested deeper than `limit` and, below the root, any `resourceType` that is not
     a resource type (Bundle entries, `contained`, Parameters): 400 naming the element, before
-    the models (which fail on those with KeyError) or the database (depth) see it."""
+    the structure check (which checks each nested resource as its own type) or the database
+    (depth) sees it."""
     stack: list[tuple[Any, str, int]] = [(value, path, 1)]
     while stack:
         item, where, depth = stack.pop()
@@ -88,7 +89,7 @@ def check_nesting(value: Any, path: str = "", limit: int = MAX_JSON_DEPTH, resou
             stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(item) if isinstance(v, (dict, list)))
 
 
-def _structure_error(found: list[Problem]) -> FhirError:
+def _structure_error(found: list[structure.Problem]) -> FhirError:
     """One OperationOutcome issue per problem, each in plain English with the FHIRPath of the
     element at fault (R4 OperationOutcome.issue.expression), so a parent app can show the
     diagnostics as they are and a developer can find every typo in one round trip."""

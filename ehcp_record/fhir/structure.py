@@ -133,17 +133,16 @@ def problems(resource: dict, limit: int) -> list[Problem]:
     """Up to `limit` structural problems of a resource and of every resource inside it, in the
     order found; [] when it is valid R4. Nested resource types must be known R4 types (the
     caller refuses others first, see model.check_nesting)."""
-    found: list[Problem] = []
+    found: dict[str, Problem] = {}
     for where, item in _resources_within(resource, resource["resourceType"]):
         validator = _validator(item["resourceType"])
         if validator.is_valid(item):
             continue
         for problem in _translate(validator.iter_errors(item), where, item):
-            if problem not in found:
-                found.append(problem)
+            found.setdefault(problem.expression, problem)  # one problem per element
             if len(found) >= limit:
-                return found
-    return found
+                return list(found.values())
+    return list(found.values())
 
 
 def _resources_within(resource: dict, where: str) -> Iterator[tuple[str, dict]]:
