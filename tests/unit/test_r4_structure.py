@@ -123,6 +123,12 @@ def test_calendar_and_pattern_problems_in_plain_words():
         "(a date, or a date and time with a time zone, e.g. 2025-04-01T09:30:00Z)"]
 
 
+def test_one_issue_per_element():
+    """A date both malformed and impossible is one problem, said once."""
+    assert [i["expression"] for i in outcome({"resourceType": "Patient", "birthDate": "2026-02-30x"})] == \
+        [["Patient.birthDate"]]
+
+
 def test_each_nested_resource_is_checked_as_its_own_type():
     bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
         {"resource": goal(), "request": {"method": "POST", "url": "Goal"}},
