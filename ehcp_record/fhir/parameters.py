@@ -38,7 +38,7 @@ def read_parameters(body: object, types: Mapping[str, str | Iterable[str]] | Non
     - `repeating`: names that may be given more than once; their value is always a list
       (empty when absent). Any other name given twice is refused.
     - `strict`: refuse names not in `types` (an operation with a fixed signature).
-    - `check_structure`: parse the body with the R4 model first (off for `part`s, already
+    - `check_structure`: check the body's R4 structure first (off for `part`s, already
       checked as part of their Parameters).
     """
     if check_structure:

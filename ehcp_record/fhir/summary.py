@@ -7,28 +7,17 @@ mistakes it for the whole resource and writes it back.
 
 from __future__ import annotations
 
-from functools import lru_cache
-
-from fhir.resources.R4B import get_fhir_model_class
+from ehcp_record.fhir.structure import summary_elements_by_type
 
 SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED",
              "display": "subsetted"}
 _ALWAYS = ("resourceType", "id", "meta")
 
 
-@lru_cache(maxsize=64)
 def summary_elements(resource_type: str) -> frozenset[str]:
-    """The top-level elements R4 marks isSummary for this type (from the generated models)."""
-    try:
-        model = get_fhir_model_class(resource_type)
-    except (KeyError, AttributeError, ValueError):
-        return frozenset()
-    names = set()
-    for name, field in model.model_fields.items():
-        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-        if extra.get("summary_element_property"):
-            names.add(field.alias or name)
-    return frozenset(names)
+    """The top-level elements R4 marks isSummary for this type (from the HL7 R4 definitions,
+    profiles/r4/summary-elements.json)."""
+    return summary_elements_by_type().get(resource_type, frozenset())
 
 
 def shape(resource: dict, summary: str = "false", elements: tuple[str, ...] = ()) -> dict:

@@ -624,7 +624,7 @@ class ProfileValidator:
             raise ProfileLoadError(f"profiles directory {root} does not exist")
         resources = []
         for file in sorted(root.rglob("*.json")):
-            if "examples" in file.relative_to(root).parts:
+            if {"examples", "r4"} & set(file.relative_to(root).parts):  # r4: the R4 JSON Schema
                 continue
             try:
                 resource = json.loads(file.read_text(encoding="utf-8"))
@@ -859,7 +859,7 @@ def _not_reported(code_issues: list[Issue], issues: list[Issue]) -> list[Issue]:
 
 def _holds(condition: Compiled, resource: dict) -> bool:
     """A profile's applies-when condition; content too malformed to evaluate does not select it
-    (the structural parse by fhir.resources reports such content)."""
+    (the R4 structure check, ehcp_record/fhir/structure.py, reports such content)."""
     try:
         return condition(resource) == [True]
     except Exception:

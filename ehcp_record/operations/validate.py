@@ -1,6 +1,6 @@
 """`POST /fhir/{type}/$validate`: every problem with a resource, without storing anything.
 
-Structure (fhir.resources), identifiers (NHS number, UPN, LA number) and the EHCP profile; for a
+Structure (FHIR R4, ehcp_record/fhir/structure.py), identifiers (NHS number, UPN, LA number) and the EHCP profile; for a
 plan (Composition), the golden thread over the needs, outcomes and provision it cites as stored
 now, so an LA can see what a draft still lacks before proposing it.
 """
@@ -57,7 +57,7 @@ class ValidateOperation:
 def _unwrap(body: object) -> tuple[object, str | None]:
     """A bare resource, or Parameters with `resource` (and optional `profile`) per the spec.
 
-    The Parameters' own structure is not checked by the R4 model here: that would refuse an
+    The Parameters' own structure is not checked by the R4 structure check here: that would refuse an
     invalid inner resource with a 400, where $validate must answer with its problems.
     """
     if isinstance(body, dict) and body.get("resourceType") == "Parameters":

@@ -1,7 +1,8 @@
 """The official HL7 FHIR R4 (4.0.1) examples go through the server unchanged.
 
-DESIGN.md: the fhir.resources R4B models "accept R4 JSON for the types served here; prove it
-with the official R4 examples", and a resource reads back exactly as written apart from `meta`.
+The structure check is FHIR R4 itself (profiles/r4, generated from the HL7 R4 definitions); the
+official R4 examples prove it accepts R4 JSON for the types served here, and a resource reads back
+exactly as written apart from `meta`.
 For each example (tests/fixtures/r4-examples, sources in SOURCES.md): create it as the
 custodian LA -> 201 with Location and ETag W/"1"; read it back equal to what was sent; update
 it with If-Match W/"1" -> 200 and W/"2"; vread version 1 still equal to the original.

@@ -108,3 +108,37 @@ def test_validate_parameters_form(api):
         {"name": "resource", "resource": {"resourceType": "Patient"}}, {"name": "profile", "valueInteger": 1}]}
     response = api.post("/fhir/Patient/$validate", mistyped, api.la())
     assert response.status_code == 400 and outcome_code(response) == "value"
+
+
+#: An R4 Extension with a Meta value (R4 extensibility.html lists Meta among its types; R4B
+#: removed it, so the R4B models once refused this R4 content).
+_R4_EXTENSION = {"url": "http://example.org/fhir/StructureDefinition/source-version", "valueMeta": {"versionId": "3"}}
+
+
+def _organization(name: str, extension: dict) -> dict:
+    return {"resourceType": "Organization", "name": name, "extension": [extension]}
+
+
+def test_r4_content_is_stored_and_reads_back_as_sent(api):
+    sent = _organization("R4 content school", _R4_EXTENSION)
+    created = api.post("/fhir/Organization", sent, api.la())
+    assert created.status_code == 201, created.text
+    read = api.get(f"/fhir/Organization/{created.json()['id']}", api.la()).json()
+    assert {k: v for k, v in read.items() if k not in ("id", "meta")} == sent
+
+
+def test_r4b_only_content_is_refused_in_plain_words(api):
+    before = _count(api, "/fhir/Organization?_summary=count")
+    sent = _organization("R4B content school", {"url": "http://example.org/x", "valueCodeableReference": {
+        "reference": {"reference": "Organization/x"}}})
+    sent["telecom"] = [{"system": "email", "value": "office@school.example", "rank": 0}]
+    response = api.post("/fhir/Organization", sent, api.la())
+    assert response.status_code == 400
+    assert response.json()["issue"] == [
+        {"severity": "error", "code": "structure", "expression": ["Organization.extension[0].valueCodeableReference"],
+         "diagnostics": "Organization.extension[0].valueCodeableReference: CodeableReference is not one of the "
+                        "types Extension.value[x] takes in FHIR R4"},
+        {"severity": "error", "code": "structure", "expression": ["Organization.telecom[0].rank"],
+         "diagnostics": "Organization.telecom[0].rank: 0 is not a valid positiveInt (a whole number from 1 to 2147483647)"},
+    ]
+    assert _count(api, "/fhir/Organization?_summary=count") == before

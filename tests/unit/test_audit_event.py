@@ -6,10 +6,8 @@ import base64
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from fhir.resources.R4B.auditevent import AuditEvent
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydantic import ValidationError
 
 from ehcp_record.audit.chain import ChainHead, next_checkpoint_entry, next_entry
 from ehcp_record.audit.events import (
@@ -17,6 +15,8 @@ from ehcp_record.audit.events import (
     AUDIT_CHAIN_EXTENSION,
     to_audit_event,
 )
+from ehcp_record.errors import FhirError
+from ehcp_record.fhir.model import parse_resource
 
 RECORD = "9a1c2d3e-0000-4000-8000-000000000001"
 BASE = "https://ehcp.example.org/fhir"
@@ -49,8 +49,9 @@ def _entry(action: str = "read", outcome: str = "permit", **extra: object) -> di
     return next_entry(RECORD, ChainHead(6, "b" * 64), body)
 
 
-def _validate(event: dict) -> AuditEvent:
-    return AuditEvent.model_validate(event)
+def _validate(event: dict) -> dict:
+    """The server's own FHIR R4 structure check (profiles/r4, from the HL7 definitions)."""
+    return parse_resource(event, "AuditEvent")
 
 
 def _agent(event: dict, system: str, code: str) -> dict:
@@ -87,7 +88,7 @@ ACTIONS = [
 def test_every_action_renders_a_valid_r4_audit_event(action: str, outcome: str) -> None:
     event = to_audit_event(_entry(action, outcome), BASE)
     model = _validate(event)
-    assert model.id == f"{RECORD}-7"
+    assert model["id"] == f"{RECORD}-7"
     assert event["outcome"] == {"permit": "0", "deny": "4", "error": "8"}[outcome]
 
 
@@ -255,7 +256,7 @@ def test_the_model_check_is_real() -> None:
         {**event, "agent": [{"who": {}}]},
         {**event, "entity": [{"what": "Patient/x"}]},
     ):
-        with pytest.raises(ValidationError):
+        with pytest.raises(FhirError):
             _validate(broken)
 
 
