@@ -40,7 +40,8 @@ from ehcp_record.audit import entries as audit
 from ehcp_record.errors import (FhirError, conflict, invalid, not_found, precondition_failed, precondition_required, too_costly,
                                 unprocessable)
 from ehcp_record.fhir.dates import instant
-from ehcp_record.fhir.identifiers import identifier_problems, la_by_number
+from ehcp_record.fhir.identifiers import (NHS_NUMBER_SYSTEM, identifier_problems, la_by_number, nhs_number_taken,
+                                          nhs_numbers)
 from ehcp_record.fhir.model import STORED_TYPES, parse_resource, ref_key
 from ehcp_record.fhir.names import display_name
 from ehcp_record.fhir.search import (MAX_CHAIN_MATCHES, MAX_REVINCLUDE, Criterion, SearchQuery, SearchRegistry,
@@ -52,7 +53,6 @@ from ehcp_record.store.transfers import TransferStore
 from ehcp_record.store.versions import ImportedRecord
 from ehcp_record.workflow import statutory
 
-NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 _ID_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.")
 
 
@@ -129,6 +129,11 @@ class RecordStore:
 
     def ping(self) -> bool:
         return self.repo.ping()
+
+    @property
+    def warnings(self) -> list[str]:
+        """Start-up checks of the database that did not pass (shown by /readyz)."""
+        return list(self.repo.warnings)
 
     def close(self) -> None:
         """For tools that built their own services (`ehcp-record sen2`): close the connection."""
@@ -599,20 +604,14 @@ class ScopedStore:
         )
 
     def _one_record_per_nhs_number(self, resource: dict) -> None:
-        """A child has one record: a second Patient with the same NHS number is refused (409),
-        whoever holds the first, since two records would split the plan and its audit. The
-        answer says only that the number is taken; If-None-Exist on it finds a visible one."""
-        if resource["resourceType"] != "Patient":
-            return
-        for identifier in resource.get("identifier") or []:
-            if identifier.get("system") != NHS_NUMBER_SYSTEM or not isinstance(identifier.get("value"), str):
-                continue
-            others = [i for i in self._repo.ids_with_identifier("Patient", f"{NHS_NUMBER_SYSTEM}|{identifier['value']}")
+        """A child has one record: a second Patient with the same NHS number is refused (409).
+        This early check gives the answer before anything is prepared; the unique index on the
+        stored number (`Repository.ensure_indexes`) is what holds when two writes race."""
+        for value in nhs_numbers(resource):
+            others = [i for i in self._repo.ids_with_identifier("Patient", f"{NHS_NUMBER_SYSTEM}|{value}")
                       if i != resource["id"]]
             if others:
-                raise conflict(f"a child with NHS number {identifier['value']} is already recorded; create it with "
-                               f"If-None-Exist: identifier={NHS_NUMBER_SYSTEM}|{identifier['value']}, or ask the "
-                               "local authority that holds the record for a transfer", "duplicate")
+                raise nhs_number_taken([value])
 
     def _custodian_of(self, resource: dict, record: str | None, current: Version | None, new_record: bool) -> str | None:
         """The LA a version is searchable by through custody (kept in step by custody moves)."""
