@@ -525,9 +525,32 @@ class Repository:
         atomic update, so every API process adds to the same tally; a success, or any new
         version the owner writes, starts it again). Returns the count now."""
         change = {"$set": {"failures": 0}} if delivered else {"$inc": {"failures": 1}}
-        doc = self.current.find_one_and_update({"_id": f"{resource_type}/{resource_id}"}, change,
-                                               projection={"failures": 1}, return_document=ReturnDocument.AFTER)
+        doc = self.current.find_one_and_update({"_id": f"{resource_type}/{resource_id}", "deleted": {"$exists": False}},
+                                               change, projection={"failures": 1}, return_document=ReturnDocument.AFTER)
         return int((doc or {}).get("failures", 0))
+
+    def delete_subscription(self, current: Version, at: datetime, audit: AuditAppend) -> Version:
+        """FHIR delete of a Subscription (R4 http §3.1.0.7): in one transaction the current
+        document becomes a delete marker one version on (no content, no search index, so no
+        search or notification finds it), the marker joins its history (earlier versions stay
+        readable, `_history` shows the delete), and the audit entry is appended. A Subscription
+        is no child's record, so nothing statutory is deleted. 412 when it moved meanwhile."""
+        marker = {"_id": f"{current.type}/{current.id}", "type": current.type, "rid": current.id,
+                  "vid": current.vid + 1, "updated": at, "record": None, "section": None, "hash": "",
+                  "custodian": None, "owner": current.owner, "owner_actor": current.owner_actor, "deleted": True}
+
+        def work(session: ClientSession) -> None:
+            replaced = self.current.find_one_and_replace(
+                {"_id": marker["_id"], "vid": current.vid, "deleted": {"$exists": False}}, marker,
+                session=session, projection={"_id": 1})
+            if replaced is None:
+                raise precondition_failed(f"{marker['_id']} is no longer at version {current.vid}; read it again")
+            self.history.insert_one(dict(marker, _id=f"{marker['_id']}/{marker['vid']}"), session=session)
+            self._append(session, audit)
+
+        self.in_transaction(work)
+        self.subscriptions.refresh()  # this process stops notifying at once; others by the change stream
+        return self._version(marker)
 
     def documents_of_record(self, record: str) -> dict[str, bytes]:
         return {d["_id"]: self.seal.bytes_out(d["data"], d["_id"]) for d in self.db.documents.find({"record": record})}
@@ -569,7 +592,9 @@ class Repository:
     def read_many(self, refs: list[str]) -> dict[str, Version]:
         if not refs:
             return {}
-        return {d["_id"]: self._version(d) for d in self.current.find({"_id": {"$in": refs}, "erased": {"$exists": False}}, _VERSION)}
+        found = self.current.find({"_id": {"$in": refs}, "erased": {"$exists": False}, "deleted": {"$exists": False}},
+                                  _VERSION)
+        return {d["_id"]: self._version(d) for d in found}
 
     def search(self, query: SearchQuery, visibility: Visibility) -> tuple[int, list[Version]]:
         total, found = self.search_in_context(query, visibility)
@@ -794,7 +819,7 @@ def _search_filter(query: SearchQuery, visibility: Visibility, seal: Sealing | N
     clauses: list[dict] = [{"type": query.resource_type}, {"erased": {"$exists": False}}]
     clauses.extend(_criterion_filter(c, seal) for c in query.criteria)
     if query.resource_type == "Subscription":
-        clauses.append({"owner": visibility.owner})
+        clauses.extend([{"owner": visibility.owner}, {"deleted": {"$exists": False}}])
     if not visibility.everything:
         clauses.append(_visibility_filter(visibility))
     return {"$and": clauses}

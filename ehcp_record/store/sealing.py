@@ -99,6 +99,9 @@ class Sealing:
         updated = doc["updated"]
         if updated.tzinfo is None:
             updated = updated.replace(tzinfo=timezone.utc)
+        if doc.get("deleted"):  # a delete marker holds nothing to open
+            return Version(doc["type"], doc["rid"], doc["vid"], updated, {}, None, None, "", doc.get("owner"),
+                           doc.get("owner_actor"), deleted=True)
         resource = self.open(doc["res"], f"{doc['type']}/{doc['rid']}")
         return Version(doc["type"], doc["rid"], doc["vid"], updated, resource, doc.get("record"),
                        doc.get("section"), doc.get("hash", ""), doc.get("owner"), doc.get("owner_actor"))
