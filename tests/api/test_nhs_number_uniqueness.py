@@ -166,3 +166,32 @@ def test_a_database_holding_duplicates_starts_and_says_which(api, mongo):
         repo.client.drop_database(database)
         repo.close()
     assert "warnings" not in api.get("/readyz").json()
+
+
+def test_a_transfer_of_a_child_already_recorded_here_is_refused_whole(api, las):
+    """A receiving deployment that already holds a record with the child's NHS number (under
+    another record id) refuses the import with 409 `duplicate` and stores nothing of it: the
+    two local authorities reconcile the records. (Before the index it imported a second record
+    beside the first.) The import is driven at the store, past the signature checks that
+    tests/api/test_transfer_between_deployments.py covers."""
+    from datetime import datetime, timezone
+
+    from ehcp_record.errors import FhirError
+    from ehcp_record.store.versions import ImportedRecord, VersionWrite
+
+    number = nhs_number()
+    assert api.post("/fhir/Patient", _patient(number), las[0]).status_code == 201
+    record = f"moved-{uuid.uuid4().hex[:8]}"
+    patient = dict(_patient(number), id=record, meta={"versionId": "1"})
+    write = VersionWrite("Patient", record, 1, datetime.now(timezone.utc), patient, record, None, {}, "h", None)
+    transfer = f"transfer-{uuid.uuid4().hex[:8]}"
+    imported = ImportedRecord(transfer, "sha", "Organization/la-999", {}, record, [write], [], {"custodian": LA},
+                              {}, [])
+    with pytest.raises(FhirError) as refused:
+        api.services.records.transfers.import_record(imported)
+    assert (refused.value.status, refused.value.code) == (409, "duplicate")
+    assert "reconcile" in refused.value.diagnostics
+    repo = api.services.repo
+    assert repo.records.find_one({"_id": record}) is None and repo.history.find_one({"record": record}) is None
+    assert repo.db.transfers_received.find_one({"_id": transfer}) is None
+    assert _stored(api, number) == 1
