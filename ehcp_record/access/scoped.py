@@ -444,8 +444,17 @@ class ScopedStore:
             existing = self.conditional_match(resource_type, if_none_exist, resource)
             if existing is not None:
                 return existing[0], existing[1], False
-        prepared = self.prepare(resource, str(uuid.uuid4()), expected=None)
-        self.commit([prepared])
+        try:
+            prepared = self.prepare(resource, str(uuid.uuid4()), expected=None)
+            self.commit([prepared])
+        except FhirError as error:
+            # Two conditional creates of one child at once: both found nothing, one committed.
+            # The other answers as if it had come second (R4 http §3.1.0.8: 200, the match).
+            existing = self.conditional_match(resource_type, if_none_exist, resource) \
+                if if_none_exist and error.code == "duplicate" else None
+            if existing is None:
+                raise
+            return existing[0], existing[1], False
         return version_of(prepared.write), prepared.write.resource, True
 
     @audited

@@ -195,3 +195,13 @@ def test_a_transfer_of_a_child_already_recorded_here_is_refused_whole(api, las):
     assert repo.records.find_one({"_id": record}) is None and repo.history.find_one({"record": record}) is None
     assert repo.db.transfers_received.find_one({"_id": transfer}) is None
     assert _stored(api, number) == 1
+
+
+def test_concurrent_conditional_creates_of_one_child_all_answer_that_child(api, las, early_check):
+    """fhirpy's get_or_create from several workers at once: one 201, and every other answer is
+    the 200 of a conditional create that matched it (R4 http §3.1.0.8), never a 409."""
+    number = nhs_number()
+    path = f"/fhir/Patient?identifier={NHS}|{number}"
+    responses = _at_once(lambda i: api.post(path, _patient(number), las[0]))
+    assert sorted(r.status_code for r in responses) == [200] * (RACERS - 1) + [201], [r.text for r in responses]
+    assert len({r.json()["id"] for r in responses}) == 1 and _stored(api, number) == 1
