@@ -165,7 +165,7 @@ def delete(resource_type: str, resource_id: str) -> Response:
     return fhir_response(outcome, 200, {"ETag": f'W/"{marker.vid}"'})
 
 
-@bp.delete("/<fhir_json_type:resource_type>")
+@bp.delete("/<fhir_type:resource_type>")
 def conditional_delete(resource_type: str) -> Response:
     """Conditional delete (R4 http §3.1.0.7.1) is not supported: 405 saying what is."""
     require_served_type(resource_type)
