@@ -154,6 +154,8 @@ class Repository:
         A database that already holds two Patients with one number cannot take the index: the
         server still starts, with the early check only, and says which Patients collide (log
         and /readyz) so the custodians can merge them or erase one; the next start builds it."""
+        if NHS_NUMBER_INDEX in self.current.index_information():
+            return  # built before: every Patient written since carries its token (Sealing.envelope)
         self._backfill_nhs_tokens()
         try:
             self.current.create_index([("nhs_token", ASCENDING)], name=NHS_NUMBER_INDEX, unique=True,

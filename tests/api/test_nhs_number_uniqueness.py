@@ -13,6 +13,7 @@ import pytest
 from ehcp_record.access.scoped import ScopedStore
 from ehcp_record.fhir.parameters import parameters
 from ehcp_record.store.repository import NHS_NUMBER_INDEX, Repository
+from tests.conftest import start_server
 from tests.support import LA, OTHER_LA, need, nhs_number
 
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
@@ -140,7 +141,7 @@ def test_an_erased_record_no_longer_holds_its_number(api, las):
     assert api.get(f"/fhir/Patient/{old['id']}", las[0]).status_code == 410
 
 
-def test_a_database_holding_duplicates_starts_and_says_which(api, mongo):
+def test_a_database_holding_duplicates_starts_and_says_which(api, mongo, data_dir):
     """An existing database with two Patients on one number cannot take the unique index: the
     repository still starts, names the Patients in its warnings (and /readyz), and builds the
     index at the next start once the duplicate is gone. Patients stored before the field
@@ -153,11 +154,16 @@ def test_a_database_holding_duplicates_starts_and_says_which(api, mongo):
     try:
         repo.current.drop_index(NHS_NUMBER_INDEX)
         repo.current.insert_many(old)
-        again = Repository.connect(mongo.uri, database)
-        assert NHS_NUMBER_INDEX not in again.current.index_information()
-        assert len(again.warnings) == 1 and "Patient/dup-a, Patient/dup-b" in again.warnings[0]
-        assert again.current.count_documents({"nhs_token": {"$type": "binData"}}) == 2  # backfilled
-        again.close()
+        again, server = start_server(mongo, data_dir, database=database)  # a whole API starts on it
+        try:
+            ready = again.get("/readyz")
+            assert ready.status_code == 200 and len(ready.json()["warnings"]) == 1
+            assert "Patient/dup-a, Patient/dup-b" in ready.json()["warnings"][0]
+            assert NHS_NUMBER_INDEX not in repo.current.index_information()
+            assert repo.current.count_documents({"nhs_token": {"$type": "binData"}}) == 2  # backfilled
+        finally:
+            server.shutdown()
+            again.services.repo.close()
         repo.current.delete_one({"_id": "Patient/dup-b"})
         fixed = Repository.connect(mongo.uri, database)
         assert fixed.warnings == [] and fixed.current.index_information()[NHS_NUMBER_INDEX]["unique"]
