@@ -14,8 +14,9 @@ server's own writes are named methods, each with its own decision and audit acti
 `prepare_proposed_content` and `prepare_issued_plan` ($issue, SEND Regulations 2014 regs 13
 and 22), `record_parental_response` ($respond), `prepare_transfer_update` and
 `commit_custody_move` (reg 15), `import_transfer` ($receive-transfer), `erase_record` ($erase,
-the end of retention), the legal hold, and `delete_subscription` (its owner's FHIR delete). There is no flag that switches a check off. The store
-below encrypts and decrypts; nothing here knows of keys (an erased record answers 410).
+the end of retention), the legal hold, and `delete_subscription` (its owner's FHIR delete).
+There is no flag that switches a check off. The store below encrypts and decrypts; nothing
+here knows of keys (an erased record answers 410).
 """
 
 from __future__ import annotations
