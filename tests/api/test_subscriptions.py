@@ -295,3 +295,29 @@ def test_delete_is_for_subscriptions_only_and_never_conditional(api, world):
     interactions = {r["type"]: {i["code"] for i in r["interaction"]} for r in capability["rest"][0]["resource"]}
     assert "delete" in interactions["Subscription"]
     assert [t for t, codes in interactions.items() if "delete" in codes] == ["Subscription"]
+
+
+def test_another_process_forgets_a_deleted_subscription(api, world):
+    """Every API process keeps the active subscriptions in memory, kept in step by a change
+    stream (store/subscriptions.py): a second cache on the same database, as another process
+    holds, drops the subscription within moments of its delete."""
+    from ehcp_record.store.subscriptions import SubscriptionCache
+
+    _, child, _ = world
+    school = api.token("school", "Organization/school-1")
+    created = api.post("/fhir/Subscription", _subscription(child), school).json()
+    repo = api.services.repo
+    elsewhere = SubscriptionCache(repo.current, repo._version)
+    try:
+        def known() -> bool:
+            return created["id"] in {v.id for v in elsewhere.active({"DocumentReference"})}
+
+        assert known()
+        time.sleep(0.5)  # its change stream is open and loaded
+        assert api.delete(f"/fhir/Subscription/{created['id']}", school).status_code == 200
+        deadline = time.monotonic() + 5
+        while known() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not known()
+    finally:
+        elsewhere.close()
