@@ -177,6 +177,12 @@ def conditional_delete(resource_type: str) -> Response:
     raise error
 
 
+@bp.delete("/Binary")
+def conditional_delete_binary() -> Response:
+    """Binary's own path (its upload and search live there too) answers conditional delete alike."""
+    return conditional_delete("Binary")
+
+
 @bp.delete("/Binary/<fhir_id:resource_id>")
 def delete_binary(resource_id: str) -> Response:
     return delete("Binary", resource_id)
