@@ -17,6 +17,8 @@ from ehcp_record.wiring import Services
 OPERATIONS: list[tuple[str, str | None, str]] = []
 _WRITE = ["create", "update"]
 _READ = ["read", "vread", "history-instance", "history-type", "search-type"]
+#: The one type a client may delete (R4 http §3.1.0.7; api/rest.py `delete`).
+DELETABLE_TYPES = frozenset({"Subscription"})
 
 
 def capability_statement(services: Services) -> dict:
@@ -65,6 +67,8 @@ def _security(settings: Settings) -> dict:
 
 def _resource(services: Services, resource_type: str) -> dict:
     interactions = _READ if resource_type in READ_ONLY_TYPES else _WRITE + _READ
+    if resource_type in DELETABLE_TYPES:  # by its owner; statutory records are never deleted
+        interactions = interactions + ["delete"]
     entry: dict = {
         "type": resource_type,
         "interaction": [{"code": code} for code in interactions],

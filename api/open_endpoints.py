@@ -58,7 +58,11 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    ready = services().records.ping()
-    response = jsonify({"status": "ready" if ready else "database unreachable"})
+    records = services().records
+    ready = records.ping()
+    body: dict = {"status": "ready" if ready else "database unreachable"}
+    if records.warnings:  # ready, but an operator must act (e.g. duplicate NHS numbers)
+        body["warnings"] = records.warnings
+    response = jsonify(body)
     response.status_code = 200 if ready else 503
     return response

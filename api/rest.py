@@ -9,7 +9,7 @@ from api.http import (base_url, bundle_link, fhir_response, if_match, json_body,
                       require_json_accepted, strict_handling, version_headers, write_response)
 from ehcp_record.errors import FhirError, invalid, not_supported
 from ehcp_record.fhir import bundles
-from ehcp_record.fhir.dates import DateFormatError, parse_range
+from ehcp_record.fhir.dates import DateFormatError, instant, parse_range
 from ehcp_record.fhir.model import require_served_type
 from ehcp_record.fhir.search import DEFAULT_COUNT, MAX_COUNT, MAX_OFFSET
 from ehcp_record.fhir.summary import shape
@@ -149,11 +149,38 @@ def conditional_update(resource_type: str) -> Response:
 
 @bp.delete("/<fhir_type:resource_type>/<fhir_id:resource_id>")
 def delete(resource_type: str, resource_id: str) -> Response:
+    """FHIR delete (R4 http §3.1.0.7) of a Subscription, by its owner; every other type is 405,
+    since statutory records are never deleted through the API (erasure is `$erase`)."""
     require_served_type(resource_type)
     caller()  # authenticated first, as everywhere else: 401 without a valid token
-    error = not_supported("statutory records are never deleted through the API", 405)
-    error.headers["Allow"] = "GET, PUT"
+    if resource_type != "Subscription":
+        error = not_supported("statutory records are never deleted through the API; only a Subscription is "
+                              "deleted, by its owner", 405)
+        error.headers["Allow"] = "GET, PUT"
+        raise error
+    marker, now = store().delete_subscription(resource_id, if_match())
+    said = "deleted: no more notifications are sent to it" if now else "was already deleted"
+    outcome = {"resourceType": "OperationOutcome", "issue": [{
+        "severity": "information", "code": "informational", "diagnostics": f"Subscription/{resource_id} {said}"}]}
+    return fhir_response(outcome, 200, {"ETag": f'W/"{marker.vid}"'})
+
+
+@bp.delete("/<fhir_type:resource_type>")
+def conditional_delete(resource_type: str) -> Response:
+    """Conditional delete (R4 http §3.1.0.7.1) is not supported: 405 saying what is."""
+    require_served_type(resource_type)
+    caller()
+    to_do = ("delete a Subscription by its id: DELETE /fhir/Subscription/{id}" if resource_type == "Subscription"
+             else "statutory records are never deleted through the API")
+    error = not_supported(f"conditional delete is not supported; {to_do}", 405)
+    error.headers["Allow"] = "GET, POST, PUT"
     raise error
+
+
+@bp.delete("/Binary")
+def conditional_delete_binary() -> Response:
+    """Binary's own path (its upload and search live there too) answers conditional delete alike."""
+    return conditional_delete("Binary")
 
 
 @bp.delete("/Binary/<fhir_id:resource_id>")
@@ -211,8 +238,9 @@ def _since():
 
 def _history_bundle(path: str, versions: list, total: int, offset: int, count: int) -> dict:
     from flask import request
-    entries = [bundles.history_entry(shown, _base_url(), v.type, v.id, v.vid,
-                                     shown.get("meta", {}).get("lastUpdated")) for v, shown in versions]
+    entries = [bundles.history_entry(None if v.deleted else shown, _base_url(), v.type, v.id, v.vid,
+                                     instant(v.updated) if v.deleted else shown.get("meta", {}).get("lastUpdated"))
+               for v, shown in versions]
     bundle = bundles.history(entries, total)
     pairs = [(k, v) for k, v in request.args.items(multi=True) if k in ("_since",)]
     bundle["link"] = bundles.paging_links(_search_url(path), pairs + [("_count", str(count)), ("_offset", str(offset))],

@@ -28,6 +28,12 @@ def not_found(what: str) -> FhirError:
     return FhirError(404, "not-found", f"{what} was not found")
 
 
+def deleted_by_owner(what: str) -> FhirError:
+    """410 Gone (R4 http §3.1.0.7): deleted; its earlier versions stay in its history."""
+    return FhirError(410, "deleted", f"{what} was deleted by its owner; its earlier versions stay readable in its "
+                     "_history")
+
+
 def invalid(message: str, code: str = "invalid", expression: list[str] | None = None) -> FhirError:
     return FhirError(400, code, message, expression or [])
 

@@ -14,8 +14,9 @@ server's own writes are named methods, each with its own decision and audit acti
 `prepare_proposed_content` and `prepare_issued_plan` ($issue, SEND Regulations 2014 regs 13
 and 22), `record_parental_response` ($respond), `prepare_transfer_update` and
 `commit_custody_move` (reg 15), `import_transfer` ($receive-transfer), `erase_record` ($erase,
-the end of retention) and the legal hold. There is no flag that switches a check off. The store
-below encrypts and decrypts; nothing here knows of keys (an erased record answers 410).
+the end of retention), the legal hold, and `delete_subscription` (its owner's FHIR delete).
+There is no flag that switches a check off. The store below encrypts and decrypts; nothing
+here knows of keys (an erased record answers 410).
 """
 
 from __future__ import annotations
@@ -37,10 +38,11 @@ from ehcp_record.access.compartment import Compartment
 from ehcp_record.access.policy import Refusal, RequestAccess, denied, hidden
 from ehcp_record.audit import chain as audit_chain
 from ehcp_record.audit import entries as audit
-from ehcp_record.errors import (FhirError, conflict, invalid, not_found, precondition_failed, precondition_required, too_costly,
-                                unprocessable)
-from ehcp_record.fhir.dates import instant
-from ehcp_record.fhir.identifiers import identifier_problems, la_by_number
+from ehcp_record.errors import (FhirError, conflict, deleted_by_owner, forbidden, invalid, not_found, precondition_failed,
+                                precondition_required, too_costly, unprocessable)
+from ehcp_record.fhir.dates import has_passed, instant
+from ehcp_record.fhir.identifiers import (NHS_NUMBER_SYSTEM, identifier_problems, la_by_number, nhs_number_taken,
+                                          nhs_numbers)
 from ehcp_record.fhir.model import STORED_TYPES, parse_resource, ref_key
 from ehcp_record.fhir.names import display_name
 from ehcp_record.fhir.search import (MAX_CHAIN_MATCHES, MAX_REVINCLUDE, Criterion, SearchQuery, SearchRegistry,
@@ -52,7 +54,6 @@ from ehcp_record.store.transfers import TransferStore
 from ehcp_record.store.versions import ImportedRecord
 from ehcp_record.workflow import statutory
 
-NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 _ID_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.")
 
 
@@ -130,6 +131,11 @@ class RecordStore:
     def ping(self) -> bool:
         return self.repo.ping()
 
+    @property
+    def warnings(self) -> list[str]:
+        """Start-up checks of the database that did not pass (shown by /readyz)."""
+        return list(self.repo.warnings)
+
     def close(self) -> None:
         """For tools that built their own services (`ehcp-record sen2`): close the connection."""
         self.repo.close()
@@ -149,8 +155,10 @@ class RecordStore:
         return self.repo.active_subscriptions(resource_types)
 
     def current_subscription(self, subscription_id: str) -> Version | None:
-        """The notifier's own read of a subscription it delivers for (no caller, no audit)."""
-        return self.repo.read("Subscription", subscription_id)
+        """The notifier's own read of a subscription it delivers for (no caller, no audit);
+        None once its owner deleted it."""
+        version = self.repo.read("Subscription", subscription_id)
+        return None if version is None or version.deleted else version
 
     def note_delivery(self, subscription: Version, delivered: bool) -> int:
         """The notifier's tally: how many notifications in a row have now failed."""
@@ -232,7 +240,7 @@ class ScopedStore:
     def history(self, resource_type: str, resource_id: str, offset: int, count: int
                 ) -> tuple[int, list[tuple[Version, dict]]]:
         context = self._repo.read_in_context(resource_type, resource_id)
-        self._visible_or_404(resource_type, context.version, f"{resource_type}/{resource_id}", context)
+        self._visible_or_404(resource_type, context.version, f"{resource_type}/{resource_id}", context, deleted=True)
         total, versions = self._repo.history_of(resource_type, resource_id, offset, count)
         shown = self._shown(versions)
         self._audit_permits("history", [v for v, _ in shown])
@@ -253,10 +261,12 @@ class ScopedStore:
         self._audit_permits("history", [v for v, _ in shown])
         return total, shown
 
-    def _visible_or_404(self, resource_type: str, version: Version | None, label: str, context: Any = None
-                        ) -> tuple[Version, dict, Decision | None]:
+    def _visible_or_404(self, resource_type: str, version: Version | None, label: str, context: Any = None,
+                        deleted: bool = False) -> tuple[Version, dict, Decision | None]:
         """The one check of a single resource: scope, launch patient, consent. A hidden
-        resource is answered exactly as a missing one (and the refusal is audited)."""
+        resource is answered exactly as a missing one (and the refusal is audited). A deleted
+        one (a Subscription's delete marker) is 410 Gone to whoever could see it (R4 http
+        §3.1.0.7), unless `deleted` (its history, which shows the delete)."""
         record = version.record if version else None
         self.access.require_scope(resource_type, "r", record, label)
         if version is None:
@@ -268,6 +278,8 @@ class ScopedStore:
         if shown is None:
             reason = decision.reasons[0] if decision and decision.reasons else "not visible to this caller"
             raise hidden(label, record, reason)
+        if version.deleted and not deleted:
+            raise deleted_by_owner(label)
         return version, shown, decision
 
     def _shown(self, versions: list[Version]) -> list[tuple[Version, dict]]:
@@ -433,8 +445,17 @@ class ScopedStore:
             existing = self.conditional_match(resource_type, if_none_exist, resource)
             if existing is not None:
                 return existing[0], existing[1], False
-        prepared = self.prepare(resource, str(uuid.uuid4()), expected=None)
-        self.commit([prepared])
+        try:
+            prepared = self.prepare(resource, str(uuid.uuid4()), expected=None)
+            self.commit([prepared])
+        except FhirError as error:
+            # Two conditional creates of one child at once: both found nothing, one committed.
+            # The other answers as if it had come second (R4 http §3.1.0.8: 200, the match).
+            existing = self.conditional_match(resource_type, if_none_exist, resource) \
+                if if_none_exist and error.code == "duplicate" else None
+            if existing is None:
+                raise
+            return existing[0], existing[1], False
         return version_of(prepared.write), prepared.write.resource, True
 
     @audited
@@ -488,6 +509,10 @@ class ScopedStore:
             if if_match is not None:
                 raise not_found(label)
             return self.prepare(resource, resource_id, expected=None, pending=pending, extra=extra)
+        if current.deleted:  # its history stays; a new subscription is a new resource (POST)
+            if self.access.visible(current)[0] is None:
+                raise forbidden("only the caller who created a subscription may change it")
+            raise deleted_by_owner(label)
         if if_match is None:
             raise precondition_required(
                 f"this server needs versioned updates: send If-Match: W/\"{current.vid}\", the current ETag of "
@@ -568,11 +593,12 @@ class ScopedStore:
         if resource_type == "Subscription" and self._shared.subscriptions is not None:
             # R4 Subscription lifecycle: the server activates what it accepts ("requested"),
             # and a subscriber switches it off with status "off" (kept, and nothing is sent);
-            # "error" is the server's to set.
+            # "error" is the server's to set; one whose `end` has passed is off already.
             if resource.get("status") == "error":
                 raise unprocessable("Subscription.status 'error' is set by the server; send 'off' or 'requested'",
                                     "value", ["Subscription.status"])
-            resource["status"] = "off" if resource.get("status") == "off" else "active"
+            switched_off = resource.get("status") == "off" or has_passed(resource.get("end"), self.clock())
+            resource["status"] = "off" if switched_off else "active"
             resource.pop("error", None)  # the server's to say; an owner's write starts afresh
             extra = {**(extra or {}), **self._shared.subscriptions.prepare_subscription(self, resource, current)}
         if self.validator is not None:
@@ -599,20 +625,14 @@ class ScopedStore:
         )
 
     def _one_record_per_nhs_number(self, resource: dict) -> None:
-        """A child has one record: a second Patient with the same NHS number is refused (409),
-        whoever holds the first, since two records would split the plan and its audit. The
-        answer says only that the number is taken; If-None-Exist on it finds a visible one."""
-        if resource["resourceType"] != "Patient":
-            return
-        for identifier in resource.get("identifier") or []:
-            if identifier.get("system") != NHS_NUMBER_SYSTEM or not isinstance(identifier.get("value"), str):
-                continue
-            others = [i for i in self._repo.ids_with_identifier("Patient", f"{NHS_NUMBER_SYSTEM}|{identifier['value']}")
+        """A child has one record: a second Patient with the same NHS number is refused (409).
+        This early check gives the answer before anything is prepared; the unique index on the
+        stored number (`Repository.ensure_indexes`) is what holds when two writes race."""
+        for value in nhs_numbers(resource):
+            others = [i for i in self._repo.ids_with_identifier("Patient", f"{NHS_NUMBER_SYSTEM}|{value}")
                       if i != resource["id"]]
             if others:
-                raise conflict(f"a child with NHS number {identifier['value']} is already recorded; create it with "
-                               f"If-None-Exist: identifier={NHS_NUMBER_SYSTEM}|{identifier['value']}, or ask the "
-                               "local authority that holds the record for a transfer", "duplicate")
+                raise nhs_number_taken([value])
 
     def _custodian_of(self, resource: dict, record: str | None, current: Version | None, new_record: bool) -> str | None:
         """The LA a version is searchable by through custody (kept in step by custody moves)."""
@@ -692,16 +712,50 @@ class ScopedStore:
             decision = self.access.require(purpose, version.record, label)
         return version, decision  # type: ignore[return-value]
 
+    @audited
+    def delete_subscription(self, subscription_id: str, if_match: int | None) -> tuple[Version, bool]:
+        """`DELETE /fhir/Subscription/{id}` (R4 http §3.1.0.7) by its owner: the store keeps
+        its history and makes a delete marker its current version, so read answers 410, vread
+        of earlier versions and `_history` still work for the owner, search and notifications
+        no longer find it. Anyone else is answered exactly as for a missing one (and the
+        refusal is audited); a repeat delete changes nothing (R4: "no effect"). Audited as
+        `delete`. `If-Match`, when sent, must name the current version. Returns the delete
+        marker and whether this request deleted it."""
+        label = f"Subscription/{subscription_id}"
+        self.access.require_scope("Subscription", "d", None, label)
+        current = self._repo.read("Subscription", subscription_id)
+        if current is None:
+            raise not_found(label)
+        if self.access.visible(current)[0] is None:
+            raise hidden(label, None, "delete of a subscription the caller does not own")
+        if current.deleted:
+            return current, False
+        if if_match is not None and if_match != current.vid:
+            raise precondition_failed(f"{label} is at version {current.vid}, not {if_match}")
+        at = self.clock()
+        body = audit.body(self.caller, "delete", "permit", at, "deleted by its owner; no more notifications",
+                          [(f"{label}/_history/{current.vid + 1}", None)])
+        return self._repo.delete_subscription(current, at, AuditAppend(audit.chain_of(None), body)), True
+
     def prepare_subscription_error(self, subscription: Version, reason: str) -> PreparedWrite:
         """The server turns a subscription whose notifications keep failing to `error`, saying
         why in `Subscription.error` (R4 Subscription.status: "the server has an error executing
         the notification"); nothing more is sent until its owner sets it back to `requested`.
         Only the notifier calls this, on a subscription it delivers for; the owner is kept."""
+        return self._subscription_status(subscription, "subscription-error", status="error", error=reason)
+
+    def prepare_subscription_ended(self, subscription: Version) -> PreparedWrite:
+        """The server turns a subscription off once its `end` has passed (R4 Subscription.end:
+        "the time for the server to turn the subscription off"). Only the notifier calls this,
+        on the first change it would have notified after the end; the owner is kept."""
+        return self._subscription_status(subscription, "subscription-ended", status="off")
+
+    def _subscription_status(self, subscription: Version, operation: str, **change: str) -> PreparedWrite:
         resource = {k: v for k, v in subscription.resource.items() if k != "meta"}
-        resource.update(status="error", error=reason)
+        resource.update(change)
         write = self._build(resource, None, subscription.vid, subscription, False)
         write.extra.update(owner=subscription.owner, owner_actor=subscription.owner_actor)
-        return PreparedWrite(write, None, "subscription-error", (), False, self.caller)
+        return PreparedWrite(write, None, operation, (), False, self.caller)
 
     def notification_view(self, resource_type: str, pairs: list[tuple[str, str]], version: Version) -> dict | None:
         """Subscriptions: the changed resource as this subscriber may see it, when it matches

@@ -81,14 +81,16 @@ def version_response(status: str, resource_type: str, resource_id: str, vid: int
     return response
 
 
-def history_entry(resource: dict, base_url: str, resource_type: str, resource_id: str, vid: int,
+def history_entry(resource: dict | None, base_url: str, resource_type: str, resource_id: str, vid: int,
                   last_modified: str | None = None) -> dict:
-    """One version in a history Bundle: version 1 was a create (POST), later ones updates (PUT)."""
-    created = vid == 1
-    request = {"method": "POST" if created else "PUT",
-               "url": resource_type if created else f"{resource_type}/{resource_id}"}
-    response = {"status": "201 Created" if created else "200 OK", "etag": f'W/"{vid}"',
-                "lastModified": last_modified}
+    """One version in a history Bundle: version 1 was a create (POST), later ones updates (PUT);
+    a delete (`resource` None) is an entry with request.method DELETE and no resource, as R4
+    history bundles record deletions (http §3.1.0.11, Bundle.entry.request)."""
+    created = vid == 1 and resource is not None
+    method = "DELETE" if resource is None else "POST" if created else "PUT"
+    request = {"method": method, "url": resource_type if created else f"{resource_type}/{resource_id}"}
+    status = "201 Created" if created else "200 OK"
+    response = {"status": status, "etag": f'W/"{vid}"', "lastModified": last_modified}
     return entry(resource, url=full_url(base_url, resource_type, resource_id), request=request, response=response)
 
 

@@ -35,6 +35,16 @@ def parse_range(text: str) -> tuple[datetime, datetime]:
         raise DateFormatError(f"'{text}' is not a real date: {exc}") from None
 
 
+def has_passed(value: object, at: datetime) -> bool:
+    """Has a FHIR dateTime (e.g. Subscription.end) begun by `at`? Not a date: never."""
+    if not isinstance(value, str):
+        return False
+    try:
+        return parse_range(value)[0] <= at
+    except DateFormatError:
+        return False
+
+
 def _range(p: dict) -> tuple[datetime, datetime]:
     year = int(p["y"])
     tz = _zone(p["tz"])

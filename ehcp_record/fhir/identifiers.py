@@ -23,6 +23,7 @@ from stdnum import exceptions as stdnum_errors
 from stdnum.gb import nhs as stdnum_nhs
 from stdnum.gb import upn as stdnum_upn
 
+from ehcp_record.errors import FhirError
 from ehcp_record.fhir.canonical import naming_system
 
 NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
@@ -40,6 +41,25 @@ _WHITESPACE = re.compile(r"\s")
 
 
 # --------------------------------------------------------------------------- NHS number
+
+
+def nhs_numbers(resource: dict[str, Any]) -> list[str]:
+    """The NHS numbers a Patient carries (`identifier` with the NHS number system), as stored."""
+    if resource.get("resourceType") != "Patient":
+        return []
+    return sorted({i["value"] for i in resource.get("identifier") or []
+                   if isinstance(i, dict) and i.get("system") == NHS_NUMBER_SYSTEM and isinstance(i.get("value"), str)})
+
+
+def nhs_number_taken(values: list[str]) -> FhirError:
+    """409 for a second record of a child: one record per NHS number, whoever holds the first,
+    since two records would split the plan and its audit. The answer says only that the number
+    is taken (If-None-Exist on it finds a record the caller may see). One wording for the
+    pre-check and for the database's unique index, so a race loses with the same answer."""
+    shown = " and ".join(values)
+    return FhirError(409, "duplicate", f"a child with NHS number {shown} is already recorded; create it with "
+                     f"If-None-Exist: identifier={NHS_NUMBER_SYSTEM}|{values[0]}, or ask the local authority "
+                     "that holds the record for a transfer", ["Patient.identifier"])
 
 
 def compact_nhs_number(value: str) -> str:

@@ -27,7 +27,7 @@ from ehcp_record.access.caller import Caller, owner_key
 from ehcp_record.errors import FhirError, forbidden, unprocessable
 from ehcp_record.access.scoped import RecordStore, ScopedStore
 from ehcp_record.store.versions import Version
-from ehcp_record.fhir.dates import DateFormatError, parse_range
+from ehcp_record.fhir.dates import has_passed
 from ehcp_record.fhir.search import SearchRegistry, parse_search
 from ehcp_record.net.outbound import Fence, OutboundRefused
 
@@ -100,8 +100,13 @@ class SubscriptionService:
             log.exception("notification for Subscription/%s failed", subscription.id)
 
     def _notify(self, stores: RecordStore, subscription: Version, version: Version) -> None:
-        if _ended(subscription.resource, version.updated):
-            return  # R4 Subscription.end: "the time for the server to turn the subscription off"
+        current = stores.current_subscription(subscription.id)
+        if current is None or current.resource.get("status") != "active":
+            return  # deleted, switched off or in error since the cache was read: nothing is sent
+        subscription = current
+        if has_passed(subscription.resource.get("end"), version.updated):
+            self._turn_off(stores, subscription)
+            return
         criteria = subscription.resource["criteria"]
         resource_type, _, query = criteria.partition("?")
         if resource_type != version.type:
@@ -127,6 +132,15 @@ class SubscriptionService:
         store.audit_record(version.record, "notify", f"Subscription/{subscription.id}", refs,
                            outcome="error" if failure else "permit")
         self._tally(stores, store, subscription, failure)
+
+    def _turn_off(self, stores: RecordStore, subscription: Version) -> None:
+        """R4 Subscription.end: "the time for the server to turn the subscription off". The
+        first change after it stores `off` (so its owner reads why nothing comes)."""
+        store = stores.for_caller(_caller_of(subscription))
+        try:
+            store.commit([store.prepare_subscription_ended(subscription)])
+        except FhirError:  # another change or another process got there first: theirs stands
+            log.info("Subscription/%s changed while being turned off at its end", subscription.id)
 
     def _tally(self, stores: RecordStore, store: ScopedStore, subscription: Version, failure: str | None) -> None:
         """After `FAILURES_BEFORE_ERROR` failed notifications in a row (each after its own
@@ -189,13 +203,3 @@ def _caller_of(subscription: Version) -> Caller:
                   organization=fields.get("organization"), patient=fields.get("patient"))
     return Caller(actor=actor, scopes=parse_scopes(fields.get("scope")), issuer=fields.get("issuer", ""),
                   request_id=f"subscription-{subscription.id}")
-
-
-def _ended(subscription: dict, at) -> bool:
-    end = subscription.get("end")
-    if not isinstance(end, str):
-        return False
-    try:
-        return parse_range(end)[0] <= at
-    except DateFormatError:
-        return False

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextvars
 import io
+import logging
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -38,7 +39,8 @@ from pymongo.write_concern import WriteConcern
 
 from ehcp_record.audit import chain as audit_chain
 from ehcp_record.audit.anchor import AnchorLog, NoAnchor
-from ehcp_record.errors import conflict, precondition_failed
+from ehcp_record.errors import FhirError, conflict, precondition_failed
+from ehcp_record.fhir.identifiers import nhs_number_taken, nhs_numbers
 from ehcp_record.fhir.search import Criterion, SearchQuery, SortKey
 from ehcp_record.store import verify_reader
 from ehcp_record.store.crypto import FieldCipher, MasterKeys
@@ -48,7 +50,10 @@ from ehcp_record.store.subscriptions import SubscriptionCache
 from ehcp_record.store.versions import (AuditAppend, RecordContext, Version, VersionWrite, Visibility,  # noqa: F401
                                          utc_now)
 
+log = logging.getLogger("ehcp_record.store")
 T = TypeVar("T")
+#: The unique partial index behind "one record per NHS number" (`_ensure_one_patient_per_nhs_number`).
+NHS_NUMBER_INDEX = "one_patient_per_nhs_number"
 _MAJORITY = WriteConcern("majority")
 _RETRIES = 200
 
@@ -92,6 +97,8 @@ class Repository:
         self.records = self.db.records
         self.subscriptions = SubscriptionCache(self.current, self._version)
         self._outbound = MediaStore(self.db, self.seal, bucket="outbound")
+        #: what an operator must know about this database (start-up checks that could not pass)
+        self.warnings: list[str] = []
 
     @classmethod
     def connect(cls, uri: str, database: str, signing_key: Ed25519PrivateKey | None = None,
@@ -133,9 +140,52 @@ class Repository:
                       "name", "family", "given", "address-postalcode"):
             self.current.create_index([("type", ASCENDING), (f"idx.{param}", ASCENDING)], sparse=True)
         self.audit.create_index([("record", ASCENDING), ("seq", ASCENDING)], unique=True)
+        self._ensure_one_patient_per_nhs_number()
         self._backfill_custodians()
         self.records.create_index([("custodian", ASCENDING)])
         self.records.create_index([("parents", ASCENDING)])
+
+    def _ensure_one_patient_per_nhs_number(self) -> None:
+        """The unique partial index that makes "one record per NHS number" hold under
+        concurrency: two creates that both pass the scoped store's early check cannot both
+        commit, since each Patient's current document carries its number's blind token.
+
+        Patients stored before the field existed get it first (opened with their record's key).
+        A database that already holds two Patients with one number cannot take the index: the
+        server still starts, with the early check only, and says which Patients collide (log
+        and /readyz) so the custodians can merge them or erase one; the next start builds it."""
+        if NHS_NUMBER_INDEX in self.current.index_information():
+            return  # built before: every Patient written since carries its token (Sealing.envelope)
+        self._backfill_nhs_tokens()
+        try:
+            self.current.create_index([("nhs_token", ASCENDING)], name=NHS_NUMBER_INDEX, unique=True,
+                                      partialFilterExpression={"type": "Patient", "nhs_token": {"$type": "binData"}})
+        except OperationFailure as error:
+            if error.code not in (11000, 11001):
+                raise
+            groups = self.duplicate_nhs_numbers()
+            warning = ("one record per NHS number is not enforced by the database: these Patients share an NHS number "
+                       f"({'; '.join(', '.join(g) for g in groups)}); merge or erase the duplicates, then restart to "
+                       "build the unique index (until then only the early check refuses a second record)")
+            log.error(warning)
+            self.warnings.append(warning)
+
+    def _backfill_nhs_tokens(self) -> None:
+        pending = {"type": "Patient", "nhs_token": {"$exists": False}, "erased": {"$exists": False}}
+        for doc in self.current.find(pending, {"res": 1, "rid": 1}):
+            try:
+                resource = self.seal.open(doc["res"], f"Patient/{doc['rid']}")
+            except FhirError:  # its key is gone: nothing of it can be matched any more
+                continue
+            self.current.update_one({"_id": doc["_id"], "nhs_token": {"$exists": False}},
+                                    {"$set": {"nhs_token": self.seal.nhs_tokens(resource)}})
+
+    def duplicate_nhs_numbers(self) -> list[list[str]]:
+        """Groups of Patient ids (current, not erased) that share an NHS number's token."""
+        pipeline = [{"$match": {"type": "Patient", "nhs_token": {"$type": "binData"}}}, {"$unwind": "$nhs_token"},
+                    {"$group": {"_id": "$nhs_token", "ids": {"$addToSet": "$_id"}}},
+                    {"$match": {"ids.1": {"$exists": True}}}, {"$limit": 20}]
+        return sorted(sorted(d["ids"]) for d in self.current.aggregate(pipeline))
 
     def _backfill_custodians(self) -> None:
         """Current documents stored before they carried `custodian` get it from custody state."""
@@ -337,13 +387,16 @@ class Repository:
         if write.expected is None:
             try:
                 self.current.insert_one(doc, session=session)
-            except DuplicateKeyError:
-                raise conflict(f"{write.type}/{write.id} already exists") from None
+            except DuplicateKeyError as exc:
+                raise _duplicate(exc, write) from None
         else:
-            found = self.current.find_one_and_replace(  # the record id: the shard key (DESIGN "Scale")
-                {"_id": doc["_id"], "vid": write.expected, "record": write.record}, doc, session=session,
-                return_document=ReturnDocument.BEFORE, projection={"_id": 1},
-            )
+            try:
+                found = self.current.find_one_and_replace(  # the record id: the shard key (DESIGN "Scale")
+                    {"_id": doc["_id"], "vid": write.expected, "record": write.record}, doc, session=session,
+                    return_document=ReturnDocument.BEFORE, projection={"_id": 1},
+                )
+            except DuplicateKeyError as exc:
+                raise _duplicate(exc, write) from None
             if found is None:
                 raise precondition_failed(
                     f"{write.type}/{write.id} is no longer at version {write.expected}; read it again and retry"
@@ -474,9 +527,32 @@ class Repository:
         atomic update, so every API process adds to the same tally; a success, or any new
         version the owner writes, starts it again). Returns the count now."""
         change = {"$set": {"failures": 0}} if delivered else {"$inc": {"failures": 1}}
-        doc = self.current.find_one_and_update({"_id": f"{resource_type}/{resource_id}"}, change,
-                                               projection={"failures": 1}, return_document=ReturnDocument.AFTER)
+        doc = self.current.find_one_and_update({"_id": f"{resource_type}/{resource_id}", "deleted": {"$exists": False}},
+                                               change, projection={"failures": 1}, return_document=ReturnDocument.AFTER)
         return int((doc or {}).get("failures", 0))
+
+    def delete_subscription(self, current: Version, at: datetime, audit: AuditAppend) -> Version:
+        """FHIR delete of a Subscription (R4 http §3.1.0.7): in one transaction the current
+        document becomes a delete marker one version on (no content, no search index, so no
+        search or notification finds it), the marker joins its history (earlier versions stay
+        readable, `_history` shows the delete), and the audit entry is appended. A Subscription
+        is no child's record, so nothing statutory is deleted. 412 when it moved meanwhile."""
+        marker = {"_id": f"{current.type}/{current.id}", "type": current.type, "rid": current.id,
+                  "vid": current.vid + 1, "updated": at, "record": None, "section": None, "hash": "",
+                  "custodian": None, "owner": current.owner, "owner_actor": current.owner_actor, "deleted": True}
+
+        def work(session: ClientSession) -> None:
+            replaced = self.current.find_one_and_replace(
+                {"_id": marker["_id"], "vid": current.vid, "deleted": {"$exists": False}}, marker,
+                session=session, projection={"_id": 1})
+            if replaced is None:
+                raise precondition_failed(f"{marker['_id']} is no longer at version {current.vid}; read it again")
+            self.history.insert_one(dict(marker, _id=f"{marker['_id']}/{marker['vid']}"), session=session)
+            self._append(session, audit)
+
+        self.in_transaction(work)
+        self.subscriptions.refresh()  # this process stops notifying at once; others by the change stream
+        return self._version(marker)
 
     def documents_of_record(self, record: str) -> dict[str, bytes]:
         return {d["_id"]: self.seal.bytes_out(d["data"], d["_id"]) for d in self.db.documents.find({"record": record})}
@@ -518,7 +594,9 @@ class Repository:
     def read_many(self, refs: list[str]) -> dict[str, Version]:
         if not refs:
             return {}
-        return {d["_id"]: self._version(d) for d in self.current.find({"_id": {"$in": refs}, "erased": {"$exists": False}}, _VERSION)}
+        found = self.current.find({"_id": {"$in": refs}, "erased": {"$exists": False}, "deleted": {"$exists": False}},
+                                  _VERSION)
+        return {d["_id"]: self._version(d) for d in found}
 
     def search(self, query: SearchQuery, visibility: Visibility) -> tuple[int, list[Version]]:
         total, found = self.search_in_context(query, visibility)
@@ -654,7 +732,8 @@ class Repository:
     def erase_record(self, record: str, erasure: dict, audit: AuditAppend) -> None:
         """Crypto-shred one child's record: in one transaction mark the custody state, every
         current and history document erased (so every path answers 410, search omits it, and
-        the search tokens go) and append the erasure to the chain, wholly clear; then destroy the
+        the search tokens go, the NHS number's too, so it no longer blocks a new record: a token
+        kept would be a keyed hash of the number outliving the erasure) and append the erasure to the chain, wholly clear; then destroy the
         record's data key, after which no copy of its content (backups included) can be opened.
 
         Refused (409) under a legal hold; a second call finishes an erasure whose key deletion
@@ -673,8 +752,8 @@ class Repository:
             self.records.update_one({"_id": record}, {"$set": {"erased": erasure}, "$unset": {
                 "birth_date": "", "parents": "", "representative": "", "lacks_capacity": ""}}, session=session)
             for collection in (self.current, self.history):
-                collection.update_many({"record": record}, {"$set": {"erased": True}, "$unset": {"idx": ""}},
-                                       session=session)
+                collection.update_many({"record": record}, {"$set": {"erased": True},
+                                                             "$unset": {"idx": "", "nhs_token": ""}}, session=session)
             self._append(session, audit)
             return True
 
@@ -723,12 +802,26 @@ def _is_chain_race(exc: DuplicateKeyError) -> bool:
     return "audit" in str(exc)
 
 
+def is_nhs_number_race(exc: DuplicateKeyError) -> bool:
+    """Did the unique index on Patients' NHS number tokens refuse this write?"""
+    details = exc.details or {}
+    return "nhs_token" in (details.get("keyPattern") or {}) or NHS_NUMBER_INDEX in str(details.get("errmsg", exc))
+
+
+def _duplicate(exc: DuplicateKeyError, write: VersionWrite) -> FhirError:
+    """The 409 a write refused by a unique index gets: the NHS number's own answer (the same
+    as the early check's), or, for the same id created twice, that it exists."""
+    if is_nhs_number_race(exc):
+        return nhs_number_taken(nhs_numbers(write.resource) or ["(withheld)"])
+    return conflict(f"{write.type}/{write.id} already exists")
+
+
 def _search_filter(query: SearchQuery, visibility: Visibility, seal: Sealing | None = None) -> dict:
     seal = seal or Sealing(None)
     clauses: list[dict] = [{"type": query.resource_type}, {"erased": {"$exists": False}}]
     clauses.extend(_criterion_filter(c, seal) for c in query.criteria)
     if query.resource_type == "Subscription":
-        clauses.append({"owner": visibility.owner})
+        clauses.extend([{"owner": visibility.owner}, {"deleted": {"$exists": False}}])
     if not visibility.everything:
         clauses.append(_visibility_filter(visibility))
     return {"$and": clauses}

@@ -13,6 +13,8 @@ media store and transfer storage:
   §3.1.1.5.3; indexed, so an equality lookup), every substring up to `NGRAM` characters in
   `idx.<code>:grams` (`:contains`; a longer value must hold all its `NGRAM`-character windows),
   and the text as written in `idx.<code>:exact` (`:exact`).
+- `nhs_token` (Patients): the blind token of each NHS number (the same token identifier search
+  uses), under a unique partial index: one record per NHS number, even when two writes race.
 - audit entries: the body's `at`, `action`, `outcome`, `agent`, `resources`, `consent` and
   `checkpoint` stay clear (agent and time search, chain verification, anchoring); the rest
   (reason, source, details) is sealed into `body.sealed` as base64 text, *before* the entry is
@@ -30,6 +32,7 @@ from typing import Any, Iterable
 from bson.binary import Binary
 
 from ehcp_record.errors import FhirError
+from ehcp_record.fhir.identifiers import NHS_NUMBER_SYSTEM, nhs_numbers
 from ehcp_record.store.crypto import DIRECTORY_KEY, FieldCipher, KeyDestroyed, is_sealed
 from ehcp_record.store.versions import Version, VersionWrite
 
@@ -80,6 +83,8 @@ class Sealing:
             "res": write.resource, "idx": write.index, "hash": write.hash, "custodian": write.custodian,
         }
         doc.update(write.extra)
+        if write.type == "Patient":
+            doc["nhs_token"] = self.nhs_tokens(write.resource)
         if self.cipher is not None:
             try:
                 doc["res"] = self.cipher.seal(key_name(write.record), write.resource)
@@ -94,6 +99,9 @@ class Sealing:
         updated = doc["updated"]
         if updated.tzinfo is None:
             updated = updated.replace(tzinfo=timezone.utc)
+        if doc.get("deleted"):  # a delete marker holds nothing to open
+            return Version(doc["type"], doc["rid"], doc["vid"], updated, {}, None, None, "", doc.get("owner"),
+                           doc.get("owner_actor"), deleted=True)
         resource = self.open(doc["res"], f"{doc['type']}/{doc['rid']}")
         return Version(doc["type"], doc["rid"], doc["vid"], updated, resource, doc.get("record"),
                        doc.get("section"), doc.get("hash", ""), doc.get("owner"), doc.get("owner_actor"))
@@ -135,6 +143,16 @@ class Sealing:
             else:
                 out[name] = values
         return out
+
+    def nhs_tokens(self, patient: dict) -> list[Binary] | None:
+        """What the unique index on `nhs_token` holds for a Patient (None: it has no NHS number,
+        and is not in that index). With no cipher (the clear baseline) the `system|value` bytes."""
+        keys = [f"{NHS_NUMBER_SYSTEM}|{value}" for value in nhs_numbers(patient)]
+        if not keys:
+            return None
+        if self.cipher is None:
+            return [Binary(key.encode("utf-8")) for key in keys]
+        return self._distinct(self.token_values("idx.identifier", keys))
 
     @staticmethod
     def _distinct(tokens: Iterable[Binary]) -> list[Binary]:

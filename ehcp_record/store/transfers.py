@@ -16,8 +16,12 @@ from pymongo.client_session import ClientSession
 from pymongo.errors import DuplicateKeyError
 
 from ehcp_record.errors import conflict
-from ehcp_record.store.repository import Repository
+from ehcp_record.store.repository import Repository, is_nhs_number_race
 from ehcp_record.store.versions import AuditAppend, ImportedRecord, VersionWrite  # noqa: F401
+
+
+def key_of(write: VersionWrite) -> str:
+    return f"{write.type}/{write.id}"
 
 
 class TransferStore:
@@ -72,7 +76,16 @@ class TransferStore:
             if key not in latest or latest[key].vid < write.vid:
                 latest[key] = write
         for write in latest.values():
-            self.repo.current.insert_one(self.repo.seal.envelope(write), session=session)
+            try:
+                self.repo.current.insert_one(self.repo.seal.envelope(write), session=session)
+            except DuplicateKeyError as exc:
+                if not is_nhs_number_race(exc):
+                    raise
+                # One record per NHS number holds here too: a child already recorded on this
+                # deployment under another record is not imported a second time beside it.
+                raise conflict("this deployment already holds another record of the child with the NHS number of the "
+                               f"transferred {key_of(write)}; nothing was imported: the two local authorities must "
+                               "reconcile the records before the transfer is sent again", "duplicate") from None
 
     # --- sending ------------------------------------------------------------------------
 

@@ -25,6 +25,8 @@ class Version:
     hash: str
     owner: str | None = None  # Subscriptions: who created it (issuer|subject)
     owner_actor: dict | None = None
+    #: a delete marker (R4 http §3.1.0.7.1: a deleted Subscription's last version): no content
+    deleted: bool = False
 
 
 @dataclass

@@ -125,7 +125,7 @@ def test_a_subscriber_switches_off_and_an_end_date_ends_it(api, world):
     assert off.status_code == 200 and off.json()["status"] == "off"
     assert api.get(f"/fhir/Subscription/{created['id']}", school).json()["status"] == "off"
     ended = api.post("/fhir/Subscription", dict(_subscription(child), end="2020-01-01T00:00:00Z"), school).json()
-    assert ended["status"] == "active"
+    assert ended["status"] == "off"  # its end has passed: the server turned it off at once
     time.sleep(0.3)  # the subscriptions cache follows a change stream
     api.post("/fhir/DocumentReference", advice(child, "K"), api.la())
     time.sleep(0.8)
@@ -171,3 +171,153 @@ def test_an_endpoint_that_keeps_failing_puts_the_subscription_in_error_until_its
     api.post("/fhir/DocumentReference", advice(child, "K"), api.la())
     assert len(_calls(FAILURES_BEFORE_ERROR + 1)) == FAILURES_BEFORE_ERROR + 1
     assert failing.call_count == FAILURES_BEFORE_ERROR
+
+
+@responses.activate
+def test_an_end_date_passing_stops_notifications_and_turns_it_off(api, world):
+    """R4 Subscription.end, "the time for the server to turn the subscription off": notified
+    before it, nothing after it, and the first change after it stores `off` (version 2)."""
+    from datetime import datetime, timedelta, timezone
+
+    _, child, _ = world
+    responses.add_passthru(api.base)
+    responses.add(responses.POST, HOOK, status=200)
+    school = api.token("school", "Organization/school-1")
+    end = datetime.now(timezone.utc) + timedelta(seconds=2)
+    created = api.post("/fhir/Subscription", dict(_subscription(child), end=end.isoformat(timespec="seconds")),
+                       school).json()
+    assert created["status"] == "active"
+    time.sleep(0.3)  # the subscriptions cache follows a change stream
+    api.post("/fhir/DocumentReference", advice(child, "K"), api.la())
+    assert len(_calls(1)) == 1
+    time.sleep(max(0.0, (end - datetime.now(timezone.utc)).total_seconds()) + 1.1)
+    api.post("/fhir/DocumentReference", advice(child, "K"), api.la())
+    url = f"/fhir/Subscription/{created['id']}"
+    deadline = time.monotonic() + 5
+    while api.get(url, school).json()["status"] != "off" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    now = api.get(url, school).json()
+    assert now["status"] == "off" and now["meta"]["versionId"] == "2"
+    assert len(_calls(2, 0.5)) == 1
+
+
+def _audit(api, **query) -> list[dict]:
+    """The directory chain's entries (Subscriptions are no child's record)."""
+    clauses = {"record": "ehcp-directory", **{f"body.{k}": v for k, v in query.items()}}
+    return list(api.services.repo.audit.find(clauses))
+
+
+@responses.activate
+def test_the_owner_deletes_a_subscription_and_keeps_its_history(api, world):
+    """FHIR R4 delete (http §3.1.0.7): 200, then read is 410, earlier versions stay readable,
+    `_history` shows the DELETE, search no longer finds it and nothing more is delivered."""
+    record, child, _ = world
+    responses.add_passthru(api.base)
+    responses.add(responses.POST, HOOK, status=200)
+    school = api.token("school", "Organization/school-1")
+    created = api.post("/fhir/Subscription", _subscription(child), school).json()
+    url = f"/fhir/Subscription/{created['id']}"
+    changed = api.put(url, dict(created, reason="SENCo alerts, renamed"), school, **{"If-Match": 'W/"1"'})
+    assert changed.status_code == 200
+    time.sleep(0.3)  # the subscriptions cache follows a change stream
+    api.post("/fhir/DocumentReference", advice(child, "K"), api.la())
+    assert len(_calls(1)) == 1  # it notifies while it exists
+
+    stale = api.session.delete(api.base + url, headers=api.headers(school, **{"If-Match": 'W/"1"'}))
+    assert stale.status_code == 412
+    deleted = api.delete(url, school)
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.headers["ETag"] == 'W/"3"' and "deleted" in deleted.json()["issue"][0]["diagnostics"]
+
+    gone = api.get(url, school)
+    assert gone.status_code == 410 and gone.json()["issue"][0]["code"] == "deleted"
+    assert api.get(f"{url}/_history/1", school).json()["reason"] == "school SENCo alerts"
+    assert api.get(f"{url}/_history/2", school).json()["reason"] == "SENCo alerts, renamed"
+    assert api.get(f"{url}/_history/3", school).status_code == 410
+    history = api.get(f"{url}/_history", school).json()
+    assert history["total"] == 3
+    assert [e["request"]["method"] for e in history["entry"]] == ["DELETE", "PUT", "POST"]
+    assert "resource" not in history["entry"][0] and history["entry"][0]["request"]["url"] == f"Subscription/{created['id']}"
+    by_type = api.get("/fhir/Subscription/_history", school).json()
+    assert any(e["request"]["method"] == "DELETE" and e["fullUrl"].endswith(url) for e in by_type["entry"])
+    assert api.get(f"/fhir/Subscription?_id={created['id']}", school).json()["total"] == 0
+    assert created["id"] not in api.get("/fhir/Subscription", school).text
+    resurrect = api.put(url, dict(created, reason="again"), school, **{"If-Match": 'W/"3"'})
+    assert resurrect.status_code == 410
+
+    again = api.delete(url, school)
+    assert again.status_code == 200 and "already deleted" in again.json()["issue"][0]["diagnostics"]
+    assert api.get(f"{url}/_history", school).json()["total"] == 3  # a repeat delete changes nothing
+    assert len(_audit(api, action="delete", outcome="permit", **{"resources.ref": f"{url[6:]}/_history/3"})) == 1
+
+    api.post("/fhir/DocumentReference", advice(child, "K"), api.la())
+    time.sleep(0.8)
+    assert len(_calls(2, 0.5)) == 1  # nothing is delivered to a deleted subscription
+
+
+def test_only_its_owner_deletes_a_subscription_anyone_else_gets_the_404_of_a_missing_one(api, world):
+    """Hidden equals missing (access/scoped.py): another family's parent deleting a parent's
+    subscription gets exactly the 404 of an id that does not exist, the refusal is audited
+    once, and the subscription is unchanged."""
+    from tests.e2e.plan_builders import parent
+
+    record, child, _ = world
+    mum = record["parent_token"]
+    created = api.post("/fhir/Subscription", dict(_subscription(child), reason="mum's alerts"), mum)
+    assert created.status_code == 201, created.text
+    subscription = created.json()["id"]
+    other_child = api.new_child()
+    stranger = api.post("/fhir/RelatedPerson", parent(other_child["id"], "Kim"), api.la()).json()
+    other_parent = api.token("parent", None, fhir_user=f"RelatedPerson/{stranger['id']}")
+
+    refused = api.delete(f"/fhir/Subscription/{subscription}", other_parent)
+    missing = api.delete("/fhir/Subscription/no-such-subscription", other_parent)
+    assert refused.status_code == missing.status_code == 404
+    assert refused.json() == {**missing.json(), "issue": [dict(missing.json()["issue"][0], diagnostics=(
+        missing.json()["issue"][0]["diagnostics"].replace("no-such-subscription", subscription)))]}
+    denials = _audit(api, outcome="deny", **{"resources.ref": f"Subscription/{subscription}"})
+    assert len(denials) == 1 and denials[0]["body"]["agent"]["fhirUser"] == f"RelatedPerson/{stranger['id']}"
+    mine = api.get(f"/fhir/Subscription/{subscription}", mum)
+    assert mine.status_code == 200 and mine.json()["meta"]["versionId"] == "1"
+
+
+def test_delete_is_for_subscriptions_only_and_never_conditional(api, world):
+    _, child, _ = world
+    school = api.token("school", "Organization/school-1")
+    refused = api.delete(f"/fhir/Patient/{child}", api.la())
+    assert refused.status_code == 405 and "never deleted" in refused.json()["issue"][0]["diagnostics"]
+    conditional = api.delete("/fhir/Subscription?status=active", school)
+    assert conditional.status_code == 405
+    assert "DELETE /fhir/Subscription/{id}" in conditional.json()["issue"][0]["diagnostics"]
+    assert api.delete("/fhir/Condition?code=x", api.la()).status_code == 405
+    assert api.get(f"/fhir/Subscription?status=active", school).status_code == 200  # nothing was deleted
+    capability = api.get("/fhir/metadata").json()
+    interactions = {r["type"]: {i["code"] for i in r["interaction"]} for r in capability["rest"][0]["resource"]}
+    assert "delete" in interactions["Subscription"]
+    assert [t for t, codes in interactions.items() if "delete" in codes] == ["Subscription"]
+
+
+def test_another_process_forgets_a_deleted_subscription(api, world):
+    """Every API process keeps the active subscriptions in memory, kept in step by a change
+    stream (store/subscriptions.py): a second cache on the same database, as another process
+    holds, drops the subscription within moments of its delete."""
+    from ehcp_record.store.subscriptions import SubscriptionCache
+
+    _, child, _ = world
+    school = api.token("school", "Organization/school-1")
+    created = api.post("/fhir/Subscription", _subscription(child), school).json()
+    repo = api.services.repo
+    elsewhere = SubscriptionCache(repo.current, repo._version)
+    try:
+        def known() -> bool:
+            return created["id"] in {v.id for v in elsewhere.active({"DocumentReference"})}
+
+        assert known()
+        time.sleep(0.5)  # its change stream is open and loaded
+        assert api.delete(f"/fhir/Subscription/{created['id']}", school).status_code == 200
+        deadline = time.monotonic() + 5
+        while known() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not known()
+    finally:
+        elsewhere.close()

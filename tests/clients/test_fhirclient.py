@@ -11,6 +11,7 @@ from fhirclient import client as smart_client  # noqa: E402
 from fhirclient.models.bundle import Bundle  # noqa: E402
 from fhirclient.models.condition import Condition  # noqa: E402
 from fhirclient.models.patient import Patient  # noqa: E402
+from fhirclient.models.subscription import Subscription  # noqa: E402
 from fhirclient.server import FHIRNotFoundException  # noqa: E402
 
 from tests.clients.conftest import child_body  # noqa: E402
@@ -98,3 +99,17 @@ def test_history_and_missing(smart):
     assert Bundle.read_from("_history?_count=5", smart.server).type == "history"
     with pytest.raises(FHIRNotFoundException):
         Patient.read(f"missing-{unique()}", smart.server)
+
+
+def test_an_owner_deletes_a_subscription(smart):
+    """fhirclient's `delete(server)` on the created model; the read after it is 410 Gone."""
+    import requests
+
+    body = {"resourceType": "Subscription", "status": "requested", "reason": "LA alerts",
+            "criteria": "Condition?category=B",
+            "channel": {"type": "rest-hook", "endpoint": "https://hooks.la-866.example/ehcp"}}
+    created = Subscription(Subscription(body).create(smart.server))
+    created.delete(smart.server)
+    with pytest.raises(requests.HTTPError) as caught:
+        Subscription.read(created.id, smart.server)
+    assert caught.value.response.status_code == 410

@@ -158,3 +158,18 @@ def test_repeat_read_is_not_modified(client):
 
 
 from fhirpy.base.searchset import Raw  # noqa: E402
+
+
+def test_an_owner_deletes_a_subscription(client):
+    """fhirpy's `delete()`: 200, then the read is 410 (fhirpy's ResourceNotFound)."""
+    from fhirpy.base.exceptions import ResourceNotFound
+
+    subscription = client.resource("Subscription", status="requested", reason="LA alerts",
+                                   criteria="Condition?category=B",
+                                   channel={"type": "rest-hook", "endpoint": "https://hooks.la-866.example/ehcp"})
+    subscription.save()
+    subscription.delete()
+    with pytest.raises(ResourceNotFound):
+        client.reference("Subscription", subscription.id).to_resource()
+    history = client.execute(f"Subscription/{subscription.id}/_history", method="get")
+    assert [e["request"]["method"] for e in history["entry"]] == ["DELETE", "POST"]

@@ -79,3 +79,13 @@ def test_document_and_collection():
     assert bundles.collection([]) == {"resourceType": "Bundle", "type": "collection", "entry": []}
     transfer = bundles.collection([], "t1", "2026-01-01T00:00:00.000Z", {"system": "urn:x", "value": "t1"})
     assert list(transfer) == ["resourceType", "id", "type", "timestamp", "identifier", "entry"]  # as transfer/remote.py
+
+
+def test_a_history_entry_of_a_delete_has_no_resource_and_the_delete_method():
+    from ehcp_record.fhir.bundles import history_entry
+
+    deleted = history_entry(None, "https://x.example/fhir", "Subscription", "s1", 3, "2026-01-01T00:00:00Z")
+    assert "resource" not in deleted and deleted["request"] == {"method": "DELETE", "url": "Subscription/s1"}
+    assert deleted["response"]["etag"] == 'W/"3"'
+    created = history_entry({"resourceType": "Subscription", "id": "s1"}, "https://x.example/fhir", "Subscription", "s1", 1)
+    assert created["request"] == {"method": "POST", "url": "Subscription"}

@@ -370,3 +370,16 @@ def test_deeply_nested_input_does_not_exhaust_the_stack():
     problems = identifier_problems(resource)
     assert len(problems) == 2
     assert problems[0] == ("Patient.identifier[0].value", "NHS number must be 10 digits")
+
+
+def test_nhs_numbers_of_a_patient_and_the_refusal_of_a_second_record():
+    from ehcp_record.fhir.identifiers import NHS_NUMBER_SYSTEM, nhs_number_taken, nhs_numbers
+
+    patient = {"resourceType": "Patient", "identifier": [
+        {"system": NHS_NUMBER_SYSTEM, "value": "9434765919"}, {"system": "urn:other", "value": "x"},
+        {"system": NHS_NUMBER_SYSTEM, "value": "9434765919"}]}
+    assert nhs_numbers(patient) == ["9434765919"]
+    assert nhs_numbers(dict(patient, resourceType="RelatedPerson")) == []
+    error = nhs_number_taken(["9434765919"])
+    assert (error.status, error.code, error.expression) == (409, "duplicate", ["Patient.identifier"])
+    assert error.diagnostics.startswith("a child with NHS number 9434765919 is already recorded")
