@@ -121,6 +121,21 @@ def backbone_names(type_name: str, paths: list[str]) -> dict[str, str]:
     return names
 
 
+
+#: XML Schema's \\s is exactly space, tab, CR and LF (XML Schema 1.0 part 2, F.1.1); a JSON
+#: Schema (ECMA-262) \\s also takes Unicode spaces such as U+00A0, which would refuse a
+#: no-break space pasted into a parent's text. The FHIR regexes are written for XML Schema.
+_XSD_SPACE, _XSD_NOT_SPACE = "[ \\t\\n\\r]", "[^ \\t\\n\\r]"
+
+
+def xsd_regex(regex: str) -> str:
+    """A FHIR primitive's regex (XML Schema syntax) as an ECMA-262 pattern meaning the same."""
+    anything = "\0"  # string's [ \\r\\n\\t\\S]: space, CR, LF, tab or any other character
+    regex = regex.replace("[ \\r\\n\\t\\S]", anything).replace("[^\\s]", _XSD_NOT_SPACE)
+    regex = regex.replace("\\S", _XSD_NOT_SPACE).replace("\\s", _XSD_SPACE)
+    return regex.replace(anything, "[\\s\\S]")
+
+
 class Generator:
     def __init__(self, sds: dict[str, dict]):
         self.sds = sds
@@ -152,7 +167,7 @@ class Generator:
         regex = next((x["valueString"] for t in value.get("type", []) for x in t.get("extension", [])
                       if x["url"] == REGEX), None)
         if regex and json_type == "string":
-            schema["pattern"] = f"^(?:{regex})$"
+            schema["pattern"] = f"^(?:{xsd_regex(regex)})$"
         if type_name in BOUNDS:
             schema["minimum"], schema["maximum"] = BOUNDS[type_name]
         if type_name in FORMATS:

@@ -30,7 +30,7 @@ def tasks_of(api, child_id: str) -> int:
 @pytest.mark.parametrize("values, status, words", [
     ({"requester": "school"}, 400, "'received'"),
     ({"received": "2999-01-01", "requester": "school"}, 400, "in the future"),
-    ({"received": "2026-13-45", "requester": "school"}, 400, "is not a date"),
+    ({"received": "2026-13-45", "requester": "school"}, 400, "is not a valid date"),
     ({"received": "2026-01-05", "requester": "neighbour"}, 400, "ehcp-requester"),
     ({"received": "2026-01-05", "requester": "school", "surprise": "x y"}, 400, "not known here"),
 ])

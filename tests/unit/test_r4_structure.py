@@ -123,6 +123,18 @@ def test_calendar_and_pattern_problems_in_plain_words():
         "(a date, or a date and time with a time zone, e.g. 2025-04-01T09:30:00Z)"]
 
 
+def test_white_space_is_xml_schema_white_space():
+    """FHIR's regexes are XML Schema's: there \\s is only space, tab, CR and LF, so a no-break
+    space or an ideographic space (pasted from a word processor) is ordinary text in a string
+    and in a code, while a code still may not start with a space nor a uri hold one."""
+    text = "Reads aloud\u00a0with support\u3000at home\u2028daily"
+    parse_resource(goal(description={"text": text}, note=[{"text": "\u00a0"}]))
+    parse_resource(goal(lifecycleStatus="active", category=[{"coding": [{"code": "a\u00a0b"}]}]))
+    found = outcome(goal(category=[{"coding": [{"code": " leading", "system": "urn:a b"}]}]))
+    assert [i["expression"] for i in found] == [["Goal.category[0].coding[0].code"],
+                                                ["Goal.category[0].coding[0].system"]]
+
+
 def test_one_issue_per_element():
     """A date both malformed and impossible is one problem, said once."""
     assert [i["expression"] for i in outcome({"resourceType": "Patient", "birthDate": "2026-02-30x"})] == \
