@@ -15,8 +15,10 @@ Settings (schools) are named by URN only when at least `banding.SMALL_SETTING` c
 the extract attend them; otherwise the row says only the setting type. A school folded once is
 named again only at the next full rebuild; one that shrinks is folded at once.
 
-The same files are what a national warehouse loads: `export(recipient, directory)` writes a
-copy whose pseudonyms are the recipient's own (pseudonym.py).
+These files are internal: the Measures are evaluated over them inside the deployment, and they
+never leave it. What leaves is `export(recipient, directory)`: every ended year cut once and
+made k-anonymous (release.py), with pseudonyms unlinkable across tables and years and the
+recipient's own (pseudonym.py). That release is what a national warehouse loads.
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ehcp_record.analytics.banding import SMALL_SETTING, la_number
+from ehcp_record.analytics.disclosure import DEFAULT_THRESHOLD
 from ehcp_record.analytics.pseudonym import Pseudonymiser
+from ehcp_record.analytics.release import anonymise, load_policy, period_year
 from ehcp_record.analytics.rows import INTEGER_COLUMNS, LA_NUMBER_SYSTEM, TABLES, child_rows
 
 
@@ -199,17 +203,69 @@ class Extract:
 
     # --- handing over ----------------------------------------------------------------
 
-    def export(self, recipient: str, directory: Path) -> dict[str, Path]:
-        """The extract for one recipient: the same rows, the recipient's own pseudonyms."""
+    def export(self, recipient: str, directory: Path, k: int = DEFAULT_THRESHOLD) -> dict[str, Path]:
+        """A release for one recipient: every calendar year that has ended, each cut once and
+        k-anonymous (release.py), with the recipient's own pseudonyms. The year still running
+        is not released (its rows change daily: two exports would differ by a few children)."""
+        years = self.released_years(k)
         directory.mkdir(parents=True, exist_ok=True)
         written = {}
-        for table, data in self._tables().items():
+        for table in TABLES:
+            parts = [cut[table] for cut in years.values()]
+            data = pa.concat_tables(parts) if parts else schema(table).empty_table()
             mapped = pa.array([self.pseudonyms.for_recipient(c, recipient) for c in data.column("child").to_pylist()],
                               pa.string())
             data = data.set_column(data.schema.get_field_index("child"), "child", mapped)
             written[table] = directory / f"{table}.parquet"
             pq.write_table(data, written[table], compression="zstd")
+        summary = {"k": k, "years": sorted(years), "tables": {
+            str(year): json.loads((self._release_dir(k, year) / "release.json").read_text(encoding="utf-8"))["tables"]
+            for year in years}}
+        (directory / "release.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
         return written
+
+    def _release_dir(self, k: int, year: int) -> Path:
+        return self.root / "releases" / f"k{k}" / "extract" / str(year)
+
+    def released_years(self, k: int = DEFAULT_THRESHOLD) -> dict[int, dict[str, pa.Table]]:
+        """Every ended year's cut, made now if it was never made, else read back as it was:
+        a year is released once, so two exports (or two recipients) never differ by a child
+        recorded late, erased, or moved since (differencing, docs/analytics.md)."""
+        with self._exclusive(wait=True):
+            internal = self._tables()
+            found = {}
+            for year in self._ended_years(internal):
+                place = self._release_dir(k, year)
+                if not (place / "release.json").exists():
+                    self._cut(internal, year, k, place)
+                found[year] = {t: pq.read_table(place / f"{t}.parquet", schema=schema(t)) for t in TABLES}
+            return found
+
+    def _ended_years(self, internal: dict[str, pa.Table]) -> list[int]:
+        years: set[int] = set()
+        for table, data in internal.items():
+            policy = load_policy().tables[table]
+            column = data.column(policy.period).to_pylist()
+            years |= {int(v) if policy.period == "year" else int(str(v)[:4]) for v in column if v is not None}
+        return sorted(y for y in years if y < self.today().year)
+
+    def _cut(self, internal: dict[str, pa.Table], year: int, k: int, place: Path) -> None:
+        policy = load_policy()
+        staging = place.with_name(f".{year}.{os.getpid()}.tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        summary = {}
+        for table in TABLES:
+            rules = policy.tables[table]
+            rows = [dict(r, child=self.pseudonyms.for_release(str(r["child"]), table, year))
+                    for r in internal[table].to_pylist() if period_year(rules, r) == year]
+            cut = anonymise(policy, rules, rows, k)
+            pq.write_table(pa.Table.from_pylist(cut.rows, schema=schema(table)), staging / f"{table}.parquet",
+                           compression="zstd")
+            summary[table] = cut.summary()
+        (staging / "release.json").write_text(json.dumps({"year": year, "k": k, "tables": summary}, indent=1),
+                                              encoding="utf-8")
+        os.replace(staging, place)
 
 
 def _local_authorities(directory: dict[str, dict]) -> dict[str, str]:
