@@ -8,7 +8,10 @@ reader (DuckDB in measures.py) always sees one consistent set of files; the gene
 stays for readers still on it.
 
 Incremental: only records the feed reports changed since the resume point are rebuilt (their
-rows dropped by pseudonym and made again). Open clocks are judged as of the day, so the first
+rows dropped by pseudonym and made again), and those whose custody changed since the last build
+(`custody.parquet` beside the tables: erased, transferred out, moved to another LA) or that are
+gone: an erased record's rows leave at the next refresh, a record transferred out keeps only
+its `transfers` row (the sending LA's duty, reg 15). Open clocks are judged as of the day, so the first
 refresh of a new day rebuilds everything, as does `refresh(full=True)`.
 
 Settings (schools) are named by URN only when at least `banding.SMALL_SETTING` children in
@@ -58,6 +61,8 @@ class Feed(Protocol):
 
     def changed_records(self, since: datetime | None) -> tuple[list[str], datetime | None]: ...
 
+    def custody(self) -> dict[str, str]: ...
+
     def snapshots(self, records: list[str]) -> Iterator[Snapshot]: ...
 
     def directory(self) -> dict[str, dict]: ...
@@ -84,6 +89,7 @@ class Extract:
         self.pseudonyms = pseudonyms
         self.today = today
         self._lock = threading.Lock()
+        self._pseudonyms: dict[str, str] = {}
 
     # --- reading ---------------------------------------------------------------------
 
@@ -137,20 +143,48 @@ class Extract:
             full = full or manifest is None or manifest.get("as_of") != today.isoformat()
             since = None if full else datetime.fromisoformat(manifest["resume"]) if manifest.get("resume") else None
             records, newest = self.feed.changed_records(since)
+            custody = {self._own(r): state for r, state in self.feed.custody().items()}
+            records, gone = self._custody_changes(records, custody, full)
             directory = self.feed.directory()
             fresh = self._rows_of(records, directory, today)
-            tables = self._merged(fresh, {self.pseudonyms.own(r) for r in records}, full)
-            generation = self._write(tables, newest, today, _local_authorities(directory))
+            tables = self._merged(fresh, {self._own(r) for r in records} | gone, full)
+            generation = self._write(tables, newest, today, _local_authorities(directory), custody)
             return RefreshReport(generation, len(records), full, time.perf_counter() - started,
                                  {t: tables[t].num_rows for t in TABLES})
+
+    def _own(self, record: str) -> str:
+        """The record's pseudonym, remembered (every refresh compares every record's custody)."""
+        found = self._pseudonyms.get(record)
+        if found is None:
+            found = self._pseudonyms[record] = self.pseudonyms.own(record)
+        return found
+
+    def _custody_changes(self, records: list[str], custody: dict[str, str], full: bool) -> tuple[list[str], set[str]]:
+        """The records to rebuild (changed resources, or custody changed since the last build:
+        erased, transferred out, moved to another LA) and the pseudonyms of records gone."""
+        if full:
+            return records, set()
+        before = self._custody()
+        by_pseudonym = {pseudonym: record for record, pseudonym in self._pseudonyms.items()}
+        moved = {by_pseudonym[p] for p, state in custody.items() if p in before and before[p] != state}
+        return sorted(set(records) | moved), set(before) - set(custody)
+
+    def _custody(self) -> dict[str, str]:
+        files = self.files()
+        path = files and files["plan_years"].with_name("custody.parquet")
+        if not path or not path.exists():
+            return {}
+        table = pq.read_table(path)
+        return dict(zip(table.column("child").to_pylist(), table.column("state").to_pylist()))
 
     def _rows_of(self, records: list[str], directory: dict[str, dict], today: date) -> dict[str, list[dict]]:
         """The de-identified rows of these records, table by table (rows.py)."""
         fresh: dict[str, list[dict]] = {t: [] for t in TABLES}
         for snapshot in self.feed.snapshots(records):
-            rows = child_rows(self.pseudonyms.own(snapshot.record), snapshot.custodian, snapshot.resources,
-                              directory, today)
+            rows = child_rows(self._own(snapshot.record), snapshot.custodian, snapshot.resources, directory, today)
             for table, items in rows.tables.items():
+                if snapshot.transferred_out and table != "transfers":
+                    continue  # the record now lives with the new LA's deployment; only the sending is ours
                 fresh[table].extend(items)
         return fresh
 
@@ -166,7 +200,8 @@ class Extract:
         merged["plan_years"] = _fold_small_settings(merged["plan_years"])
         return merged
 
-    def _write(self, tables: dict[str, pa.Table], resume: datetime | None, today: date, las: dict[str, str]) -> str:
+    def _write(self, tables: dict[str, pa.Table], resume: datetime | None, today: date, las: dict[str, str],
+               custody: dict[str, str]) -> str:
         manifest = self.manifest() or {}
         number = int(str(manifest.get("generation", "gen-0")).split("-")[1]) + 1
         generation = f"gen-{number:06d}"
@@ -174,6 +209,8 @@ class Extract:
         directory.mkdir(parents=True, exist_ok=True)
         for table, data in tables.items():
             pq.write_table(data, directory / f"{table}.parquet", compression="zstd")
+        pq.write_table(pa.table({"child": list(custody), "state": list(custody.values())}),
+                       directory / "custody.parquet", compression="zstd")  # internal: never exported
         body = {"generation": generation, "resume": resume.isoformat() if resume else None,
                 "as_of": today.isoformat(), "built": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "rows": {t: tables[t].num_rows for t in TABLES}, "local_authorities": las}

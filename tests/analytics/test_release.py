@@ -206,3 +206,52 @@ def test_a_child_recorded_late_is_not_found_by_differencing_two_exports(released
         db.records.delete_one({"_id": newcomer.record})
         extract.refresh()
         feed.overlap = overlap
+
+
+# --------------------------------------------------------------------------- erasure and transfer
+
+def _rows_of(extract, record: str) -> dict[str, int]:
+    own = extract.pseudonyms.own(record)
+    return {t: pq.read_table(p).filter(pa.compute.equal(pq.read_table(p).column("child"), own)).num_rows
+            for t, p in extract.files().items()}
+
+
+def test_an_erased_or_transferred_childs_rows_leave_at_the_next_incremental_refresh(cohort_api):
+    """$erase marks documents without touching their `updated`, a transfer changes custody: the
+    incremental refresh (not only the next full rebuild) must still drop their earlier rows."""
+    api, cohort = cohort_api
+    extract = api.services.analytics.extract
+    with_plans = [c for c in cohort.facts if c.start.year < cohort.as_of.year - 1 and not c.ceased]
+    moved, away = with_plans[-1], next(c for c in reversed(with_plans) if c.transfer)
+    erased = ChildFacts(**{**with_plans[-2].__dict__, "record": "d" * 8 + "-0000-4000-8000-" + "c" * 12})
+    feed = extract.feed
+    overlap, feed.overlap = feed.overlap, timedelta(0)
+    db = api.services.repo.db  # a child of its own to erase: the cohort stays whole for the other tests
+    db.current.insert_many([_envelope(r, erased.record, erased.custodian, api.services.records.clock())
+                            for r in resources(erased)])
+    db.records.insert_one({"_id": erased.record, "custodian": erased.custodian, "parents": []})
+    try:
+        extract.refresh()  # up to date: what follows is the only change
+        assert _rows_of(extract, erased.record)["plan_years"] >= 2
+        response = api.post(f"/fhir/Patient/{erased.record}/$erase",
+                            {"resourceType": "Parameters", "parameter": [{"name": "reason", "valueString": "test"}]},
+                            api.token("la", erased.custodian))
+        assert response.status_code == 200, response.text
+        other = "Organization/la-855" if moved.custodian == "Organization/la-866" else "Organization/la-866"
+        db.records.update_one({"_id": moved.record}, {"$set": {"custodian": other}})  # a transfer within the deployment
+        db.records.update_one({"_id": away.record}, {"$set": {"transferred_out": True}})  # acknowledged by another
+        report = extract.refresh()
+        assert not report.full and report.records_rebuilt == 3
+        assert set(_rows_of(extract, erased.record).values()) == {0}
+        years = pq.read_table(extract.files()["plan_years"]).to_pylist()
+        own = extract.pseudonyms.own(moved.record)
+        assert {r["la"] for r in years if r["child"] == own} == {LA_NUMBER[other]}
+        left = _rows_of(extract, away.record)
+        assert left["transfers"] == 1 and sum(left.values()) == 1
+    finally:
+        db.current.delete_many({"record": erased.record})
+        db.records.delete_one({"_id": erased.record})
+        db.records.update_one({"_id": moved.record}, {"$set": {"custodian": moved.custodian}})
+        db.records.update_one({"_id": away.record}, {"$unset": {"transferred_out": ""}})
+        extract.refresh()
+        feed.overlap = overlap
