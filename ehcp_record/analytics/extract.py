@@ -54,6 +54,7 @@ class Snapshot(Protocol):
     custodian: str | None
     transferred_out: bool
     resources: tuple[dict, ...]
+    history: tuple[dict, ...]
 
 
 class Feed(Protocol):
@@ -181,7 +182,8 @@ class Extract:
         """The de-identified rows of these records, table by table (rows.py)."""
         fresh: dict[str, list[dict]] = {t: [] for t in TABLES}
         for snapshot in self.feed.snapshots(records):
-            rows = child_rows(self._own(snapshot.record), snapshot.custodian, snapshot.resources, directory, today)
+            rows = child_rows(self._own(snapshot.record), snapshot.custodian, snapshot.resources, directory, today,
+                              snapshot.history)
             for table, items in rows.tables.items():
                 if snapshot.transferred_out and table != "transfers":
                     continue  # the record now lives with the new LA's deployment; only the sending is ours

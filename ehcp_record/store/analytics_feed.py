@@ -40,10 +40,11 @@ class RecordSnapshot:
     custodian: str | None
     transferred_out: bool
     resources: tuple[dict, ...]
+    history: tuple[dict, ...] = ()  # earlier versions of its Goals: the progress each review recorded
 
 
 class AnalyticsFeed:
-    """Reads `current` and `records` (majority read concern); never writes."""
+    """Reads `current`, `records` and the Goals' `history` (majority read concern); never writes."""
 
     def __init__(self, db: Database, overlap: timedelta = OVERLAP,
                  opener: Callable[[Any, str], Any] = lambda value, what: value) -> None:
@@ -76,10 +77,14 @@ class AnalyticsFeed:
             for doc in self._db.current.find({"record": {"$in": batch}, "type": {"$in": list(PLAN_TYPES)},
                                               "erased": {"$exists": False}}, {"record": 1, "res": 1}):
                 grouped[doc["record"]].append(self._open(doc["res"], doc["_id"]))
+            earlier: dict[str, list[dict]] = {record: [] for record in batch}
+            for doc in self._db.history.find({"record": {"$in": batch}, "type": "Goal", "erased": {"$exists": False}},
+                                             {"record": 1, "res": 1}):
+                earlier[doc["record"]].append(self._open(doc["res"], doc["_id"]))
             for record in batch:
                 state = states.get(record, {})
                 yield RecordSnapshot(record, state.get("custodian"), bool(state.get("transferred_out")),
-                                     tuple(grouped[record]))
+                                     tuple(grouped[record]), tuple(earlier[record]))
 
     def custody(self) -> dict[str, str]:
         """Every record's custody as one comparable string (custodian, transferred out, erased).
