@@ -180,7 +180,7 @@ def test_dashboard_serves_partnership_staff_any_la_and_no_record(cohort_api):
     """A partnership's administrator links a member of staff (role `partnership`): signed in,
     they see the dashboard for the LA they name, and their role reads no child's record."""
     api, cohort = cohort_api
-    browser = staff_browser(api, "partnership", "Organization/dfe", "casey-professional")
+    browser = staff_browser(api, "partnership", "Organization/dfe", "alex-parent")  # a person of no other link
     assert browser.get(api.base + "/dashboard", timeout=10).status_code == 200
     missing = browser.get(api.base + "/dashboard/reports?year=2025", timeout=30)
     assert missing.status_code == 400 and "'subject'" in missing.json()["issue"][0]["diagnostics"]
