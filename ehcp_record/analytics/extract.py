@@ -273,10 +273,12 @@ class Extract:
         with self._exclusive(wait=True):
             internal = self._tables()
             found = {}
+            by_year: dict[int, dict[str, list[dict]]] | None = None
             for year in self._ended_years(internal):
                 place = self._release_dir(k, year)
                 if not (place / "release.json").exists():
-                    self._cut(internal, year, k, place)
+                    by_year = by_year if by_year is not None else _rows_by_year(internal)
+                    self._cut(by_year.get(year, {}), year, k, place)
                 found[year] = {t: pq.read_table(place / f"{t}.parquet", schema=schema(t)) for t in TABLES}
             return found
 
@@ -288,23 +290,34 @@ class Extract:
             years |= {int(v) if policy.period == "year" else int(str(v)[:4]) for v in column if v is not None}
         return sorted(y for y in years if y < self.today().year)
 
-    def _cut(self, internal: dict[str, pa.Table], year: int, k: int, place: Path) -> None:
+    def _cut(self, rows_of_year: dict[str, list[dict]], year: int, k: int, place: Path) -> None:
         policy = load_policy()
         staging = place.with_name(f".{year}.{os.getpid()}.tmp")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         summary = {}
         for table in TABLES:
-            rules = policy.tables[table]
             rows = [dict(r, child=self.pseudonyms.for_release(str(r["child"]), table, year))
-                    for r in internal[table].to_pylist() if period_year(rules, r) == year]
-            cut = anonymise(policy, rules, rows, k)
+                    for r in rows_of_year.get(table, [])]
+            cut = anonymise(policy, policy.tables[table], rows, k)
             pq.write_table(pa.Table.from_pylist(cut.rows, schema=schema(table)), staging / f"{table}.parquet",
                            compression="zstd")
             summary[table] = cut.summary()
         (staging / "release.json").write_text(json.dumps({"year": year, "k": k, "tables": summary}, indent=1),
                                               encoding="utf-8")
         os.replace(staging, place)
+
+
+def _rows_by_year(internal: dict[str, pa.Table]) -> dict[int, dict[str, list[dict]]]:
+    """The internal rows as year -> table -> rows (a release is cut one year at a time)."""
+    policy = load_policy()
+    found: dict[int, dict[str, list[dict]]] = {}
+    for table, data in internal.items():
+        for row in data.to_pylist():
+            year = period_year(policy.tables[table], row)
+            if year is not None:
+                found.setdefault(year, {}).setdefault(table, []).append(row)
+    return found
 
 
 def _local_authorities(directory: dict[str, dict]) -> dict[str, str]:
