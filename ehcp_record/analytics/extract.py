@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 from ehcp_record.analytics.banding import SMALL_SETTING, la_number
 from ehcp_record.analytics.disclosure import DEFAULT_THRESHOLD
 from ehcp_record.analytics.pseudonym import Pseudonymiser
-from ehcp_record.analytics.release import anonymise, load_policy, period_year
+from ehcp_record.analytics.release import anonymise, load_policy
 from ehcp_record.analytics.rows import INTEGER_COLUMNS, LA_NUMBER_SYSTEM, TABLES, child_rows
 
 
@@ -178,26 +178,29 @@ class Extract:
         table = pq.read_table(path)
         return dict(zip(table.column("child").to_pylist(), table.column("state").to_pylist()))
 
-    def _rows_of(self, records: list[str], directory: dict[str, dict], today: date) -> dict[str, list[dict]]:
-        """The de-identified rows of these records, table by table (rows.py)."""
-        fresh: dict[str, list[dict]] = {t: [] for t in TABLES}
+    def _rows_of(self, records: list[str], directory: dict[str, dict], today: date) -> dict[str, pa.Table]:
+        """The de-identified rows of these records, table by table (rows.py). Kept as columns
+        while they accumulate, not as a dict per row: half a million live dicts made each of
+        Python's full garbage collections longer, and the build super-linear."""
+        columns: dict[str, dict[str, list]] = {t: {c: [] for c in TABLES[t]} for t in TABLES}
         for snapshot in self.feed.snapshots(records):
             rows = child_rows(self._own(snapshot.record), snapshot.custodian, snapshot.resources, directory, today,
                               snapshot.history)
             for table, items in rows.tables.items():
                 if snapshot.transferred_out and table != "transfers":
                     continue  # the record now lives with the new LA's deployment; only the sending is ours
-                fresh[table].extend(items)
-        return fresh
+                for column, values in columns[table].items():
+                    values.extend(row.get(column) for row in items)
+        return {t: pa.Table.from_pydict(columns[t], schema=schema(t)) for t in TABLES}
 
-    def _merged(self, fresh: dict[str, list[dict]], changed: set[str], full: bool) -> dict[str, pa.Table]:
+    def _merged(self, fresh: dict[str, pa.Table], changed: set[str], full: bool) -> dict[str, pa.Table]:
         old = {t: schema(t).empty_table() for t in TABLES} if full else self._tables()
         merged = {}
         for table in TABLES:
             kept = old[table]
             if changed and kept.num_rows:
                 kept = kept.filter(pc.invert(pc.is_in(kept.column("child"), value_set=pa.array(sorted(changed)))))
-            new = pa.Table.from_pylist(fresh[table], schema=schema(table))
+            new = fresh[table]
             merged[table] = pa.concat_tables([kept, new]) if kept.num_rows else new
         merged["plan_years"] = _fold_small_settings(merged["plan_years"])
         return merged
@@ -252,9 +255,8 @@ class Extract:
         for table in TABLES:
             parts = [cut[table] for cut in years.values()]
             data = pa.concat_tables(parts) if parts else schema(table).empty_table()
-            mapped = pa.array([self.pseudonyms.for_recipient(c, recipient) for c in data.column("child").to_pylist()],
-                              pa.string())
-            data = data.set_column(data.schema.get_field_index("child"), "child", mapped)
+            data = data.set_column(data.schema.get_field_index("child"), "child",
+                                   _mapped(data.column("child"), lambda c: self.pseudonyms.for_recipient(c, recipient)))
             written[table] = directory / f"{table}.parquet"
             pq.write_table(data, written[table], compression="zstd")
         summary = {"k": k, "years": sorted(years), "tables": {
@@ -273,12 +275,10 @@ class Extract:
         with self._exclusive(wait=True):
             internal = self._tables()
             found = {}
-            by_year: dict[int, dict[str, list[dict]]] | None = None
             for year in self._ended_years(internal):
                 place = self._release_dir(k, year)
                 if not (place / "release.json").exists():
-                    by_year = by_year if by_year is not None else _rows_by_year(internal)
-                    self._cut(by_year.get(year, {}), year, k, place)
+                    self._cut({t: _of_year(t, data, year) for t, data in internal.items()}, year, k, place)
                 found[year] = {t: pq.read_table(place / f"{t}.parquet", schema=schema(t)) for t in TABLES}
             return found
 
@@ -297,8 +297,9 @@ class Extract:
         staging.mkdir(parents=True)
         summary = {}
         for table in TABLES:
-            rows = [dict(r, child=self.pseudonyms.for_release(str(r["child"]), table, year))
-                    for r in rows_of_year.get(table, [])]
+            pseudonym: dict[str, str] = {}  # a child's rows in a table-year share one
+            rows = [dict(r, child=pseudonym.get(r["child"]) or pseudonym.setdefault(
+                r["child"], self.pseudonyms.for_release(str(r["child"]), table, year))) for r in rows_of_year.get(table, [])]
             cut = anonymise(policy, policy.tables[table], rows, k)
             pq.write_table(pa.Table.from_pylist(cut.rows, schema=schema(table)), staging / f"{table}.parquet",
                            compression="zstd")
@@ -308,16 +309,19 @@ class Extract:
         os.replace(staging, place)
 
 
-def _rows_by_year(internal: dict[str, pa.Table]) -> dict[int, dict[str, list[dict]]]:
-    """The internal rows as year -> table -> rows (a release is cut one year at a time)."""
-    policy = load_policy()
-    found: dict[int, dict[str, list[dict]]] = {}
-    for table, data in internal.items():
-        for row in data.to_pylist():
-            year = period_year(policy.tables[table], row)
-            if year is not None:
-                found.setdefault(year, {}).setdefault(table, []).append(row)
-    return found
+def _mapped(column: pa.ChunkedArray, change: Callable[[str], str]) -> pa.Array:
+    """`change` applied to each distinct value once (a child has many rows)."""
+    encoded = column.combine_chunks().dictionary_encode()
+    values = pa.array([change(v) for v in encoded.dictionary.to_pylist()], pa.string())
+    return pc.take(values, encoded.indices)
+
+
+def _of_year(table: str, data: pa.Table, year: int) -> list[dict]:
+    """The internal rows of one table in one calendar year (a release is cut a year at a time)."""
+    period = load_policy().tables[table].period
+    column = data.column(period)
+    keep = pc.equal(column, year) if period == "year" else pc.starts_with(column, f"{year}-")
+    return data.filter(pc.fill_null(keep, False)).to_pylist()
 
 
 def _local_authorities(directory: dict[str, dict]) -> dict[str, str]:

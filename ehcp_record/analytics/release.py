@@ -87,14 +87,6 @@ def load_policy(path: Path = POLICY_FILE) -> Policy:
     return Policy(data["hierarchies"], tables, float(data["max_suppressed_share"]))
 
 
-def period_year(table: TablePolicy, row: Row) -> int | None:
-    """The calendar year a row belongs to (releases are cut one year at a time)."""
-    value = row.get(table.period)
-    if value is None:
-        return None
-    return int(value) if table.period == "year" else int(str(value)[:4])
-
-
 # --------------------------------------------------------------------------- generalisation
 
 def generalise(policy: Policy, hierarchy: str, value: object, level: int) -> object:

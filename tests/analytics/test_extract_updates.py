@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
-import pyarrow as pa
-import pyarrow.compute  # noqa: F401 - pa.compute
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bench.cohort import ACHIEVEMENT, ChildFacts, _envelope, resources
@@ -16,8 +15,8 @@ LA_NUMBER = {"Organization/la-866": "866", "Organization/la-855": "855"}
 
 def _rows_of(extract, record: str) -> dict[str, int]:
     own = extract.pseudonyms.own(record)
-    return {t: pq.read_table(p).filter(pa.compute.equal(pq.read_table(p).column("child"), own)).num_rows
-            for t, p in extract.files().items()}
+    tables = {t: pq.read_table(p) for t, p in extract.files().items()}
+    return {t: data.filter(pc.equal(data.column("child"), own)).num_rows for t, data in tables.items()}
 
 
 def test_an_erased_or_transferred_childs_rows_leave_at_the_next_incremental_refresh(cohort_api):
@@ -63,7 +62,7 @@ def test_an_erased_or_transferred_childs_rows_leave_at_the_next_incremental_refr
 
 def _review(record: str, goal: str, due: date, held: date, la: str) -> dict:
     task_input = "http://ehcp-record.example.org/fhir/CodeSystem/ehcp-task-input"
-    typed = lambda code, **value: {"type": {"coding": [{"system": task_input, "code": code}]}, **value}  # noqa: E731
+    typed = lambda code, **value: {"type": {"coding": [{"system": task_input, "code": code}]}, **value}
     return {"resourceType": "Task", "id": f"{record}-review-{held.year}", "status": "completed", "intent": "order",
             "code": {"coding": [{"system": "http://ehcp-record.example.org/fhir/CodeSystem/ehcp-task-code",
                                  "code": "review-due"}]},
@@ -88,7 +87,7 @@ def test_an_outcome_reviewed_in_two_years_counts_in_each(cohort_api):
     goal_id = f"{child.record}-outcome-0"
     docs = [r for r in resources(child) if r["resourceType"] != "Goal" and "-review-" not in r["id"]]
     base = next(r for r in resources(child) if r["resourceType"] == "Goal")
-    note = lambda day, code: {"time": day.isoformat(), "authorReference": {"reference": child.custodian},  # noqa: E731
+    note = lambda day, code: {"time": day.isoformat(), "authorReference": {"reference": child.custodian},
                               "text": f"Progress at the review on {day}: {code}"}
     v2 = dict(base, meta={"versionId": "2"}, achievementStatus={"coding": [{"system": ACHIEVEMENT, "code": "not-achieved"}]},
               note=[note(first, "not-achieved")])
