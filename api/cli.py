@@ -105,7 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     refresh.add_argument("--full", action="store_true", help="rebuild every record, not only those changed")
     refresh.set_defaults(handler=_analytics_refresh)
     export = analytics_commands.add_parser(
-        "export", help="write a copy of the extract for one recipient (its own pseudonyms) as Parquet files")
+        "export", help="write a release of the extract for one recipient as Parquet files: each ended year, "
+        "k-anonymous (k = EHCP_ANALYTICS_THRESHOLD), pseudonyms the recipient's own and unlinkable across tables")
     export.add_argument("--recipient", required=True, help="who receives it, e.g. dfe or la-866-analysts")
     export.add_argument("--out", required=True, help="directory for the Parquet files")
     export.set_defaults(handler=_analytics_export)
@@ -414,7 +415,7 @@ def _analytics_export(args: argparse.Namespace) -> int:
             if services.analytics.extract.files() is None:
                 print("analytics: no extract yet; run `ehcp-record analytics refresh` first", file=sys.stderr)
                 return 2
-            written = services.analytics.extract.export(args.recipient, Path(args.out))
+            written = services.analytics.extract.export(args.recipient, Path(args.out), services.analytics.threshold)
             operator = Caller(Actor(role="system", sub="cli:analytics-export"), parse_scopes("system/*.rs"),
                               issuer="urn:ehcp-record:cli")
             services.records.for_caller(operator).audit_record(  # every use of the extract is audited

@@ -5,9 +5,11 @@ deployment's analytics key, kept in the data dir beside the other keys and never
 the extract. Without the key a pseudonym cannot be reversed or recomputed from a known record
 id, NHS number or UPN (the record id is the only input, and it is itself a random UUID).
 
-The stored extract holds the deployment's own pseudonym; every recipient (an LA, a national
-collector) gets another one, HMAC(key, recipient || own pseudonym), so two recipients cannot
-join their copies on the child, and neither can join them to the record.
+The stored extract holds the deployment's own pseudonym. A released copy (release.py) first
+gives each child a new pseudonym per table and per year, HMAC(key, table || year || own), so
+rows cannot be linked across tables or years; then every recipient (an LA, a national
+collector) gets its own of that, HMAC(key, recipient || release pseudonym), so two recipients
+cannot join their copies on the child, and neither can join them to the record.
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ class Pseudonymiser:
     def own(self, record: str) -> str:
         """The deployment's pseudonym of a record (the key the stored extract uses)."""
         return self._mac("record", record)
+
+    def for_release(self, own: str, table: str, year: int) -> str:
+        """The child's pseudonym in one table-year of a release: unlinkable to any other."""
+        return self._mac("release", table, str(year), own)
 
     def for_recipient(self, own: str, recipient: str) -> str:
         """The pseudonym a given recipient sees for the same child: differs per recipient."""

@@ -11,8 +11,9 @@ Where each figure comes from in the record:
 - need: the Conditions section B names, coded from sen-primary-need, in order (rank 1 primary);
 - provision: the CarePlans sections F, G, H1, H2 name, with their provision-category;
 - placement: the Organization section I names, with its sen2-setting type (and URN);
-- outcomes: the Goals section E names with `achievementStatus`, dated by the review meeting
-  (`review-due` clock) that recorded the progress (reg 20(5));
+- outcomes: the Goals section E names, one row per review meeting (`review-due` clock) that
+  recorded progress on them (reg 20(5)), with the `achievementStatus` of the Goal version that
+  meeting wrote (the Goal's history), dated by the meeting's month;
 - timeliness: the clock Tasks, judged by `workflow.statutory.state_of` (the same rules as the
   worklist and SEN2): `final-plan` (20 weeks, reg 13(2)), `review-due` (CFA 2014 s44(1));
   `transfer` Tasks against their reg 15 due date;
@@ -70,10 +71,14 @@ class ChildRows:
 
 
 def child_rows(child: str, custodian: str | None, resources: Iterable[dict], directory: dict[str, dict],
-               as_of: date) -> ChildRows:
-    """The rows for one record, `child` being its pseudonym; `as_of` judges open clocks."""
+               as_of: date, history: Iterable[dict] = ()) -> ChildRows:
+    """The rows for one record, `child` being its pseudonym; `as_of` judges open clocks;
+    `history` the earlier versions of its Goals (what each review recorded)."""
     out = ChildRows()
     resources = list(resources)
+    goal_history: dict[str, list[dict]] = {}
+    for version in history:
+        goal_history.setdefault(f"{version.get('resourceType')}/{version.get('id')}", []).append(version)
     by_ref = {f"{r.get('resourceType')}/{r.get('id')}": r for r in resources}
     tasks = [r for r in resources if r.get("resourceType") == "Task"]
     la = la_number(custodian, directory, LA_NUMBER_SYSTEM)
@@ -87,7 +92,7 @@ def child_rows(child: str, custodian: str | None, resources: Iterable[dict], dir
         start = _plan_start(plan, tasks)
         ceased = _ceased(tasks)
         _plan_years(out, child, la, sections, by_ref, directory, needs, birth, start, ceased, as_of)
-        _outcomes(out, child, la, sections, by_ref, tasks, primary)
+        _outcomes(out, child, la, sections, by_ref, tasks, primary, goal_history)
     _clocks(out, child, la, tasks, primary, directory, as_of)
     return out
 
@@ -193,21 +198,46 @@ def _activity_code(careplan: dict) -> object:
 
 
 def _outcomes(out: ChildRows, child: str, la: str, sections: Sections, by_ref: dict[str, dict], tasks: list[dict],
-              primary: str) -> None:
-    """Progress recorded at a review meeting, dated by that meeting's month."""
-    reviewed: dict[str, date] = {}
+              primary: str, history: dict[str, list[dict]]) -> None:
+    """Progress recorded at each review meeting (reg 20(5)), one row per outcome per review,
+    dated by that meeting's month. What a review recorded is the Goal version it wrote
+    (operations/reviews.py adds a note dated the meeting with the new achievementStatus), so
+    an outcome reviewed in 2024 and again in 2025 counts once in each year. A Goal without
+    that history (a record brought in without it) counts its current status at its latest
+    review only."""
+    meetings: dict[str, set[date]] = {}
     for task in tasks:
-        day = _done(task) if is_task(task, "review-due") else None
-        for item in (task.get("output", []) or []) if day else []:
+        day = (_date(task_output(task, "meeting-date")) or _done(task)) if is_task(task, "review-due") else None
+        for item in (task.get("output", []) or []) if day and _done(task) else []:
             ref = (item.get("valueReference") or {}).get("reference", "")
-            if ref.startswith("Goal/") and (ref not in reviewed or day > reviewed[ref]):
-                reviewed[ref] = day
+            if ref.startswith("Goal/"):
+                meetings.setdefault(ref, set()).add(day)
     for ref in sections.get("E", []):
-        goal = by_ref.get(ref, {})
-        progress = PROGRESS.get(_coded(goal.get("achievementStatus"), ACHIEVEMENT_SYSTEM) or "")
-        if progress and ref in reviewed:
-            out.tables["outcomes"].append({"child": child, "la": la, "month": month(reviewed[ref]),
-                                           "primary_need": primary, "progress": progress})
+        if ref not in meetings:
+            continue
+        current = by_ref.get(ref, {})
+        recorded = _recorded_at(history.get(ref, []) + [current])
+        latest = max(meetings[ref])
+        for day in sorted(meetings[ref]):
+            status = recorded.get(day) or (_coded(current.get("achievementStatus"), ACHIEVEMENT_SYSTEM)
+                                           if day == latest else None)
+            progress = PROGRESS.get(status or "")
+            if progress:
+                out.tables["outcomes"].append({"child": child, "la": la, "month": month(day),
+                                               "primary_need": primary, "progress": progress})
+
+
+def _recorded_at(versions: list[dict]) -> dict[date, str]:
+    """Meeting day -> the achievementStatus the version written at it holds (its newest note is
+    dated that day); of several versions on one day, the latest."""
+    found: dict[date, str] = {}
+    for version in sorted(versions, key=lambda v: int(str((v.get("meta") or {}).get("versionId") or 0) or 0)):
+        notes = version.get("note", []) or []
+        day = _date(str(notes[-1].get("time", ""))[:10]) if notes and isinstance(notes[-1], dict) else None
+        status = _coded(version.get("achievementStatus"), ACHIEVEMENT_SYSTEM)
+        if day and status:
+            found[day] = status
+    return found
 
 
 # --------------------------------------------------------------------------- clocks

@@ -7,7 +7,8 @@ made when they redeemed an invitation, never from a claim a client chose:
 - `RelatedPerson/x` -> a parent (of RelatedPerson.patient, the child the link names);
 - `Patient/x` -> the young person themself;
 - `PractitionerRole/x` -> a professional of the link's organisation in the link's role
-  (linked by their organisation's administrator).
+  (linked by their organisation's administrator); for a partnership organisation, staff in the
+  `partnership` role, who reach the analytics figures and no record.
 
 A link is checked on every request made with a token that relies on it, so unlinking takes
 effect on the next request (DESIGN.md "Consent": revocation on the next request).
@@ -22,6 +23,9 @@ from datetime import datetime
 
 FAMILY_ROLES = {"RelatedPerson": "parent", "Patient": "young-person"}
 PROFESSIONAL_ROLES = ("la", "school", "health", "social-care")
+#: Staff who see figures only, never a record: a national or regional partnership (DfE, a
+#: Change Programme partnership) reads the inclusion dashboard (ehcp_record/analytics).
+FIGURES_ROLES = ("partnership",)
 
 
 class LinkError(ValueError):

@@ -151,9 +151,10 @@ class IdentityService:
     def invite_professional(self, scoped: ScopedStore, practitioner_role: str) -> IssuedInvitation:
         """An organisation's administrator (a professional of that organisation whose token may
         write PractitionerRole) invites a member of staff: the link confers the PractitionerRole's
-        organisation and the administrator's kind of role (la, school, health, social-care)."""
+        organisation and the administrator's kind of role (la, school, health, social-care, or
+        partnership: figures only, the consent engine grants that role no record)."""
         actor = scoped.caller.actor
-        if actor.role not in model.PROFESSIONAL_ROLES or not actor.organization:
+        if actor.role not in model.PROFESSIONAL_ROLES + model.FIGURES_ROLES or not actor.organization:
             raise LinkError("only a professional organisation's administrator links its staff")
         if not scoped.access.scope_allows("PractitionerRole", "u"):
             raise LinkError("linking staff needs a token that may write PractitionerRole")

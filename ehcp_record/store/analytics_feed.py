@@ -12,7 +12,8 @@ a record's rows is idempotent, so seeing a record twice costs only time.
 
 Content is sealed at rest (store/sealing.py): the feed opens each resource with the opener the
 repository hands it (its record's data key, the directory's for Organizations). An erased
-record's documents are skipped: its key is gone, and it leaves the extract at its next refresh.
+record's documents are skipped: its key is gone, and it leaves the extract at its next refresh
+(`custody` tells the extract which records were erased or moved since it last looked).
 """
 
 from __future__ import annotations
@@ -39,10 +40,11 @@ class RecordSnapshot:
     custodian: str | None
     transferred_out: bool
     resources: tuple[dict, ...]
+    history: tuple[dict, ...] = ()  # earlier versions of its Goals: the progress each review recorded
 
 
 class AnalyticsFeed:
-    """Reads `current` and `records` (majority read concern); never writes."""
+    """Reads `current`, `records` and the Goals' `history` (majority read concern); never writes."""
 
     def __init__(self, db: Database, overlap: timedelta = OVERLAP,
                  opener: Callable[[Any, str], Any] = lambda value, what: value) -> None:
@@ -75,10 +77,24 @@ class AnalyticsFeed:
             for doc in self._db.current.find({"record": {"$in": batch}, "type": {"$in": list(PLAN_TYPES)},
                                               "erased": {"$exists": False}}, {"record": 1, "res": 1}):
                 grouped[doc["record"]].append(self._open(doc["res"], doc["_id"]))
+            earlier: dict[str, list[dict]] = {record: [] for record in batch}
+            for doc in self._db.history.find({"record": {"$in": batch}, "type": "Goal", "erased": {"$exists": False}},
+                                             {"record": 1, "res": 1}):
+                earlier[doc["record"]].append(self._open(doc["res"], doc["_id"]))
             for record in batch:
                 state = states.get(record, {})
                 yield RecordSnapshot(record, state.get("custodian"), bool(state.get("transferred_out")),
-                                     tuple(grouped[record]))
+                                     tuple(grouped[record]), tuple(earlier[record]))
+
+    def custody(self) -> dict[str, str]:
+        """Every record's custody as one comparable string (custodian, transferred out, erased).
+
+        Erasure and a custody move change `records`, not the `updated` of any resource (an
+        erased document is only marked), so the resumable scan alone would not see them: the
+        extract compares this with what it saw last time and rebuilds the records that differ."""
+        return {d["_id"]: f"{d.get('custodian') or ''}|{int(bool(d.get('transferred_out')))}|"
+                          f"{int(bool(d.get('erased')))}"
+                for d in self._db.records.find({}, {"custodian": 1, "transferred_out": 1, "erased": 1})}
 
     def directory(self) -> dict[str, dict]:
         """The directory Organizations (LAs, schools), by reference: what rows name by number or type."""

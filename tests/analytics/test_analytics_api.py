@@ -174,3 +174,25 @@ def test_one_refresh_at_a_time_across_processes(cohort_api):
         assert extract.refresh(wait=False) is None
         fcntl.flock(other, fcntl.LOCK_UN)
     assert extract.manifest()["generation"] == before
+
+
+def test_dashboard_serves_partnership_staff_any_la_and_no_record(cohort_api):
+    """A partnership's administrator links a member of staff (role `partnership`): signed in,
+    they see the dashboard for the LA they name, and their role reads no child's record."""
+    api, cohort = cohort_api
+    browser = staff_browser(api, "partnership", "Organization/dfe", "alex-parent")  # a person of no other link
+    assert browser.get(api.base + "/dashboard", timeout=10).status_code == 200
+    missing = browser.get(api.base + "/dashboard/reports?year=2025", timeout=30)
+    assert missing.status_code == 400 and "'subject'" in missing.json()["issue"][0]["diagnostics"]
+    bundle = browser.get(api.base + "/dashboard/reports?year=2025&subject=855", timeout=30).json()
+    reports = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "MeasureReport"]
+    assert len(reports) == 8 and {r["subject"]["identifier"]["value"] for r in reports} == {"855"}
+    child = cohort.facts[0].record
+    for path in (f"/fhir/Patient/{child}", f"/fhir/Condition?patient=Patient/{child}", "/fhir/Patient"):
+        read = browser.get(api.base + path, timeout=10)  # the session is no bearer token: nothing
+        assert read.status_code == 401, (path, read.status_code)
+    token = api.token("partnership", "Organization/dfe")
+    read = api.get(f"/fhir/Patient/{child}", token)
+    found = api.get("/fhir/Patient", token)
+    assert read.status_code == 404 and read.json()["issue"][0]["code"] == "not-found"  # hidden equals missing
+    assert found.status_code == 200 and found.json()["total"] == 0 and found.json()["entry"] == []

@@ -97,7 +97,7 @@ def test_pseudonyms_differ_per_recipient_and_cannot_be_recomputed(cohort_api, tm
     own = set(pq.read_table(extract.files()["plan_years"]).column("child").to_pylist())
     first = set(pq.read_table(extract.export("la-866-analysts", tmp_path / "a")["plan_years"]).column("child").to_pylist())
     second = set(pq.read_table(extract.export("dfe", tmp_path / "b")["plan_years"]).column("child").to_pylist())
-    assert len(own) == len(first) == len(second) > 1500
+    assert len(own) > 1500 and len(first) == len(second) > 1500  # the release: one per child and year
     assert not (own & first) and not (own & second) and not (first & second)
     guesses = set()
     for c in cohort.facts:
