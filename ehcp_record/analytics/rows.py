@@ -10,7 +10,7 @@ Where each figure comes from in the record:
   `final-plan` clock was completed (SEND Regulations 2014 reg 13(2)), else its date;
 - need: the Conditions section B names, coded from sen-primary-need, in order (rank 1 primary);
 - provision: the CarePlans sections F, G, H1, H2 name, with their provision-category;
-- placement: the Organization section I names, with its sen2-setting type (and URN);
+- placement: the Organization section I names, with its ehcp-setting-type (and URN);
 - outcomes: the Goals section E names, one row per review meeting (`review-due` clock) that
   recorded progress on them (reg 20(5)), with the `achievementStatus` of the Goal version that
   meeting wrote (the Goal's history), dated by the meeting's month;
@@ -33,7 +33,7 @@ from ehcp_record.workflow import statutory
 from ehcp_record.workflow.task_values import is_task, task_input, task_output
 
 NEED_SYSTEM = code_system("sen-primary-need")
-SETTING_SYSTEM = code_system("sen2-setting")
+SETTING_SYSTEM = code_system("ehcp-setting-type")
 CATEGORY_SYSTEM = code_system("provision-category")
 URN_SYSTEM = naming_system("urn")
 LA_NUMBER_SYSTEM = naming_system("dfe-la-number")

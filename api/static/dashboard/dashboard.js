@@ -6,7 +6,7 @@
 
 const BASE = "http://ehcp-record.example.org/fhir";
 const MASKED = "http://hl7.org/fhir/StructureDefinition/data-absent-reason";
-const CODE_SYSTEMS = { primary_need: "sen-primary-need", setting_type: "sen2-setting", section: "ehcp-section",
+const CODE_SYSTEMS = { primary_need: "sen-primary-need", setting_type: "ehcp-setting-type", section: "ehcp-section",
   category: "provision-category", reason: "ehcp-cease-reason" };
 const LABELS = {
   timeliness: { met: "On time", late: "Late", "late-excepted": "Late, exception applied", overdue: "Overdue",
