@@ -25,12 +25,14 @@ way a document was hashed.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import multiprocessing
 import os
 import struct
 import threading
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable
@@ -41,9 +43,12 @@ from pymongo.collection import Collection
 
 from ehcp_record.audit import chain as audit_chain
 from ehcp_record.store.memo import Memo
+from ehcp_record.store.sealing import stored_digest
 
-#: (type, id, versionId, sha256 recomputed from the stored content or None, recorded sha256)
-VersionDigest = tuple[object, object, object, "str | None", object]
+#: (type, id, versionId, sha256 recomputed from the stored content or None, recorded sha256,
+#: sha256 of the sealed bytes as stored or None when stored clear). A sealed version read by
+#: `version_digests` is not opened: its content sha256 is None and `stored` is set.
+VersionDigest = tuple[object, object, object, "str | None", object, "str | None"]
 
 PARALLEL_FROM = 20_000  # documents in the collection's part of the record; below, no pool
 BATCH = 2_500           # documents per server batch, and per task sent to a worker
@@ -56,8 +61,9 @@ _ENTRY_FIELDS = {"_id": 0, "cp_at": 0}
 _INT32 = struct.Struct("<i")
 _pool: Executor | None = None
 _pool_lock = threading.Lock()
-
-
+_gc_lock = threading.Lock()
+_gc_pauses = 0
+_gc_resume = False
 
 
 _VERSIONS = Memo(MEMO_LIMIT)
@@ -71,18 +77,39 @@ def forget() -> None:
     _ENTRIES.clear()
 
 
-def version_digests(collection: Collection, record: str, opener: Callable[[Any], Any] | None = None
-                    ) -> Iterator[VersionDigest]:
-    """Every stored version of `record` in `collection` (history or current), re-hashed.
+def version_digests(collection: Collection, record: str, sealed: bool = False) -> Iterator[VersionDigest]:
+    """Every stored version of `record` in `collection` (history or current), as stored.
 
-    `opener` opens sealed content (store/sealing.py); workers hold no keys, so sealed records
-    are hashed in this process (the memo still skips documents whose stored bytes it has seen)."""
+    A sealed `res` is not opened: what is checked is the digest of its bytes as stored
+    (`sealing.stored_digest`), which the audit chain names, so a sealed record needs no key,
+    no decoding of its content and no canonical JSON (a few microseconds a version, here, not in
+    the pool). A clear `res` is re-hashed from its content (`content_hash`), in the pool for a
+    long record, with the memo of unchanged bytes. `sealed`: the deployment seals content, so
+    its versions are read the cheap way (a clear one among them is still re-hashed)."""
     query = {"record": record}
     batches = _raw_batches(collection, query, _VERSION_FIELDS)
-    if opener is not None:
-        return _hashed(batches, _VERSIONS, b"sealed\0", _digest_opened_batch, (opener,), False)
+    if sealed:
+        return _sealed_digests(batches)
     pooled = collection.count_documents(query) >= PARALLEL_FROM
     return _hashed(batches, _VERSIONS, b"", _digest_version_batch, (), pooled)
+
+
+def _sealed_digests(batches: Iterable[list[bytes]]) -> Iterator[VersionDigest]:
+    with paused_gc():
+        for docs in batches:
+            yield from _digest_version_batch(b"".join(docs))
+
+
+def opened_digests(collection: Collection, record: str, ids: list[str], opener: Callable[[Any], Any]
+                   ) -> Iterator[VersionDigest]:
+    """The stored versions `ids` (their `_id`s) opened and re-hashed from their content: for a
+    sealed version the chain does not name by its stored bytes (an entry written before it
+    named them, a record transferred in and sealed here again, or bytes that were changed).
+    The memo skips documents whose stored bytes were opened and hashed before."""
+    for start in range(0, len(ids), BATCH):
+        query = {"record": record, "_id": {"$in": ids[start:start + BATCH]}}
+        batches = _raw_batches(collection, query, _VERSION_FIELDS)
+        yield from _hashed(batches, _VERSIONS, b"sealed\0", _digest_opened_batch, (opener,), False)
 
 
 def hashed_entries(collection: Collection, record: str) -> Iterator[audit_chain.HashedEntry]:
@@ -91,7 +118,35 @@ def hashed_entries(collection: Collection, record: str) -> Iterator[audit_chain.
     pooled = collection.count_documents(query) >= PARALLEL_FROM
     batches = _raw_batches(collection, query, _ENTRY_FIELDS, {"seq": 1})
     hashed = _hashed(batches, _ENTRIES, record.encode() + b"\0", _hash_entry_batch, (record,), pooled)
-    return (audit_chain.HashedEntry(*fields) for fields in hashed)
+    return _entries(hashed)
+
+
+def _entries(hashed: Iterable[tuple]) -> Iterator[audit_chain.HashedEntry]:
+    with paused_gc():
+        for fields in hashed:
+            yield audit_chain.HashedEntry(*fields)
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """The cyclic garbage collector held off while many small documents are decoded: each of
+    its runs walks every object the process holds, and decoding 100,000 entries would start
+    hundreds of them (it halves the time of a long check). Nothing here makes reference
+    cycles, reference counting still frees everything, and the collector runs again as soon as
+    the last check in this process (threads may check records at once) is done."""
+    global _gc_pauses, _gc_resume
+    with _gc_lock:
+        _gc_pauses += 1
+        if _gc_pauses == 1:
+            _gc_resume = gc.isenabled()
+            gc.disable()
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pauses -= 1
+            if _gc_pauses == 0 and _gc_resume:
+                gc.enable()
 
 
 def _raw_batches(collection: Collection, query: dict, projection: dict, sort: dict | None = None
@@ -183,8 +238,13 @@ def _discard_pool() -> None:
 # ------------------------------------------------- the hashing (in a worker, or in this process)
 
 def _digest_version_batch(raw: bytes) -> list[VersionDigest]:
-    return [(doc.get("type"), doc.get("rid"), doc.get("vid"), _rehash(doc.get("res")), doc.get("hash"))
-            for doc in bson.decode_all(raw, _DECODE)]
+    out: list[VersionDigest] = []
+    for doc in bson.decode_all(raw, _DECODE):
+        res = doc.get("res")
+        stored = stored_digest(res)
+        out.append((doc.get("type"), doc.get("rid"), doc.get("vid"), None if stored else _rehash(res),
+                    doc.get("hash"), stored))
+    return out
 
 
 def _digest_opened_batch(opener: Callable[[Any], Any], raw: bytes) -> list[VersionDigest]:
@@ -195,16 +255,27 @@ def _digest_opened_batch(opener: Callable[[Any], Any], raw: bytes) -> list[Versi
         except Exception:  # unreadable content is a fault the verifier reports, not a crash
             resource = None
         out.append((doc.get("type"), doc.get("rid"), doc.get("vid"),
-                    None if resource is None else _rehash(resource), doc.get("hash")))
+                    None if resource is None else _rehash(resource), doc.get("hash"), stored_digest(doc.get("res"))))
     return out
 
 
 def _hash_entry_batch(record: str, raw: bytes) -> list[tuple]:
-    """(slim entry, recomputed hash, error) per entry: tuples pickle faster than dataclasses."""
-    out = []
-    for entry in bson.decode_all(raw, _DECODE):
-        hashed = audit_chain.hash_entry(record, entry)
-        out.append((hashed.entry, hashed.computed, hashed.error))
+    """(slim entry, recomputed hash, error) per entry: tuples pickle faster than dataclasses.
+    A recomputed hash equal to the stored one, and a `prev` equal to the hash before it, are
+    given as that one string object, which pickle then writes once (a third less to send)."""
+    out: list[tuple] = []
+    last = None
+    with paused_gc():
+        for entry in bson.decode_all(raw, _DECODE):
+            hashed = audit_chain.hash_entry(record, entry)
+            slim, computed = hashed.entry, hashed.computed
+            stored = slim.get("hash") if isinstance(slim, dict) else None
+            if computed is not None and computed == stored:
+                computed = stored
+            if last is not None and isinstance(slim, dict) and slim.get("prev") == last:
+                slim["prev"] = last
+            last = stored if type(stored) is str else None
+            out.append((slim, computed, hashed.error))
     return out
 
 

@@ -215,6 +215,22 @@ def test_fast_path_and_rfc8785_writer_agree(value: object) -> None:
     assert canonical_json(value) == fast.encode("utf-8")
 
 
+def test_the_fast_path_writes_what_the_stdlib_encoder_writes() -> None:
+    """The fast path writes with orjson: byte for byte the stdlib encoder's output (escaping of
+    every code point, integers at and past 64 bits, nesting past orjson's depth limit)."""
+    stdlib = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    points = [chr(cp) for cp in range(0x110000) if not 0xD800 <= cp <= 0xDFFF]
+    for start in range(0, len(points), 4096):
+        value = {"s": points[start:start + 4096], "t": "".join(points[start:start + 64])}
+        assert canonical_json(value) == stdlib.encode(value).encode("utf-8")
+    for number in (2**63 - 1, -(2**63), 2**64 - 1, 2**64, -(2**63) - 1, 10**40):
+        assert canonical_json({"n": [number]}) == stdlib.encode({"n": [number]}).encode("utf-8")
+    deep: object = "leaf"
+    for _ in range(300):
+        deep = {"k": [deep]}
+    assert canonical_json(deep) == stdlib.encode(deep).encode("utf-8")
+
+
 @FAST
 @given(number=float_values)
 def test_floats_round_trip_exactly(number: float) -> None:
