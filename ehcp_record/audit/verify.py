@@ -163,15 +163,14 @@ def verify_record(repo: ChainSource, record: str, keys: dict[str, Ed25519PublicK
     entries = repo.hashed_entries(record)  # first: a long chain is hashed in the pool meanwhile
     history = list(repo.version_digests(record))
     current = list(repo.version_digests(record, current=True))
-    stored = audit_chain.StoredVersions((_ref(t, rid, vid), recorded, sealed)
-                                        for t, rid, vid, _, recorded, sealed in history if sealed is not None)
-    clear = [(_ref(t, rid, vid), digest) for t, rid, vid, digest, _, sealed in history
-             if sealed is None and digest is not None]
+    refs = [_ref(t, rid, vid) for t, rid, vid, *_ in history]
+    stored = audit_chain.StoredVersions((ref, row[4], row[5]) for ref, row in zip(refs, history) if row[5] is not None)
+    clear = [(ref, row[3]) for ref, row in zip(refs, history) if row[5] is None and row[3] is not None]
     faults: list[_Fault] = []
     known = _known_heads(repo, record, keys, held_head, faults)
     verdict = audit_chain.verify_chain(entries, record, clear, keys, known_heads=known, stored=stored)
     content_faults: list[_Fault] = []
-    versions = _check_history(repo, record, history, stored, erasure, content_faults)
+    versions = _check_history(repo, record, history, refs, stored, erasure, content_faults)
     _check_current(repo, record, current, versions, erasure, content_faults)
     if not erasure:  # an erased record's documents cannot be opened
         _check_documents(repo.documents_of_record(record), versions, content_faults)
@@ -243,19 +242,18 @@ def _opened(repo: ChainSource, record: str, ids: list[str], current: bool = Fals
     return found
 
 
-def _check_history(repo: ChainSource, record: str, history: list[tuple], stored: audit_chain.StoredVersions,
-                   erasure: dict | None, faults: list[_Fault]) -> _Versions:
+def _check_history(repo: ChainSource, record: str, history: list[tuple], refs: list[str],
+                   stored: audit_chain.StoredVersions, erasure: dict | None, faults: list[_Fault]) -> _Versions:
     """Check 1. `history`: (type, rid, vid, sha256 re-hashed from clear content or None, recorded
     sha256, sha256 of the sealed bytes or None) per version, as the store's `version_digests`
     yields them. A sealed version the chain named with exactly its stored bytes is sound with
     its recorded sha256 (no key needed); one it did not is opened and re-hashed, as before
     entries named stored bytes (or, erased, can only have its recorded sha256 found)."""
     versions = _Versions()
-    waiting = [f"{t}/{rid}/{vid}" for t, rid, vid, _, _, sealed in history
-               if sealed is not None and _ref(t, rid, vid) in stored.waiting]
+    waiting = [f"{t}/{rid}/{vid}" for ref, (t, rid, vid, _, _, sealed) in zip(refs, history)
+               if sealed is not None and ref in stored.waiting]
     opened = {} if erasure else _opened(repo, record, waiting)
-    for resource_type, rid, vid, digest, recorded, sealed in history:
-        ref = _ref(resource_type, rid, vid)
+    for ref, (resource_type, rid, vid, digest, recorded, sealed) in zip(refs, history):
         if sealed is not None:
             versions.stored.setdefault(f"{resource_type}/{rid}", {})[vid] = sealed
             if ref not in stored.waiting:

@@ -1,8 +1,11 @@
 """What the audit verifier reads, re-hashed: every stored version and every chain entry of a record.
 
-Verifying a record re-hashes all of it from what is stored (ehcp_record.audit.verify). For a
-long record nearly all the time goes on decoding BSON into Python and writing canonical JSON,
-not on MongoDB, so the store reads the server's batches as raw BSON (`find_raw_batches`) and:
+Verifying a record checks all of it from what is stored (ehcp_record.audit.verify). A sealed
+version is checked by the SHA-256 of its stored bytes, which the chain names (no key, no
+decoding of its content: `version_digests` with `sealed`); only a version the chain does not
+name so is opened and re-hashed (`opened_digests`). For a long record nearly all the time goes
+on decoding BSON into Python and writing canonical JSON for the entries, not on MongoDB, so the
+store reads the server's batches as raw BSON (`_raw_batches`, one raw reply per batch) and:
 
 - remembers, per stored document, the SHA-256 of its exact bytes and what hashing it gave
   (`store.memo.Memo`, in this process's memory only, bounded by `MEMO_LIMIT`). A document whose bytes
@@ -12,12 +15,14 @@ not on MongoDB, so the store reads the server's batches as raw BSON (`find_raw_b
   faster: a running server re-checks a long record in a fraction of the first check's time.
   The memo lives in no file and no database, so whoever can edit MongoDB cannot touch it; the
   CLI (`ehcp-record audit verify`), a new process, always checks everything from scratch.
-- hands the documents not remembered, for a record past `PARALLEL_FROM` documents, to a pool
-  of worker processes that decode and hash them (`ehcp_record.audit.chain.content_hash` /
-  `hash_entry`), sending back only the digests and the slim entries the chain walk needs. The
-  pool is started once per process (forkserver, so no MongoClient or server thread is copied
-  into a worker) and reused; workers hold no database connection. A batch the pool cannot take
-  or finish (a killed worker) is hashed here instead.
+- on a machine of 4 cores or more, hands the documents not remembered, for a record past
+  `PARALLEL_FROM` documents, to a pool of worker processes that decode and hash them
+  (`ehcp_record.audit.chain.content_hash` / `hash_entry`), sending back only the digests and
+  the slim entries the chain walk needs. The pool is started once per process (forkserver, so
+  no MongoClient or server thread is copied into a worker) and reused; workers hold no database
+  connection and no key. A batch the pool cannot take or finish (a killed worker) is hashed
+  here instead.
+- holds off the cyclic garbage collector while it decodes (`paused_gc`).
 
 Results come back in the order read, so the verifier reports the same first fault whichever
 way a document was hashed.
@@ -30,6 +35,7 @@ import hashlib
 import multiprocessing
 import os
 import struct
+import sys
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -39,6 +45,8 @@ from typing import Any, Callable
 
 import bson
 from bson.codec_options import CodecOptions
+from bson.int64 import Int64
+from bson.raw_bson import RawBSONDocument
 from pymongo.collection import Collection
 
 from ehcp_record.audit import chain as audit_chain
@@ -50,7 +58,11 @@ from ehcp_record.store.sealing import stored_digest
 #: `version_digests` is not opened: its content sha256 is None and `stored` is set.
 VersionDigest = tuple[object, object, object, "str | None", object, "str | None"]
 
-PARALLEL_FROM = 20_000  # documents in the collection's part of the record; below, no pool
+#: Documents in the collection's part of the record from which the pool hashes them. Only
+#: with 4 cores or more: on 2 shared cores bench/verify.py measured the pool slower and dearer
+#: (100,000 sealed entries: 12.9 s and 10.2 CPU s pooled, 8.0 s and 6.7 CPU s in one process),
+#: as sending the slim entries back costs about what hashing them does.
+PARALLEL_FROM = 20_000 if (os.cpu_count() or 1) >= 4 else sys.maxsize
 BATCH = 2_500           # documents per server batch, and per task sent to a worker
 WORKERS = max(1, min(4, os.cpu_count() or 1))
 MEMO_LIMIT = 150_000    # remembered documents per kind (versions, entries): some 50 MB each at most
@@ -59,6 +71,8 @@ _VERSION_FIELDS = {"_id": 0, "type": 1, "rid": 1, "vid": 1, "res": 1, "hash": 1}
 _ENTRY_FIELDS = {"_id": 0, "cp_at": 0}
 
 _INT32 = struct.Struct("<i")
+_INT64 = struct.Struct("<q")
+_RAW_REPLY = CodecOptions(document_class=RawBSONDocument)
 _pool: Executor | None = None
 _pool_lock = threading.Lock()
 _gc_lock = threading.Lock()
@@ -151,26 +165,95 @@ def paused_gc() -> Iterator[None]:
 
 def _raw_batches(collection: Collection, query: dict, projection: dict, sort: dict | None = None
                  ) -> Iterator[list[bytes]]:
-    """The documents a find returns, one server batch at a time, each as its raw BSON bytes
-    (pymongo's raw batches: the concatenated documents of each reply, cut apart here)."""
-    cursor = collection.find_raw_batches(query, projection, batch_size=BATCH)
+    """The documents a find returns, one server batch at a time, each as its raw BSON bytes.
+
+    The find and getMore commands are sent here (one session, the collection's read concern)
+    and each reply kept as one raw document, its batch array cut into documents directly:
+    pymongo's `find_raw_batches` builds a RawBSONDocument for every document of every reply,
+    twice over, which was a third of a repeated check of a long record."""
+    database = collection.database
+    command: dict[str, Any] = {"find": collection.name, "filter": query, "projection": projection, "batchSize": BATCH}
     if sort:
-        cursor = cursor.sort(list(sort.items()))
-    for batch in cursor:
-        yield _documents(batch)
+        command["sort"] = sort
+    if collection.read_concern.document:
+        command["readConcern"] = collection.read_concern.document
+    with database.client.start_session(causal_consistency=False) as session:
+        cursor_id, docs = _batch(database.command(command, session=session, codec_options=_RAW_REPLY))
+        try:
+            if docs:
+                yield docs
+            while cursor_id:
+                more = {"getMore": Int64(cursor_id), "collection": collection.name, "batchSize": BATCH}
+                cursor_id, docs = _batch(database.command(more, session=session, codec_options=_RAW_REPLY))
+                if docs:
+                    yield docs
+        finally:
+            if cursor_id:  # left unfinished (a fault stopped the reader): free it on the server
+                database.command({"killCursors": collection.name, "cursors": [Int64(cursor_id)]}, session=session)
 
 
-def _documents(batch: bytes) -> list[bytes]:
-    """The documents of concatenated raw BSON documents, each led by its int32 size (kept to a
-    few C calls per document: this is most of what a repeated check does)."""
-    docs, offset, end, size_at = [], 0, len(batch), _INT32.unpack_from
-    while offset < end:
-        size = size_at(batch, offset)[0]
-        if size < 5 or offset + size > end:
-            raise bson.InvalidBSON("a raw batch holds a document of impossible size")
-        docs.append(batch[offset:offset + size])
-        offset += size
+def _batch(reply: RawBSONDocument) -> tuple[int, list[bytes]]:
+    """(cursor id, documents) of a find or getMore reply, read from its raw bytes."""
+    raw, cursor_id, docs = reply.raw, 0, []
+    for kind, key, start, end in _elements(raw, b"cursor"):
+        if key == b"cursor" and kind == 0x03:
+            cursor = raw[start:end]
+            for inner_kind, inner_key, value_start, value_end in _elements(cursor):
+                if inner_key == b"id" and inner_kind == 0x12:
+                    cursor_id = _INT64.unpack_from(cursor, value_start)[0]
+                elif inner_key in (b"firstBatch", b"nextBatch") and inner_kind == 0x04:
+                    docs = _array_documents(cursor[value_start:value_end])
+    return cursor_id, docs
+
+
+def _array_documents(batch: bytes) -> list[bytes]:
+    """The documents of a BSON array of documents: elements 0x03 "0" 0x00 doc, 0x03 "1" 0x00
+    doc ... (the keys are the indexes, so each is stepped over without searching for its end;
+    anything else is read element by element)."""
+    docs, pos, end, index, size_at = [], 4, len(batch) - 1, 0, _INT32.unpack_from
+    while pos < end:
+        key = len(str(index))
+        if batch[pos] != 0x03 or batch[pos + 1 + key] != 0:
+            return [batch[a:b] for _, _, a, b in _elements(batch)]
+        pos += 2 + key
+        size = size_at(batch, pos)[0]
+        if size < 5 or pos + size > end:
+            raise bson.InvalidBSON("a reply holds a document of impossible size")
+        docs.append(batch[pos:pos + size])
+        pos += size
+        index += 1
     return docs
+
+
+#: value sizes of the fixed-size BSON types (bsonspec.org): double, ObjectId, bool, datetime,
+#: null, int32, timestamp, int64, decimal128, min and max key
+_FIXED = {0x01: 8, 0x07: 12, 0x08: 1, 0x09: 8, 0x0A: 0, 0x10: 4, 0x11: 8, 0x12: 8, 0x13: 16, 0xFF: 0, 0x7F: 0}
+
+
+def _elements(raw: bytes, stop_after: bytes | None = None) -> Iterator[tuple[int, bytes, int, int]]:
+    """(type, key, value start, value end) of each element of a BSON document (bsonspec.org:
+    document ::= int32 e_list 0x00); stops after the element `stop_after` when given."""
+    pos, end, size_at = 4, len(raw) - 1, _INT32.unpack_from
+    while pos < end:
+        kind = raw[pos]
+        key_end = raw.index(b"\0", pos + 1)
+        key, pos = raw[pos + 1:key_end], key_end + 1
+        if kind in (0x03, 0x04):  # document, array: the size counts itself
+            size = size_at(raw, pos)[0]
+        elif kind in (0x02, 0x0D, 0x0E):  # string, JavaScript, symbol: int32 length, then the bytes
+            size = 4 + size_at(raw, pos)[0]
+        elif kind == 0x05:  # binary: int32 length, subtype, bytes
+            size = 5 + size_at(raw, pos)[0]
+        elif kind in _FIXED:
+            size = _FIXED[kind]
+        else:
+            raise bson.InvalidBSON(f"a reply holds an element of type {kind:#x} the raw reader does not read")
+        if size < 0 or pos + size > end:
+            raise bson.InvalidBSON("a reply holds an element of impossible size")
+        yield kind, key, pos, pos + size
+        if key == stop_after:
+            return
+        pos += size
 
 
 def _hashed(batches: Iterable[list[bytes]], memo: Memo, salt: bytes, work: Callable, args: tuple,
