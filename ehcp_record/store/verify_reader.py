@@ -5,7 +5,7 @@ version is checked by the SHA-256 of its stored bytes, which the chain names (no
 decoding of its content: `version_digests` with `sealed`); only a version the chain does not
 name so is opened and re-hashed (`opened_digests`). For a long record nearly all the time goes
 on decoding BSON into Python and writing canonical JSON for the entries, not on MongoDB, so the
-store reads the server's batches as raw BSON (`_raw_batches`, one raw reply per batch) and:
+store reads the server's batches as raw BSON (`_raw_batches`) and:
 
 - remembers, per stored document, the SHA-256 of its exact bytes and what hashing it gave
   (`store.memo.Memo`, in this process's memory only, bounded by `MEMO_LIMIT`). A document whose bytes
@@ -34,7 +34,6 @@ import gc
 import hashlib
 import multiprocessing
 import os
-import struct
 import sys
 import threading
 from collections.abc import Iterable, Iterator
@@ -45,7 +44,6 @@ from typing import Any, Callable
 
 import bson
 from bson.codec_options import CodecOptions
-from bson.int64 import Int64
 from bson.raw_bson import RawBSONDocument
 from pymongo.collection import Collection
 
@@ -70,9 +68,7 @@ _DECODE = CodecOptions()  # stored versions and entries hold no BSON dates (cp_a
 _VERSION_FIELDS = {"_id": 0, "type": 1, "rid": 1, "vid": 1, "res": 1, "hash": 1}
 _ENTRY_FIELDS = {"_id": 0, "cp_at": 0}
 
-_INT32 = struct.Struct("<i")
-_INT64 = struct.Struct("<q")
-_RAW_REPLY = CodecOptions(document_class=RawBSONDocument)
+_RAW = CodecOptions(document_class=RawBSONDocument)
 _pool: Executor | None = None
 _pool_lock = threading.Lock()
 _gc_lock = threading.Lock()
@@ -101,17 +97,19 @@ def version_digests(collection: Collection, record: str, sealed: bool = False) -
     long record, with the memo of unchanged bytes. `sealed`: the deployment seals content, so
     its versions are read the cheap way (a clear one among them is still re-hashed)."""
     query = {"record": record}
-    batches = _raw_batches(collection, query, _VERSION_FIELDS)
     if sealed:
-        return _sealed_digests(batches)
+        return _sealed_digests(collection.with_options(codec_options=_DECODE).find(query, _VERSION_FIELDS,
+                                                                                    batch_size=BATCH))
+    batches = _raw_batches(collection, query, _VERSION_FIELDS)
     pooled = collection.count_documents(query) >= PARALLEL_FROM
     return _hashed(batches, _VERSIONS, b"", _digest_version_batch, (), pooled)
 
 
-def _sealed_digests(batches: Iterable[list[bytes]]) -> Iterator[VersionDigest]:
+def _sealed_digests(docs: Iterable[dict]) -> Iterator[VersionDigest]:
+    """Decoded once, by the driver (no memo: hashing the stored bytes is all the work)."""
     with paused_gc():
-        for docs in batches:
-            yield from _digest_version_batch(b"".join(docs))
+        for doc in docs:
+            yield _version_digest(doc)
 
 
 def opened_digests(collection: Collection, record: str, ids: list[str], opener: Callable[[Any], Any]
@@ -165,95 +163,23 @@ def paused_gc() -> Iterator[None]:
 
 def _raw_batches(collection: Collection, query: dict, projection: dict, sort: dict | None = None
                  ) -> Iterator[list[bytes]]:
-    """The documents a find returns, one server batch at a time, each as its raw BSON bytes.
+    """The documents a find returns, `BATCH` at a time, each as its raw BSON bytes.
 
-    The find and getMore commands are sent here (one session, the collection's read concern)
-    and each reply kept as one raw document, its batch array cut into documents directly:
-    pymongo's `find_raw_batches` builds a RawBSONDocument for every document of every reply,
-    twice over, which was a third of a repeated check of a long record."""
-    database = collection.database
-    command: dict[str, Any] = {"find": collection.name, "filter": query, "projection": projection, "batchSize": BATCH}
+    A cursor of RawBSONDocuments (pymongo keeps each reply as one raw document and slices the
+    documents out of it): `find_raw_batches` builds a RawBSONDocument for every document of
+    every reply twice over before handing back the bytes, which was a third of a repeated check
+    of a long record."""
+    cursor = collection.with_options(codec_options=_RAW).find(query, projection, batch_size=BATCH)
     if sort:
-        command["sort"] = sort
-    if collection.read_concern.document:
-        command["readConcern"] = collection.read_concern.document
-    with database.client.start_session(causal_consistency=False) as session:
-        cursor_id, docs = _batch(database.command(command, session=session, codec_options=_RAW_REPLY))
-        try:
-            if docs:
-                yield docs
-            while cursor_id:
-                more = {"getMore": Int64(cursor_id), "collection": collection.name, "batchSize": BATCH}
-                cursor_id, docs = _batch(database.command(more, session=session, codec_options=_RAW_REPLY))
-                if docs:
-                    yield docs
-        finally:
-            if cursor_id:  # left unfinished (a fault stopped the reader): free it on the server
-                database.command({"killCursors": collection.name, "cursors": [Int64(cursor_id)]}, session=session)
-
-
-def _batch(reply: RawBSONDocument) -> tuple[int, list[bytes]]:
-    """(cursor id, documents) of a find or getMore reply, read from its raw bytes."""
-    raw, cursor_id, docs = reply.raw, 0, []
-    for kind, key, start, end in _elements(raw, b"cursor"):
-        if key == b"cursor" and kind == 0x03:
-            cursor = raw[start:end]
-            for inner_kind, inner_key, value_start, value_end in _elements(cursor):
-                if inner_key == b"id" and inner_kind == 0x12:
-                    cursor_id = _INT64.unpack_from(cursor, value_start)[0]
-                elif inner_key in (b"firstBatch", b"nextBatch") and inner_kind == 0x04:
-                    docs = _array_documents(cursor[value_start:value_end])
-    return cursor_id, docs
-
-
-def _array_documents(batch: bytes) -> list[bytes]:
-    """The documents of a BSON array of documents: elements 0x03 "0" 0x00 doc, 0x03 "1" 0x00
-    doc ... (the keys are the indexes, so each is stepped over without searching for its end;
-    anything else is read element by element)."""
-    docs, pos, end, index, size_at = [], 4, len(batch) - 1, 0, _INT32.unpack_from
-    while pos < end:
-        key = len(str(index))
-        if batch[pos] != 0x03 or batch[pos + 1 + key] != 0:
-            return [batch[a:b] for _, _, a, b in _elements(batch)]
-        pos += 2 + key
-        size = size_at(batch, pos)[0]
-        if size < 5 or pos + size > end:
-            raise bson.InvalidBSON("a reply holds a document of impossible size")
-        docs.append(batch[pos:pos + size])
-        pos += size
-        index += 1
-    return docs
-
-
-#: value sizes of the fixed-size BSON types (bsonspec.org): double, ObjectId, bool, datetime,
-#: null, int32, timestamp, int64, decimal128, min and max key
-_FIXED = {0x01: 8, 0x07: 12, 0x08: 1, 0x09: 8, 0x0A: 0, 0x10: 4, 0x11: 8, 0x12: 8, 0x13: 16, 0xFF: 0, 0x7F: 0}
-
-
-def _elements(raw: bytes, stop_after: bytes | None = None) -> Iterator[tuple[int, bytes, int, int]]:
-    """(type, key, value start, value end) of each element of a BSON document (bsonspec.org:
-    document ::= int32 e_list 0x00); stops after the element `stop_after` when given."""
-    pos, end, size_at = 4, len(raw) - 1, _INT32.unpack_from
-    while pos < end:
-        kind = raw[pos]
-        key_end = raw.index(b"\0", pos + 1)
-        key, pos = raw[pos + 1:key_end], key_end + 1
-        if kind in (0x03, 0x04):  # document, array: the size counts itself
-            size = size_at(raw, pos)[0]
-        elif kind in (0x02, 0x0D, 0x0E):  # string, JavaScript, symbol: int32 length, then the bytes
-            size = 4 + size_at(raw, pos)[0]
-        elif kind == 0x05:  # binary: int32 length, subtype, bytes
-            size = 5 + size_at(raw, pos)[0]
-        elif kind in _FIXED:
-            size = _FIXED[kind]
-        else:
-            raise bson.InvalidBSON(f"a reply holds an element of type {kind:#x} the raw reader does not read")
-        if size < 0 or pos + size > end:
-            raise bson.InvalidBSON("a reply holds an element of impossible size")
-        yield kind, key, pos, pos + size
-        if key == stop_after:
-            return
-        pos += size
+        cursor = cursor.sort(list(sort.items()))
+    batch: list[bytes] = []
+    for doc in cursor:
+        batch.append(doc.raw)
+        if len(batch) == BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _hashed(batches: Iterable[list[bytes]], memo: Memo, salt: bytes, work: Callable, args: tuple,
@@ -321,13 +247,13 @@ def _discard_pool() -> None:
 # ------------------------------------------------- the hashing (in a worker, or in this process)
 
 def _digest_version_batch(raw: bytes) -> list[VersionDigest]:
-    out: list[VersionDigest] = []
-    for doc in bson.decode_all(raw, _DECODE):
-        res = doc.get("res")
-        stored = stored_digest(res)
-        out.append((doc.get("type"), doc.get("rid"), doc.get("vid"), None if stored else _rehash(res),
-                    doc.get("hash"), stored))
-    return out
+    return [_version_digest(doc) for doc in bson.decode_all(raw, _DECODE)]
+
+
+def _version_digest(doc: dict) -> VersionDigest:
+    res = doc.get("res")
+    stored = stored_digest(res)
+    return (doc.get("type"), doc.get("rid"), doc.get("vid"), None if stored else _rehash(res), doc.get("hash"), stored)
 
 
 def _digest_opened_batch(opener: Callable[[Any], Any], raw: bytes) -> list[VersionDigest]:

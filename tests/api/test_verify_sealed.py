@@ -80,13 +80,16 @@ def _set_res(api, collection: str, key: str, value: Binary) -> None:
     assert _db(api)[collection].update_one({"_id": key}, {"$set": {"res": value}}).modified_count == 1
 
 
+#: record -> the start of the fault the CLI must print for it (test_the_cli_reports_every_fault)
+_FOUND: dict[str, str] = {}
+
+
 def _expect_fault(api, child: str, resource: str, starts: str) -> dict:
     verdict = _verdict(api, child)
     assert verdict["valid"] is False and verdict["firstInvalid"] == 0, verdict
     assert verdict["resource"] == resource and verdict["differs"] == "content", verdict
     assert verdict["reason"].startswith(starts), verdict["reason"]
-    bad = _cli(api, child)
-    assert bad.returncode == 1 and starts in bad.stdout, bad.stdout + bad.stderr
+    _FOUND[child] = starts
     return verdict
 
 
@@ -180,8 +183,7 @@ def test_an_edited_sealed_stored_document(api, record):
     verdict = _verdict(api, record["child"])
     assert verdict["valid"] is False and verdict["resource"] == f"$document of Condition/{condition}/_history/2", verdict
     assert "does not match that version" in verdict["reason"]
-    bad = _cli(api, record["child"])
-    assert bad.returncode == 1 and f"$document of Condition/{condition}/_history/2" in bad.stdout
+    _FOUND[record["child"]] = f"the stored $document of Condition/{condition}/_history/2"
 
 
 def test_entries_written_before_stored_bytes_were_named_still_verify(api, monkeypatch):
@@ -253,3 +255,18 @@ def test_a_clear_database_verifies_by_re_hashing(mongo):
     finally:
         repo.client.drop_database("t_clear_verify")
         repo.close()
+
+
+def test_the_cli_reports_every_fault(api):
+    """`ehcp-record audit verify` (a fresh process: nothing remembered) over the whole database
+    names, for every record tampered with above, the same first fault; exit 1."""
+    if not _FOUND:
+        pytest.skip("run with the tampering tests above")
+    env = {"EHCP_DATABASE": api.settings.database, "EHCP_DATA_DIR": str(api.settings.data_dir), "PATH": "",
+           "EHCP_MONGODB_URI": api.settings.mongodb_uri}
+    bad = subprocess.run([sys.executable, "-m", "api.cli", "audit", "verify"], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    lines = {line.split(":", 1)[0]: line for line in bad.stdout.splitlines()}
+    for child, starts in _FOUND.items():
+        assert f"INVALID at entry 0: {starts}" in lines[child], (child, lines.get(child))
