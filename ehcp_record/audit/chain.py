@@ -12,6 +12,10 @@ Stored entry::
 
     hash = sha256(canonical_json({"record", "seq", "prev", "body"}))
 
+`body.resources` names resource versions: {"ref": "Type/id/_history/n", "sha256": content hash},
+and, in the entry of the write that stored a sealed version, "stored": the SHA-256 of its sealed
+bytes as stored (docs/encryption.md, "Verifying sealed versions"; `StoredVersions`).
+
 A hash chain alone does not stop someone who can write the database from recomputing every
 hash after an edit. Checkpoints do: a checkpoint is an ordinary entry (action "checkpoint")
 whose body carries an Ed25519 signature by the server's key over (record, seq, hash, at) of the
