@@ -16,7 +16,7 @@ says little without them):
   `ehcp-record audit verify` is): nothing remembered, no worker pool yet, no data key cached.
   Target: under 5 seconds for 100,000 entries.
 - the next check in that process (a running server answering `$verify-audit` again);
-- the first check in this process with its memo dropped (the pool already running);
+- the first check in this process with its memo dropped (its pool, on 4+ cores, running);
 - with `BENCH_VERIFY_PROFILE=1`, the fresh process's first check is run under cProfile and
   the top of its profile printed;
 - for comparison, the way every sealed version was checked before entries named stored bytes:
@@ -241,7 +241,7 @@ def main() -> int:
                 print(fresh.stderr)
             child = json.loads(fresh.stdout.strip().splitlines()[-1])
             keys = {key_id(key.public_key()): key.public_key()}
-            verify_record(repo, RECORD, keys)  # start this process's pool, as a running server's would be
+            verify_record(repo, RECORD, keys)  # mongod's cache, this process's data key (and pool, on 4+ cores)
             verify_reader.forget()
             here, here_took, here_cpu, here_load = _timed(lambda: verify_record(repo, RECORD, keys))
             sample = min(args.old_sample, args.entries)
@@ -254,14 +254,15 @@ def main() -> int:
     valid, entries, reason, took, cpu, load = child["first"]
     next_valid, again, again_cpu, again_load = child["next"]
     scale = args.entries / max(opened, 1)
-    print(f"machine: {os.cpu_count()} cores; {verify_reader.WORKERS} hashing workers")
+    print(f"machine: {os.cpu_count()} cores; worker pool from {verify_reader.PARALLEL_FROM:,} documents")
     print(f"first check in a fresh process (as `ehcp-record audit verify`): {entries:,} entries, valid={valid}, "
           f"{took:.2f} s (target < {TARGET_SECONDS:.0f} s), {cpu:.1f} CPU s, load {load:.1f}"
           f" (connecting took {child['connect']:.2f} s more)")
     print(f"  {reason}")
     print(f"next check in that process (a running server): valid={next_valid}, {again:.2f} s, "
           f"{again_cpu:.1f} CPU s, load {again_load:.1f}")
-    print(f"first check in this process, memo dropped, pool running: valid={here.valid}, {here_took:.2f} s, "
+    pooled = "pool running" if args.entries >= verify_reader.PARALLEL_FROM else "no pool below 4 cores"
+    print(f"first check in this process, memo dropped ({pooled}): valid={here.valid}, {here_took:.2f} s, "
           f"{here_cpu:.1f} CPU s, load {here_load:.1f}")
     print(f"before entries named stored bytes, every sealed version was opened and re-hashed: {opened:,} took "
           f"{old_took:.2f} s ({old_cpu:.1f} CPU s), so ~{old_took * scale:.0f} s for {args.entries:,} versions, "

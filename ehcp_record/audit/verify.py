@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextvars
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable, Protocol
 
@@ -40,6 +42,10 @@ from ehcp_record.audit import chain as audit_chain
 from ehcp_record.audit.anchor import AnchorLog, NoAnchor
 from ehcp_record.config import Settings
 from ehcp_record.audit.signing import key_id, load_or_create_private_key, public_key_from_pem
+
+
+#: Reads the chain beside the versions (`verify_record`); waits on the database, not the CPU.
+_BESIDE = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ehcp-verify-read")
 
 
 def trusted_keys(settings: Settings) -> dict[str, Ed25519PublicKey]:
@@ -160,9 +166,15 @@ def latest_head(repo: ChainSource, record: str) -> dict | None:
 def verify_record(repo: ChainSource, record: str, keys: dict[str, Ed25519PublicKey],
                   held_head: audit_chain.ChainHead | None = None) -> RecordVerdict:
     erasure = getattr(repo, "erasure", lambda _: None)(record)
-    entries = repo.hashed_entries(record)  # first: a long chain is hashed in the pool meanwhile
-    history = list(repo.version_digests(record))
-    current = list(repo.version_digests(record, current=True))
+    # The chain is read (and, pooled, hashed) beside the versions: the database serves both at
+    # once instead of one after the other. The thread runs in this request's context (its
+    # database deadline, `pymongo.timeout`).
+    reading = _BESIDE.submit(contextvars.copy_context().run, repo.hashed_entries, record)
+    try:
+        history = list(repo.version_digests(record))
+        current = list(repo.version_digests(record, current=True))
+    finally:
+        entries = reading.result()
     refs = [_ref(t, rid, vid) for t, rid, vid, *_ in history]
     stored = audit_chain.StoredVersions((ref, row[4], row[5]) for ref, row in zip(refs, history) if row[5] is not None)
     clear = [(ref, row[3]) for ref, row in zip(refs, history) if row[5] is None and row[3] is not None]

@@ -273,17 +273,18 @@ def _hash_entry_batch(record: str, raw: bytes) -> list[tuple]:
     A recomputed hash equal to the stored one, and a `prev` equal to the hash before it, are
     given as that one string object, which pickle then writes once (a third less to send)."""
     out: list[tuple] = []
-    last = None
+    last, sending = None, multiprocessing.parent_process() is not None  # in a worker: pickled back
     with paused_gc():
         for entry in bson.decode_all(raw, _DECODE):
             hashed = audit_chain.hash_entry(record, entry)
             slim, computed = hashed.entry, hashed.computed
-            stored = slim.get("hash") if isinstance(slim, dict) else None
-            if computed is not None and computed == stored:
-                computed = stored
-            if last is not None and isinstance(slim, dict) and slim.get("prev") == last:
-                slim["prev"] = last
-            last = stored if type(stored) is str else None
+            if sending and isinstance(slim, dict):
+                stored = slim.get("hash")
+                if computed is not None and computed == stored:
+                    computed = stored
+                if last is not None and slim.get("prev") == last:
+                    slim["prev"] = last
+                last = stored if type(stored) is str else None
             out.append((slim, computed, hashed.error))
     return out
 
