@@ -254,7 +254,9 @@ def main() -> int:
     valid, entries, reason, took, cpu, load = child["first"]
     next_valid, again, again_cpu, again_load = child["next"]
     scale = args.entries / max(opened, 1)
-    print(f"machine: {os.cpu_count()} cores; worker pool from {verify_reader.PARALLEL_FROM:,} documents")
+    pool = (f"worker pool from {verify_reader.PARALLEL_FROM:,} documents" if verify_reader.PARALLEL_FROM < sys.maxsize
+            else "no worker pool (fewer than 4 cores)")
+    print(f"machine: {os.cpu_count()} cores; {pool}")
     print(f"first check in a fresh process (as `ehcp-record audit verify`): {entries:,} entries, valid={valid}, "
           f"{took:.2f} s (target < {TARGET_SECONDS:.0f} s), {cpu:.1f} CPU s, load {load:.1f}"
           f" (connecting took {child['connect']:.2f} s more)")

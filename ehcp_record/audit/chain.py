@@ -443,7 +443,7 @@ class StoredVersions:
     before entries named stored bytes from bytes that changed. Memory: the waiting refs only.
     """
 
-    __slots__ = ("waiting", "named")
+    __slots__ = ("named", "waiting")
 
     def __init__(self, versions: Iterable[tuple[str, str, str]] = ()) -> None:
         self.waiting: dict[str, tuple[Any, Any]] = {ref: (digest, stored) for ref, digest, stored in versions}
