@@ -3,26 +3,36 @@
 One record is checked as a whole, and the first fault is reported with the resource, the
 version and what differs:
 
-1. every stored version (history and current) is re-hashed from its stored content: an edited
-   `res` is found even when the stored `hash` field was left alone;
-2. each current document equals the newest history version of its resource;
+1. every stored history version is checked against what the chain recorded when it was
+   written: a sealed one by its bytes as stored (the entry of the write names the SHA-256 of
+   the exact ciphertext beside the content `sha256`, `sealing.name_stored`), with no key and no
+   JSON; a clear one, or a sealed one no entry names by its bytes (written before entries did,
+   or transferred in and sealed here again), is re-hashed from its content, opened with the
+   record's key. An edited `res` is found even when the stored `hash` field was left alone;
+2. each current document equals the newest history version of its resource: the same stored
+   bytes (one sealed value is written to both), else its content is opened and compared;
 3. every stored `$document` holds, for the version it renders, exactly that Composition (and
    only resource contents that are stored versions of the record);
 4. the chain: entry by entry (hashes, sequence, signed checkpoints), every version named with
-   its recomputed hash by some entry, and the heads kept outside the database reached exactly
-   (the high-water mark, the newest signed checkpoint of the anchor log, and a signed head the
-   family kept and handed back). Entries cut from the tail after any of them are found.
+   its content hash (and, sealed, its stored bytes) by some entry, and the heads kept outside
+   the database reached exactly (the high-water mark, the newest signed checkpoint of the
+   anchor log, and a signed head the family kept and handed back). Entries cut from the tail
+   after any of them are found.
 
-The re-hashing of stored documents is the store's (`version_digests`, `hashed_entries`;
-ehcp_record/store/verify_reader.py hashes a long record in worker processes and does not
-decode again a document whose bytes it hashed before); every check here is made every time.
+Why naming the stored bytes is as strong as re-hashing the content: docs/encryption.md,
+"Verifying sealed versions". The reading and hashing is the store's (`version_digests`,
+`opened_digests`, `hashed_entries`; ehcp_record/store/verify_reader.py hashes a long chain in
+worker processes and does not decode again a document whose bytes it hashed before); every
+check here is made every time.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextvars
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable, Protocol
 
@@ -32,6 +42,10 @@ from ehcp_record.audit import chain as audit_chain
 from ehcp_record.audit.anchor import AnchorLog, NoAnchor
 from ehcp_record.config import Settings
 from ehcp_record.audit.signing import key_id, load_or_create_private_key, public_key_from_pem
+
+
+#: Reads the chain beside the versions (`verify_record`); waits on the database, not the CPU.
+_BESIDE = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ehcp-verify-read")
 
 
 def trusted_keys(settings: Settings) -> dict[str, Ed25519PublicKey]:
@@ -54,6 +68,8 @@ class ChainSource(Protocol):
     def hashed_entries(self, chain: str) -> Iterable[dict | audit_chain.HashedEntry]: ...
 
     def version_digests(self, record: str, current: bool = False) -> Iterable[tuple]: ...
+
+    def opened_digests(self, record: str, ids: list[str], current: bool = False) -> Iterable[tuple]: ...
 
     def documents_of_record(self, record: str) -> dict[str, bytes]: ...
 
@@ -94,8 +110,18 @@ class _Fault:
 
 @dataclass
 class _Versions:
+    """The history versions found sound, each with its content sha256: recorded and named
+    with its stored bytes by the chain, or re-hashed from its content."""
+
     hashes: dict[str, dict[int, str]] = field(default_factory=dict)  # "Type/id" -> vid -> sha256
-    pairs: list[tuple[str, str]] = field(default_factory=list)
+    stored: dict[str, dict[int, str]] = field(default_factory=dict)  # "Type/id" -> vid -> sha256 of sealed bytes
+    by_bytes: int = 0      # sealed, named by the chain with exactly the bytes stored
+    rehashed: int = 0      # re-hashed from content (clear, or sealed but not named by its bytes)
+    unopened: int = 0      # erased: neither named by its bytes nor openable; its recorded hash is in the chain
+    unrecorded: list[tuple[str, str]] = field(default_factory=list)  # (ref, sha256) no entry names
+
+    def add(self, resource_type: object, rid: object, vid: int, digest: str) -> None:
+        self.hashes.setdefault(f"{resource_type}/{rid}", {})[vid] = digest
 
     def newest(self, key: str) -> tuple[int, str] | None:
         versions = self.hashes.get(key)
@@ -139,17 +165,49 @@ def latest_head(repo: ChainSource, record: str) -> dict | None:
 
 def verify_record(repo: ChainSource, record: str, keys: dict[str, Ed25519PublicKey],
                   held_head: audit_chain.ChainHead | None = None) -> RecordVerdict:
-    faults: list[_Fault] = []
     erasure = getattr(repo, "erasure", lambda _: None)(record)
+    # The chain is read (and, pooled, hashed) beside the versions: the database serves both at
+    # once instead of one after the other. The thread runs in this request's context (its
+    # database deadline, `pymongo.timeout`).
+    reading = _BESIDE.submit(contextvars.copy_context().run, repo.hashed_entries, record)
+    try:
+        history = list(repo.version_digests(record))
+        current = list(repo.version_digests(record, current=True))
+    finally:
+        entries = reading.result()
+    refs = [_ref(t, rid, vid) for t, rid, vid, *_ in history]
+    stored = audit_chain.StoredVersions((ref, row[4], row[5]) for ref, row in zip(refs, history) if row[5] is not None)
+    clear = [(ref, row[3]) for ref, row in zip(refs, history) if row[5] is None and row[3] is not None]
+    faults: list[_Fault] = []
+    known = _known_heads(repo, record, keys, held_head, faults)
+    verdict = audit_chain.verify_chain(entries, record, clear, keys, known_heads=known, stored=stored)
+    content_faults: list[_Fault] = []
+    versions = _check_history(repo, record, history, refs, stored, erasure, content_faults)
+    _check_current(repo, record, current, versions, erasure, content_faults)
+    if not erasure:  # an erased record's documents cannot be opened
+        _check_documents(repo.documents_of_record(record), versions, content_faults)
+    faults = content_faults + faults
+    head = latest_head(repo, record)
+    if faults:
+        first = faults[0]
+        more = f" (and {len(faults) - 1} more)" if len(faults) > 1 else ""
+        return RecordVerdict(False, verdict.entries, 0, first.reason + more, first.resource, first.differs, head,
+                             len(faults) + (0 if verdict.valid and not versions.unrecorded else 1))
+    if verdict.valid and versions.unrecorded:
+        verdict = audit_chain.unrecorded_verdict(verdict.entries, versions.unrecorded)
+    if not verdict.valid:
+        return RecordVerdict(False, verdict.entries, verdict.first_invalid, verdict.reason,
+                             f"AuditEvent/{record}-{verdict.first_invalid}" if verdict.first_invalid else None,
+                             "audit chain", head, 1)
     if erasure:
-        # Crypto-shredded (docs/encryption.md): the content cannot be opened, so it cannot be
-        # re-hashed; the chain still must hold every recorded version hash, and verifies as stored.
-        versions = _Versions()
-        versions.pairs = list(repo.version_hashes(record))  # type: ignore[attr-defined]
-    else:
-        versions = _check_history(repo.version_digests(record), faults)
-        _check_current(repo.version_digests(record, current=True), versions, faults)
-        _check_documents(repo.documents_of_record(record), versions, faults)
+        return RecordVerdict(True, verdict.entries, None, verdict.reason + _and_versions(versions) + (
+            f"; the content was erased at {erasure.get('at')} and cannot be opened"), head=head, erasure=erasure)
+    return RecordVerdict(True, verdict.entries, None, verdict.reason + _and_versions(versions), head=head)
+
+
+def _known_heads(repo: ChainSource, record: str, keys: dict[str, Ed25519PublicKey],
+                 held_head: audit_chain.ChainHead | None, faults: list[_Fault]) -> list:
+    """The heads kept outside the database that the chain must reach exactly."""
     anchor = getattr(repo, "anchor", None) or NoAnchor()
     known = [(anchor.high_water(record), "the sequence high-water mark kept outside the database")]
     anchored = anchor.latest_head(record)
@@ -163,26 +221,16 @@ def verify_record(repo: ChainSource, record: str, keys: dict[str, Ed25519PublicK
                                  f"the newest head in the anchor log for {record} is not validly signed"))
     if held_head is not None:
         known.append((held_head, "the signed head you kept"))
-    verdict = audit_chain.verify_chain(repo.hashed_entries(record), record, versions.pairs, keys, known_heads=known)
-    head = latest_head(repo, record)
-    if faults:
-        first = faults[0]
-        more = f" (and {len(faults) - 1} more)" if len(faults) > 1 else ""
-        return RecordVerdict(False, verdict.entries, 0, first.reason + more, first.resource, first.differs, head,
-                             len(faults) + (0 if verdict.valid else 1))
-    if not verdict.valid:
-        return RecordVerdict(False, verdict.entries, verdict.first_invalid, verdict.reason,
-                             f"AuditEvent/{record}-{verdict.first_invalid}" if verdict.first_invalid else None,
-                             "audit chain", head, 1)
-    if erasure:
-        return RecordVerdict(True, verdict.entries, None, verdict.reason + (
-            f", {len(versions.pairs)} version hashes found in the chain; the content was erased at "
-            f"{erasure.get('at')} and cannot be re-hashed"), head=head, erasure=erasure)
-    return RecordVerdict(True, verdict.entries, None, verdict.reason + _and_versions(versions), head=head)
+    return known
 
 
 def _and_versions(versions: _Versions) -> str:
-    return f", {len(versions.pairs)} versions re-hashed"
+    checked = versions.by_bytes + versions.rehashed + versions.unopened
+    text = (f", {checked} versions checked: {versions.by_bytes} by their sealed bytes as stored, "
+            f"{versions.rehashed} re-hashed from their content")
+    if versions.unopened:
+        text += f", {versions.unopened} by the recorded hash the chain holds (neither named by its bytes nor openable)"
+    return text
 
 
 def _ref(resource_type: object, rid: object, vid: object) -> str:
@@ -196,34 +244,122 @@ def _rehash(resource: object) -> str | None:
         return None
 
 
-def _check_history(digests: Iterable[tuple], faults: list[_Fault]) -> _Versions:
-    """`digests`: (type, rid, vid, sha256 recomputed from the stored content or None, the
-    recorded sha256) per history version, as the store's `version_digests` yields them."""
+def _opened(repo: ChainSource, record: str, ids: list[str], current: bool = False) -> dict[str, str | None]:
+    """`_id` -> content sha256 (None: could not be opened) of the sealed documents `ids`."""
+    if not ids:
+        return {}
+    found = {}
+    for resource_type, rid, vid, digest, _, _ in repo.opened_digests(record, ids, current):
+        found[f"{resource_type}/{rid}" if current else f"{resource_type}/{rid}/{vid}"] = digest
+    return found
+
+
+def _check_history(repo: ChainSource, record: str, history: list[tuple], refs: list[str],
+                   stored: audit_chain.StoredVersions, erasure: dict | None, faults: list[_Fault]) -> _Versions:
+    """Check 1. `history`: (type, rid, vid, sha256 re-hashed from clear content or None, recorded
+    sha256, sha256 of the sealed bytes or None) per version, as the store's `version_digests`
+    yields them. A sealed version the chain named with exactly its stored bytes is sound with
+    its recorded sha256 (no key needed); one it did not is opened and re-hashed, as before
+    entries named stored bytes (or, erased, can only have its recorded sha256 found)."""
     versions = _Versions()
-    for resource_type, rid, vid, digest, recorded in digests:
-        ref = _ref(resource_type, rid, vid)
-        if digest is None:
+    waiting = [f"{t}/{rid}/{vid}" for ref, (t, rid, vid, _, _, sealed) in zip(refs, history)
+               if sealed is not None and ref in stored.waiting]
+    opened = {} if erasure else _opened(repo, record, waiting)
+    for ref, (resource_type, rid, vid, digest, recorded, sealed) in zip(refs, history):
+        if sealed is not None:
+            versions.stored.setdefault(f"{resource_type}/{rid}", {})[vid] = sealed
+            if ref not in stored.waiting:
+                versions.by_bytes += 1
+                versions.add(resource_type, rid, vid, recorded)
+                continue
+            named = stored.named.get(ref, set())
+            if erasure:
+                _erased_version(versions, faults, ref, (resource_type, rid, vid), recorded, sealed, named)
+                continue
+            digest = opened.get(f"{resource_type}/{rid}/{vid}")
+            if digest is None:
+                faults.append(_Fault(ref, "content", (
+                    f"history version {ref} was altered: its stored sealed content cannot be opened "
+                    f"(its stored bytes hash to {sealed}{_named_bytes(named)})")))
+                continue
+        elif digest is None:
             faults.append(_Fault(ref, "content", f"history version {ref} is malformed (its content cannot be hashed)"))
             continue
         if digest != recorded:
             faults.append(_Fault(ref, "content", (
                 f"history version {ref} was altered: its stored content hashes to {digest}, "
                 f"not to its recorded sha256 {recorded}")))
-        versions.pairs.append((ref, digest))
-        versions.hashes.setdefault(f"{resource_type}/{rid}", {})[vid] = digest
+        versions.rehashed += 1
+        versions.add(resource_type, rid, vid, digest)
+        if sealed is not None and digest not in {sha for sha, _ in stored.named.get(ref, ())}:
+            versions.unrecorded.append((ref, digest))
     return versions
 
 
-def _check_current(digests: Iterable[tuple], versions: _Versions, faults: list[_Fault]) -> None:
-    for resource_type, rid, vid, digest, recorded in digests:
+def _erased_version(versions: _Versions, faults: list[_Fault], ref: str, key: tuple, recorded: str, sealed: str,
+                    named: set) -> None:
+    """An erased record's sealed version the chain does not name by its bytes as stored. Its
+    key is gone, so it cannot be opened: when the chain names other bytes for it, they were
+    changed (a fault); when it names none (an entry written before entries named stored
+    bytes), only its recorded sha256 can be found in the chain."""
+    versions.add(*key, recorded)
+    if any(stored for _, stored in named):
+        faults.append(_Fault(ref, "content", (
+            f"history version {ref} was altered: its stored sealed bytes hash to {sealed}{_named_bytes(named)} "
+            "(the record was erased, so they cannot be opened)")))
+    elif recorded in {sha for sha, _ in named}:
+        versions.unopened += 1
+    else:
+        versions.unrecorded.append((ref, recorded))
+
+
+def _named_bytes(named: set) -> str:
+    recorded = sorted(str(s) for _, s in named if s)
+    return f"; the audit chain records {recorded[0]}" if recorded else ""
+
+
+def _same_bytes(versions: _Versions, key: str, vid: int, sealed: str) -> str | None:
+    """The content sha256 of history version `vid` of `key` when it was found sound and holds
+    exactly the stored bytes `sealed`; else None."""
+    if versions.stored.get(key, {}).get(vid) != sealed:
+        return None
+    return versions.hashes.get(key, {}).get(vid)
+
+
+def _check_current(repo: ChainSource, record: str, current: list[tuple], versions: _Versions,
+                   erasure: dict | None, faults: list[_Fault]) -> None:
+    """Check 2: each current document equals its resource's newest history version. Sealed,
+    the same stored bytes (one value is written to both); where they differ, the current one
+    is opened and its content compared (an erased record's cannot be opened: a fault)."""
+    differing = [f"{t}/{rid}" for t, rid, vid, _, _, sealed in current
+                 if sealed is not None and _same_bytes(versions, f"{t}/{rid}", vid, sealed) is None]
+    opened = {} if erasure else _opened(repo, record, differing, current=True)
+    for resource_type, rid, vid, digest, recorded, sealed in current:
         key = f"{resource_type}/{rid}"
         label = f"{key}/_history/{vid}"
+        newest = versions.newest(key)
+        if sealed is not None:
+            digest = _same_bytes(versions, key, vid, sealed)
+            if digest is not None:
+                pass  # the very bytes of that history version: its content sha256
+            elif erasure:
+                faults.append(_Fault(label, "content", (
+                    f"the current document of {key} (version {vid}) differs from its newest history version: "
+                    "its stored sealed bytes are others, and the record was erased, so they cannot be opened")))
+                continue
+            else:
+                digest = opened.get(key)
+                if digest is None:
+                    faults.append(_Fault(label, "content", (
+                        f"the current document of {key} (version {vid}) was altered: its stored sealed content "
+                        f"cannot be opened (its stored bytes hash to {sealed}, not to those of its newest history "
+                        "version)")))
+                    continue
         if digest is None or digest != recorded:
             faults.append(_Fault(label, "content", (
                 f"the current document of {key} (version {vid}) was altered: its stored content hashes to "
                 f"{digest}, not to its recorded sha256 {recorded}")))
             continue
-        newest = versions.newest(key)
         if newest is None:
             faults.append(_Fault(label, "history", f"the current document of {key} (version {vid}) has no history version"))
         elif newest[0] != vid:

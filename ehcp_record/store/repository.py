@@ -45,7 +45,7 @@ from ehcp_record.fhir.search import Criterion, SearchQuery, SortKey
 from ehcp_record.store import verify_reader
 from ehcp_record.store.crypto import FieldCipher, MasterKeys
 from ehcp_record.store.media import MediaStore
-from ehcp_record.store.sealing import Sealing, gone, key_name
+from ehcp_record.store.sealing import Sealing, gone, key_name, name_stored, stored_digest
 from ehcp_record.store.subscriptions import SubscriptionCache
 from ehcp_record.store.versions import (AuditAppend, RecordContext, Version, VersionWrite, Visibility,  # noqa: F401
                                          utc_now)
@@ -247,7 +247,7 @@ class Repository:
         document of the record in the same transaction (reg 15 transfers)."""
 
         docs = [self.seal.envelope(write) for write in writes]  # sealed once, outside the retries
-        audits = [self.sealed_append(a) for a in audits]
+        audits = [self.sealed_append(a) for a in self.naming_stored(audits, writes, docs)]
 
         def work(session: ClientSession) -> None:
             if custody is not None:
@@ -294,6 +294,15 @@ class Repository:
                        + [c for c in signed if c["record"] not in signed_failed])
         for append in lost + later:
             self._append_retrying(append)
+
+    @staticmethod
+    def naming_stored(audits: list[AuditAppend], writes: list[VersionWrite], docs: list[dict]) -> list[AuditAppend]:
+        """The appends with each version written here also named by its sealed bytes as stored
+        (`sealing.name_stored`): the one value `docs` holds goes to current and history alike,
+        so the verifier can check both by hashing what it reads."""
+        stored = {(f"{w.type}/{w.id}/_history/{w.vid}", w.hash): digest
+                  for w, doc in zip(writes, docs) if (digest := stored_digest(doc.get("res")))}
+        return [replace(a, body=name_stored(a.body, stored)) if stored else a for a in audits]
 
     def sealed_append(self, append: AuditAppend) -> AuditAppend:
         """The append with its body in stored form (store/sealing.py), so the chain hashes
@@ -698,11 +707,18 @@ class Repository:
         return sorted(self.audit.distinct("record"))
 
     def version_digests(self, record: str, current: bool = False) -> Iterator[tuple]:
-        """Every stored version of a record (history, or the current documents) re-hashed from
-        its stored content, opened with the record's key: (type, rid, vid, recomputed sha256 or
-        None, recorded sha256)."""
-        opener = (lambda value: self.seal.open(value, record)) if self.cipher is not None else None
-        return verify_reader.version_digests(self.current if current else self.history, record, opener)
+        """Every stored version of a record (history, or the current documents) as stored:
+        (type, rid, vid, sha256 re-hashed from clear content or None, recorded sha256, sha256 of
+        the sealed bytes or None). Sealed content is not opened (verify_reader)."""
+        return verify_reader.version_digests(self.current if current else self.history, record,
+                                             sealed=self.cipher is not None)
+
+    def opened_digests(self, record: str, ids: list[str], current: bool = False) -> Iterator[tuple]:
+        """The stored versions `ids` (`_id`s, of `record`) opened with the record's key and
+        re-hashed from their content, as `version_digests` yields them: the verifier's way for a
+        version the chain does not name by its stored bytes."""
+        opener = lambda value: self.seal.open(value, record)  # noqa: E731
+        return verify_reader.opened_digests(self.current if current else self.history, record, ids, opener)
 
     # --- retention and erasure (crypto-shredding) --------------------------------------------
 

@@ -21,11 +21,19 @@ media store and transfer storage:
   hashed, so the chain hashes exactly what is stored and still verifies once the key is gone.
   An erasure entry (`action` "erase") is written wholly clear: it must outlive the key.
 - issued documents and media chunks: sealed bytes.
+
+The chain also names each version's sealed bytes exactly as stored: the audit entry that
+records a write lists, beside the clear content `sha256`, `stored`, the SHA-256 of the
+ciphertext written as the version's `res` (`stored_digest`, `name_stored`). One sealed value is
+written to both the current and the history document, so the verifier checks a version by
+hashing the bytes it reads, with no key and no JSON (docs/encryption.md, "Verifying sealed
+versions").
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 from datetime import timezone
 from typing import Any, Iterable
 
@@ -42,6 +50,26 @@ BLIND_TOKENS = frozenset({"identifier"})
 CLEAR_BODY = ("at", "action", "outcome", "agent", "resources", "consent", "checkpoint")
 ERASE_ACTION = "erase"
 UNREADABLE = "sealed: not readable here (the record was erased, or the entry came with a transfer sealed by the sending deployment)"
+
+
+def stored_digest(value: Any) -> str | None:
+    """SHA-256 (hex) of a sealed value exactly as stored: the payload of its BSON binary
+    (subtype 6: algorithm byte, data key id, value type, IV, AES-256-CBC ciphertext, HMAC-SHA-512
+    tag). None for a value stored clear."""
+    return hashlib.sha256(value).hexdigest() if is_sealed(value) else None
+
+
+def name_stored(body: dict, stored: dict[tuple[str, str], str]) -> dict:
+    """`body` with every resource it names that this write sealed, (ref, sha256) -> the stored
+    digest, also naming its stored bytes (`stored`). A new dict: the caller's is not changed."""
+    resources = body.get("resources")
+    if not stored or not isinstance(resources, list):
+        return body
+    named = []
+    for item in resources:
+        digest = stored.get((item.get("ref"), item.get("sha256"))) if isinstance(item, dict) else None
+        named.append(dict(item, stored=digest) if digest else item)
+    return dict(body, resources=named)
 
 
 def key_name(record: str | None) -> str:

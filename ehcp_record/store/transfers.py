@@ -57,27 +57,32 @@ class TransferStore:
             for key, data in imported.documents.items():
                 self.repo.db.documents.insert_one({"_id": key, "record": imported.record,
                                                    "data": self.repo.seal.bytes_in(imported.record, data)}, session=session)
-            for write in imported.new_versions:
-                self.repo._write_version(session, write)
+            docs = [self.repo.seal.envelope(write) for write in imported.new_versions]
+            for write, doc in zip(imported.new_versions, docs):
+                self.repo._write_version(session, write, doc)
             if imported.import_audit is not None:
-                self.repo._append(session, imported.import_audit)
+                [append] = self.repo.naming_stored([imported.import_audit], imported.new_versions, docs)
+                self.repo._append(session, append)
             self.repo.move_custody_of_versions(session, imported.record, imported.record_state.get("custodian"))
 
         self.repo.in_transaction(work)
 
     def _insert_versions(self, session: ClientSession, writes: list[VersionWrite], only_if_absent: bool) -> None:
-        latest: dict[str, VersionWrite] = {}
+        """History rows, and each resource's newest as its current document: the very value
+        sealed for that history row (sealed once), so current and newest history hold the same
+        stored bytes, as the verifier expects of every record."""
+        latest: dict[str, tuple[VersionWrite, dict]] = {}
         for write in writes:
             key = f"{write.type}/{write.id}"
             if only_if_absent and self.repo.current.find_one({"_id": key}, {"_id": 1}, session=session):
                 continue
             doc = self.repo.seal.envelope(write)
             self.repo.history.insert_one(dict(doc, _id=f"{key}/{write.vid}"), session=session)
-            if key not in latest or latest[key].vid < write.vid:
-                latest[key] = write
-        for write in latest.values():
+            if key not in latest or latest[key][0].vid < write.vid:
+                latest[key] = (write, doc)
+        for write, doc in latest.values():
             try:
-                self.repo.current.insert_one(self.repo.seal.envelope(write), session=session)
+                self.repo.current.insert_one(doc, session=session)
             except DuplicateKeyError as exc:
                 if not is_nhs_number_race(exc):
                     raise

@@ -22,6 +22,7 @@ from ehcp_record.audit.chain import (
     GENESIS,
     ChainHead,
     ChainVerdict,
+    StoredVersions,
     _write,
     canonical_json,
     checkpoint_body,
@@ -213,6 +214,22 @@ def test_fast_path_and_rfc8785_writer_agree(value: object) -> None:
     fast = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     assert "".join(parts) == fast
     assert canonical_json(value) == fast.encode("utf-8")
+
+
+def test_the_fast_path_writes_what_the_stdlib_encoder_writes() -> None:
+    """The fast path writes with orjson: byte for byte the stdlib encoder's output (escaping of
+    every code point, integers at and past 64 bits, nesting past orjson's depth limit)."""
+    stdlib = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    points = [chr(cp) for cp in range(0x110000) if not 0xD800 <= cp <= 0xDFFF]
+    for start in range(0, len(points), 4096):
+        value = {"s": points[start:start + 4096], "t": "".join(points[start:start + 64])}
+        assert canonical_json(value) == stdlib.encode(value).encode("utf-8")
+    for number in (2**63 - 1, -(2**63), 2**64 - 1, 2**64, -(2**63) - 1, 10**40):
+        assert canonical_json({"n": [number]}) == stdlib.encode({"n": [number]}).encode("utf-8")
+    deep: object = "leaf"
+    for _ in range(300):
+        deep = {"k": [deep]}
+    assert canonical_json(deep) == stdlib.encode(deep).encode("utf-8")
 
 
 @FAST
@@ -539,6 +556,26 @@ def test_verdict_counts_every_entry_even_after_a_fault() -> None:
     mutated[1]["body"]["reason"] = "edited"
     verdict = verify_chain(iter(mutated), RECORD)
     assert (verdict.entries, verdict.first_invalid) == (10, 2)
+
+
+def test_stored_versions_are_struck_off_by_their_stored_bytes_only() -> None:
+    """A sealed version is found by an entry naming its ref, content sha256 and stored digest
+    together; other namings of its ref are kept for the verifier, even past a fault."""
+    bodies = [_body(0, resources=[{"ref": "Condition/n/_history/1", "sha256": "a" * 64, "stored": "b" * 64}]),
+              _body(1, resources=[{"ref": "Condition/n/_history/2", "sha256": "c" * 64, "stored": "d" * 64}]),
+              _body(2, resources=[{"ref": "Condition/n/_history/3", "sha256": "e" * 64}]),
+              _body(3, resources=[{"ref": "Condition/n/_history/4", "sha256": "f" * 64, "stored": "0" * 64}])]
+    stored = StoredVersions([("Condition/n/_history/1", "a" * 64, "b" * 64),  # named exactly
+                             ("Condition/n/_history/2", "c" * 64, "9" * 64),  # other bytes named
+                             ("Condition/n/_history/3", "e" * 64, "1" * 64),  # named the old way
+                             ("Condition/n/_history/4", "f" * 64, "0" * 64)])  # named after a fault
+    chain = _chain(bodies)
+    chain[2]["body"]["reason"] = "edited"
+    verdict = verify_chain(chain, RECORD, stored=stored)
+    assert (verdict.valid, verdict.first_invalid, verdict.entries) == (False, 3, 4)
+    assert set(stored.waiting) == {"Condition/n/_history/2", "Condition/n/_history/3"}
+    assert stored.named == {"Condition/n/_history/2": {("c" * 64, "d" * 64)},
+                            "Condition/n/_history/3": {("e" * 64, None)}}
 
 
 # ---------------------------------------------------------------------------------------------
