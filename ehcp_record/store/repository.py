@@ -723,8 +723,12 @@ class Repository:
     # --- retention and erasure (crypto-shredding) --------------------------------------------
 
     def erasure(self, record: str) -> dict | None:
-        """Who erased the record, when and why (None while it is readable)."""
-        return ((self.records.find_one({"_id": record}, {"erased": 1}) or {}).get("erased"))
+        """Who erased the record, when and why (None while it is readable), and whether the
+        record came here by transfer (its earlier versions were sealed again on arrival)."""
+        state = self.records.find_one({"_id": record}, {"erased": 1, "transferred_from": 1}) or {}
+        if not state.get("erased"):
+            return None
+        return {**state["erased"], "received_by_transfer": bool(state.get("transferred_from"))}
 
     def retention_state(self, record: str) -> dict:
         """The record's birth date, legal hold and erasure, for the retention rule."""

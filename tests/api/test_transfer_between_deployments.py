@@ -273,3 +273,22 @@ def test_a_waiting_transfer_is_not_accepted_locally_nor_redirected(deployments, 
     other = _transfer(origin, child, "Organization/la-855")
     assert other.status_code == 409 and "waiting" in other.json()["issue"][0]["diagnostics"]
     assert origin.api.get(f"/fhir/Composition/{record['Composition'][0]['id']}", origin.api.la()).status_code == 200
+
+
+def test_a_received_record_once_erased_still_verifies(deployments):
+    """The destination sealed the sender's versions again under its own key, so the chain
+    names other bytes for them than it stores; once the key is destroyed they cannot be opened,
+    and the verifier finds their recorded sha256 in the chain instead of calling them altered
+    (while a version written after the transfer is still checked by its bytes)."""
+    origin, destination = deployments
+    record = load_issued_example(origin.api)
+    child = record["Patient"][0]["id"]
+    assert _transfer(origin, child).status_code == 201
+    new_la = destination.api.token("la", NEW_LA)
+    erased = destination.api.post(f"/fhir/Patient/{child}/$erase",
+                                  {"resourceType": "Parameters",
+                                   "parameter": [{"name": "reason", "valueString": "retention schedule reached"}]}, new_la)
+    assert erased.status_code == 200, erased.text
+    verdict = {p["name"]: p for p in destination.api.get(f"/fhir/Patient/{child}/$verify-audit", new_la).json()["parameter"]}
+    assert verdict["valid"]["valueBoolean"] is True, verdict
+    assert {p["name"] for p in verdict["erased"]["part"]} >= {"at", "reason"}
