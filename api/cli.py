@@ -260,14 +260,7 @@ def _audit_verify(args: argparse.Namespace) -> int:
 
 
 def _settings_beside_server() -> Settings:
-    from dataclasses import replace
-
-    settings = load_settings({"data_dir": str(locate_data_dir())})
-    if not settings.mongodb_uri:
-        uri = running_uri(settings.data_dir.resolve())
-        if uri:
-            settings = replace(settings, mongodb_uri=uri)
-    return settings
+    return _with_running_database(load_settings({"data_dir": str(locate_data_dir())}))
 
 
 def _keys_rotate(args: argparse.Namespace) -> int:
