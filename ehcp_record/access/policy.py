@@ -255,7 +255,7 @@ class RequestAccess:
 
     def searches_custody(self, records: tuple[str, ...]) -> bool:
         """Is the caller an LA searching its custody (the case `search_candidates` can be
-        asked with the consent-named records found beside the search)?"""
+        asked with the consent-named records found in the same command)?"""
         return not records and self._launch_patient_record() is None and self._searching_custodian() is not None
 
     def search_candidates(self, records: tuple[str, ...], named: list[str] | None = None) -> Visibility:

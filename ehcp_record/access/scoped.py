@@ -331,14 +331,13 @@ class ScopedStore:
 
     def _candidate_page(self, query: SearchQuery) -> tuple[int, list[RecordContext]]:
         """The superset's page. An LA searching its custody rarely has a consent naming it
-        elsewhere: the records such consents name are looked up beside the search of its
-        custody, and the page is asked again only when there are some."""
+        elsewhere: the records such consents name are looked up in the same command as the
+        search of its custody, and the page is asked again only when there are some."""
         records = query.patient_filter
         if not self.access.searches_custody(records):
             return self._repo.search_in_context(query, self.access.search_candidates(records))
-        keys = self.access.recipient_keys()
-        named, total, found = self._repo.search_beside(query, self.access.search_candidates(records, named=[]),
-                                                       lambda: self._repo.records_naming(keys))
+        named, total, found = self._repo.search_naming(query, self.access.search_candidates(records, named=[]),
+                                                       self.access.recipient_keys())
         if named:
             total, found = self._repo.search_in_context(query, self.access.search_candidates(records, named=named))
         return total, found

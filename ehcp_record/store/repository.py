@@ -18,12 +18,10 @@ transaction and opened as they are read, and an erased record (`erase_record`) a
 
 from __future__ import annotations
 
-import contextvars
 import io
 import logging
 import re
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterator, TypeVar
@@ -616,9 +614,22 @@ class Repository:
         the filter is a superset still to be decided, its consents) in one aggregate, and the
         total: counted only when the first page is full, since a page that is not full from
         offset 0 already is the total (FHIR R4 search: Bundle.total)."""
+        _, total, found = self._page(query, visibility, None)
+        return total, found
+
+    def search_naming(self, query: SearchQuery, visibility: Visibility, recipients: list[str]
+                      ) -> tuple[list[str], int, list[RecordContext]]:
+        """`search_in_context`, and in the same aggregate (`$unionWith`) the records in which
+        some Consent names one of `recipients` (`records_naming`): an LA's search of its
+        custody learns in one command whether any record elsewhere was shared with it."""
+        return self._page(query, visibility, recipients)
+
+    def _page(self, query: SearchQuery, visibility: Visibility, recipients: list[str] | None
+              ) -> tuple[list[str], int, list[RecordContext]]:
         mongo_filter = _search_filter(query, visibility, self.seal)
         if query.summary_count or query.count == 0:
-            return self.current.count_documents(mongo_filter), []
+            named = self.records_naming(recipients) if recipients is not None else []
+            return named, self.current.count_documents(mongo_filter), []
         pipeline = [{"$match": mongo_filter}, {"$sort": dict(_sort_spec(query.sort))}]
         if query.offset:
             pipeline.append({"$skip": query.offset})
@@ -628,12 +639,19 @@ class Repository:
         if not visibility.exact:
             pipeline += _consent_stages(visibility.custodian)
         pipeline += _TIP_STAGES
-        found = [RecordContext(self._version(d), (d.get("_state") or [None])[0],
-                               [self._version(c) for c in d.get("_consents", ())], (d.get("_tip") or [None])[0])
-                 for d in self.current.aggregate(pipeline)]
+        if recipients is not None:
+            pipeline.append({"$unionWith": {"coll": "current", "pipeline": _naming_stages(recipients)}})
+        named: list[str] = []
+        found: list[RecordContext] = []
+        for d in self.current.aggregate(pipeline):
+            if "_named" in d:  # the $unionWith branch: one document, after the page
+                named = [r for r in d["_named"] if r]
+                continue
+            found.append(RecordContext(self._version(d), (d.get("_state") or [None])[0],
+                                       [self._version(c) for c in d.get("_consents", ())], (d.get("_tip") or [None])[0]))
         if query.offset == 0 and len(found) < query.count:
-            return len(found), found
-        return self.current.count_documents(mongo_filter), found
+            return named, len(found), found
+        return named, self.current.count_documents(mongo_filter), found
 
     # --- custody state ------------------------------------------------------------------
 
@@ -649,22 +667,10 @@ class Repository:
     def records_of_parent(self, reference: str) -> list[str]:
         return [d["_id"] for d in self.records.find({"parents": reference}, {"_id": 1})]
 
-    def search_beside(self, query: SearchQuery, visibility: Visibility, side: Callable[[], T]
-                      ) -> tuple[T, int, list[RecordContext]]:
-        """`search_in_context` with an independent query (`side`) sent at the same time, so the
-        two cost one round trip of waiting, not two. `side` runs in the request's context (its
-        operation deadline, `pymongo.timeout`), and its errors are raised here."""
-        pending = _SIDE_QUERIES.submit(contextvars.copy_context().run, side)
-        try:
-            total, found = self.search_in_context(query, visibility)
-        except BaseException:
-            pending.cancel() or pending.exception()  # never leave it running past the request
-            raise
-        return pending.result(), total, found
-
     def records_naming(self, recipients: list[str]) -> list[str]:
         """The records in which some Consent names one of `recipients` (one command)."""
-        return [r for r in self.current.distinct("record", {"type": "Consent", "recipients": {"$in": recipients}}) if r]
+        found = next(self.current.aggregate(_naming_stages(recipients)), None)
+        return [r for r in found["_named"] if r] if found else []
 
     def consents_naming(self, recipients: list[str]) -> list[tuple[str | None, str, int, str]]:
         """(record, id, version, hash) of every Consent naming a recipient: keys only, since
@@ -807,8 +813,12 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
-#: Queries sent beside a search (`search_beside`); each waits on the network, not the CPU.
-_SIDE_QUERIES = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ehcp-side-query")
+def _naming_stages(recipients: list[str]) -> list[dict]:
+    """One document, `{"_named": [record, ...]}`: the records in which some Consent names one
+    of `recipients` (served by the (type, recipients) index)."""
+    return [{"$match": {"type": "Consent", "recipients": {"$in": recipients}}},
+            {"$group": {"_id": None, "_named": {"$addToSet": "$record"}}},
+            {"$project": {"_id": 0, "_named": 1}}]
 
 #: A version as read: everything but its search index (blind tokens are many and never read back).
 _VERSION = {"idx": 0}

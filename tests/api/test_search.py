@@ -106,3 +106,31 @@ def test_unknown_parameter_ignored_unless_strict(api, family):
     assert "unknown-param" not in self_link and "_totalMethod" not in self_link and "patient=" in self_link
     strict = api.get(f"/fhir/Condition?unknown-param=1", api.la(), Prefer="return=minimal, handling=strict")
     assert strict.status_code == 400 and "unknown-param" in strict.text
+
+
+def test_an_la_finds_a_record_another_la_holds_once_the_family_shares_it(api):
+    """An LA's search of its custody also asks, in the same command, which records elsewhere a
+    Consent shares with it (store `search_naming`): before the grant another LA finds nothing,
+    after it the child by NHS number and the needs of the shared section only."""
+    from tests.consent_support import grant
+    from tests.e2e.plan_builders import parent
+
+    child = api.new_child()
+    nhs = child["identifier"][0]["value"]
+    mum = api.post("/fhir/RelatedPerson", parent(child["id"], "Alex"), api.la()).json()["id"]
+    for section in ("B", "C"):
+        assert api.post("/fhir/Condition", need(child["id"], section), api.la()).status_code == 201
+    other = api.token("la", "Organization/la-916")
+    by_nhs = f"/fhir/Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|{nhs}"
+    assert api.get(by_nhs, other).json()["total"] == 0
+    assert api.get(f"/fhir/Condition?patient={child['id']}", other).json()["total"] == 0
+    mum_token = api.token("parent", None, fhir_user=f"RelatedPerson/{mum}")
+    shared = api.post("/fhir/Consent", grant(child["id"], f"RelatedPerson/{mum}", "Organization/la-916", ["A", "B"],
+                                             role="la"), mum_token)
+    assert shared.status_code == 201, shared.text
+    found = api.get(by_nhs, other).json()
+    assert found["total"] == 1 and found["entry"][0]["resource"]["id"] == child["id"]
+    needs = api.get("/fhir/Condition", other).json()  # its custody search: the shared record's B need only
+    sections = {e["resource"]["category"][0]["coding"][0]["code"] for e in needs["entry"]
+                if e["resource"]["subject"]["reference"] == f"Patient/{child['id']}"}
+    assert sections == {"B"}
