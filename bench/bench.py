@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from api.auth import issue_dev_token  # noqa: E402
+from api.cli import default_workers  # noqa: E402
 from bench.harness import Client, Server, measure  # noqa: E402
 from ehcp_record.config import load_settings  # noqa: E402
 from tests.consent_support import grant  # noqa: E402
@@ -253,7 +254,7 @@ def document_benchmark(server: Server, la: Client, samples: int) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=default_workers(), help="gunicorn workers (default: as `serve`)")
     parser.add_argument("--records", type=int, default=200)
     args = parser.parse_args()
     seconds = 3.0 if args.quick else 8.0

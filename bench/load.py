@@ -17,7 +17,7 @@ that is not 2xx and not an expected business refusal (409 or 412 inside the LA's
 cycle, which then starts again), and any request with no answer. Afterwards every seeded
 record's `$verify-audit` and `ehcp-record audit verify` over every chain.
 
-    .venv/bin/python bench/load.py [--seconds 600] [--clients 16] [--quick] [--children 36] [--workers 4]
+    .venv/bin/python bench/load.py [--seconds 600] [--clients 16] [--quick] [--children 36] [--workers N]
 
 Everything talks to 127.0.0.1 only.
 """
@@ -42,6 +42,7 @@ from urllib.parse import quote
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from api.cli import default_workers  # noqa: E402
 from bench.harness import Client, Server, measure, percentile  # noqa: E402
 from bench.search import NHS, Seeder, nhs_number  # noqa: E402
 from tests.consent_support import grant  # noqa: E402
@@ -297,7 +298,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--quick", action="store_true", help="a 30 s smoke run")
     parser.add_argument("--children", type=int, default=36)
-    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=default_workers(), help="gunicorn workers (default: as `serve`)")
     args = parser.parse_args()
     if args.quick:
         args.seconds = 30.0
