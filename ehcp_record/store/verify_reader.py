@@ -89,7 +89,7 @@ def version_digests(collection: Collection, record: str, sealed: bool = False) -
     """Every stored version of `record` in `collection` (history or current), as stored.
 
     A sealed `res` is not opened: what is checked is the digest of its bytes as stored
-    (`sealing.stored_digest`), which the audit chain names, so a sealed record needs no key,
+    (`sealed_bytes.stored_digest`), which the audit chain names, so a sealed record needs no key,
     no decoding of its content and no canonical JSON (a few microseconds a version, here, not in
     the pool). A clear `res` is re-hashed from its content (`content_hash`), in the pool for a
     long record, with the memo of unchanged bytes. `sealed`: the deployment seals content, so
