@@ -436,7 +436,7 @@ class StoredVersions:
     """Sealed versions to find in the chain by their exact stored bytes.
 
     `waiting` maps each version's ref ("Type/id/_history/n") to (sha256, stored): its recorded
-    content sha256 and the SHA-256 of its sealed bytes as read (`sealing.stored_digest`). An
+    content sha256 and the SHA-256 of its sealed bytes as read (`sealed_bytes.stored_digest`). An
     entry naming that ref with both (`{"ref", "sha256", "stored"}`, the entry of the write that
     sealed them) finds it. What else names a waiting ref is kept in `named` (sha256, stored or
     None), so the verifier can tell, for what is still waiting after the walk, an entry written

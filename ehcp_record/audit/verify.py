@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from ehcp_record.audit import chain as audit_chain
 from ehcp_record.audit.anchor import AnchorLog, NoAnchor
 from ehcp_record.config import Settings
+from ehcp_record.gc_pause import paused_gc
 from ehcp_record.audit.signing import key_id, load_or_create_private_key, public_key_from_pem
 
 
@@ -67,7 +68,7 @@ class ChainSource(Protocol):
 
     def hashed_entries(self, chain: str) -> Iterable[dict | audit_chain.HashedEntry]: ...
 
-    def version_digests(self, record: str, current: bool = False) -> Iterable[tuple]: ...
+    def record_versions(self, record: str) -> tuple[Iterable[tuple], Iterable[tuple]]: ...
 
     def opened_digests(self, record: str, ids: list[str], current: bool = False) -> Iterable[tuple]: ...
 
@@ -165,14 +166,25 @@ def latest_head(repo: ChainSource, record: str) -> dict | None:
 
 def verify_record(repo: ChainSource, record: str, keys: dict[str, Ed25519PublicKey],
                   held_head: audit_chain.ChainHead | None = None) -> RecordVerdict:
+    """Checks 1 to 4 of the module docstring, every one every time; the first fault found is
+    the verdict's. The garbage collector is held off meanwhile (`paused_gc`): a long record
+    is millions of small objects alive until the end, which each of its runs would walk."""
+    with paused_gc():
+        return _verify_record(repo, record, keys, held_head)
+
+
+def _verify_record(repo: ChainSource, record: str, keys: dict[str, Ed25519PublicKey],
+                   held_head: audit_chain.ChainHead | None) -> RecordVerdict:
     erasure = getattr(repo, "erasure", lambda _: None)(record)
-    # The chain is read (and, pooled, hashed) beside the versions: the database serves both at
-    # once instead of one after the other. The thread runs in this request's context (its
-    # database deadline, `pymongo.timeout`).
-    reading = _BESIDE.submit(contextvars.copy_context().run, repo.hashed_entries, record)
+    # The chain is read and hashed beside the versions: the database serves both at once, and
+    # a long sealed record's versions are read by a process of their own (the store's
+    # `record_versions`) while this one hashes the chain. The thread runs in this request's
+    # context (its database deadline, `pymongo.timeout`).
+    history_read, current_read = repo.record_versions(record)
+    reading = _BESIDE.submit(contextvars.copy_context().run, _hashed_chain, repo, record)
     try:
-        history = list(repo.version_digests(record))
-        current = list(repo.version_digests(record, current=True))
+        history = list(history_read)
+        current = list(current_read)
     finally:
         entries = reading.result()
     refs = [_ref(t, rid, vid) for t, rid, vid, *_ in history]
@@ -203,6 +215,11 @@ def verify_record(repo: ChainSource, record: str, keys: dict[str, Ed25519PublicK
         return RecordVerdict(True, verdict.entries, None, verdict.reason + _and_versions(versions) + (
             f"; the content was erased at {erasure.get('at')} and cannot be opened"), head=head, erasure=erasure)
     return RecordVerdict(True, verdict.entries, None, verdict.reason + _and_versions(versions), head=head)
+
+
+def _hashed_chain(repo: ChainSource, record: str) -> list:
+    """The chain, every entry's hash recomputed, before the walk (which needs the versions)."""
+    return list(repo.hashed_entries(record))
 
 
 def _known_heads(repo: ChainSource, record: str, keys: dict[str, Ed25519PublicKey],

@@ -42,7 +42,6 @@ RANDOM = Algorithm.AEAD_AES_256_CBC_HMAC_SHA_512_Random
 #: Key names no record can take: a FHIR id has no ':' (R4 datatypes "id").
 DIRECTORY_KEY = "ehcp:directory"
 SEARCH_KEY = "ehcp:search"
-ENCRYPTED_SUBTYPE = 6  # BSON binary subtype of a CSFLE ciphertext
 LOCAL_KEY_BYTES = 96   # a local master key is 96 bytes (libmongocrypt)
 BLIND_BYTES = 16       # blind index tokens: HMAC-SHA256 truncated to 128 bits
 #: How long libmongocrypt keeps a decrypted data key (its default is 60 s). Longer means a
@@ -267,10 +266,6 @@ class FieldCipher:
 def _missing_key(error: EncryptionError) -> bool:
     """libmongocrypt's answer when a data key (by id or by name) is not in the key vault."""
     return "not all keys requested were satisfied" in str(error)
-
-
-def is_sealed(value: Any) -> bool:
-    return isinstance(value, Binary) and value.subtype == ENCRYPTED_SUBTYPE
 
 
 def _new_local_key() -> bytes:

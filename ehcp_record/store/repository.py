@@ -21,10 +21,11 @@ from __future__ import annotations
 import io
 import logging
 import re
+import sys
 import time
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from bson import ObjectId
@@ -40,10 +41,12 @@ from ehcp_record.audit.anchor import AnchorLog, NoAnchor
 from ehcp_record.errors import FhirError, conflict, precondition_failed
 from ehcp_record.fhir.identifiers import nhs_number_taken, nhs_numbers
 from ehcp_record.fhir.search import Criterion, SearchQuery, SortKey
-from ehcp_record.store import verify_reader
+from ehcp_record.store import verify_reader, versions_apart
+from ehcp_record.store.client_options import CLIENT_OPTIONS
 from ehcp_record.store.crypto import FieldCipher, MasterKeys
 from ehcp_record.store.media import MediaStore
-from ehcp_record.store.sealing import Sealing, gone, key_name, name_stored, stored_digest
+from ehcp_record.store.sealed_bytes import stored_digest
+from ehcp_record.store.sealing import Sealing, gone, key_name, name_stored
 from ehcp_record.store.subscriptions import SubscriptionCache
 from ehcp_record.store.versions import (AuditAppend, RecordContext, Version, VersionWrite, Visibility,  # noqa: F401
                                          utc_now)
@@ -78,8 +81,11 @@ def _consent_stages(custodian: str | None = None) -> list[dict]:
 
 class Repository:
     def __init__(self, client: MongoClient, database: str, signing_key: Ed25519PrivateKey | None = None,
-                 anchor: AnchorLog | None = None, cipher: FieldCipher | None = None) -> None:
+                 anchor: AnchorLog | None = None, cipher: FieldCipher | None = None, uri: str | None = None) -> None:
         self.client = client
+        #: the connection string `connect` was given: a long record's versions are read with it
+        #: in a process of their own when verifying (`record_versions`); None: never
+        self.uri = uri
         #: seals content at rest (store/crypto.py); None only for the benchmark's clear baseline
         #: and tools that never read a record's content
         self.cipher = cipher
@@ -106,16 +112,12 @@ class Repository:
         pool. The API also bounds each request as a whole with `pymongo.timeout` (a client-wide
         `timeoutMS` would replace the 3 s server selection by one long limit, and would not cap a
         transaction's retries). Single reads and writes are retried once on a network error."""
-        client: MongoClient = MongoClient(
-            uri, w="majority", tz_aware=True, maxPoolSize=50, serverSelectionTimeoutMS=3000,
-            connectTimeoutMS=3000, socketTimeoutMS=60000, waitQueueTimeoutMS=10000,
-            retryWrites=True, retryReads=True,
-        )
+        client: MongoClient = MongoClient(uri, **CLIENT_OPTIONS)
         records = client.get_database(database).records
         cipher = None if master_keys is None else FieldCipher(  # an erased record never gets a new key
             client, database, master_keys, lambda name: records.find_one(
                 {"_id": name, "erased": {"$exists": True}}, {"_id": 1}) is None)
-        repo = cls(client, database, signing_key, anchor, cipher)
+        repo = cls(client, database, signing_key, anchor, cipher, uri)
         repo.ensure_indexes()
         return repo
 
@@ -718,6 +720,19 @@ class Repository:
         the sealed bytes or None). Sealed content is not opened (verify_reader)."""
         return verify_reader.version_digests(self.current if current else self.history, record,
                                              sealed=self.cipher is not None)
+
+    def record_versions(self, record: str) -> tuple[Iterable[tuple], Iterable[tuple]]:
+        """Every stored version of a record, history and current, as `version_digests` yields
+        them. A long sealed record's are read in a child process of their own, with this
+        repository's connection string, while the caller reads the chain (store/versions_apart.py
+        says why and how); else here, when the caller iterates."""
+        apart = (self.cipher is not None and self.uri is not None and versions_apart.APART_FROM < sys.maxsize
+                 and self.history.count_documents({"record": record}) >= versions_apart.APART_FROM)
+        if not apart:
+            return self.version_digests(record), self.version_digests(record, current=True)
+        reading = versions_apart.start(self.uri, self.db.name, record,
+                                       lambda name: self.version_digests(record, current=name == "current"))
+        return reading.history(), reading.current()
 
     def opened_digests(self, record: str, ids: list[str], current: bool = False) -> Iterator[tuple]:
         """The stored versions `ids` (`_id`s, of `record`) opened with the record's key and

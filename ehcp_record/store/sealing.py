@@ -24,7 +24,7 @@ media store and transfer storage:
 
 The chain also names each version's sealed bytes exactly as stored: the audit entry that
 records a write lists, beside the clear content `sha256`, `stored`, the SHA-256 of the
-ciphertext written as the version's `res` (`stored_digest`, `name_stored`). One sealed value is
+ciphertext written as the version's `res` (`sealed_bytes.stored_digest`, `name_stored`). One sealed value is
 written to both the current and the history document, so the verifier checks a version by
 hashing the bytes it reads, with no key and no JSON (docs/encryption.md, "Verifying sealed
 versions").
@@ -33,7 +33,6 @@ versions").
 from __future__ import annotations
 
 import base64
-import hashlib
 from datetime import timezone
 from typing import Any, Iterable
 
@@ -41,7 +40,8 @@ from bson.binary import Binary
 
 from ehcp_record.errors import FhirError
 from ehcp_record.fhir.identifiers import NHS_NUMBER_SYSTEM, nhs_numbers
-from ehcp_record.store.crypto import DIRECTORY_KEY, FieldCipher, KeyDestroyed, is_sealed
+from ehcp_record.store.crypto import DIRECTORY_KEY, FieldCipher, KeyDestroyed
+from ehcp_record.store.sealed_bytes import is_sealed
 from ehcp_record.store.versions import Version, VersionWrite
 
 NGRAM = 8
@@ -50,13 +50,6 @@ BLIND_TOKENS = frozenset({"identifier"})
 CLEAR_BODY = ("at", "action", "outcome", "agent", "resources", "consent", "checkpoint")
 ERASE_ACTION = "erase"
 UNREADABLE = "sealed: not readable here (the record was erased, or the entry came with a transfer sealed by the sending deployment)"
-
-
-def stored_digest(value: Any) -> str | None:
-    """SHA-256 (hex) of a sealed value exactly as stored: the payload of its BSON binary
-    (subtype 6: algorithm byte, data key id, value type, IV, AES-256-CBC ciphertext, HMAC-SHA-512
-    tag). None for a value stored clear."""
-    return hashlib.sha256(value).hexdigest() if is_sealed(value) else None
 
 
 def name_stored(body: dict, stored: dict[tuple[str, str], str]) -> dict:

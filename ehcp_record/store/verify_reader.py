@@ -30,15 +30,15 @@ way a document was hashed.
 
 from __future__ import annotations
 
-import gc
+import contextvars
 import hashlib
 import multiprocessing
 import os
+import queue
 import sys
 import threading
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable
 
@@ -48,13 +48,11 @@ from bson.raw_bson import RawBSONDocument
 from pymongo.collection import Collection
 
 from ehcp_record.audit import chain as audit_chain
+from ehcp_record.gc_pause import paused_gc
 from ehcp_record.store.memo import Memo
-from ehcp_record.store.sealing import stored_digest
-
-#: (type, id, versionId, sha256 recomputed from the stored content or None, recorded sha256,
-#: sha256 of the sealed bytes as stored or None when stored clear). A sealed version read by
-#: `version_digests` is not opened: its content sha256 is None and `stored` is set.
-VersionDigest = tuple[object, object, object, "str | None", object, "str | None"]
+from ehcp_record.store.sealed_bytes import stored_digest
+from ehcp_record.store.versions_apart import VERSION_FIELDS as _VERSION_FIELDS
+from ehcp_record.store.versions_apart import VersionDigest, sealed_digests, version_digest
 
 #: Documents in the collection's part of the record from which the pool hashes them. Only
 #: with 4 cores or more: on 2 shared cores bench/verify.py measured the pool slower and dearer
@@ -64,16 +62,16 @@ PARALLEL_FROM = 20_000 if (os.cpu_count() or 1) >= 4 else sys.maxsize
 BATCH = 2_500           # documents per server batch, and per task sent to a worker
 WORKERS = max(1, min(4, os.cpu_count() or 1))
 MEMO_LIMIT = 150_000    # remembered documents per kind (versions, entries): some 50 MB each at most
-_DECODE = CodecOptions()  # stored versions and entries hold no BSON dates (cp_at is not read), so tz is moot
-_VERSION_FIELDS = {"_id": 0, "type": 1, "rid": 1, "vid": 1, "res": 1, "hash": 1}
-_ENTRY_FIELDS = {"_id": 0, "cp_at": 0}
+_DECODE = CodecOptions()  # no BSON date read is used (an entry's cp_at is not hashed), so tz is moot
+#: Entries are read whole: `hash_entry` reads only what the chain hashes, and an exclusion
+#: projection made mongod rebuild every document (0.25 s of its CPU per 100,000 entries).
+_ENTRY_FIELDS = None
 
+AHEAD = 4               # batches read ahead of the hashing in this process (`_read_ahead`)
 _RAW = CodecOptions(document_class=RawBSONDocument)
+_READERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ehcp-verify-read-ahead")
 _pool: Executor | None = None
 _pool_lock = threading.Lock()
-_gc_lock = threading.Lock()
-_gc_pauses = 0
-_gc_resume = False
 
 
 _VERSIONS = Memo(MEMO_LIMIT)
@@ -91,25 +89,23 @@ def version_digests(collection: Collection, record: str, sealed: bool = False) -
     """Every stored version of `record` in `collection` (history or current), as stored.
 
     A sealed `res` is not opened: what is checked is the digest of its bytes as stored
-    (`sealing.stored_digest`), which the audit chain names, so a sealed record needs no key,
+    (`sealed_bytes.stored_digest`), which the audit chain names, so a sealed record needs no key,
     no decoding of its content and no canonical JSON (a few microseconds a version, here, not in
     the pool). A clear `res` is re-hashed from its content (`content_hash`), in the pool for a
     long record, with the memo of unchanged bytes. `sealed`: the deployment seals content, so
     its versions are read the cheap way (a clear one among them is still re-hashed)."""
     query = {"record": record}
     if sealed:
-        return _sealed_digests(collection.with_options(codec_options=_DECODE).find(query, _VERSION_FIELDS,
-                                                                                    batch_size=BATCH))
+        return _sealed_digests(sealed_digests(collection, record))
     batches = _raw_batches(collection, query, _VERSION_FIELDS)
     pooled = collection.count_documents(query) >= PARALLEL_FROM
     return _hashed(batches, _VERSIONS, b"", _digest_version_batch, (), pooled)
 
 
-def _sealed_digests(docs: Iterable[dict]) -> Iterator[VersionDigest]:
+def _sealed_digests(digests: Iterable[VersionDigest]) -> Iterator[VersionDigest]:
     """Decoded once, by the driver (no memo: hashing the stored bytes is all the work)."""
     with paused_gc():
-        for doc in docs:
-            yield _version_digest(doc)
+        yield from digests
 
 
 def opened_digests(collection: Collection, record: str, ids: list[str], opener: Callable[[Any], Any]
@@ -133,35 +129,15 @@ def hashed_entries(collection: Collection, record: str) -> Iterator[audit_chain.
     return _entries(hashed)
 
 
-def _entries(hashed: Iterable[tuple]) -> Iterator[audit_chain.HashedEntry]:
+def _entries(hashed: Iterable[tuple | audit_chain.HashedEntry]) -> Iterator[audit_chain.HashedEntry]:
+    """HashedEntries: as hashed in this process, or made from the tuples a worker sent."""
+    entry = audit_chain.HashedEntry
     with paused_gc():
         for fields in hashed:
-            yield audit_chain.HashedEntry(*fields)
+            yield fields if type(fields) is entry else entry(*fields)
 
 
-@contextmanager
-def paused_gc() -> Iterator[None]:
-    """The cyclic garbage collector held off while many small documents are decoded: each of
-    its runs walks every object the process holds, and decoding 100,000 entries would start
-    hundreds of them (it halves the time of a long check). Nothing here makes reference
-    cycles, reference counting still frees everything, and the collector runs again as soon as
-    the last check in this process (threads may check records at once) is done."""
-    global _gc_pauses, _gc_resume
-    with _gc_lock:
-        _gc_pauses += 1
-        if _gc_pauses == 1:
-            _gc_resume = gc.isenabled()
-            gc.disable()
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_pauses -= 1
-            if _gc_pauses == 0 and _gc_resume:
-                gc.enable()
-
-
-def _raw_batches(collection: Collection, query: dict, projection: dict, sort: dict | None = None
+def _raw_batches(collection: Collection, query: dict, projection: dict | None, sort: dict | None = None
                  ) -> Iterator[list[bytes]]:
     """The documents a find returns, `BATCH` at a time, each as its raw BSON bytes.
 
@@ -186,8 +162,11 @@ def _hashed(batches: Iterable[list[bytes]], memo: Memo, salt: bytes, work: Calla
             pooled: bool) -> Iterator:
     """Each stored document's result, in the order read: remembered, or worked out (in the pool
     when `pooled`). Every batch is read and submitted before the first result is used, so
-    reading overlaps hashing and the reads happen in the order the verifier asks for them."""
+    reading overlaps hashing and the reads happen in the order the verifier asks for them.
+    Without the pool, a thread reads the batches ahead while this one hashes (`_read_ahead`)."""
     pool = _shared_pool() if pooled else None
+    if pool is None:
+        return _hashed_here(_read_ahead(batches), memo, salt, work, args)
     pending: list[tuple[list[bytes], list[Any], Future | None, bytes]] = []
     for docs in batches:
         keys = [hashlib.sha256(salt + doc).digest() for doc in docs]
@@ -201,6 +180,60 @@ def _hashed(batches: Iterable[list[bytes]], memo: Memo, salt: bytes, work: Calla
                 pool = _discard_pool()
         pending.append((keys, known, future, missing))
     return _in_order(pending, memo, work, args)
+
+
+def _hashed_here(batches: Iterable[list[bytes]], memo: Memo, salt: bytes, work: Callable, args: tuple
+                 ) -> Iterator:
+    for docs in batches:
+        keys = [hashlib.sha256(salt + doc).digest() for doc in docs]
+        known = memo.get_many(keys)
+        missing = b"".join(doc for doc, value in zip(docs, known) if value is None)
+        if missing:
+            fresh = iter(work(*args, missing))
+            known = [value if value is not None else next(fresh) for value in known]
+            memo.put_many(zip(keys, known))
+        yield from known
+
+
+def _read_ahead(batches: Iterator[list[bytes]]) -> Iterator[list[bytes]]:
+    """The batches, read from the server by a thread of their own up to `AHEAD` batches
+    ahead of the caller, so the waits on the server overlap the hashing instead of adding to
+    it. Started at the first batch asked for, in the caller's context (its database deadline,
+    `pymongo.timeout`); a read error is raised here; stopped when the caller stops asking."""
+    ready: queue.Queue = queue.Queue(AHEAD)
+    stop = threading.Event()
+    _READERS.submit(contextvars.copy_context().run, _read_into, batches, ready, stop)
+    try:
+        while True:
+            batch, error = ready.get()
+            if error is not None:
+                raise error
+            if batch is None:
+                return
+            yield batch
+    finally:
+        stop.set()
+
+
+def _read_into(batches: Iterator[list[bytes]], ready: queue.Queue, stop: threading.Event) -> None:
+    try:
+        for batch in batches:
+            if not _put(ready, (batch, None), stop):
+                return
+    except BaseException as exc:  # noqa: BLE001 - raised again in the reading caller
+        _put(ready, (None, exc), stop)
+        return
+    _put(ready, (None, None), stop)
+
+
+def _put(ready: queue.Queue, item: tuple, stop: threading.Event) -> bool:
+    while not stop.is_set():
+        try:
+            ready.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
 
 
 def _in_order(pending: list, memo: Memo, work: Callable, args: tuple) -> Iterator:
@@ -247,13 +280,7 @@ def _discard_pool() -> None:
 # ------------------------------------------------- the hashing (in a worker, or in this process)
 
 def _digest_version_batch(raw: bytes) -> list[VersionDigest]:
-    return [_version_digest(doc) for doc in bson.decode_all(raw, _DECODE)]
-
-
-def _version_digest(doc: dict) -> VersionDigest:
-    res = doc.get("res")
-    stored = stored_digest(res)
-    return (doc.get("type"), doc.get("rid"), doc.get("vid"), None if stored else _rehash(res), doc.get("hash"), stored)
+    return [version_digest(doc) for doc in bson.decode_all(raw, _DECODE)]
 
 
 def _digest_opened_batch(opener: Callable[[Any], Any], raw: bytes) -> list[VersionDigest]:
@@ -268,17 +295,21 @@ def _digest_opened_batch(opener: Callable[[Any], Any], raw: bytes) -> list[Versi
     return out
 
 
-def _hash_entry_batch(record: str, raw: bytes) -> list[tuple]:
-    """(slim entry, recomputed hash, error) per entry: tuples pickle faster than dataclasses.
-    A recomputed hash equal to the stored one, and a `prev` equal to the hash before it, are
-    given as that one string object, which pickle then writes once (a third less to send)."""
-    out: list[tuple] = []
+def _hash_entry_batch(record: str, raw: bytes) -> list[Any]:
+    """A `HashedEntry` per entry when hashed in this process; in a worker, (slim entry,
+    recomputed hash, error), as tuples pickle faster than dataclasses, and a recomputed hash
+    equal to the stored one, and a `prev` equal to the hash before it, given as that one
+    string object, which pickle then writes once (a third less to send)."""
+    out: list[Any] = []
     last, sending = None, multiprocessing.parent_process() is not None  # in a worker: pickled back
     with paused_gc():
         for entry in bson.decode_all(raw, _DECODE):
             hashed = audit_chain.hash_entry(record, entry)
+            if not sending:  # hashed here: kept as it is
+                out.append(hashed)
+                continue
             slim, computed = hashed.entry, hashed.computed
-            if sending and isinstance(slim, dict):
+            if isinstance(slim, dict):
                 stored = slim.get("hash")
                 if computed is not None and computed == stored:
                     computed = stored

@@ -221,6 +221,36 @@ def test_an_erased_record_is_checked_by_its_stored_bytes(api, record):
     assert "the record was erased" in verdict["reason"]
 
 
+def test_versions_read_in_a_process_of_their_own_find_what_this_one_finds(api, record, monkeypatch):
+    """A long sealed record's versions are read and digested by a child process of their own
+    (store/versions_apart.py), forced here for a short record: the child answers (no quiet
+    fall-back), an edited history `res` is reported exactly as when this process reads the
+    versions, and a child that fails costs speed, not the answer."""
+    from ehcp_record.store import versions_apart
+
+    started, start = [], versions_apart.start
+    monkeypatch.setattr(versions_apart, "APART_FROM", 1)
+    monkeypatch.setattr(versions_apart, "start", lambda *args: started.append(start(*args)) or started[-1])
+    child, key = record["child"], f"Condition/{record['needs'][0]}"
+    assert _verdict(api, child)["valid"] is True
+    versions = _db(api).history.count_documents({"record": child})
+    assert len(started) == 1 and started[0].failed is None and len(started[0]._read["history"]) == versions
+    _set_res(api, "history", f"{key}/1", _flip(_db(api).history.find_one({"_id": f"{key}/1"})["res"]))
+    apart = _expect_fault(api, child, f"{key}/_history/1", f"history version {key}/_history/1 was altered")
+    assert len(started) == 2 and started[1].failed is None
+    monkeypatch.setattr(versions_apart, "APART_FROM", 10 ** 9)  # the same check, read in this process
+    here = _verdict(api, child)
+    assert len(started) == 2
+    assert {k: v for k, v in apart.items() if not k.startswith("head") and k != "entries"} == \
+        {k: v for k, v in here.items() if not k.startswith("head") and k != "entries"}
+    monkeypatch.setattr(versions_apart, "APART_FROM", 1)
+    monkeypatch.setattr(versions_apart, "__name__", "ehcp_record.store.no_such_module")  # the child cannot start
+    failed = _verdict(api, child)
+    assert len(started) == 3 and started[2].failed and "exited 1" in started[2].failed
+    assert {k: v for k, v in failed.items() if not k.startswith("head") and k != "entries"} == \
+        {k: v for k, v in here.items() if not k.startswith("head") and k != "entries"}
+
+
 def test_a_clear_database_verifies_by_re_hashing(mongo):
     """No cipher (the benchmark's clear baseline): content is stored clear and re-hashed."""
     from datetime import datetime, timezone
