@@ -647,7 +647,7 @@ class Repository:
         found: list[RecordContext] = []
         for d in self.current.aggregate(pipeline):
             if "_named" in d:  # the $unionWith branch: one document, after the page
-                named = [r for r in d["_named"] if r]
+                named = d["_named"]
                 continue
             found.append(RecordContext(self._version(d), (d.get("_state") or [None])[0],
                                        [self._version(c) for c in d.get("_consents", ())], (d.get("_tip") or [None])[0]))
@@ -672,7 +672,7 @@ class Repository:
     def records_naming(self, recipients: list[str]) -> list[str]:
         """The records in which some Consent names one of `recipients` (one command)."""
         found = next(self.current.aggregate(_naming_stages(recipients)), None)
-        return [r for r in found["_named"] if r] if found else []
+        return found["_named"] if found else []
 
     def consents_naming(self, recipients: list[str]) -> list[tuple[str | None, str, int, str]]:
         """(record, id, version, hash) of every Consent naming a recipient: keys only, since
@@ -830,8 +830,9 @@ def _aware(moment: datetime) -> datetime:
 
 def _naming_stages(recipients: list[str]) -> list[dict]:
     """One document, `{"_named": [record, ...]}`: the records in which some Consent names one
-    of `recipients` (served by the (type, recipients) index)."""
-    return [{"$match": {"type": "Consent", "recipients": {"$in": recipients}}},
+    of `recipients` (served by the (type, recipients) index); a Consent outside any record
+    names none."""
+    return [{"$match": {"type": "Consent", "recipients": {"$in": recipients}, "record": {"$nin": [None, ""]}}},
             {"$group": {"_id": None, "_named": {"$addToSet": "$record"}}},
             {"$project": {"_id": 0, "_named": 1}}]
 
