@@ -14,7 +14,7 @@ Stored entry::
 
 `body.resources` names resource versions: {"ref": "Type/id/_history/n", "sha256": content hash},
 and, in the entry of the write that stored a sealed version, "stored": the SHA-256 of its sealed
-bytes as stored (docs/encryption.md, "Verifying sealed versions"; `StoredVersions`).
+bytes as stored (docs/encryption.md, "Verifying sealed versions"; `ChainNames`).
 
 A hash chain alone does not stop someone who can write the database from recomputing every
 hash after an edit. Checkpoints do: a checkpoint is an ordinary entry (action "checkpoint")
@@ -433,41 +433,88 @@ def hash_entry(record: str, entry: Any) -> HashedEntry:
 
 
 class StoredVersions:
-    """Sealed versions to find in the chain by their exact stored bytes.
+    """Sealed versions the chain does not name by their exact stored bytes, as settled by
+    `ChainNames.settle` once the walk is done.
 
-    `waiting` maps each version's ref ("Type/id/_history/n") to (sha256, stored): its recorded
-    content sha256 and the SHA-256 of its sealed bytes as read (`sealed_bytes.stored_digest`). An
-    entry naming that ref with both (`{"ref", "sha256", "stored"}`, the entry of the write that
-    sealed them) finds it. What else names a waiting ref is kept in `named` (sha256, stored or
-    None), so the verifier can tell, for what is still waiting after the walk, an entry written
-    before entries named stored bytes from bytes that changed. Memory: the waiting refs only.
+    `waiting` maps each such version's ref ("Type/id/_history/n") to (sha256, stored): its
+    recorded content sha256 and the SHA-256 of its sealed bytes as read
+    (`sealed_bytes.stored_digest`). `named` keeps what else the chain names for a waiting ref
+    (sha256, stored or None), so the verifier can tell an entry written before entries named
+    stored bytes from bytes that changed.
     """
 
     __slots__ = ("named", "waiting")
 
-    def __init__(self, versions: Iterable[tuple[str, str, str]] = ()) -> None:
+    def __init__(self, versions: Iterable[tuple[str, Any, Any]] = ()) -> None:
         self.waiting: dict[str, tuple[Any, Any]] = {ref: (digest, stored) for ref, digest, stored in versions}
-        self.named: dict[str, set[tuple[Any, Any]]] = {}
+        self.named: dict[str, set[tuple[str, str | None]]] = {}
+
+
+class ChainNames:
+    """What the chain's entries name, collected as `verify_chain` walks them: for each version
+    ref, every (sha256, stored) pair an entry's `resources` gives it (`stored`: the SHA-256 of
+    the sealed bytes the write stored, None in an entry that does not name them).
+
+    Collected rather than struck off a list of the stored versions so that the walk need not
+    wait for those versions: the verifier reads them beside the chain (a long record's in a
+    process of its own) and settles them afterwards (`settle`, `records`). Items that are not
+    a ref with a string sha256 (and a string or no `stored`) can match no stored version and
+    are left out. Memory: one small tuple per version the chain names.
+    """
+
+    __slots__ = ("_names",)
+
+    def __init__(self) -> None:
+        self._names: dict[str, Any] = {}  # ref -> one (sha256, stored) pair, or a set of them
 
     def note(self, body: Mapping[str, Any]) -> None:
-        """Strike every waiting version this entry's body names by its stored bytes."""
+        """Collect every version this entry's body names."""
         resources = body.get("resources")
         if type(resources) is not list:
             return
-        waiting = self.waiting
+        names = self._names
         for item in resources:
             if type(item) is not dict:
                 continue
-            ref = item.get("ref")
-            want = waiting.get(ref) if type(ref) is str else None
-            if want is None:
+            ref, digest, stored = item.get("ref"), item.get("sha256"), item.get("stored")
+            if type(ref) is not str or type(digest) is not str or not (stored is None or type(stored) is str):
                 continue
-            got = (item.get("sha256"), item.get("stored"))
-            if got == want:
-                del waiting[ref]
-                self.named.pop(ref, None)
-            elif type(got[0]) is str:
-                self.named.setdefault(ref, set()).add(got)
+            got, had = (digest, stored), names.get(ref)
+            if had is None:
+                names[ref] = got
+            elif type(had) is set:
+                had.add(got)
+            elif had != got:
+                names[ref] = {had, got}
+
+    def pairs(self, ref: str) -> set[tuple[str, str | None]]:
+        had = self._names.get(ref)
+        return set() if had is None else had if type(had) is set else {had}
+
+    def records(self, ref: str, digest: str) -> bool:
+        """Some entry names version `ref` with content sha256 `digest`."""
+        return any(sha == digest for sha, _ in self.pairs(ref))
+
+    def settle(self, versions: Iterable[tuple[str, Any, Any]]) -> StoredVersions:
+        """The sealed `versions` (ref, recorded sha256, stored digest) that no entry names with
+        exactly that pair, each with the other pairs the chain names for its ref."""
+        settled = StoredVersions()
+        names = self._names
+        for ref, digest, stored in versions:
+            want, had = (digest, stored), names.get(ref)
+            if had == want or (type(had) is set and _holds(had, want)):
+                continue
+            settled.waiting[ref] = want
+            if had is not None:
+                settled.named[ref] = self.pairs(ref)
+        return settled
+
+
+def _holds(pairs: set, pair: tuple) -> bool:
+    try:
+        return pair in pairs
+    except TypeError:  # an unhashable value read from the database is named by no entry
+        return False
 
 
 #: orjson as a plain JSON writer: sorted keys, and anything but exact str, int, bool, None,
@@ -521,7 +568,7 @@ def verify_chain(
     *,
     expected_head: ChainHead | None = None,
     known_heads: Iterable[tuple[ChainHead, str]] = (),
-    stored: StoredVersions | None = None,
+    names: ChainNames | None = None,
 ) -> ChainVerdict:
     """Check one record's chain, read once in seq order, in O(1) memory for the entries.
 
@@ -541,10 +588,9 @@ def verify_chain(
     high-water mark): the chain must reach each and hold exactly that hash at that seq, so
     entries cut from the tail after one of them are found.
 
-    `stored`, when given, is struck off as entries name its versions by their stored bytes
-    (`StoredVersions.note`); what is left in it afterwards is the caller's to settle (the
-    verdict does not count it). Every entry read notes it, even past a fault, so the caller
-    can say which stored version is at fault whatever else is.
+    `names`, when given, collects what every entry read names (`ChainNames.note`), even past a
+    fault, so the caller can settle its stored versions afterwards (`ChainNames.settle`) and
+    say which one is at fault whatever else is: the walk does not wait for them.
 
     Entries may be `HashedEntry`s, their hash already recomputed (`hash_entry`, run in worker
     processes by the store for a long chain); the checks are the same.
@@ -552,7 +598,9 @@ def verify_chain(
     Speed: about 1.5 s per 100,000 typical entries on one core, ~14 µs each, most of it the
     C json encoder writing the canonical form; `python bench/verify.py` measures and prints it.
     """
-    pending = {(ref, digest) for ref, digest in version_hashes}
+    versions = list(version_hashes)
+    if versions and names is None:
+        names = ChainNames()
     keys = _trusted_keys(public_keys or {})
     heads = [(head, holder) for head, holder in known_heads if head is not None]
     wanted = {head.seq for head, _ in heads}
@@ -566,16 +614,14 @@ def verify_chain(
         else:
             entry, fault = item, _check_entry(item, record, position, prev, keys)
         if fault is not None:
-            if stored is not None:
-                _note(stored, entry)
-            return ChainVerdict(False, position + _count(stream, stored), position, fault)
+            if names is not None:
+                _note(names, entry)
+            return ChainVerdict(False, position + _count(stream, names), position, fault)
         prev = entry["hash"]
         if position in wanted:
             seen[position] = prev
-        if pending:
-            _discharge(pending, entry["body"])
-        if stored is not None and stored.waiting:
-            stored.note(entry["body"])
+        if names is not None:
+            names.note(entry["body"])
     for head, holder in sorted(heads, key=lambda pair: pair[0].seq):
         if head.seq > position:
             reason = (f"entries {position + 1} to {head.seq} are missing from the end of the chain "
@@ -584,6 +630,8 @@ def verify_chain(
         if head.seq > 0 and seen.get(head.seq) != head.hash:
             reason = f"entry {head.seq} is not the entry {holder} records (sha256 {head.hash})"
             return ChainVerdict(False, position, head.seq, reason)
+    pending = {(ref, digest) for ref, digest in versions 
+               if not names.records(ref, digest)} if versions and names is not None else set()
     return _final_verdict(position, prev, pending, expected_head)
 
 
@@ -618,20 +666,20 @@ def _trusted_keys(public_keys: Mapping[str, Ed25519PublicKey | str]) -> dict[str
     return keys
 
 
-def _count(stream: Iterator[Any], stored: StoredVersions | None = None) -> int:
-    if stored is None:
+def _count(stream: Iterator[Any], names: ChainNames | None = None) -> int:
+    if names is None:
         return sum(1 for _ in stream)
     count = 0
     for item in stream:
         count += 1
-        _note(stored, item.entry if type(item) is HashedEntry else item)
+        _note(names, item.entry if type(item) is HashedEntry else item)
     return count
 
 
-def _note(stored: StoredVersions, entry: Any) -> None:
+def _note(names: ChainNames, entry: Any) -> None:
     body = entry.get("body") if isinstance(entry, Mapping) else None
-    if stored.waiting and isinstance(body, Mapping):
-        stored.note(body)
+    if isinstance(body, Mapping):
+        names.note(body)
 
 
 def _check_entry(
@@ -696,15 +744,3 @@ def _checkpoint_fault(
     if not verify_checkpoint(key, checkpoint):
         return f"checkpoint entry {position} has an invalid signature"
     return None
-
-
-def _discharge(pending: set[tuple[str, str]], body: Mapping[str, Any]) -> None:
-    """Strike from `pending` every (ref, sha256) this entry's body records."""
-    resources = body.get("resources")
-    if not isinstance(resources, list):
-        return
-    for item in resources:
-        if isinstance(item, dict):
-            ref, digest = item.get("ref"), item.get("sha256")
-            if isinstance(ref, str) and isinstance(digest, str):
-                pending.discard((ref, digest))

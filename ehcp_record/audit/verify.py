@@ -176,23 +176,28 @@ def verify_record(repo: ChainSource, record: str, keys: dict[str, Ed25519PublicK
 def _verify_record(repo: ChainSource, record: str, keys: dict[str, Ed25519PublicKey],
                    held_head: audit_chain.ChainHead | None) -> RecordVerdict:
     erasure = getattr(repo, "erasure", lambda _: None)(record)
-    # The chain is read and hashed beside the versions: the database serves both at once, and
-    # a long sealed record's versions are read by a process of their own (the store's
-    # `record_versions`) while this one hashes the chain. The thread runs in this request's
-    # context (its database deadline, `pymongo.timeout`).
+    faults: list[_Fault] = []
+    known = _known_heads(repo, record, keys, held_head, faults)
+    # The chain is read, hashed and walked beside the versions: the database serves both at
+    # once, and a long sealed record's versions are read by a process of their own (the
+    # store's `record_versions`) while this one hashes the chain. The walk collects what the
+    # entries name (`ChainNames`) and the versions are settled against it afterwards, so it
+    # need not wait for them. The thread runs in this request's context (its database
+    # deadline, `pymongo.timeout`).
+    names = audit_chain.ChainNames()
     history_read, current_read = repo.record_versions(record)
-    reading = _BESIDE.submit(contextvars.copy_context().run, _hashed_chain, repo, record)
+    walking = _BESIDE.submit(contextvars.copy_context().run, _walked_chain, repo, record, keys, known, names)
     try:
         history = list(history_read)
         current = list(current_read)
     finally:
-        entries = reading.result()
+        verdict = walking.result()
     refs = [_ref(t, rid, vid) for t, rid, vid, *_ in history]
-    stored = audit_chain.StoredVersions((ref, row[4], row[5]) for ref, row in zip(refs, history) if row[5] is not None)
-    clear = [(ref, row[3]) for ref, row in zip(refs, history) if row[5] is None and row[3] is not None]
-    faults: list[_Fault] = []
-    known = _known_heads(repo, record, keys, held_head, faults)
-    verdict = audit_chain.verify_chain(entries, record, clear, keys, known_heads=known, stored=stored)
+    stored = names.settle((ref, row[4], row[5]) for ref, row in zip(refs, history) if row[5] is not None)
+    unrecorded = {(ref, row[3]) for ref, row in zip(refs, history)
+                  if row[5] is None and row[3] is not None and not names.records(ref, row[3])}
+    if verdict.valid and unrecorded:
+        verdict = audit_chain.unrecorded_verdict(verdict.entries, unrecorded)
     content_faults: list[_Fault] = []
     versions = _check_history(repo, record, history, refs, stored, erasure, content_faults)
     _check_current(repo, record, current, versions, erasure, content_faults)
@@ -217,9 +222,11 @@ def _verify_record(repo: ChainSource, record: str, keys: dict[str, Ed25519Public
     return RecordVerdict(True, verdict.entries, None, verdict.reason + _and_versions(versions), head=head)
 
 
-def _hashed_chain(repo: ChainSource, record: str) -> list:
-    """The chain, every entry's hash recomputed, before the walk (which needs the versions)."""
-    return list(repo.hashed_entries(record))
+def _walked_chain(repo: ChainSource, record: str, keys: dict[str, Ed25519PublicKey], known: list,
+                  names: audit_chain.ChainNames) -> audit_chain.ChainVerdict:
+    """The chain walked as it is read, every entry's hash recomputed (the store's
+    `hashed_entries`), what it names collected in `names`."""
+    return audit_chain.verify_chain(repo.hashed_entries(record), record, (), keys, known_heads=known, names=names)
 
 
 def _known_heads(repo: ChainSource, record: str, keys: dict[str, Ed25519PublicKey],

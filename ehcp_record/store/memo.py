@@ -1,8 +1,8 @@
 """A bounded, thread-safe map from a digest of stored bytes to what working on them gave.
 
 Both caches of the store package are keyed by the SHA-256 of exactly the bytes read, so an
-entry can never be stale (changed bytes are another key): the verifier's re-hash of a stored
-document (`verify_reader`) and the opened content of a ciphertext (`crypto`). Least recently
+entry can never be stale (changed bytes are another key): the verifier's re-hash of a batch of stored
+documents (`verify_reader`) and the opened content of a ciphertext (`crypto`). Least recently
 used entries go first once `limit` is reached; the memory is this process's only.
 """
 

@@ -39,11 +39,12 @@ import os
 import pickle
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, Any, Callable
 
 import pymongo
 from bson.codec_options import CodecOptions
@@ -134,31 +135,39 @@ class Apart:
 
 
 def start(uri: str, database: str, record: str, fallback: Callable[[str], Iterable[VersionDigest]]) -> Apart:
-    """Start the child reading `record`'s versions; it runs while the caller reads the chain."""
+    """Start the child reading `record`'s versions; it runs while the caller reads the chain.
+
+    The child writes its answer (some 16 MB for 100,000 versions) to an unnamed temporary file,
+    not a pipe: this process is busy hashing the chain meanwhile, and a thread draining a pipe
+    64 KB at a time would wait for the interpreter lock at every read, holding the child up
+    (bench/verify.py measured the child answering half a second after the chain was done)."""
     left = _remaining()
     request = json.dumps({"uri": uri, "database": database, "record": record, "timeout": left}).encode()
     wait = (left + _WAIT_BEYOND_DEADLINE) if left is not None else _NO_DEADLINE_WAIT
     try:
-        child = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        answer = tempfile.TemporaryFile(prefix="ehcp-versions-")
+        child = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=answer,
                                  stderr=subprocess.PIPE, env=_child_env(), cwd=_ROOT)
     except OSError as exc:
         failed: Future = Future()
         failed.set_exception(exc)
         return Apart(failed, fallback)
-    return Apart(_WAITING.submit(_answer, child, request, wait), fallback)
+    return Apart(_WAITING.submit(_answer, child, answer, request, wait), fallback)
 
 
-def _answer(child: subprocess.Popen, request: bytes, wait: float) -> dict[str, list]:
-    try:
-        out, err = child.communicate(request, timeout=wait)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        child.communicate()
-        raise TimeoutError(f"the child reading versions did not answer within {wait:.0f} s") from None
-    if child.returncode != 0:
-        raise RuntimeError(f"the child reading versions exited {child.returncode}: "
-                           f"{err.decode(errors='replace').strip()[-500:]}")
-    read = pickle.loads(out)  # written by this module's `main`, in a process this one started
+def _answer(child: subprocess.Popen, answer: IO[bytes], request: bytes, wait: float) -> dict[str, list]:
+    with answer:
+        try:
+            _, err = child.communicate(request, timeout=wait)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+            raise TimeoutError(f"the child reading versions did not answer within {wait:.0f} s") from None
+        if child.returncode != 0:
+            raise RuntimeError(f"the child reading versions exited {child.returncode}: "
+                               f"{err.decode(errors='replace').strip()[-500:]}")
+        answer.seek(0)
+        read = pickle.load(answer)  # written by this module's `main`, in a process this one started
     if not (isinstance(read, dict) and all(isinstance(read.get(name), list) for name in COLLECTIONS)):
         raise RuntimeError("the child reading versions answered with something else")
     return read

@@ -21,8 +21,8 @@ from ehcp_record.audit import signing
 from ehcp_record.audit.chain import (
     GENESIS,
     ChainHead,
+    ChainNames,
     ChainVerdict,
-    StoredVersions,
     _write,
     canonical_json,
     checkpoint_body,
@@ -558,24 +558,42 @@ def test_verdict_counts_every_entry_even_after_a_fault() -> None:
     assert (verdict.entries, verdict.first_invalid) == (10, 2)
 
 
-def test_stored_versions_are_struck_off_by_their_stored_bytes_only() -> None:
+def test_stored_versions_are_settled_by_their_stored_bytes_only() -> None:
     """A sealed version is found by an entry naming its ref, content sha256 and stored digest
     together; other namings of its ref are kept for the verifier, even past a fault."""
     bodies = [_body(0, resources=[{"ref": "Condition/n/_history/1", "sha256": "a" * 64, "stored": "b" * 64}]),
               _body(1, resources=[{"ref": "Condition/n/_history/2", "sha256": "c" * 64, "stored": "d" * 64}]),
               _body(2, resources=[{"ref": "Condition/n/_history/3", "sha256": "e" * 64}]),
               _body(3, resources=[{"ref": "Condition/n/_history/4", "sha256": "f" * 64, "stored": "0" * 64}])]
-    stored = StoredVersions([("Condition/n/_history/1", "a" * 64, "b" * 64),  # named exactly
-                             ("Condition/n/_history/2", "c" * 64, "9" * 64),  # other bytes named
-                             ("Condition/n/_history/3", "e" * 64, "1" * 64),  # named the old way
-                             ("Condition/n/_history/4", "f" * 64, "0" * 64)])  # named after a fault
     chain = _chain(bodies)
     chain[2]["body"]["reason"] = "edited"
-    verdict = verify_chain(chain, RECORD, stored=stored)
+    names = ChainNames()
+    verdict = verify_chain(chain, RECORD, names=names)
     assert (verdict.valid, verdict.first_invalid, verdict.entries) == (False, 3, 4)
-    assert set(stored.waiting) == {"Condition/n/_history/2", "Condition/n/_history/3"}
+    stored = names.settle([("Condition/n/_history/1", "a" * 64, "b" * 64),  # named exactly
+                           ("Condition/n/_history/2", "c" * 64, "9" * 64),  # other bytes named
+                           ("Condition/n/_history/3", "e" * 64, "1" * 64),  # named the old way
+                           ("Condition/n/_history/4", "f" * 64, "0" * 64),  # named after a fault
+                           ("Condition/n/_history/5", "1" * 64, "2" * 64)])  # named by no entry
+    assert set(stored.waiting) == {"Condition/n/_history/2", "Condition/n/_history/3", "Condition/n/_history/5"}
     assert stored.named == {"Condition/n/_history/2": {("c" * 64, "d" * 64)},
                             "Condition/n/_history/3": {("e" * 64, None)}}
+
+
+def test_chain_names_keep_every_pair_a_ref_is_named_with_and_skip_what_matches_nothing() -> None:
+    names = ChainNames()
+    names.note({"resources": [{"ref": "Condition/n/_history/1", "sha256": "a" * 64, "stored": "b" * 64}]})
+    names.note({"resources": [{"ref": "Condition/n/_history/1", "sha256": "a" * 64}]})
+    names.note({"resources": [{"ref": "Condition/n/_history/1", "sha256": "a" * 64, "stored": "b" * 64}]})
+    names.note({"resources": [{"ref": "Condition/n/_history/2", "sha256": ["a"], "stored": "b" * 64},
+                              {"ref": "Condition/n/_history/2", "sha256": "c" * 64, "stored": {"x": 1}},
+                              "Condition/n/_history/2", {"ref": 7, "sha256": "c" * 64}]})
+    names.note({"resources": "Condition/n/_history/3"})
+    assert names.pairs("Condition/n/_history/1") == {("a" * 64, "b" * 64), ("a" * 64, None)}
+    assert names.pairs("Condition/n/_history/2") == set()
+    assert names.records("Condition/n/_history/1", "a" * 64) and not names.records("Condition/n/_history/1", "b" * 64)
+    settled = names.settle([("Condition/n/_history/1", "a" * 64, "b" * 64), ("Condition/n/_history/2", ["x"], "b" * 64)])
+    assert list(settled.waiting) == ["Condition/n/_history/2"] and settled.named == {}
 
 
 # ---------------------------------------------------------------------------------------------
