@@ -14,8 +14,9 @@ says little without them):
 
 - **first check, in a fresh process** (a child process started for it, as
   `ehcp-record audit verify` is): nothing remembered, no worker pool yet, no data key cached;
-  on 2 cores or more the versions are read by a child process of the store's beside it
-  (ehcp_record/store/versions_apart.py), whose CPU seconds are counted in.
+  on 2 cores or more the versions, and the last part of the chain, are read and hashed by a
+  child process of the store's beside it (ehcp_record/store/versions_apart.py), whose CPU
+  seconds are counted in.
   Target: under 5 seconds for 100,000 entries.
 - the next check in that process (a running server answering `$verify-audit` again);
 - the first check in this process with its memo dropped (its pool, on 4+ cores, running);
@@ -267,7 +268,8 @@ def main() -> int:
     scale = args.entries / max(opened, 1)
     pool = (f"worker pool from {verify_reader.PARALLEL_FROM:,} documents" if verify_reader.PARALLEL_FROM < sys.maxsize
             else "no worker pool (fewer than 4 cores)")
-    apart = (f"versions read by a child process from {versions_apart.APART_FROM:,} (store/versions_apart.py)"
+    apart = (f"versions and the last {versions_apart.CHAIN_SHARE:.0%} of the chain read by a child process from "
+             f"{versions_apart.APART_FROM:,} entries (store/versions_apart.py)"
              if versions_apart.APART_FROM < sys.maxsize else "versions read in the checking process (1 core)")
     print(f"machine: {os.cpu_count()} cores; {pool}; {apart}")
     print(f"first check in a fresh process (as `ehcp-record audit verify`): {entries:,} entries, valid={valid}, "

@@ -419,15 +419,19 @@ def hash_entry(record: str, entry: Any) -> HashedEntry:
         seq, prev, body = entry["seq"], entry["prev"], entry["body"]
     except (KeyError, TypeError, IndexError):
         return HashedEntry(entry, None, "a required field is missing")
-    if not isinstance(entry, Mapping) or not isinstance(body, dict):
+    if not (type(entry) is dict or isinstance(entry, Mapping)) or not isinstance(body, dict):  # a dict: no ABC check
         return HashedEntry(entry, None, "its body is not an object")
-    computed, error = _quick_match(record, seq, prev, body, entry.get("hash")), None
+    stored = entry.get("hash")
+    computed, error = _quick_match(record, seq, prev, body, stored), None
     if computed is None:
         try:
             computed = entry_hash(record, seq, prev, body)
         except (TypeError, ValueError) as exc:
             error = str(exc)
-    slim = {key: entry[key] for key in ("record", "seq", "prev", "hash") if key in entry}
+    if "record" in entry and "hash" in entry:  # every stored entry: seq and prev were read above
+        slim = {"record": entry["record"], "seq": seq, "prev": prev, "hash": stored}
+    else:
+        slim = {key: entry[key] for key in ("record", "seq", "prev", "hash") if key in entry}
     slim["body"] = {key: body[key] for key in _LINK_FIELDS if key in body}
     return HashedEntry(slim, computed, error)
 

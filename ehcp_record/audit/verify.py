@@ -66,9 +66,7 @@ class ChainSource(Protocol):
 
     anchor: AnchorLog
 
-    def hashed_entries(self, chain: str) -> Iterable[dict | audit_chain.HashedEntry]: ...
-
-    def record_versions(self, record: str) -> tuple[Iterable[tuple], Iterable[tuple]]: ...
+    def record_reading(self, record: str) -> tuple[Iterable[tuple], Iterable[tuple], Iterable]: ...
 
     def opened_digests(self, record: str, ids: list[str], current: bool = False) -> Iterable[tuple]: ...
 
@@ -122,7 +120,10 @@ class _Versions:
     unrecorded: list[tuple[str, str]] = field(default_factory=list)  # (ref, sha256) no entry names
 
     def add(self, resource_type: object, rid: object, vid: int, digest: str) -> None:
-        self.hashes.setdefault(f"{resource_type}/{rid}", {})[vid] = digest
+        self.found(f"{resource_type}/{rid}", vid, digest)
+
+    def found(self, key: str, vid: int, digest: str) -> None:
+        self.hashes.setdefault(key, {})[vid] = digest
 
     def newest(self, key: str) -> tuple[int, str] | None:
         versions = self.hashes.get(key)
@@ -179,21 +180,21 @@ def _verify_record(repo: ChainSource, record: str, keys: dict[str, Ed25519Public
     faults: list[_Fault] = []
     known = _known_heads(repo, record, keys, held_head, faults)
     # The chain is read, hashed and walked beside the versions: the database serves both at
-    # once, and a long sealed record's versions are read by a process of their own (the
-    # store's `record_versions`) while this one hashes the chain. The walk collects what the
-    # entries name (`ChainNames`) and the versions are settled against it afterwards, so it
-    # need not wait for them. The thread runs in this request's context (its database
-    # deadline, `pymongo.timeout`).
+    # once, and a long sealed record's versions, with the last part of its chain, are read by
+    # a process of their own (the store's `record_reading`) while this one hashes the rest.
+    # The walk collects what the entries name (`ChainNames`) and the versions are settled
+    # against it afterwards, so it need not wait for them. The thread runs in this request's
+    # context (its database deadline, `pymongo.timeout`).
     names = audit_chain.ChainNames()
-    history_read, current_read = repo.record_versions(record)
-    walking = _BESIDE.submit(contextvars.copy_context().run, _walked_chain, repo, record, keys, known, names)
+    history_read, current_read, entries = repo.record_reading(record)
+    walking = _BESIDE.submit(contextvars.copy_context().run, _walked_chain, entries, record, keys, known, names)
     try:
         history = list(history_read)
         current = list(current_read)
     finally:
         verdict = walking.result()
-    refs = [_ref(t, rid, vid) for t, rid, vid, *_ in history]
-    stored = names.settle((ref, row[4], row[5]) for ref, row in zip(refs, history) if row[5] is not None)
+    refs = [f"{t}/{rid}/_history/{vid}" for t, rid, vid, _, _, _ in history]  # as `_ref` writes them
+    stored = names.settle([(ref, row[4], row[5]) for ref, row in zip(refs, history) if row[5] is not None])
     unrecorded = {(ref, row[3]) for ref, row in zip(refs, history)
                   if row[5] is None and row[3] is not None and not names.records(ref, row[3])}
     if verdict.valid and unrecorded:
@@ -222,11 +223,11 @@ def _verify_record(repo: ChainSource, record: str, keys: dict[str, Ed25519Public
     return RecordVerdict(True, verdict.entries, None, verdict.reason + _and_versions(versions), head=head)
 
 
-def _walked_chain(repo: ChainSource, record: str, keys: dict[str, Ed25519PublicKey], known: list,
+def _walked_chain(entries: Iterable, record: str, keys: dict[str, Ed25519PublicKey], known: list,
                   names: audit_chain.ChainNames) -> audit_chain.ChainVerdict:
     """The chain walked as it is read, every entry's hash recomputed (the store's
     `hashed_entries`), what it names collected in `names`."""
-    return audit_chain.verify_chain(repo.hashed_entries(record), record, (), keys, known_heads=known, names=names)
+    return audit_chain.verify_chain(entries, record, (), keys, known_heads=known, names=names)
 
 
 def _known_heads(repo: ChainSource, record: str, keys: dict[str, Ed25519PublicKey],
@@ -286,15 +287,18 @@ def _check_history(repo: ChainSource, record: str, history: list[tuple], refs: l
     its recorded sha256 (no key needed); one it did not is opened and re-hashed, as before
     entries named stored bytes (or, erased, can only have its recorded sha256 found)."""
     versions = _Versions()
+    still = stored.waiting
     waiting = [f"{t}/{rid}/{vid}" for ref, (t, rid, vid, _, _, sealed) in zip(refs, history)
-               if sealed is not None and ref in stored.waiting]
+               if sealed is not None and ref in still] if still else []
     opened = {} if erasure else _opened(repo, record, waiting)
+    by_stored = versions.stored
     for ref, (resource_type, rid, vid, digest, recorded, sealed) in zip(refs, history):
         if sealed is not None:
-            versions.stored.setdefault(f"{resource_type}/{rid}", {})[vid] = sealed
-            if ref not in stored.waiting:
+            key = f"{resource_type}/{rid}"
+            by_stored.setdefault(key, {})[vid] = sealed
+            if ref not in still:  # the common case, kept short: found by its stored bytes
                 versions.by_bytes += 1
-                versions.add(resource_type, rid, vid, recorded)
+                versions.found(key, vid, recorded)
                 continue
             named = stored.named.get(ref, set())
             if erasure:

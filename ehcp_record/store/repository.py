@@ -84,7 +84,7 @@ class Repository:
                  anchor: AnchorLog | None = None, cipher: FieldCipher | None = None, uri: str | None = None) -> None:
         self.client = client
         #: the connection string `connect` was given: a long record's versions are read with it
-        #: in a process of their own when verifying (`record_versions`); None: never
+        #: in a process of their own when verifying (`record_reading`); None: never
         self.uri = uri
         #: seals content at rest (store/crypto.py); None only for the benchmark's clear baseline
         #: and tools that never read a record's content
@@ -721,18 +721,30 @@ class Repository:
         return verify_reader.version_digests(self.current if current else self.history, record,
                                              sealed=self.cipher is not None)
 
-    def record_versions(self, record: str) -> tuple[Iterable[tuple], Iterable[tuple]]:
-        """Every stored version of a record, history and current, as `version_digests` yields
-        them. A long sealed record's are read in a child process of their own, with this
-        repository's connection string, while the caller reads the chain (store/versions_apart.py
-        says why and how); else here, when the caller iterates."""
-        apart = (self.cipher is not None and self.uri is not None and versions_apart.APART_FROM < sys.maxsize
-                 and self.history.count_documents({"record": record}) >= versions_apart.APART_FROM)
-        if not apart:
-            return self.version_digests(record), self.version_digests(record, current=True)
+    def record_reading(self, record: str) -> tuple[Iterable[tuple], Iterable[tuple], Iterator]:
+        """What verifying a record reads: every stored version, history and current, as
+        `version_digests` yields them, and the chain as `hashed_entries` does. A long sealed
+        record's versions, and the last part of its chain (`versions_apart.chain_share`), are
+        read in a child process of their own, with this repository's connection string, while
+        this process reads the chain (store/versions_apart.py says why and how); else here,
+        when the caller iterates. A chain this process read whole before is read here again, as
+        its memo holds it (`verify_reader.remembers_chain`)."""
+        entries = self._chain_length(record) if self.cipher is not None and self.uri is not None else 0
+        if entries < versions_apart.APART_FROM:
+            return (self.version_digests(record), self.version_digests(record, current=True),
+                    self.hashed_entries(record))
+        first = None if verify_reader.remembers_chain(record) else versions_apart.chain_share(entries)
         reading = versions_apart.start(self.uri, self.db.name, record,
-                                       lambda name: self.version_digests(record, current=name == "current"))
-        return reading.history(), reading.current()
+                                       lambda name: self.version_digests(record, current=name == "current"), first)
+        entries_read = verify_reader.hashed_entries(self.audit, record, first, reading.chain)
+        return reading.history(), reading.current(), entries_read
+
+    def _chain_length(self, record: str) -> int:
+        """About how many entries `record`'s chain holds, to choose how to read it (never to
+        judge it): the high-water mark kept outside the database, which costs no query (a
+        count of a long chain in a cold cache took 0.1 s), else a count."""
+        mark = self.anchor.high_water(record)
+        return mark.seq if mark is not None else self.audit.count_documents({"record": record})
 
     def opened_digests(self, record: str, ids: list[str], current: bool = False) -> Iterator[tuple]:
         """The stored versions `ids` (`_id`s, of `record`) opened with the record's key and

@@ -34,7 +34,7 @@ way a document was hashed.
 from __future__ import annotations
 
 import contextvars
-import hashlib
+import itertools
 import multiprocessing
 import os
 import queue
@@ -47,31 +47,41 @@ from typing import Any, Callable
 
 import bson
 from bson.codec_options import CodecOptions
-from bson.raw_bson import RawBSONDocument
 from pymongo.collection import Collection
 
 from ehcp_record.audit import chain as audit_chain
 from ehcp_record.gc_pause import paused_gc
+from ehcp_record.store.entry_hashing import (
+    BATCH,
+    CHAIN_ORDER,
+    batch_key,
+    entry_salt,
+    hash_entry_batch,
+    raw_batches,
+    received,
+)
 from ehcp_record.store.memo import Memo
 from ehcp_record.store.sealed_bytes import stored_digest
 from ehcp_record.store.versions_apart import VERSION_FIELDS as _VERSION_FIELDS
-from ehcp_record.store.versions_apart import VersionDigest, sealed_digests, version_digest
+from ehcp_record.store.versions_apart import (
+    VersionDigest,
+    sealed_digests,
+    version_digest,
+)
 
 #: Documents in the collection's part of the record from which the pool hashes them. Only
 #: with 4 cores or more: on 2 shared cores bench/verify.py measured the pool slower and dearer
 #: (100,000 sealed entries: 12.9 s and 10.2 CPU s pooled, 8.0 s and 6.7 CPU s in one process),
 #: as sending the slim entries back costs about what hashing them does.
 PARALLEL_FROM = 20_000 if (os.cpu_count() or 1) >= 4 else sys.maxsize
-BATCH = 2_500           # documents per server batch, and per task sent to a worker
 WORKERS = max(1, min(4, os.cpu_count() or 1))
 MEMO_LIMIT = 60         # remembered batches per kind (versions, entries): 150,000 documents, some 50 MB each at most
-_DECODE = CodecOptions()  # no BSON date read is used (an entry's cp_at is not hashed), so tz is moot
+_DECODE = CodecOptions()  # versions hold no BSON dates in the fields read, so tz is moot
 #: Entries are read whole: `hash_entry` reads only what the chain hashes, and an exclusion
 #: projection made mongod rebuild every document (0.25 s of its CPU per 100,000 entries).
 _ENTRY_FIELDS = None
 
 AHEAD = 4               # batches read ahead of the hashing in this process (`_read_ahead`)
-_RAW = CodecOptions(document_class=RawBSONDocument)
 _READERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ehcp-verify-read-ahead")
 _pool: Executor | None = None
 _pool_lock = threading.Lock()
@@ -79,6 +89,7 @@ _pool_lock = threading.Lock()
 
 _VERSIONS = Memo(MEMO_LIMIT)
 _ENTRIES = Memo(MEMO_LIMIT)
+_REMEMBERED: set[str] = set()  # records whose whole chain was read here (`remembers_chain`)
 
 
 def forget() -> None:
@@ -86,6 +97,7 @@ def forget() -> None:
     benchmark times both; nothing else needs it)."""
     _VERSIONS.clear()
     _ENTRIES.clear()
+    _REMEMBERED.clear()
 
 
 def version_digests(collection: Collection, record: str, sealed: bool = False) -> Iterator[VersionDigest]:
@@ -100,7 +112,7 @@ def version_digests(collection: Collection, record: str, sealed: bool = False) -
     query = {"record": record}
     if sealed:
         return _sealed_digests(sealed_digests(collection, record))
-    batches = _raw_batches(collection, query, _VERSION_FIELDS)
+    batches = raw_batches(collection, query, _VERSION_FIELDS)
     pooled = collection.count_documents(query) >= PARALLEL_FROM
     return _hashed(batches, _VERSIONS, b"", _digest_version_batch, (), pooled)
 
@@ -119,17 +131,37 @@ def opened_digests(collection: Collection, record: str, ids: list[str], opener: 
     The memo skips documents whose stored bytes were opened and hashed before."""
     for start in range(0, len(ids), BATCH):
         query = {"record": record, "_id": {"$in": ids[start:start + BATCH]}}
-        batches = _raw_batches(collection, query, _VERSION_FIELDS)
+        batches = raw_batches(collection, query, _VERSION_FIELDS)
         yield from _hashed(batches, _VERSIONS, b"sealed\0", _digest_opened_batch, (opener,), False)
 
 
-def hashed_entries(collection: Collection, record: str) -> Iterator[audit_chain.HashedEntry]:
-    """The chain of `record` in seq order, each entry's hash recomputed from its stored bytes."""
+def hashed_entries(collection: Collection, record: str, first: int | None = None,
+                   rest: Callable[[], list | None] | None = None) -> Iterator[audit_chain.HashedEntry]:
+    """The chain of `record` in seq order, each entry's hash recomputed from its stored bytes.
+
+    With `first`, only that many entries are read here and the rest are what `rest()` gives
+    when they are needed: the batches another process read and hashed beside this one
+    (`versions_apart`), each (its memo key, its results), remembered here as if hashed here.
+    When `rest()` gives None (that process failed), they are read here after all."""
     query = {"record": record}
-    pooled = collection.count_documents(query) >= PARALLEL_FROM
-    batches = _raw_batches(collection, query, _ENTRY_FIELDS, {"seq": 1})
-    hashed = _hashed(batches, _ENTRIES, record.encode() + b"\0", _hash_entry_batch, (record,), pooled)
-    return _entries(hashed)
+    pooled = first is None and collection.count_documents(query) >= PARALLEL_FROM
+    batches = raw_batches(collection, query, _ENTRY_FIELDS, CHAIN_ORDER, limit=first or 0)
+    hashed = _hashed(batches, _ENTRIES, entry_salt(record), _hash_entry_batch, (record,), pooled)
+    if first is not None and rest is not None:
+        hashed = itertools.chain(hashed, _rest_of_chain(collection, record, first, rest))
+    return _remembering(record, _entries(hashed))
+
+
+def _rest_of_chain(collection: Collection, record: str, skip: int, rest: Callable[[], list | None]) -> Iterator:
+    batches = rest()
+    if batches is None:
+        read = raw_batches(collection, {"record": record}, _ENTRY_FIELDS, CHAIN_ORDER, skip=skip)
+        yield from _hashed(read, _ENTRIES, entry_salt(record), _hash_entry_batch, (record,), False)
+        return
+    for key, results in batches:
+        hashed = received(results)
+        _ENTRIES.put(key, hashed)
+        yield from hashed
 
 
 def _entries(hashed: Iterable[tuple | audit_chain.HashedEntry]) -> Iterator[audit_chain.HashedEntry]:
@@ -140,25 +172,19 @@ def _entries(hashed: Iterable[tuple | audit_chain.HashedEntry]) -> Iterator[audi
             yield fields if type(fields) is entry else entry(*fields)
 
 
-def _raw_batches(collection: Collection, query: dict, projection: dict | None, sort: dict | None = None
-                 ) -> Iterator[list[bytes]]:
-    """The documents a find returns, `BATCH` at a time, each as its raw BSON bytes.
+def _remembering(record: str, entries: Iterator[audit_chain.HashedEntry]) -> Iterator[audit_chain.HashedEntry]:
+    """The entries, and once all were read, `record` noted as one whose chain the memo holds."""
+    yield from entries
+    with _pool_lock:
+        if len(_REMEMBERED) >= MEMO_LIMIT:
+            _REMEMBERED.clear()
+        _REMEMBERED.add(record)
 
-    A cursor of RawBSONDocuments (pymongo keeps each reply as one raw document and slices the
-    documents out of it): `find_raw_batches` builds a RawBSONDocument for every document of
-    every reply twice over before handing back the bytes, which was a third of a repeated check
-    of a long record."""
-    cursor = collection.with_options(codec_options=_RAW).find(query, projection, batch_size=BATCH)
-    if sort:
-        cursor = cursor.sort(list(sort.items()))
-    batch: list[bytes] = []
-    for doc in cursor:
-        batch.append(doc.raw)
-        if len(batch) == BATCH:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+
+def remembers_chain(record: str) -> bool:
+    """Whether this process read the whole chain of `record` before, so that the memo holds it
+    (unless pushed out since): reading it all here again is then cheaper than sharing it out."""
+    return record in _REMEMBERED
 
 
 def _hashed(batches: Iterable[list[bytes]], memo: Memo, salt: bytes, work: Callable, args: tuple,
@@ -173,7 +199,7 @@ def _hashed(batches: Iterable[list[bytes]], memo: Memo, salt: bytes, work: Calla
     pending: list[tuple[bytes, Any, Future | None, bytes]] = []
     for docs in batches:
         raw = b"".join(docs)
-        key = _batch_key(salt, raw)
+        key = batch_key(salt, raw)
         known = memo.get(key)
         future = None
         if known is None and pool is not None:
@@ -185,21 +211,11 @@ def _hashed(batches: Iterable[list[bytes]], memo: Memo, salt: bytes, work: Calla
     return _in_order(pending, memo, work, args)
 
 
-def _batch_key(salt: bytes, raw: bytes) -> bytes:
-    """The memo's key for a batch: the SHA-256 of its documents' exact bytes, one after the
-    other (each BSON document starts with its length, so the bytes say where each begins).
-    One key a batch, not one a document: an unchanged chain reads in the same batches, and
-    hashing 2 MB at once costs a tenth of hashing 2,500 documents one by one."""
-    digest = hashlib.sha256(salt)
-    digest.update(raw)
-    return digest.digest()
-
-
 def _hashed_here(batches: Iterable[list[bytes]], memo: Memo, salt: bytes, work: Callable, args: tuple
                  ) -> Iterator:
     for docs in batches:
         raw = b"".join(docs)
-        key = _batch_key(salt, raw)
+        key = batch_key(salt, raw)
         known = memo.get(key)
         if known is None:
             known = work(*args, raw)
@@ -307,28 +323,8 @@ def _digest_opened_batch(opener: Callable[[Any], Any], raw: bytes) -> list[Versi
 
 
 def _hash_entry_batch(record: str, raw: bytes) -> list[Any]:
-    """A `HashedEntry` per entry when hashed in this process; in a worker, (slim entry,
-    recomputed hash, error), as tuples pickle faster than dataclasses, and a recomputed hash
-    equal to the stored one, and a `prev` equal to the hash before it, given as that one
-    string object, which pickle then writes once (a third less to send)."""
-    out: list[Any] = []
-    last, sending = None, multiprocessing.parent_process() is not None  # in a worker: pickled back
-    with paused_gc():
-        for entry in bson.decode_all(raw, _DECODE):
-            hashed = audit_chain.hash_entry(record, entry)
-            if not sending:  # hashed here: kept as it is
-                out.append(hashed)
-                continue
-            slim, computed = hashed.entry, hashed.computed
-            if isinstance(slim, dict):
-                stored = slim.get("hash")
-                if computed is not None and computed == stored:
-                    computed = stored
-                if last is not None and slim.get("prev") == last:
-                    slim["prev"] = last
-                last = stored if type(stored) is str else None
-            out.append((slim, computed, hashed.error))
-    return out
+    """`entry_hashing.hash_entry_batch`, sending its results back when run in a worker."""
+    return hash_entry_batch(record, raw, sending=multiprocessing.parent_process() is not None)
 
 
 def _rehash(resource: object) -> str | None:

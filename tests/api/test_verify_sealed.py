@@ -251,6 +251,50 @@ def test_versions_read_in_a_process_of_their_own_find_what_this_one_finds(api, r
         {k: v for k, v in here.items() if not k.startswith("head") and k != "entries"}
 
 
+def test_the_chain_shared_with_the_version_process_is_checked_as_if_read_here(api, record, monkeypatch):
+    """A long chain's last part is hashed by the process that reads the versions
+    (`versions_apart.chain_share`), forced here from entry 3 on: the child hashes the rest, an
+    entry edited in that part or in the first is reported at the same entry as when this
+    process reads the whole chain (or when the child cannot start), and a chain read whole once
+    is read here again (its memo holds it) instead of being shared out."""
+    from ehcp_record.store import verify_reader, versions_apart
+
+    started, start = [], versions_apart.start
+    monkeypatch.setattr(versions_apart, "APART_FROM", 1)
+    monkeypatch.setattr(versions_apart, "chain_share", lambda entries: 2)
+    monkeypatch.setattr(versions_apart, "start", lambda *args: started.append(start(*args)) or started[-1])
+    child, db = record["child"], _db(api)
+
+    def check() -> dict:
+        verify_reader.forget()
+        return _verdict(api, child)
+
+    assert check()["valid"] is True
+    entries = db.audit.count_documents({"record": child}) - 1  # the check itself was audited after it
+    assert started[-1].failed is None
+    assert sum(len(results) for _, results in started[-1]._read["chain"]) == entries - 2
+    _verdict(api, child)  # the whole chain is in this process's memo now: read here, not shared
+    assert started[-1]._read["chain"] == []
+    for seq in (entries - 1, 1):  # the child's part, then this process's
+        original = db.audit.find_one({"record": child, "seq": seq})
+        db.audit.update_one({"_id": original["_id"]}, {"$set": {"body.outcome": "nothing to see"}})
+        shared = check()
+        assert started[-1]._read["chain"] and shared["valid"] is False and shared["firstInvalid"] == seq, shared
+        assert shared["reason"] == f"entry {seq} was altered (its hash does not match its content)"
+        monkeypatch.setattr(versions_apart, "APART_FROM", 10 ** 9)  # the same check, the chain read here
+        here = check()
+        monkeypatch.setattr(versions_apart, "APART_FROM", 1)
+        assert {k: v for k, v in shared.items() if k != "entries"} == {k: v for k, v in here.items() if k != "entries"}
+        if seq == 1:  # a child that cannot start: the rest of the chain is read here, the same answer
+            name = versions_apart.__name__
+            monkeypatch.setattr(versions_apart, "__name__", "ehcp_record.store.no_such_module")
+            failed = check()
+            monkeypatch.setattr(versions_apart, "__name__", name)
+            assert started[-1].failed and "exited 1" in started[-1].failed
+            assert {k: v for k, v in failed.items() if k != "entries"} == {k: v for k, v in here.items() if k != "entries"}
+        db.audit.replace_one({"_id": original["_id"]}, original)
+
+
 def test_a_clear_database_verifies_by_re_hashing(mongo):
     """No cipher (the benchmark's clear baseline): content is stored clear and re-hashed."""
     from datetime import datetime, timezone
