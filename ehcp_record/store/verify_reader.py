@@ -5,7 +5,7 @@ version is checked by the SHA-256 of its stored bytes, which the chain names (no
 decoding of its content: `version_digests` with `sealed`); only a version the chain does not
 name so is opened and re-hashed (`opened_digests`). For a long record nearly all the time goes
 on decoding BSON into Python and writing canonical JSON for the entries, not on MongoDB, so the
-store reads the server's batches as raw BSON (`_raw_batches`) and:
+store reads the server's batches as raw BSON (`entry_hashing.raw_batches`) and:
 
 - remembers, per batch of stored documents read, the SHA-256 of their exact bytes and what
   hashing them gave (`store.memo.Memo`, in this process's memory only, bounded by
@@ -147,8 +147,8 @@ def hashed_entries(collection: Collection, record: str, first: int | None = None
     pooled = first is None and collection.count_documents(query) >= PARALLEL_FROM
     batches = raw_batches(collection, query, _ENTRY_FIELDS, CHAIN_ORDER, limit=first or 0)
     hashed = _hashed(batches, _ENTRIES, entry_salt(record), _hash_entry_batch, (record,), pooled)
-    if first is not None and rest is not None:
-        hashed = itertools.chain(hashed, _rest_of_chain(collection, record, first, rest))
+    if first is not None:
+        hashed = itertools.chain(hashed, _rest_of_chain(collection, record, first, rest or (lambda: None)))
     return _remembering(record, _entries(hashed))
 
 
