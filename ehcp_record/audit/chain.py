@@ -449,8 +449,8 @@ class StoredVersions:
 
     __slots__ = ("named", "waiting")
 
-    def __init__(self, versions: Iterable[tuple[str, Any, Any]] = ()) -> None:
-        self.waiting: dict[str, tuple[Any, Any]] = {ref: (digest, stored) for ref, digest, stored in versions}
+    def __init__(self) -> None:
+        self.waiting: dict[str, tuple[Any, Any]] = {}
         self.named: dict[str, set[tuple[str, str | None]]] = {}
 
 
@@ -634,7 +634,7 @@ def verify_chain(
         if head.seq > 0 and seen.get(head.seq) != head.hash:
             reason = f"entry {head.seq} is not the entry {holder} records (sha256 {head.hash})"
             return ChainVerdict(False, position, head.seq, reason)
-    pending = {(ref, digest) for ref, digest in versions 
+    pending = {(ref, digest) for ref, digest in versions
                if not names.records(ref, digest)} if versions and names is not None else set()
     return _final_verdict(position, prev, pending, expected_head)
 

@@ -193,7 +193,7 @@ def _verify_record(repo: ChainSource, record: str, keys: dict[str, Ed25519Public
         current = list(current_read)
     finally:
         verdict = walking.result()
-    refs = [f"{t}/{rid}/_history/{vid}" for t, rid, vid, _, _, _ in history]  # as `_ref` writes them
+    refs = [_ref(t, rid, vid) for t, rid, vid, _, _, _ in history]
     stored = names.settle([(ref, row[4], row[5]) for ref, row in zip(refs, history) if row[5] is not None])
     unrecorded = {(ref, row[3]) for ref, row in zip(refs, history)
                   if row[5] is None and row[3] is not None and not names.records(ref, row[3])}
