@@ -92,8 +92,3 @@ def hash_entry_batch(record: str, raw: bytes, sending: bool = False) -> list[Any
             out.append((slim, computed, hashed.error))
     return out
 
-
-def received(batch: list[Any]) -> list[audit_chain.HashedEntry]:
-    """The `HashedEntry`s of a batch another process hashed (`hash_entry_batch`, sending)."""
-    entry = audit_chain.HashedEntry
-    return [fields if type(fields) is entry else entry(*fields) for fields in batch]

@@ -58,7 +58,6 @@ from ehcp_record.store.entry_hashing import (
     entry_salt,
     hash_entry_batch,
     raw_batches,
-    received,
 )
 from ehcp_record.store.memo import Memo
 from ehcp_record.store.sealed_bytes import stored_digest
@@ -158,14 +157,14 @@ def _rest_of_chain(collection: Collection, record: str, skip: int, rest: Callabl
         read = raw_batches(collection, {"record": record}, _ENTRY_FIELDS, CHAIN_ORDER, skip=skip)
         yield from _hashed(read, _ENTRIES, entry_salt(record), _hash_entry_batch, (record,), False)
         return
-    for key, results in batches:
-        hashed = received(results)
-        _ENTRIES.put(key, hashed)
-        yield from hashed
+    for key, results in batches:  # remembered as sent, as a worker's are: `_entries` makes them HashedEntries
+        _ENTRIES.put(key, results)
+        yield from results
 
 
 def _entries(hashed: Iterable[tuple | audit_chain.HashedEntry]) -> Iterator[audit_chain.HashedEntry]:
-    """HashedEntries: as hashed in this process, or made from the tuples a worker sent."""
+    """HashedEntries: as hashed in this process, or made from the tuples another process sent
+    (a worker, or the child that hashed the rest of the chain)."""
     entry = audit_chain.HashedEntry
     with paused_gc():
         for fields in hashed:
