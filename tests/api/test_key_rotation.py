@@ -60,6 +60,9 @@ def test_rotation_under_load_fails_no_request_and_loses_nothing(server):
     time.sleep(1.0)
     lines = rotate_master_key(settings)
     time.sleep(1.0)  # traffic goes on under the new master key
+    deadline = time.monotonic() + 20  # and, on a loaded machine, until it has written enough to tell
+    while len(written) <= 20 and time.monotonic() < deadline:
+        time.sleep(0.1)
     stop.set()
     for worker in workers:
         worker.join(timeout=30)
