@@ -204,9 +204,9 @@ class ScopedStore:
         self._repo.append_audit([entry])
 
     def _audit_permits(self, action: str, shown: list[Version], decision: Decision | None = None,
-                       reason: str = "", tips: dict | None = None) -> None:
+                       reason: str = "") -> None:
         consent_ids = decision.consent_ids if decision else ()
-        self._repo.append_audit(audit.for_versions(self.caller, action, shown, self.clock(), consent_ids, reason), tips)
+        self._repo.append_audit(audit.for_versions(self.caller, action, shown, self.clock(), consent_ids, reason))
 
     def audit_record(self, record: str | None, action: str, reason: str,
                      resources: list[tuple[str, str | None]] = (), consent_ids: tuple[str, ...] = (),
@@ -222,7 +222,7 @@ class ScopedStore:
         context = self._repo.read_in_context(resource_type, resource_id)
         label = f"{resource_type}/{resource_id}"
         version, shown, decision = self._visible_or_404(resource_type, context.version, label, context)
-        self._audit_permits("read", [version], decision, tips={audit.chain_of(version.record): context.tip})
+        self._audit_permits("read", [version], decision)
         return version, shown
 
     @audited
@@ -233,7 +233,7 @@ class ScopedStore:
             raise not_found(label)
         context = self._repo.read_in_context(resource_type, resource_id, int(vid))
         version, shown, decision = self._visible_or_404(resource_type, context.version, label, context)
-        self._audit_permits("vread", [version], decision, tips={audit.chain_of(version.record): context.tip})
+        self._audit_permits("vread", [version], decision)
         return version, shown
 
     @audited
@@ -301,8 +301,7 @@ class ScopedStore:
         total, found, matches = self._matches(query)
         versions = [c.version for c in found if c.version is not None]
         included = self._included(query, versions) + self._revincluded(query, versions)
-        tips = {audit.chain_of(v.record): c.tip for v, c in zip(versions, found)}
-        self._audit_permits("search", [v for v, _ in matches + included], tips=tips)
+        self._audit_permits("search", [v for v, _ in matches + included])
         return SearchResult(total, [m for _, m in matches], [r for _, r in included], query)
 
     def _matches(self, query: SearchQuery) -> tuple[int, list[RecordContext], list[tuple[Version, dict]]]:

@@ -8,7 +8,10 @@ from its tail: the shorter chain links up. Two things kept elsewhere close that 
   `$access-log` and `$verify-audit`, who may give it back to `$verify-audit` later;
 - the **high-water mark** of each chain: the highest (seq, hash) ever appended. The next entry
   of a chain never takes a seq at or below it, so a deleted tail stays a gap that the verifier
-  reports instead of being refilled by the next read.
+  reports instead of being refilled by the next read. The mark also keeps when the chain was
+  last signed (`MarkedTip`), so a read or search appends its entry without asking the database
+  for the chain's tip: the unique (record, seq) index refuses an entry at a taken place, and
+  that append is made again at the tip the database holds.
 
 `AnchorLog` is the interface; `FileAnchorLog` (files in the data dir) is the default. A
 deployment that wants the heads beyond the reach of its own operators plugs in another
@@ -22,14 +25,25 @@ import hashlib
 import json
 import os
 import re
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
 from ehcp_record.audit.chain import ChainHead
 
-__all__ = ["AnchorLog", "FileAnchorLog", "NoAnchor"]
+__all__ = ["AnchorLog", "FileAnchorLog", "MarkedTip", "NoAnchor"]
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9-]{1,64}")
+
+
+@dataclass(frozen=True)
+class MarkedTip:
+    """A chain's tip as the last append through this anchor left it: the entry to link the
+    next one to, and when the chain was last signed (whether a checkpoint is due)."""
+
+    head: ChainHead
+    signed_at: datetime | None  # None: a mark kept before the signing time was
 
 
 class AnchorLog(Protocol):
@@ -41,11 +55,15 @@ class AnchorLog(Protocol):
     def latest_head(self, record: str) -> dict | None:
         """The newest signed checkpoint kept for `record`, or None."""
 
-    def raise_high_water(self, record: str, seq: int, hash: str) -> None:
-        """Note that `record`'s chain has reached entry `seq` (never lowers the mark)."""
+    def raise_high_water(self, record: str, seq: int, hash: str, signed_at: datetime | None = None) -> None:
+        """Note that `record`'s chain has reached entry `seq`, last signed at `signed_at`
+        (never lowers the mark)."""
 
     def high_water(self, record: str) -> ChainHead | None:
         """The highest entry ever appended to `record`'s chain, or None."""
+
+    def marked_tip(self, record: str) -> MarkedTip | None:
+        """The high-water mark with its signing time, or None when either is not kept."""
 
 
 class NoAnchor:
@@ -57,10 +75,13 @@ class NoAnchor:
     def latest_head(self, record: str) -> dict | None:
         return None
 
-    def raise_high_water(self, record: str, seq: int, hash: str) -> None:
+    def raise_high_water(self, record: str, seq: int, hash: str, signed_at: datetime | None = None) -> None:
         return None
 
     def high_water(self, record: str) -> ChainHead | None:
+        return None
+
+    def marked_tip(self, record: str) -> MarkedTip | None:
         return None
 
 
@@ -68,8 +89,8 @@ class FileAnchorLog:
     """Files under `directory` (one directory per database):
 
     - `<record>.heads`: one JSON line per signed checkpoint, appended with O_APPEND and fsynced;
-    - `<record>.seq`: the high-water mark, "seq hash", replaced under an exclusive lock and
-      only ever raised (several server processes share it safely).
+    - `<record>.seq`: the high-water mark, "seq hash signed-at", replaced under an exclusive
+      lock and only ever raised (several server processes share it safely).
     """
 
     def __init__(self, directory: Path) -> None:
@@ -109,29 +130,45 @@ class FileAnchorLog:
                 best = head
         return best
 
-    def raise_high_water(self, record: str, seq: int, hash: str) -> None:
+    def raise_high_water(self, record: str, seq: int, hash: str, signed_at: datetime | None = None) -> None:
         fd = os.open(self._path(record, "seq"), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            current = _parse_mark(os.pread(fd, 200, 0))
-            if current is None or seq > current.seq:
-                data = f"{seq} {hash}\n".encode()
+            current = _read_mark(os.pread(fd, 200, 0))
+            if current is None or seq > current.head.seq:
+                when = f" {signed_at.isoformat()}" if signed_at is not None else ""
+                data = f"{seq} {hash}{when}\n".encode()
                 os.pwrite(fd, data, 0)
                 os.ftruncate(fd, len(data))
         finally:
             os.close(fd)  # releases the lock
 
     def high_water(self, record: str) -> ChainHead | None:
+        tip = self._mark(record)
+        return tip.head if tip is not None else None
+
+    def marked_tip(self, record: str) -> MarkedTip | None:
+        tip = self._mark(record)
+        return tip if tip is not None and tip.signed_at is not None else None
+
+    def _mark(self, record: str) -> MarkedTip | None:
         try:
             with self._path(record, "seq").open("rb") as handle:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_SH)
-                return _parse_mark(handle.read(200))
+                return _read_mark(handle.read(200))
         except FileNotFoundError:
             return None
 
 
-def _parse_mark(data: bytes) -> ChainHead | None:
+def _read_mark(data: bytes) -> MarkedTip | None:
+    """A mark file's line: seq and hash, then the signing time (absent from older marks)."""
     parts = data.decode("ascii", "replace").split()
-    if len(parts) != 2 or not parts[0].isdigit():
+    if len(parts) not in (2, 3) or not parts[0].isdigit():
         return None
-    return ChainHead(int(parts[0]), parts[1])
+    signed_at = None
+    if len(parts) == 3:
+        try:
+            signed_at = datetime.fromisoformat(parts[2])
+        except ValueError:
+            return None
+    return MarkedTip(ChainHead(int(parts[0]), parts[1]), signed_at)

@@ -63,13 +63,6 @@ CHECKPOINT_INTERVAL = timedelta(hours=1)
 #: The newest entry of the audit chain of a document's record (or the directory chain).
 #: The newest entry of each result's audit chain (directory resources: the directory chain),
 #: one index probe on (record, seq) per result.
-_TIP_STAGES = [
-    {"$addFields": {"_chain": {"$ifNull": ["$record", "ehcp-directory"]}}},
-    {"$lookup": {"from": "audit", "localField": "_chain", "foreignField": "record", "as": "_tip",
-                 "pipeline": [{"$sort": {"seq": -1}}, {"$limit": 1}, {"$project": {"seq": 1, "hash": 1, "cp_at": 1}}]}},
-]
-
-
 def _consent_stages(custodian: str | None = None) -> list[dict]:
     """Each result's record's Consents, except where `custodian` holds the record (custody
     decides there, so no consent is needed)."""
@@ -263,14 +256,14 @@ class Repository:
         if any(write.type == "Subscription" for write in writes):
             self.subscriptions.refresh()
 
-    def append_audit(self, audits: list[AuditAppend], tips: dict[str, dict | None] | None = None) -> None:
+    def append_audit(self, audits: list[AuditAppend]) -> None:
         """Audit entries with no version change (reads, searches, refusals), written together.
 
-        One query finds the tip of every chain involved (skipped when the caller already
-        fetched them with the resource), one `insert_many` adds the first entry of each chain,
-        a second adds the signed checkpoints that fell due. No transaction is needed: the
-        unique (record, seq) index makes a racing writer fail, and only the chains that lost
-        a race are appended again one by one at their new tip, so a chain never forks.
+        Each chain's tip is the anchor's mark (`_known_tips`, no query), one `insert_many` adds
+        the first entry of each chain, a second adds the signed checkpoints that fell due. No
+        transaction is needed: the unique (record, seq) index makes a racing writer fail, and
+        only the chains that lost a race are appended again one by one at the tip the database
+        holds, so a chain never forks.
         """
         if not audits:
             return
@@ -279,7 +272,7 @@ class Repository:
         later: list[AuditAppend] = []
         for append in audits:
             (later.append(append) if append.chain in first else first.__setitem__(append.chain, append))
-        known = tips if tips is not None and set(first) <= set(tips) else self._chain_tips(list(first))
+        known = self._known_tips(list(first))
         entries, checkpoints, lost = [], [], []
         for chain, append in first.items():
             entry, checkpoint = self._next(append, known.get(chain))
@@ -333,7 +326,21 @@ class Repository:
             if isinstance(checkpoint, dict) and checkpoint.get("signature"):
                 self.anchor.append_head(dict(checkpoint))
         for record, entry in highest.items():
-            self.anchor.raise_high_water(record, entry["seq"], entry["hash"])
+            signed = entry.get("cp_at")
+            self.anchor.raise_high_water(record, entry["seq"], entry["hash"], _aware(signed) if signed else None)
+
+    def _known_tips(self, chains: list[str]) -> dict[str, dict | None]:
+        """Each chain's tip as the anchor's mark keeps it after the last append (it is raised
+        only once an entry has committed), and from the database for the chains it has no mark
+        of. A mark behind the database (an append from a host with another anchor) makes the
+        insert collide on (record, seq), which `append_audit` retries at the database's tip."""
+        tips: dict[str, dict | None] = {}
+        for chain in chains:
+            marked = self.anchor.marked_tip(chain)
+            if marked is not None:
+                tips[chain] = {"seq": marked.head.seq, "hash": marked.head.hash, "cp_at": marked.signed_at}
+        missing = [chain for chain in chains if chain not in tips]
+        return {**tips, **self._chain_tips(missing)} if missing else tips
 
     def _chain_tips(self, chains: list[str]) -> dict[str, dict | None]:
         pipeline = [{"$match": {"record": {"$in": chains}}}, {"$sort": {"record": 1, "seq": -1}},
@@ -438,8 +445,9 @@ class Repository:
         return self.seal.version(doc)
 
     def read_in_context(self, resource_type: str, resource_id: str, vid: int | None = None) -> RecordContext:
-        """A resource (current, or version `vid`) with its record's custody state, consents and
-        audit-chain tip, in one round trip, so a read costs this and its audit insert."""
+        """A resource (current, or version `vid`) with its record's custody state and consents,
+        in one round trip, so a read costs this and its audit insert (whose chain tip is the
+        anchor's mark: `_known_tips`)."""
         collection = self.current if vid is None else self.history
         key = f"{resource_type}/{resource_id}" if vid is None else f"{resource_type}/{resource_id}/{vid}"
         pipeline = [
@@ -448,14 +456,13 @@ class Repository:
             {"$lookup": {"from": "records", "localField": "record", "foreignField": "_id", "as": "_state",
                          "pipeline": [{"$project": _STATE_FIELDS}]}},
             *_consent_stages(),
-            *_TIP_STAGES,
         ]
         docs = list(collection.aggregate(pipeline))
         if not docs:
-            return RecordContext(None, None, [], None)
+            return RecordContext(None, None, [])
         doc = docs[0]
         return RecordContext(self._version(doc), (doc.get("_state") or [None])[0],
-                             [self._version(c) for c in doc.get("_consents", [])], (doc.get("_tip") or [None])[0])
+                             [self._version(c) for c in doc.get("_consents", [])])
 
     def record_states(self, records: list[str]) -> dict[str, dict]:
         """Custody state of many records in one query (a search's results)."""
@@ -612,8 +619,8 @@ class Repository:
         return total, [c.version for c in found if c.version is not None]
 
     def search_in_context(self, query: SearchQuery, visibility: Visibility) -> tuple[int, list[RecordContext]]:
-        """A page of matches, each with its record's custody state and chain tip (and, when
-        the filter is a superset still to be decided, its consents) in one aggregate, and the
+        """A page of matches, each with its record's custody state (and, when the filter is a
+        superset still to be decided, its consents) in one aggregate, and the
         total: counted only when the first page is full, since a page that is not full from
         offset 0 already is the total (FHIR R4 search: Bundle.total)."""
         _, total, found = self._page(query, visibility, None)
@@ -640,7 +647,6 @@ class Repository:
                                   "pipeline": [{"$project": _STATE_FIELDS}]}}]
         if not visibility.exact:
             pipeline += _consent_stages(visibility.custodian)
-        pipeline += _TIP_STAGES
         if recipients is not None:
             pipeline.append({"$unionWith": {"coll": "current", "pipeline": _naming_stages(recipients)}})
         named: list[str] = []
@@ -650,7 +656,7 @@ class Repository:
                 named = d["_named"]
                 continue
             found.append(RecordContext(self._version(d), (d.get("_state") or [None])[0],
-                                       [self._version(c) for c in d.get("_consents", ())], (d.get("_tip") or [None])[0]))
+                                       [self._version(c) for c in d.get("_consents", ())]))
         if query.offset == 0 and len(found) < query.count:
             return named, len(found), found
         return named, self.current.count_documents(mongo_filter), found

@@ -93,7 +93,6 @@ class RecordContext:
     version: Version | None
     state: dict | None
     consents: list[Version]
-    tip: dict | None  # the newest entry of the record's audit chain (seq, hash, cp_at)
 
 
 @dataclass

@@ -72,8 +72,34 @@ def _children(api, count: int, organization: str = "Organization/la-866") -> lis
 def test_a_read_is_two_round_trips(api):
     child = api.new_child()
     api.get(f"/fhir/Patient/{child['id']}", api.la())  # warm: the chain has a checkpoint already
-    seen = COMMANDS.count(lambda: api.get(f"/fhir/Patient/{child['id']}", api.la()))
-    assert seen == [("aggregate", "current"), ("insert", "audit")], seen
+    seen = COMMANDS.count(lambda: api.get(f"/fhir/Patient/{child['id']}", api.la()), filters=True)
+    assert [c[:2] for c in seen] == [("aggregate", "current"), ("insert", "audit")], seen
+    assert "'audit'" not in seen[0][2]  # the chain's tip is the anchor's mark, not a lookup
+
+
+def test_an_entry_links_to_the_tip_the_database_holds_when_the_mark_lags(api):
+    """The chain's tip comes from the anchor's mark, not a query. A mark behind the database
+    (as on a host whose anchor another host's appends did not raise) makes the entry collide on
+    (record, seq); it is appended again at the database's tip, and the chain still verifies."""
+    child = api.new_child()["id"]
+    token = api.la()
+    api.get(f"/fhir/Patient/{child}", token)
+    audit = api.services.repo.db.audit
+    before = list(audit.find({"record": child}, {"seq": 1, "hash": 1}).sort("seq", 1))
+    lagging = before[-2]  # the entry before the tip
+    mark = api.settings.data_dir / "anchor" / api.settings.database / f"{child}.seq"
+    seq, digest, signed_at = mark.read_text().split()
+    assert (int(seq), digest) == (before[-1]["seq"], before[-1]["hash"])
+    mark.write_text(f"{lagging['seq']} {lagging['hash']} {signed_at}\n")
+    seen = COMMANDS.count(lambda: api.get(f"/fhir/Patient/{child}", token))
+    assert [name for name, _ in seen] == ["aggregate", "insert", "find", "insert"], seen
+    after = list(audit.find({"record": child}, {"seq": 1, "prev": 1}).sort("seq", 1))
+    assert len(after) == len(before) + 1 and after[-1]["seq"] == before[-1]["seq"] + 1
+    assert after[-1]["prev"] == before[-1]["hash"]
+    verdict = api.get(f"/fhir/Patient/{child}/$verify-audit", token).json()
+    assert {p["name"]: p.get("valueBoolean") for p in verdict["parameter"]}["valid"] is True, verdict
+    assert COMMANDS.count(lambda: api.get(f"/fhir/Patient/{child}", token)) == [("aggregate", "current"),
+                                                                               ("insert", "audit")]
 
 
 def test_search_cost_does_not_grow_with_the_records_in_custody(api):
