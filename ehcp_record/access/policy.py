@@ -253,6 +253,11 @@ class RequestAccess:
         return Visibility(everything=False, per_record=per_record, directory=True, owner=owner_key(self.caller),
                           custodian=custodian, consents=consents, addressed=self._addressed(records, own))
 
+    def reaches_by_consent(self, records: tuple[str, ...]) -> bool:
+        """May a search reach records through consents naming the caller (`search_candidates`
+        asks which), or is it confined to named records or the launch patient's?"""
+        return not records and self._launch_patient_record() is None
+
     def searches_custody(self, records: tuple[str, ...]) -> bool:
         """Is the caller an LA searching its custody (the case `search_candidates` can be
         asked with the consent-named records found in the same command)?"""

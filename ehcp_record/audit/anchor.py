@@ -96,10 +96,12 @@ class FileAnchorLog:
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._root = str(self.directory)
 
-    def _path(self, record: str, suffix: str) -> Path:
+    def _path(self, record: str, suffix: str) -> str:
+        """A plain string path: every read and search opens its chain's mark, so no Path objects."""
         name = record if _SAFE_NAME.fullmatch(record) else "h-" + hashlib.sha256(record.encode()).hexdigest()
-        return self.directory / f"{name}.{suffix}"
+        return f"{self._root}/{name}.{suffix}"
 
     def append_head(self, checkpoint: dict) -> None:
         line = json.dumps(checkpoint, sort_keys=True, separators=(",", ":")).encode() + b"\n"
@@ -113,7 +115,7 @@ class FileAnchorLog:
     def latest_head(self, record: str) -> dict | None:
         path = self._path(record, "heads")
         try:
-            with path.open("rb") as handle:
+            with open(path, "rb") as handle:
                 handle.seek(0, os.SEEK_END)
                 size = handle.tell()
                 handle.seek(max(0, size - 4096))
@@ -153,11 +155,14 @@ class FileAnchorLog:
 
     def _mark(self, record: str) -> MarkedTip | None:
         try:
-            with self._path(record, "seq").open("rb") as handle:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_SH)
-                return _read_mark(handle.read(200))
+            fd = os.open(self._path(record, "seq"), os.O_RDONLY)
         except FileNotFoundError:
             return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            return _read_mark(os.read(fd, 200))
+        finally:
+            os.close(fd)  # releases the lock
 
 
 def _read_mark(data: bytes) -> MarkedTip | None:

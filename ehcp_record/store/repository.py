@@ -65,11 +65,18 @@ CHECKPOINT_INTERVAL = timedelta(hours=1)
 #: one index probe on (record, seq) per result.
 def _consent_stages(custodian: str | None = None) -> list[dict]:
     """Each result's record's Consents, except where `custodian` holds the record (custody
-    decides there, so no consent is needed)."""
-    source = {"$cond": [{"$eq": ["$custodian", custodian]}, None, "$record"]} if custodian else "$record"
+    decides there, so no consent is needed) or the result is in no record (the directory):
+    those look up `_NO_RECORD`, which the (record, type) index answers with nothing, where a
+    null would match every document outside a record."""
+    in_record = {"$ifNull": ["$record", _NO_RECORD]}
+    source = {"$cond": [{"$eq": ["$custodian", custodian]}, _NO_RECORD, in_record]} if custodian else in_record
     return [{"$addFields": {"_consents_of": source}},
             {"$lookup": {"from": "current", "localField": "_consents_of", "foreignField": "record", "as": "_consents",
-                         "pipeline": [{"$match": {"type": "Consent", "record": {"$ne": None}}}, {"$project": _VERSION}]}}]
+                         "pipeline": [{"$match": {"type": "Consent"}}, {"$project": _VERSION}]}}]
+
+
+#: No record's id (FHIR ids have no spaces): a lookup key that matches nothing.
+_NO_RECORD = " "
 
 
 class Repository:
@@ -272,10 +279,10 @@ class Repository:
         later: list[AuditAppend] = []
         for append in audits:
             (later.append(append) if append.chain in first else first.__setitem__(append.chain, append))
-        known = self._known_tips(list(first))
+        known, marked = self._known_tips(list(first))
         entries, checkpoints, lost = [], [], []
         for chain, append in first.items():
-            entry, checkpoint = self._next(append, known.get(chain))
+            entry, checkpoint = self._next(append, known.get(chain), marked=chain in marked)
             entries.append(entry)
             if checkpoint is not None:
                 checkpoints.append(checkpoint)
@@ -329,18 +336,20 @@ class Repository:
             signed = entry.get("cp_at")
             self.anchor.raise_high_water(record, entry["seq"], entry["hash"], _aware(signed) if signed else None)
 
-    def _known_tips(self, chains: list[str]) -> dict[str, dict | None]:
+    def _known_tips(self, chains: list[str]) -> tuple[dict[str, dict | None], set[str]]:
         """Each chain's tip as the anchor's mark keeps it after the last append (it is raised
         only once an entry has committed), and from the database for the chains it has no mark
         of. A mark behind the database (an append from a host with another anchor) makes the
-        insert collide on (record, seq), which `append_audit` retries at the database's tip."""
+        insert collide on (record, seq), which `append_audit` retries at the database's tip.
+        Also which chains' tips are the mark itself."""
         tips: dict[str, dict | None] = {}
         for chain in chains:
             marked = self.anchor.marked_tip(chain)
             if marked is not None:
                 tips[chain] = {"seq": marked.head.seq, "hash": marked.head.hash, "cp_at": marked.signed_at}
-        missing = [chain for chain in chains if chain not in tips]
-        return {**tips, **self._chain_tips(missing)} if missing else tips
+        from_marks = set(tips)
+        missing = [chain for chain in chains if chain not in from_marks]
+        return ({**tips, **self._chain_tips(missing)} if missing else tips), from_marks
 
     def _chain_tips(self, chains: list[str]) -> dict[str, dict | None]:
         pipeline = [{"$match": {"record": {"$in": chains}}}, {"$sort": {"record": 1, "seq": -1}},
@@ -349,10 +358,11 @@ class Repository:
         found = {d["_id"]: d for d in self.audit.aggregate(pipeline)}
         return {chain: found.get(chain) for chain in chains}
 
-    def _next(self, append: AuditAppend, last: dict | None) -> tuple[dict, dict | None]:
-        """The entry after `last`, and the signed checkpoint to follow it when one is due."""
+    def _next(self, append: AuditAppend, last: dict | None, marked: bool = False) -> tuple[dict, dict | None]:
+        """The entry after `last`, and the signed checkpoint to follow it when one is due
+        (`marked`: `last` is the anchor's mark already, so it is not read again)."""
         head = audit_chain.ChainHead(last["seq"], last["hash"]) if last else None
-        mark = self.anchor.high_water(append.chain)
+        mark = None if marked else self.anchor.high_water(append.chain)
         if mark is not None and (head is None or mark.seq > head.seq):
             # The chain reached `mark` once (marks are raised only after the entry committed):
             # either this read saw an older snapshot, and the next entry links to `mark` exactly,
@@ -453,8 +463,7 @@ class Repository:
         pipeline = [
             {"$match": {"_id": key}},
             {"$project": _VERSION},
-            {"$lookup": {"from": "records", "localField": "record", "foreignField": "_id", "as": "_state",
-                         "pipeline": [{"$project": _STATE_FIELDS}]}},
+            _STATE_LOOKUP,
             *_consent_stages(),
         ]
         docs = list(collection.aggregate(pipeline))
@@ -642,9 +651,7 @@ class Repository:
         pipeline = [{"$match": mongo_filter}, {"$sort": dict(_sort_spec(query.sort))}]
         if query.offset:
             pipeline.append({"$skip": query.offset})
-        pipeline += [{"$limit": query.count}, {"$project": _VERSION},
-                     {"$lookup": {"from": "records", "localField": "record", "foreignField": "_id", "as": "_state",
-                                  "pipeline": [{"$project": _STATE_FIELDS}]}}]
+        pipeline += [{"$limit": query.count}, {"$project": _VERSION}, _STATE_LOOKUP]
         if not visibility.exact:
             pipeline += _consent_stages(visibility.custodian)
         if recipients is not None:
@@ -657,9 +664,41 @@ class Repository:
                 continue
             found.append(RecordContext(self._version(d), (d.get("_state") or [None])[0],
                                        [self._version(c) for c in d.get("_consents", ())]))
-        if query.offset == 0 and len(found) < query.count:
-            return named, len(found), found
+        if (query.offset == 0 and len(found) < query.count) or not visibility.exact:
+            return named, len(found), found  # a superset's full page is asked again exactly
         return named, self.current.count_documents(mongo_filter), found
+
+    def search_named(self, query: SearchQuery, visibility: Visibility, recipients: list[str]
+                     ) -> list[RecordContext]:
+        """A superset's page (`visibility`, not exact) widened by the records in which some
+        Consent names one of `recipients`, found in the same command: a school's search is
+        one aggregate, not the naming query and then the page. It starts from one empty
+        document (`$documents`), looks up the named records, and takes the page from them
+        through the (record, type) index, beside the page `visibility` itself allows."""
+        criteria = _search_filter(query, replace(visibility, everything=True), self.seal)["$and"]
+        sort = dict(_sort_spec(query.sort))
+
+        def page_of(clauses: list[dict]) -> list[dict]:
+            return [{"$match": {"$and": criteria + clauses}}, {"$sort": sort}, {"$limit": query.offset + query.count}]
+
+        pipeline = [
+            {"$documents": [{}]},
+            {"$lookup": {"from": "current", "as": "_n", "pipeline": _naming_stages(recipients)}},
+            {"$project": {"_named": {"$ifNull": [{"$first": "$_n._named"}, [_NO_RECORD]]}}},
+            {"$lookup": {"from": "current", "localField": "_named", "foreignField": "record", "as": "_shared",
+                         "pipeline": page_of([])}},
+            {"$lookup": {"from": "current", "as": "_allowed", "pipeline": page_of([_visibility_filter(visibility)])}},
+            {"$project": {"_page": {"$concatArrays": ["$_shared", "$_allowed"]}}},
+            {"$unwind": "$_page"},
+            {"$group": {"_id": "$_page._id", "_doc": {"$first": "$_page"}}},  # in both: a Task addressed here
+            {"$replaceRoot": {"newRoot": "$_doc"}},
+            {"$sort": sort},
+        ]
+        if query.offset:
+            pipeline.append({"$skip": query.offset})
+        pipeline += [{"$limit": query.count}, {"$project": _VERSION}, _STATE_LOOKUP, *_consent_stages(visibility.custodian)]
+        return [RecordContext(self._version(d), (d.get("_state") or [None])[0],
+                              [self._version(c) for c in d.get("_consents", ())]) for d in self.db.aggregate(pipeline)]
 
     # --- custody state ------------------------------------------------------------------
 
@@ -860,6 +899,10 @@ _VERSION = {"idx": 0}
 #: What an access decision reads of a record's custody state (consent.model.RecordState).
 _STATE_FIELDS = {f: 1 for f in ("custodian", "birth_date", "parents", "lacks_capacity", "representative",
                                 "transferred_out", "former_custodians")}
+
+#: Each result's record's custody state, fetched with it.
+_STATE_LOOKUP = {"$lookup": {"from": "records", "localField": "record", "foreignField": "_id", "as": "_state",
+                             "pipeline": [{"$project": _STATE_FIELDS}]}}
 
 
 def _is_chain_race(exc: DuplicateKeyError) -> bool:

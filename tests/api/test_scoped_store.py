@@ -227,3 +227,39 @@ def test_consented_reader_search_costs_the_same_few_queries(api):
     school = api.token("school", "Organization/school-9")
     seen = COMMANDS.count(lambda: api.get(f"/fhir/Condition?patient={child}", school))
     assert len(seen) <= 8, seen
+
+
+def test_a_schools_search_takes_its_shared_records_in_one_command(api):
+    """A reader who holds no custody (a school) finds the records consents share with it in the
+    same command as the page: one aggregate and the audit insert. What it finds is exactly what
+    it may see, in the server's order, each resource once even when it is both in a shared
+    record and addressed to the school."""
+    school_org = f"Organization/school-{uuid.uuid4().hex[:8]}"
+    school = api.token("school", school_org)
+    shared = [load_issued_example(api) for _ in range(3)]
+    unshared = load_issued_example(api)
+    for record in shared:
+        child, mum = record["Patient"][0]["id"], record["RelatedPerson"][0]["id"]
+        assert api.post("/fhir/Consent", grant(child, f"RelatedPerson/{mum}", school_org, ["A", "B"]),
+                        record["parent_token"]).status_code == 201
+    nhs = next(i["value"] for i in shared[0]["Patient"][0]["identifier"] if "nhs-number" in i["system"])
+    query = f"/fhir/Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|{nhs}"
+    api.get(query, school)
+    assert COMMANDS.count(lambda: api.get(query, school)) == [("aggregate", ""), ("insert", "audit")]
+    assert [e["resource"]["id"] for e in api.get(query, school).json()["entry"]] == [shared[0]["Patient"][0]["id"]]
+
+    ids = [r["Patient"][0]["id"] for r in shared]
+    page = api.get("/fhir/Patient?_count=10", school).json()
+    by_la = api.get(f"/fhir/Patient?_id={','.join(ids)}&_count=10", api.la()).json()
+    assert page["total"] == 3 and [e["resource"]["id"] for e in page["entry"]] == [e["resource"]["id"] for e in by_la["entry"]]
+    hidden = next(i["value"] for i in unshared["Patient"][0]["identifier"] if "nhs-number" in i["system"])
+    assert api.get(f"/fhir/Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|{hidden}", school).json()["total"] == 0
+
+    task = {"resourceType": "Task", "status": "requested", "intent": "order", "for": {"reference": f"Patient/{ids[1]}"},
+            "owner": {"reference": school_org}, "description": "Advice for section F, please"}
+    made = api.post("/fhir/Task", task, api.la())
+    assert made.status_code == 201, made.text
+    found = api.get(f"/fhir/Task?patient={ids[1]}&_count=50", school).json()
+    assert [e["resource"]["id"] for e in found.get("entry", [])].count(made.json()["id"]) == 1, found
+    everywhere = api.get("/fhir/Task?_count=50", school).json()
+    assert [e["resource"]["id"] for e in everywhere.get("entry", [])].count(made.json()["id"]) == 1, everywhere
