@@ -60,9 +60,8 @@ _RETRIES = 200
 
 
 CHECKPOINT_INTERVAL = timedelta(hours=1)
-#: The newest entry of the audit chain of a document's record (or the directory chain).
-#: The newest entry of each result's audit chain (directory resources: the directory chain),
-#: one index probe on (record, seq) per result.
+
+
 def _consent_stages(custodian: str | None = None) -> list[dict]:
     """Each result's record's Consents, except where `custodian` holds the record (custody
     decides there, so no consent is needed) or the result is in no record (the directory):
