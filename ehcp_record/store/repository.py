@@ -453,6 +453,12 @@ class Repository:
         """A stored document as a Version: opened with its record's key; 410 once erased."""
         return self.seal.version(doc)
 
+    def _context_of(self, doc: dict) -> RecordContext:
+        """A document as an aggregate brought it: opened, with its `_STATE_LOOKUP` state and the
+        consents `_consent_stages` looked up (none when they were not asked)."""
+        return RecordContext(self._version(doc), (doc.get("_state") or [None])[0],
+                             [self._version(c) for c in doc.get("_consents", ())])
+
     def read_in_context(self, resource_type: str, resource_id: str, vid: int | None = None) -> RecordContext:
         """A resource (current, or version `vid`) with its record's custody state and consents,
         in one round trip, so a read costs this and its audit insert (whose chain tip is the
@@ -468,9 +474,7 @@ class Repository:
         docs = list(collection.aggregate(pipeline))
         if not docs:
             return RecordContext(None, None, [])
-        doc = docs[0]
-        return RecordContext(self._version(doc), (doc.get("_state") or [None])[0],
-                             [self._version(c) for c in doc.get("_consents", [])])
+        return self._context_of(docs[0])
 
     def record_states(self, records: list[str]) -> dict[str, dict]:
         """Custody state of many records in one query (a search's results)."""
@@ -661,8 +665,7 @@ class Repository:
             if "_named" in d:  # the $unionWith branch: one document, after the page
                 named = d["_named"]
                 continue
-            found.append(RecordContext(self._version(d), (d.get("_state") or [None])[0],
-                                       [self._version(c) for c in d.get("_consents", ())]))
+            found.append(self._context_of(d))
         if (query.offset == 0 and len(found) < query.count) or not visibility.exact:
             return named, len(found), found  # a superset's full page is asked again exactly
         return named, self.current.count_documents(mongo_filter), found
@@ -696,8 +699,7 @@ class Repository:
         if query.offset:
             pipeline.append({"$skip": query.offset})
         pipeline += [{"$limit": query.count}, {"$project": _VERSION}, _STATE_LOOKUP, *_consent_stages(visibility.custodian)]
-        return [RecordContext(self._version(d), (d.get("_state") or [None])[0],
-                              [self._version(c) for c in d.get("_consents", ())]) for d in self.db.aggregate(pipeline)]
+        return [self._context_of(d) for d in self.db.aggregate(pipeline)]
 
     # --- custody state ------------------------------------------------------------------
 
