@@ -101,7 +101,12 @@ class ReplicaSet:
                               for m, p in zip(self.members, PRIORITIES)],
                   # short at first: replSetStepUp needs a user, and a user needs a primary, so
                   # the first primary comes from an election; the real timeout is set after
-                  "settings": {"electionTimeoutMillis": FIRST_ELECTION_TIMEOUT_MS, "heartbeatIntervalMillis": HEARTBEAT_MS}}
+                  # no chained replication: a member that rejoins syncs from the primary, not from
+                  # a secondary that is itself behind, so it catches up with the writes still
+                  # going and can take the primary role back (its votes are refused while its
+                  # data is staler than the voters')
+                  "settings": {"electionTimeoutMillis": FIRST_ELECTION_TIMEOUT_MS, "heartbeatIntervalMillis": HEARTBEAT_MS,
+                               "chainingAllowed": False}}
         deadline = time.monotonic() + timeout
         with self.members[0].client() as client:
             while True:
