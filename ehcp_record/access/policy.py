@@ -261,7 +261,7 @@ class RequestAccess:
     def searches_custody(self, records: tuple[str, ...]) -> bool:
         """Is the caller an LA searching its custody (the case `search_candidates` can be
         asked with the consent-named records found in the same command)?"""
-        return not records and self._launch_patient_record() is None and self._searching_custodian() is not None
+        return self.reaches_by_consent(records) and self._searching_custodian() is not None
 
     def search_candidates(self, records: tuple[str, ...], named: list[str] | None = None) -> Visibility:
         """A superset of what the caller may see, with no decision taken yet: custody, the
