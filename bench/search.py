@@ -18,12 +18,16 @@ measures at 1 and 8 clients (threads, each with its own keep-alive connection):
 
 beside raw pymongo on the same mongod doing the same logical query (indexed field or blind
 token, type filter, the server's sort, limit), opening each result with the record's data key
-(content is sealed at rest), plus one majority-acknowledged audit insert per request.
+(content is sealed at rest), plus one majority-acknowledged audit insert per request. Each
+raw twin is timed straight after the API measure it is set beside, so a ratio compares two
+runs seconds apart: on this shared 2-core machine the same load measured up to 1.7x faster
+or slower from one minute to the next, and timing every raw twin after all the API measures
+moved the ratios with it.
 It also counts MongoDB operations per API request (serverStatus opcounters delta).
 
 Working set: at every scale the LA's requests are about the same number of children
-(`WORKING_SET`, 1,000, drawn at random from its whole custody, and warmed by reading each
-twice), as an LA's caseworkers work on the open cases of the term, not on a random child of
+(`WORKING_SET`, 1,000, drawn at random from its whole custody, and warmed: `warm_working_set`),
+as an LA's caseworkers work on the open cases of the term, not on a random child of
 20,000 each time. What grows is what the issue is about: the custody each query's visibility,
 index and sort cover. Drawing each request from the whole custody instead measured the
 server's per-process caches (each record has its own data key, and a worker that has not met
@@ -92,6 +96,8 @@ LOADERS = 4
 #: The children an LA's requests are about at any scale (its open cases this term), drawn at
 #: random from its whole custody: see the module docstring, "Working set".
 WORKING_SET = 1_000
+#: Connections the working set is warmed through: as many as the most clients timed.
+WARM_CONNECTIONS = 8
 SEARCH_TARGET = 0.30
 FLAT_TARGET = 1.2
 
@@ -235,19 +241,26 @@ def warm_up(work: Callable[[], None], most: int = 3, seconds: float = 1.0) -> No
 
 
 def warm_working_set(server: Server, db, seal: Sealing, token: str, children: list[dict]) -> float:
-    """Every child of the working set read twice through the API (so each worker process is
-    likely to have met it: its data key and opened content cached) and once raw; seconds."""
+    """Every child of the working set read (`Patient/<id>` and `Composition?patient=`) through
+    each of `WARM_CONNECTIONS` keep-alive connections, and opened once raw; seconds.
+
+    A keep-alive connection stays with the worker process that accepted it, and each process
+    keeps its own data keys and opened content, so a child read on one connection only is met
+    by one worker: the API then paid a key-vault fetch and a decryption on about half its
+    requests while the raw twin (one process, everything opened once) paid none. Reading on
+    every connection of the timed clients' number meets each child in every worker."""
     started = time.monotonic()
-    paths = [path_of(child) for child in children for path_of in (read_path, plan_path)] * 2
+    paths = [path_of(child) for child in children for path_of in (read_path, plan_path)]
 
     def run(part: int) -> None:
         client = Client(server.base, token, timeout=300)
-        for path in paths[part::8]:
+        for path in paths[part:] + paths[:part]:  # each connection in its own order
             assert client.get(path).status_code == 200
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(run, range(8)))
+    with ThreadPoolExecutor(WARM_CONNECTIONS) as pool:
+        list(pool.map(run, [k * len(paths) // WARM_CONNECTIONS for k in range(WARM_CONNECTIONS)]))
     for child in children:
-        raw_query(db, seal, "raw read", child)
+        for name in ("raw read", "raw patient"):
+            raw_query(db, seal, name, child)
     return time.monotonic() - started
 
 
@@ -279,6 +292,14 @@ def raw_worker(db, seal: Sealing, name: str, children: list[dict], seed: int) ->
         scratch.insert_one({"record": child["patient"], "action": "search", "at": time.time(),
                             "resources": [d["_id"] for d in found]})
     return work
+
+
+def _pooled(runs: list[dict]) -> dict:
+    """One raw twin's figures over the runs paired with its API rows (requests summed, rates
+    and latencies averaged)."""
+    return {"name": runs[0]["name"], "clients": runs[0]["clients"], "runs": len(runs),
+            "requests": sum(r["requests"] for r in runs),
+            **{k: sum(r[k] for r in runs) / len(runs) for k in ("per_second", "p50_ms", "p95_ms", "p99_ms")}}
 
 
 def restarted(server: Server, workers: int) -> Server:
@@ -340,31 +361,30 @@ def run_scale(server: Server, db, seal: Sealing, seeder: Seeder, scale: int, sec
     warmed = warm_working_set(server, db, seal, tokens["la"], pools["la"])
     print(f"  {scale:>6} working set of {len(pools['la']):,} children warmed in {warmed:.0f} s", file=sys.stderr, flush=True)
     rows: list[dict] = []
-    for name, (who, path_of, pool, total, _) in MEASURES.items():
-        warm_up(api_worker(server, tokens[who], pools[pool], path_of, total, 99))
-        for clients in (1, 8):
-            rows.append(measure(name, clients, seconds,
-                                lambda i: api_worker(server, tokens[who], pools[pool], path_of, total, 1000 * clients + i),
-                                min_requests=5 * clients if clients == 1 else 8))
-            print(f"  {scale:>6} {name:28} {clients} client(s): {rows[-1]['per_second']:8.1f} req/s "
-                  f"p50 {rows[-1]['p50_ms']:8.1f} ms ({rows[-1]['requests']} requests)", file=sys.stderr, flush=True)
-    raw: dict[tuple[str, int], dict] = {}
+    raw: dict[tuple[str, int], list[dict]] = {}
     for name in ("raw identifier", "raw patient", "raw read"):
         warm_up(raw_worker(db, seal, name, pools["la"], 99), 50)
+    for name, (who, path_of, pool, total, twin) in MEASURES.items():
+        warm_up(api_worker(server, tokens[who], pools[pool], path_of, total, 99))
         for clients in (1, 8):
-            raw[(name, clients)] = measure(name, clients, raw_seconds,
-                                           lambda i: raw_worker(db, seal, name, pools["la"], 2000 * clients + i))
-    for row in rows:
-        twin = raw[(MEASURES[row["name"]][4], row["clients"])]
-        row.update(raw_name=twin["name"], raw_per_second=twin["per_second"], raw_p50_ms=twin["p50_ms"],
-                   api_over_raw=row["per_second"] / twin["per_second"])
+            row = measure(name, clients, seconds,
+                          lambda i: api_worker(server, tokens[who], pools[pool], path_of, total, 1000 * clients + i),
+                          min_requests=5 * clients if clients == 1 else 8)
+            paired = measure(twin, clients, raw_seconds,  # right after: the same machine weather
+                             lambda i: raw_worker(db, seal, twin, pools["la"], 2000 * clients + i))
+            raw.setdefault((twin, clients), []).append(paired)
+            rows.append(dict(row, raw_name=twin, raw_per_second=paired["per_second"], raw_p50_ms=paired["p50_ms"],
+                             api_over_raw=row["per_second"] / paired["per_second"]))
+            print(f"  {scale:>6} {name:28} {clients} client(s): {row['per_second']:8.1f} req/s "
+                  f"p50 {row['p50_ms']:8.1f} ms ({row['requests']} requests); raw {paired['per_second']:8.1f} req/s",
+                  file=sys.stderr, flush=True)
     single = {row["name"]: row["p50_ms"] / 1000 for row in rows if row["clients"] == 1}
     ops = {name: operations_per_request(server, db, tokens[who], pools[pool], path_of,
                                         max(1, min(op_requests, int(4.0 / single[name]))))  # ~4 s each
            for name, (who, path_of, pool, _, _) in MEASURES.items()}
     storage = {name: db.command("collStats", name) for name in ("current", "history", "audit", "records")}
     cache = db.client.admin.command("serverStatus")["wiredTiger"]["cache"]
-    return {"scale": scale, "consented": len(pools["consented"]), "rows": rows, "raw": [dict(v) for v in raw.values()], "ops": ops,
+    return {"scale": scale, "consented": len(pools["consented"]), "rows": rows, "raw": [_pooled(v) for v in raw.values()], "ops": ops,
             "storage": {name: {"count": s["count"], "mb": s["size"] / 2**20, "index_mb": s["totalIndexSize"] / 2**20}
                         for name, s in storage.items()},
             "cache_mb": {"configured": cache["maximum bytes configured"] / 2**20,
