@@ -253,22 +253,12 @@ class RequestAccess:
         return Visibility(everything=False, per_record=per_record, directory=True, owner=owner_key(self.caller),
                           custodian=custodian, consents=consents, addressed=self._addressed(records, own))
 
-    def reaches_by_consent(self, records: tuple[str, ...]) -> bool:
-        """May a search reach records through consents naming the caller (`search_candidates`
-        asks which), or is it confined to named records or the launch patient's?"""
-        return not records and self._launch_patient_record() is None
-
-    def searches_custody(self, records: tuple[str, ...]) -> bool:
-        """Is the caller an LA searching its custody (the case `search_candidates` can be
-        asked with the consent-named records found in the same command)?"""
-        return self.reaches_by_consent(records) and self._searching_custodian() is not None
-
-    def search_candidates(self, records: tuple[str, ...], named: list[str] | None = None) -> Visibility:
+    def search_candidates(self, records: tuple[str, ...]) -> Visibility:
         """A superset of what the caller may see, with no decision taken yet: custody, the
-        family's records, the records named by `patient`/`subject`, and every record a consent
-        names the caller in (one `distinct`, not one decision per record). The scoped store
-        decides each match it returns, and falls back to `search_visibility` when that is not
-        exact."""
+        family's records, the records named by `patient`/`subject`, and every record whose
+        Consents name the caller (`shared`, kept on each document by the store: one index,
+        not a list of records). The scoped store decides each match it returns, and falls
+        back to `search_visibility` when that is not exact."""
         owner = owner_key(self.caller)
         own = self._launch_patient_record()
         addressed = self._addressed(records, own)
@@ -277,11 +267,9 @@ class RequestAccess:
             return Visibility(per_record={r: None for r in mine}, owner=owner, exact=False, addressed=addressed)
         if records:
             return Visibility(per_record={r: None for r in records}, owner=owner, exact=False, addressed=addressed)
-        if named is None:
-            named = self.repo.records_naming(self.recipient_keys())
-        linked = self._family_records() | set(named)
-        return Visibility(per_record={r: None for r in sorted(linked)}, owner=owner,
-                          custodian=self._searching_custodian(), exact=False, addressed=addressed)
+        return Visibility(per_record={r: None for r in sorted(self._family_records())}, owner=owner,
+                          custodian=self._searching_custodian(), shared_with=tuple(self.recipient_keys()),
+                          exact=False, addressed=addressed)
 
     def _addressed(self, records: tuple[str, ...], own: str | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """The Tasks a search may match because they are addressed to the caller: (owner keys,

@@ -307,9 +307,9 @@ class ScopedStore:
     def _matches(self, query: SearchQuery) -> tuple[int, list[RecordContext], list[tuple[Version, dict]]]:
         """The page as the caller may see it, and the total.
 
-        First one aggregate over a superset (custody, family, consents naming the caller:
-        `search_candidates`), each match then decided with the state and consents fetched
-        with it. That is exact when the first page is not full (every candidate was seen and
+        First one aggregate over a superset (custody, family, the records whose consents name
+        the caller: `search_candidates`), each match then decided with the state and consents
+        fetched with it. That is exact when the first page is not full (every candidate was seen and
         decided). A full first page, and any later page at once, is asked with the exact
         filter instead (the records seen through a consent or the family link decided first),
         so paging and `total` count only what the caller may see.
@@ -317,7 +317,7 @@ class ScopedStore:
         if query.summary_count or query.count == 0:  # a count alone needs the exact filter
             return self._repo.search_in_context(query, self.access.search_visibility(query.patient_filter)) + ([],)
         if query.offset == 0:  # a later page is asked exactly at once: the superset's would not do
-            found = self._candidate_page(query)
+            found = self._repo.search_in_context(query, self.access.search_candidates(query.patient_filter))[1]
             for context in found:  # the superset's page came with each record's consents
                 if context.version is not None and context.version.record:
                     self.access.prime(context.version.record, context.state, context.consents)
@@ -328,22 +328,6 @@ class ScopedStore:
         versions = [c.version for c in found if c.version is not None]
         self.access.prime_states({v.record: c.state for v, c in zip(versions, found) if v.record})
         return total, found, self._shown(versions)
-
-    def _candidate_page(self, query: SearchQuery) -> list[RecordContext]:
-        """The superset's page. Its records named by a consent are found in the same command
-        as the page: an LA, which rarely has a consent naming it elsewhere, learns of them with
-        its custody's page and asks the page again only when there are some; anyone else (a
-        school, a trust) has the page taken from them and what else it may see at once."""
-        records = query.patient_filter
-        if not self.access.reaches_by_consent(records):
-            return self._repo.search_in_context(query, self.access.search_candidates(records))[1]
-        candidates, recipients = self.access.search_candidates(records, named=[]), self.access.recipient_keys()
-        if not self.access.searches_custody(records):
-            return self._repo.search_named(query, candidates, recipients)
-        named, _, found = self._repo.search_naming(query, candidates, recipients)
-        if named:
-            found = self._repo.search_in_context(query, self.access.search_candidates(records, named=named))[1]
-        return found
 
     def compartment_search(self, patient_id: str, resource_type: str, pairs: list[tuple[str, str]],
                            strict: bool = True) -> SearchResult:

@@ -130,6 +130,9 @@ class Repository:
         self.current.create_index([("type", ASCENDING), ("updated", DESCENDING)])
         self.current.create_index([("record", ASCENDING), ("type", ASCENDING)])
         self.current.create_index([("type", ASCENDING), ("recipients", ASCENDING)])
+        # Search visibility through consents (`share_within`), the default sort after it.
+        self.current.create_index([("shared", ASCENDING), ("type", ASCENDING), ("updated", DESCENDING),
+                                   ("_id", ASCENDING)])
         # Search visibility by custody; also serves the default sort (newest first) per type.
         self.current.create_index([("custodian", ASCENDING), ("type", ASCENDING), ("updated", DESCENDING),
                                    ("_id", ASCENDING)])
@@ -141,6 +144,7 @@ class Repository:
         self.audit.create_index([("record", ASCENDING), ("seq", ASCENDING)], unique=True)
         self._ensure_one_patient_per_nhs_number()
         self._backfill_custodians()
+        self._backfill_sharing()
         self.records.create_index([("custodian", ASCENDING)])
         self.records.create_index([("parents", ASCENDING)])
 
@@ -194,6 +198,18 @@ class Repository:
             custodian = None if state.get("transferred_out") else state.get("custodian")
             self.current.update_many({"record": state["_id"], "custodian": {"$exists": False}},
                                      {"$set": {"custodian": custodian}})
+
+    def _backfill_sharing(self) -> None:
+        """Current documents of a record stored before they carried `shared` get it from the
+        record's Consents (a document written since, by any process, already has it)."""
+        if self.current.find_one({"record": {"$ne": None}, "shared": {"$exists": False}}, {"_id": 1}) is None:
+            return
+        pipeline = [{"$match": {"type": "Consent", "record": {"$nin": [None, ""]}}}, {"$unwind": "$recipients"},
+                    {"$group": {"_id": "$record", "named": {"$addToSet": "$recipients"}}}]
+        for found in self.current.aggregate(pipeline):
+            self.current.update_many({"record": found["_id"], "shared": {"$exists": False}},
+                                     {"$set": {"shared": sorted(found["named"])}})
+        self.current.update_many({"record": {"$ne": None}, "shared": {"$exists": False}}, {"$set": {"shared": []}})
 
     def ping(self) -> bool:
         try:
@@ -255,6 +271,7 @@ class Repository:
                 self._write_version(session, write, doc)
             for record, changes in record_updates or []:
                 self.records.update_one({"_id": record}, changes, upsert=True, session=session)
+            self.share_within(session, [write.record for write in writes])
             for append in audits:
                 self._append(session, append)
 
@@ -493,6 +510,27 @@ class Repository:
         """Keep the searchable `custodian` of every current document in step with custody."""
         self.current.update_many({"record": record}, {"$set": {"custodian": custodian}}, session=session)
 
+    def share_within(self, session: ClientSession, records: Iterable[str | None]) -> None:
+        """Keep the searchable `shared` of every current document of each record in step with
+        its Consents: every recipient key (`recipients`) any current Consent of the record
+        names, so a school's or a trust's search finds the records shared with it through one
+        index, as an LA's finds its custody through `custodian`, not through a list of every
+        record a consent names it in. A superset, like `custodian`: each match is still decided
+        against the consents fetched with it, so a consent since expired or withdrawn only
+        widens what is decided, never what is shown.
+
+        Called in every transaction that writes versions of a record, after the writes: a new
+        or replaced document takes the record's sharing, and a Consent written here changes
+        it for all. Two such transactions on one record never both commit on a stale view:
+        each appends to the record's audit chain, and the unique (record, seq) index makes
+        the later one conflict and be retried from a fresh snapshot, so a plain write cannot
+        keep the sharing its snapshot saw while a concurrent Consent changes it."""
+        for record in sorted({r for r in records if r}):
+            consents = self.current.find({"record": record, "type": "Consent"}, {"recipients": 1}, session=session)
+            named = sorted({key for consent in consents for key in consent.get("recipients") or ()})
+            self.current.update_many({"record": record, "shared": {"$ne": named}}, {"$set": {"shared": named}},
+                                     session=session)
+
     def read(self, resource_type: str, resource_id: str) -> Version | None:
         doc = self.current.find_one({"_id": f"{resource_type}/{resource_id}"}, _VERSION)
         return self._version(doc) if doc else None
@@ -635,71 +673,19 @@ class Repository:
         superset still to be decided, its consents) in one aggregate, and the
         total: counted only when the first page is full, since a page that is not full from
         offset 0 already is the total (FHIR R4 search: Bundle.total)."""
-        _, total, found = self._page(query, visibility, None)
-        return total, found
-
-    def search_naming(self, query: SearchQuery, visibility: Visibility, recipients: list[str]
-                      ) -> tuple[list[str], int, list[RecordContext]]:
-        """`search_in_context`, and in the same aggregate (`$unionWith`) the records in which
-        some Consent names one of `recipients` (`records_naming`): an LA's search of its
-        custody learns in one command whether any record elsewhere was shared with it."""
-        return self._page(query, visibility, recipients)
-
-    def _page(self, query: SearchQuery, visibility: Visibility, recipients: list[str] | None
-              ) -> tuple[list[str], int, list[RecordContext]]:
         mongo_filter = _search_filter(query, visibility, self.seal)
         if query.summary_count or query.count == 0:
-            named = self.records_naming(recipients) if recipients is not None else []
-            return named, self.current.count_documents(mongo_filter), []
+            return self.current.count_documents(mongo_filter), []
         pipeline = [{"$match": mongo_filter}, {"$sort": dict(_sort_spec(query.sort))}]
         if query.offset:
             pipeline.append({"$skip": query.offset})
         pipeline += [{"$limit": query.count}, {"$project": _VERSION}, _STATE_LOOKUP]
         if not visibility.exact:
             pipeline += _consent_stages(visibility.custodian)
-        if recipients is not None:
-            pipeline.append({"$unionWith": {"coll": "current", "pipeline": _naming_stages(recipients)}})
-        named: list[str] = []
-        found: list[RecordContext] = []
-        for d in self.current.aggregate(pipeline):
-            if "_named" in d:  # the $unionWith branch: one document, after the page
-                named = d["_named"]
-                continue
-            found.append(self._context_of(d))
+        found = [self._context_of(d) for d in self.current.aggregate(pipeline)]
         if (query.offset == 0 and len(found) < query.count) or not visibility.exact:
-            return named, len(found), found  # a superset's full page is asked again exactly
-        return named, self.current.count_documents(mongo_filter), found
-
-    def search_named(self, query: SearchQuery, visibility: Visibility, recipients: list[str]
-                     ) -> list[RecordContext]:
-        """A superset's page (`visibility`, not exact) widened by the records in which some
-        Consent names one of `recipients`, found in the same command: a school's search is
-        one aggregate, not the naming query and then the page. It starts from one empty
-        document (`$documents`), looks up the named records, and takes the page from them
-        through the (record, type) index, beside the page `visibility` itself allows."""
-        criteria = _search_filter(query, replace(visibility, everything=True), self.seal)["$and"]
-        sort = dict(_sort_spec(query.sort))
-
-        def page_of(clauses: list[dict]) -> list[dict]:
-            return [{"$match": {"$and": criteria + clauses}}, {"$sort": sort}, {"$limit": query.offset + query.count}]
-
-        pipeline = [
-            {"$documents": [{}]},
-            {"$lookup": {"from": "current", "as": "_n", "pipeline": _naming_stages(recipients)}},
-            {"$project": {"_named": {"$ifNull": [{"$first": "$_n._named"}, [_NO_RECORD]]}}},
-            {"$lookup": {"from": "current", "localField": "_named", "foreignField": "record", "as": "_shared",
-                         "pipeline": page_of([])}},
-            {"$lookup": {"from": "current", "as": "_allowed", "pipeline": page_of([_visibility_filter(visibility)])}},
-            {"$project": {"_page": {"$concatArrays": ["$_shared", "$_allowed"]}}},
-            {"$unwind": "$_page"},
-            {"$group": {"_id": "$_page._id", "_doc": {"$first": "$_page"}}},  # in both: a Task addressed here
-            {"$replaceRoot": {"newRoot": "$_doc"}},
-            {"$sort": sort},
-        ]
-        if query.offset:
-            pipeline.append({"$skip": query.offset})
-        pipeline += [{"$limit": query.count}, {"$project": _VERSION}, _STATE_LOOKUP, *_consent_stages(visibility.custodian)]
-        return [self._context_of(d) for d in self.db.aggregate(pipeline)]
+            return len(found), found  # a superset's full page is asked again exactly
+        return self.current.count_documents(mongo_filter), found
 
     # --- custody state ------------------------------------------------------------------
 
@@ -714,11 +700,6 @@ class Repository:
 
     def records_of_parent(self, reference: str) -> list[str]:
         return [d["_id"] for d in self.records.find({"parents": reference}, {"_id": 1})]
-
-    def records_naming(self, recipients: list[str]) -> list[str]:
-        """The records in which some Consent names one of `recipients` (one command)."""
-        found = next(self.current.aggregate(_naming_stages(recipients)), None)
-        return found["_named"] if found else []
 
     def consents_naming(self, recipients: list[str]) -> list[tuple[str | None, str, int, str]]:
         """(record, id, version, hash) of every Consent naming a recipient: keys only, since
@@ -886,14 +867,6 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
-def _naming_stages(recipients: list[str]) -> list[dict]:
-    """One document, `{"_named": [record, ...]}`: the records in which some Consent names one
-    of `recipients` (served by the (type, recipients) index); a Consent outside any record
-    names none."""
-    return [{"$match": {"type": "Consent", "recipients": {"$in": recipients}, "record": {"$nin": [None, ""]}}},
-            {"$group": {"_id": None, "_named": {"$addToSet": "$record"}}},
-            {"$project": {"_id": 0, "_named": 1}}]
-
 #: A version as read: everything but its search index (blind tokens are many and never read back).
 _VERSION = {"idx": 0}
 
@@ -939,6 +912,8 @@ def _visibility_filter(visibility: Visibility) -> dict:
     allowed: list[dict] = []
     if visibility.custodian:
         allowed.append({"custodian": visibility.custodian})
+    if visibility.shared_with:
+        allowed.append({"shared": {"$in": list(visibility.shared_with)}})
     if visibility.directory:
         allowed.append({"record": None})
     if visibility.consents:

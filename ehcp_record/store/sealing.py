@@ -5,7 +5,8 @@ media store and transfer storage:
 
 - versions (`current`, `history`): `res` sealed (random) under the record's data key (directory
   resources: the deployment key). Clear: `_id`, type, id, version, updated, record, section,
-  custodian, hash, owner, and the search index `idx` except as below.
+  custodian, hash, owner, Consent recipients, `shared` (on current documents: the recipients
+  of the record's Consents, `Repository.share_within`), and the search index `idx` except as below.
 - `idx`: dates, codes, status and references stay clear. Identifier tokens, and the normalised
   text of string parameters (name, family, given, address-postalcode), become keyed blind index
   tokens (HMAC-SHA256, `FieldCipher.blind`), domain-separated by parameter and use:

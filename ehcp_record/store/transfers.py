@@ -64,6 +64,7 @@ class TransferStore:
                 [append] = self.repo.naming_stored([imported.import_audit], imported.new_versions, docs)
                 self.repo._append(session, append)
             self.repo.move_custody_of_versions(session, imported.record, imported.record_state.get("custodian"))
+            self.repo.share_within(session, [imported.record])
 
         self.repo.in_transaction(work)
 

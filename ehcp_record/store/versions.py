@@ -66,6 +66,8 @@ class Visibility:
 
     `custodian`: every record in that LA's custody, matched on the `custodian` field each
     current document carries (one index range, not one consent read per record in custody);
+    `shared_with`: the caller's recipient keys, matched on the `shared` field each current
+    document carries (the keys its record's Consents name: `Repository.share_within`);
     `per_record`: the few records seen through the family link or a consent, with the stored
     sections each may match (None = all);
     `consents`: the current-document ids ("Consent/<id>") of the Consents that grant the
@@ -81,6 +83,7 @@ class Visibility:
     directory: bool = True
     owner: str | None = None  # Subscriptions are seen by their owner only
     custodian: str | None = None
+    shared_with: tuple[str, ...] = ()
     consents: tuple[str, ...] = ()
     addressed: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
     exact: bool = True

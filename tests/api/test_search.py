@@ -110,7 +110,7 @@ def test_unknown_parameter_ignored_unless_strict(api, family):
 
 def test_an_la_finds_a_record_another_la_holds_once_the_family_shares_it(api):
     """An LA's search of its custody also asks, in the same command, which records elsewhere a
-    Consent shares with it (store `search_naming`): before the grant another LA finds nothing,
+    Consent shares with it (`shared` on each document): before the grant another LA finds nothing,
     after it the child by NHS number and the needs of the shared section only."""
     from tests.consent_support import grant
     from tests.e2e.plan_builders import parent
