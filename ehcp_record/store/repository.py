@@ -62,14 +62,11 @@ _RETRIES = 200
 CHECKPOINT_INTERVAL = timedelta(hours=1)
 
 
-def _consent_stages(custodian: str | None = None) -> list[dict]:
-    """Each result's record's Consents, except where `custodian` holds the record (custody
-    decides there, so no consent is needed) or the result is in no record (the directory):
-    those look up `_NO_RECORD`, which the (record, type) index answers with nothing, where a
-    null would match every document outside a record."""
-    in_record = {"$ifNull": ["$record", _NO_RECORD]}
-    source = {"$cond": [{"$eq": ["$custodian", custodian]}, _NO_RECORD, in_record]} if custodian else in_record
-    return [{"$addFields": {"_consents_of": source}},
+def _consent_stages() -> list[dict]:
+    """Each result's record's Consents; a result in no record (the directory) looks up
+    `_NO_RECORD`, which the (record, type) index answers with nothing, where a null would
+    match every document outside a record."""
+    return [{"$addFields": {"_consents_of": {"$ifNull": ["$record", _NO_RECORD]}}},
             {"$lookup": {"from": "current", "localField": "_consents_of", "foreignField": "record", "as": "_consents",
                          "pipeline": [{"$match": {"type": "Consent"}}, {"$project": _VERSION}]}}]
 
@@ -680,12 +677,28 @@ class Repository:
         if query.offset:
             pipeline.append({"$skip": query.offset})
         pipeline += [{"$limit": query.count}, {"$project": _VERSION}, _STATE_LOOKUP]
-        if not visibility.exact:
-            pipeline += _consent_stages(visibility.custodian)
-        found = [self._context_of(d) for d in self.current.aggregate(pipeline)]
+        if not visibility.exact and visibility.custodian is None:
+            pipeline += _consent_stages()
+        docs = list(self.current.aggregate(pipeline))
+        if not visibility.exact and visibility.custodian is not None:
+            docs = self._with_consents_beyond_custody(docs, visibility.custodian)
+        found = [self._context_of(d) for d in docs]
         if (query.offset == 0 and len(found) < query.count) or not visibility.exact:
             return len(found), found  # a superset's full page is asked again exactly
         return self.current.count_documents(mongo_filter), found
+
+    def _with_consents_beyond_custody(self, docs: list[dict], custodian: str) -> list[dict]:
+        """An LA's superset page with the Consents of the matches outside its custody (shared
+        with it, or its own family's): custody decides without a consent, so the page's
+        aggregate looks none up, and one query fetches them only when such a match is there.
+        (A lookup per match of an LA's page cost mongod about as much as its state lookup.)"""
+        outside = {d["record"] for d in docs if d.get("record") and d.get("custodian") != custodian}
+        if not outside:
+            return docs
+        consents: dict[str, list[dict]] = {}
+        for consent in self.current.find({"type": "Consent", "record": {"$in": sorted(outside)}}, _VERSION):
+            consents.setdefault(consent["record"], []).append(consent)
+        return [dict(d, _consents=consents.get(d["record"], [])) if d.get("record") in outside else d for d in docs]
 
     # --- custody state ------------------------------------------------------------------
 
@@ -875,8 +888,9 @@ _STATE_FIELDS = {f: 1 for f in ("custodian", "birth_date", "parents", "lacks_cap
                                 "transferred_out", "former_custodians")}
 
 #: Each result's record's custody state, fetched with it.
-_STATE_LOOKUP = {"$lookup": {"from": "records", "localField": "record", "foreignField": "_id", "as": "_state",
-                             "pipeline": [{"$project": _STATE_FIELDS}]}}
+#: The whole state document (a few fields), not a projection of it: a `$lookup` with no
+#: sub-pipeline costs mongod less (each read's and search's aggregate: about 0.1 ms less).
+_STATE_LOOKUP = {"$lookup": {"from": "records", "localField": "record", "foreignField": "_id", "as": "_state"}}
 
 
 def _is_chain_race(exc: DuplicateKeyError) -> bool:

@@ -229,6 +229,31 @@ def test_consented_reader_search_costs_the_same_few_queries(api):
     assert len(seen) <= 8, seen
 
 
+def test_an_las_search_fetches_consents_only_for_matches_beyond_its_custody(api):
+    """Custody decides an LA's own records without a consent, so its search is the page's
+    aggregate and the audit insert; a match shared with it from another LA's custody brings
+    one query for that record's consents, which then decide (here: section A only)."""
+    from tests.e2e.plan_builders import parent
+
+    child = api.new_child()
+    nhs = next(i["value"] for i in child["identifier"] if "nhs-number" in i["system"])
+    by_nhs = f"/fhir/Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|{nhs}"
+    api.get(by_nhs, api.la())
+    assert COMMANDS.count(lambda: api.get(by_nhs, api.la())) == [("aggregate", "current"), ("insert", "audit")]
+
+    mum = api.post("/fhir/RelatedPerson", parent(child["id"], "Alex"), api.la()).json()["id"]
+    other_la = f"Organization/la-{uuid.uuid4().hex[:6]}"
+    other = api.token("la", other_la)
+    mum_token = api.token("parent", None, fhir_user=f"RelatedPerson/{mum}")
+    body = grant(child["id"], f"RelatedPerson/{mum}", other_la, ["A"], role="la")
+    assert api.post("/fhir/Consent", body, mum_token).status_code == 201
+    seen = COMMANDS.count(lambda: api.get(by_nhs, other), filters=True)
+    assert [c[:2] for c in seen] == [("aggregate", "current"), ("find", "current"), ("insert", "audit")], seen
+    assert "Consent" in seen[1][2]
+    found = api.get(by_nhs, other).json()
+    assert [e["resource"]["id"] for e in found["entry"]] == [child["id"]]
+
+
 def test_a_schools_search_takes_its_shared_records_in_one_command(api):
     """A reader who holds no custody (a school) finds the records consents share with it in the
     same command as the page: one aggregate and the audit insert. What it finds is exactly what
