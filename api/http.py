@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
 from flask import Response, current_app, request
+from werkzeug.datastructures import MIMEAccept
+from werkzeug.http import parse_accept_header
 
 from ehcp_record.errors import FhirError, invalid, outcome_of
 from ehcp_record.fhir.model import check_nesting
@@ -121,10 +124,17 @@ def require_json_accepted() -> None:
 
     for value in request.args.getlist("_format"):
         check_format(value)
-    accept = request.accept_mimetypes
-    if not accept or accept.best_match(["application/fhir+json", "application/json"]) is not None:
-        return
-    raise FhirError(406, "not-supported", "only JSON is served: accept application/fhir+json")
+    if not _serves_json(request.headers.get("Accept", "")):
+        raise FhirError(406, "not-supported", "only JSON is served: accept application/fhir+json")
+
+
+@functools.lru_cache(maxsize=256)
+def _serves_json(accept_header: str) -> bool:
+    """Does this Accept header (RFC 9110 §12.5.1) take one of our JSON types? A client sends
+    the same header on every request, so its parse is kept (werkzeug's is a few per cent of
+    a search's CPU)."""
+    accept = parse_accept_header(accept_header, MIMEAccept)
+    return not accept or accept.best_match(["application/fhir+json", "application/json"]) is not None
 
 
 def not_modified(version: Version) -> Response | None:
