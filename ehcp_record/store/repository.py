@@ -44,6 +44,7 @@ from ehcp_record.fhir.search import Criterion, SearchQuery, SortKey
 from ehcp_record.store import verify_reader, versions_apart
 from ehcp_record.store.client_options import CLIENT_OPTIONS
 from ehcp_record.store.crypto import FieldCipher, MasterKeys
+from ehcp_record.store.group_commit import GroupCommit
 from ehcp_record.store.media import MediaStore
 from ehcp_record.store.sealed_bytes import stored_digest
 from ehcp_record.store.sealing import Sealing, gone, key_name, name_stored
@@ -96,6 +97,7 @@ class Repository:
         self.audit = self.db.audit
         self.records = self.db.records
         self.subscriptions = SubscriptionCache(self.current, self._version)
+        self._together: GroupCommit[AuditAppend] = GroupCommit(self._append_together)
         self._outbound = MediaStore(self.db, self.seal, bucket="outbound")
         #: what an operator must know about this database (start-up checks that could not pass)
         self.warnings: list[str] = []
@@ -277,17 +279,21 @@ class Repository:
             self.subscriptions.refresh()
 
     def append_audit(self, audits: list[AuditAppend]) -> None:
-        """Audit entries with no version change (reads, searches, refusals), written together.
+        """Audit entries with no version change (reads, searches, refusals), stored before it
+        returns: sealed here, then written with those of any other request of this process
+        ending at the same moment (`group_commit`: one insert, one majority wait)."""
+        if audits:
+            self._together.submit([self.sealed_append(a) for a in audits])
+
+    def _append_together(self, audits: list[AuditAppend]) -> None:
+        """Sealed entries, written together.
 
         Each chain's tip is the anchor's mark (`_known_tips`, no query), one `insert_many` adds
         the first entry of each chain, a second adds the signed checkpoints that fell due. No
         transaction is needed: the unique (record, seq) index makes a racing writer fail, and
         only the chains that lost a race are appended again one by one at the tip the database
-        holds, so a chain never forks.
+        holds, so a chain never forks; so are a chain's second and later entries here.
         """
-        if not audits:
-            return
-        audits = [self.sealed_append(a) for a in audits]
         first: dict[str, AuditAppend] = {}
         later: list[AuditAppend] = []
         for append in audits:
