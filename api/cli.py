@@ -141,8 +141,9 @@ def database(settings: Settings) -> Iterator[Settings]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from api.server import run_gunicorn
+    from api.server import require_free_port, run_gunicorn
 
+    require_free_port(args.host, args.port)  # before the database starts: nothing to undo
     # EHCP_BASE_URL (the address clients use, e.g. behind a proxy) wins; else where we listen.
     overrides = {"data_dir": str(locate_data_dir())}
     if not os.environ.get("EHCP_BASE_URL"):
