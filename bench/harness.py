@@ -27,6 +27,7 @@ if str(ROOT) not in sys.path:
 from api.auth import issue_dev_token  # noqa: E402
 from ehcp_record.config import load_settings  # noqa: E402
 from ehcp_record.store.mongod import free_port, uri_for  # noqa: E402
+from tests.e2e.server_process import connections_per_worker  # noqa: E402
 
 
 class Server:
@@ -65,6 +66,10 @@ class Server:
     def token(self, role: str, **claims: str | None) -> str:
         """A dev token signed by this server's key (organization=, fhir_user=, ...)."""
         return issue_dev_token(load_settings({"data_dir": str(self.data_dir)}), role, **claims)
+
+    def connections_per_worker(self) -> list[int]:
+        """Established client connections each gunicorn worker holds now, busiest first."""
+        return connections_per_worker(self.process.pid, self.port)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -136,22 +141,28 @@ def percentile(ordered: list[float], fraction: float) -> float:
 
 
 def measure(name: str, clients: int, seconds: float, make_worker: Callable[[int], Callable[[], None]],
-            min_requests: int = 0, max_seconds: float | None = None) -> dict:
+            min_requests: int = 0, max_seconds: float | None = None, probe: Callable[[], object] | None = None) -> dict:
     """Run `clients` threads each calling its worker until time is up; latency per call.
 
     Each thread builds its worker (its own connection) before the clock starts. With
     `min_requests`, the run goes on past `seconds` until that many calls are done in all, but
     never past `max_seconds` (default 3x `seconds`): slow requests still get a sample.
+    `probe`, if given, is called once halfway through and its answer kept as `probe`.
     """
     latencies: list[float] = []
     lock = threading.Lock()
     done = [0]
     clock: dict[str, float] = {}
+    probed: dict[str, object] = {}
 
     def start_clock() -> None:  # run once, when every worker has its connection
         clock["started"] = time.monotonic()
         clock["stop_at"] = clock["started"] + seconds
         clock["hard_stop"] = clock["started"] + (max_seconds if max_seconds is not None else 3 * seconds)
+        if probe is not None:
+            timer = threading.Timer(seconds / 2, lambda: probed.setdefault("probe", probe()))
+            timer.daemon = True
+            timer.start()
 
     ready = threading.Barrier(clients, action=start_clock)
 
@@ -183,4 +194,4 @@ def measure(name: str, clients: int, seconds: float, make_worker: Callable[[int]
     latencies.sort()
     return {"name": name, "clients": clients, "requests": len(latencies), "per_second": len(latencies) / elapsed,
             "p50_ms": 1000 * percentile(latencies, 0.50), "p95_ms": 1000 * percentile(latencies, 0.95),
-            "p99_ms": 1000 * percentile(latencies, 0.99)}
+            "p99_ms": 1000 * percentile(latencies, 0.99), **probed}

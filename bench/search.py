@@ -41,12 +41,21 @@ leaves mongod writing for a minute or more after; timed straight away, every fig
 larger scale (raw pymongo's too) measured that write-back, not the size of the custody
 (24,000 records: an LA's read p50 17.9 ms just after a load, 13.1 ms after `settle`; raw
 read x8 296 against 570 req/s). An LA's server is not timed seconds after a bulk load.
+Before that, the analytics extract is brought up to date (`catch_up_analytics`), so no
+worker spends the timed minutes opening every record just loaded for it.
 Then the server and its mongod are restarted on the same data (`restarted`): on this 2-core
 machine the processes that had just loaded 18,000 records stayed slower for as long as they
 ran (every figure at 20,000, raw pymongo's too, about twice the 2,000 one, settled or not,
 while the same data served by freshly started processes measured within 1.05-1.17x of 2,000
 at 1 client). Why is not found yet (not the WiredTiger cache size, not CPU throttling; the
 kernel here pages out file cache untouched for a minute, DAMON).
+
+Each API row also says how its clients' keep-alive connections were spread over the gunicorn
+workers halfway through (`Server.connections_per_worker`, from /proc). A connection stays
+with the worker that accepted it, and which one does is a race: 8 connections opened at once
+were seen split 8/0, 7/1 and 6/2 as often as 4/4, and at 8/0 one worker's interpreter does
+all the Python work while the other idles, so an x8 figure depends on that split as much as
+on the code.
 
 Targets (from the issue): search latency flat (largest scale within 1.2x of the smallest);
 search throughput at least 30% of the raw figure; single reads not slower than today (this
@@ -60,7 +69,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -96,8 +107,9 @@ LOADERS = 4
 #: The children an LA's requests are about at any scale (its open cases this term), drawn at
 #: random from its whole custody: see the module docstring, "Working set".
 WORKING_SET = 1_000
-#: Connections the working set is warmed through: as many as the most clients timed.
-WARM_CONNECTIONS = 8
+#: How the working set is warmed (`warm_working_set`): passes, and reads per connection.
+WARM_PASSES = 8
+WARM_CHUNK = 20
 SEARCH_TARGET = 0.30
 FLAT_TARGET = 1.2
 
@@ -241,23 +253,29 @@ def warm_up(work: Callable[[], None], most: int = 3, seconds: float = 1.0) -> No
 
 
 def warm_working_set(server: Server, db, seal: Sealing, token: str, children: list[dict]) -> float:
-    """Every child of the working set read (`Patient/<id>` and `Composition?patient=`) through
-    each of `WARM_CONNECTIONS` keep-alive connections, and opened once raw; seconds.
+    """Every child of the working set read (`Patient/<id>` and `Composition?patient=`)
+    `WARM_PASSES` times, each pass over fresh connections (`WARM_CHUNK` reads each, 8 at
+    once), and opened once raw; seconds.
 
-    A keep-alive connection stays with the worker process that accepted it, and each process
-    keeps its own data keys and opened content, so a child read on one connection only is met
-    by one worker: the API then paid a key-vault fetch and a decryption on about half its
-    requests while the raw twin (one process, everything opened once) paid none. Reading on
-    every connection of the timed clients' number meets each child in every worker."""
+    Each worker process keeps its own data keys and opened content, and a keep-alive
+    connection stays with the worker that accepted it; which one that is, is the kernel's
+    and the workers' race (8 connections opened at once were seen split 0/8 as well as 4/4).
+    A child read over a few long connections could so be met by one worker only, and the
+    other paid a key-vault fetch and a decryption on its first requests for it while the
+    raw twin (one process, everything opened once) paid none. Many short connections, while
+    both workers are busy, meet each child in every worker."""
     started = time.monotonic()
     paths = [path_of(child) for child in children for path_of in (read_path, plan_path)]
+    chunks = [paths[i:i + WARM_CHUNK] for i in range(0, len(paths), WARM_CHUNK)] * WARM_PASSES
+    random.Random(len(paths)).shuffle(chunks)
 
-    def run(part: int) -> None:
+    def run(chunk: list[str]) -> None:
         client = Client(server.base, token, timeout=300)
-        for path in paths[part:] + paths[:part]:  # each connection in its own order
+        for path in chunk:
             assert client.get(path).status_code == 200
-    with ThreadPoolExecutor(WARM_CONNECTIONS) as pool:
-        list(pool.map(run, [k * len(paths) // WARM_CONNECTIONS for k in range(WARM_CONNECTIONS)]))
+        client.connection.close()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(run, chunks))
     for child in children:
         for name in ("raw read", "raw patient"):
             raw_query(db, seal, name, child)
@@ -300,6 +318,24 @@ def _pooled(runs: list[dict]) -> dict:
     return {"name": runs[0]["name"], "clients": runs[0]["clients"], "runs": len(runs),
             "requests": sum(r["requests"] for r in runs),
             **{k: sum(r[k] for r in runs) / len(runs) for k in ("per_second", "p50_ms", "p95_ms", "p99_ms")}}
+
+
+def catch_up_analytics(server: Server) -> float:
+    """`ehcp-record analytics refresh` against the running server's database, so the
+    de-identified extract (docs/analytics.md) has taken in the records just seeded before
+    anything is timed; seconds. Each server process refreshes it in the background every few
+    minutes, and the first refresh after a bulk load opens every record loaded since the last
+    one: at 20,000 that took a worker's CPU for minutes, during the timed searches (a worker
+    spent more time on it than on the searches it served). What is timed is a deployment
+    whose extract is current, as a deployment's is between loads."""
+    started = time.monotonic()
+    env = {**os.environ, "EHCP_DATA_DIR": str(server.data_dir), "EHCP_ENV": "local",
+           "PYTHONPATH": os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+    env.pop("EHCP_MONGODB_URI", None)
+    done = subprocess.run([sys.executable, "-m", "api.cli", "analytics", "refresh"], env=env, capture_output=True,
+                          text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return time.monotonic() - started
 
 
 def restarted(server: Server, workers: int) -> Server:
@@ -369,15 +405,15 @@ def run_scale(server: Server, db, seal: Sealing, seeder: Seeder, scale: int, sec
         for clients in (1, 8):
             row = measure(name, clients, seconds,
                           lambda i: api_worker(server, tokens[who], pools[pool], path_of, total, 1000 * clients + i),
-                          min_requests=5 * clients if clients == 1 else 8)
+                          min_requests=5 * clients if clients == 1 else 8, probe=server.connections_per_worker)
             paired = measure(twin, clients, raw_seconds,  # right after: the same machine weather
                              lambda i: raw_worker(db, seal, twin, pools["la"], 2000 * clients + i))
             raw.setdefault((twin, clients), []).append(paired)
             rows.append(dict(row, raw_name=twin, raw_per_second=paired["per_second"], raw_p50_ms=paired["p50_ms"],
                              api_over_raw=row["per_second"] / paired["per_second"]))
             print(f"  {scale:>6} {name:28} {clients} client(s): {row['per_second']:8.1f} req/s "
-                  f"p50 {row['p50_ms']:8.1f} ms ({row['requests']} requests); raw {paired['per_second']:8.1f} req/s",
-                  file=sys.stderr, flush=True)
+                  f"p50 {row['p50_ms']:8.1f} ms ({row['requests']} requests); raw {paired['per_second']:8.1f} req/s; "
+                  f"connections per worker {row.get('probe')}", file=sys.stderr, flush=True)
     single = {row["name"]: row["p50_ms"] / 1000 for row in rows if row["clients"] == 1}
     ops = {name: operations_per_request(server, db, tokens[who], pools[pool], path_of,
                                         max(1, min(op_requests, int(4.0 / single[name]))))  # ~4 s each
@@ -398,11 +434,11 @@ def print_scale(result: dict, seed_rate: float | None) -> None:
     print(f"\n== {scale:,} records in la-866's custody (+{OTHER_LA_RECORDS} at la-916, {result['consented']} consented to the school)"
           + (f"; seeded at {seed_rate:.0f} records/s" if seed_rate else ""))
     print(f"{'measure':28} {'clients':>7} {'API req/s':>10} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9} "
-          f"{'raw req/s':>10} {'API/raw':>8}  n")
+          f"{'raw req/s':>10} {'API/raw':>8}  {'n':>5}  connections per worker")
     for row in result["rows"]:
         print(f"{row['name']:28} {row['clients']:>7} {row['per_second']:>10.1f} {row['p50_ms']:>9.1f} "
               f"{row['p95_ms']:>9.1f} {row['p99_ms']:>9.1f} {row['raw_per_second']:>10.1f} "
-              f"{row['api_over_raw']:>8.3f}  {row['requests']}")
+              f"{row['api_over_raw']:>8.3f}  {row['requests']:>5}  {'/'.join(map(str, row.get('probe') or []))}")
     print("raw pymongo (query + audit insert): " + ", ".join(
         f"{r['name']} x{r['clients']} {r['per_second']:.0f}/s p50 {r['p50_ms']:.2f} ms" for r in result["raw"]))
     print("MongoDB operations per API request (serverStatus opcounters):")
@@ -477,6 +513,7 @@ def main() -> int:
                     seeder.consent(list(range(consented)))
                 opened = scale
                 print(f"seeded {scale:,} records in {time.monotonic() - phase:.0f} s ({rate:.0f} records/s); "
+                      f"analytics extract caught up in {catch_up_analytics(server):.0f} s; "
                       f"settled in {settle(db):.0f} s", file=sys.stderr, flush=True)
                 mongo.close()
                 server = restarted(server, args.workers)

@@ -67,6 +67,57 @@ def _group_members(pgid: int) -> list[int]:
     return found
 
 
+def connections_per_worker(server_pid: int, port: int) -> list[int]:
+    """Established client connections each gunicorn worker under `server_pid` holds on `port`
+    now, busiest first: the workers' socket inodes (/proc/<pid>/fd) against the kernel's TCP
+    table (/proc/net/tcp, state 01)."""
+    established = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                established.add(fields[9])
+    counts = []
+    for pid in _descendants(server_pid):
+        if "mongod" in _command_line(pid):
+            continue
+        sockets = set()
+        for fd in Path(f"/proc/{pid}/fd").glob("*"):
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                sockets.add(target[8:-1])
+        counts.append(len(sockets & established))
+    return sorted(counts, reverse=True)
+
+
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                kids = [int(k) for k in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found += kids
+            todo += kids
+    return found
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def start(data_dir: Path, env: dict[str, str], workers: int = 2, port: int | None = None) -> ServerProcess:
     port = port or free_port()
     command = [sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--workers", str(workers)]
