@@ -524,15 +524,18 @@ class Repository:
 
         Called in every transaction that writes versions of a record, after the writes: a new
         or replaced document takes the record's sharing, and a Consent written here changes
-        it for all. Two such transactions on one record never both commit on a stale view:
-        each appends to the record's audit chain, and the unique (record, seq) index makes
-        the later one conflict and be retried from a fresh snapshot, so a plain write cannot
-        keep the sharing its snapshot saw while a concurrent Consent changes it."""
+        it for all. Each call also raises the record state's `sharing_rev`, so two such
+        transactions on one record always write the same document and the later one conflicts
+        and is retried from a fresh snapshot: snapshot isolation alone would let a plain write
+        keep the sharing its snapshot saw while a concurrent Consent changed it. (The record's
+        audit chain does not serialise them: an entry may link to the anchor's mark, past the
+        tip its snapshot saw, so both transactions can append without colliding.)"""
         for record in sorted({r for r in records if r}):
             consents = self.current.find({"record": record, "type": "Consent"}, {"recipients": 1}, session=session)
             named = sorted({key for consent in consents for key in consent.get("recipients") or ()})
             self.current.update_many({"record": record, "shared": {"$ne": named}}, {"$set": {"shared": named}},
                                      session=session)
+            self.records.update_one({"_id": record}, {"$inc": {"sharing_rev": 1}}, session=session)
 
     def read(self, resource_type: str, resource_id: str) -> Version | None:
         doc = self.current.find_one({"_id": f"{resource_type}/{resource_id}"}, _VERSION)
@@ -686,25 +689,26 @@ class Repository:
         if not visibility.exact and visibility.custodian is None:
             pipeline += _consent_stages()
         docs = list(self.current.aggregate(pipeline))
-        if not visibility.exact and visibility.custodian is not None:
-            docs = self._with_consents_beyond_custody(docs, visibility.custodian)
         found = [self._context_of(d) for d in docs]
+        if not visibility.exact and visibility.custodian is not None:
+            found = self._with_consents_beyond_custody(docs, found, visibility.custodian)
         if (query.offset == 0 and len(found) < query.count) or not visibility.exact:
             return len(found), found  # a superset's full page is asked again exactly
         return self.current.count_documents(mongo_filter), found
 
-    def _with_consents_beyond_custody(self, docs: list[dict], custodian: str) -> list[dict]:
+    def _with_consents_beyond_custody(self, docs: list[dict], found: list[RecordContext],
+                                      custodian: str) -> list[RecordContext]:
         """An LA's superset page with the Consents of the matches outside its custody (shared
         with it, or its own family's): custody decides without a consent, so the page's
-        aggregate looks none up, and one query fetches them only when such a match is there.
-        (A lookup per match of an LA's page cost mongod about as much as its state lookup.)"""
-        outside = {d["record"] for d in docs if d.get("record") and d.get("custodian") != custodian}
+        aggregate looks none up, and `consents_of_records` fetches them only when such a match
+        is there. (A lookup per match of an LA's page cost mongod about as much as its state
+        lookup.) Custody is the documents' own `custodian`, as the search filter matched it."""
+        outside = sorted({d["record"] for d in docs if d.get("record") and d.get("custodian") != custodian})
         if not outside:
-            return docs
-        consents: dict[str, list[dict]] = {}
-        for consent in self.current.find({"type": "Consent", "record": {"$in": sorted(outside)}}, _VERSION):
-            consents.setdefault(consent["record"], []).append(consent)
-        return [dict(d, _consents=consents.get(d["record"], [])) if d.get("record") in outside else d for d in docs]
+            return found
+        consents = self.consents_of_records(outside)
+        return [replace(context, consents=consents[d["record"]]) if d.get("record") in consents else context
+                for d, context in zip(docs, found)]
 
     # --- custody state ------------------------------------------------------------------
 
@@ -893,9 +897,9 @@ _VERSION = {"idx": 0}
 _STATE_FIELDS = {f: 1 for f in ("custodian", "birth_date", "parents", "lacks_capacity", "representative",
                                 "transferred_out", "former_custodians")}
 
-#: Each result's record's custody state, fetched with it.
-#: The whole state document (a few fields), not a projection of it: a `$lookup` with no
-#: sub-pipeline costs mongod less (each read's and search's aggregate: about 0.1 ms less).
+#: Each result's record's custody state, fetched with it: the whole state document (a few
+#: fields), not a projection of it, since a `$lookup` with no sub-pipeline costs mongod less
+#: (each read's and search's aggregate: about 0.1 ms less).
 _STATE_LOOKUP = {"$lookup": {"from": "records", "localField": "record", "foreignField": "_id", "as": "_state"}}
 
 

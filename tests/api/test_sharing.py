@@ -74,7 +74,7 @@ def test_a_withdrawn_consent_still_names_its_recipient_but_the_decision_refuses(
 def test_consents_and_other_writes_racing_in_one_record_leave_every_document_shared(api):
     """Consent grants and new needs written at once in one record: whichever commits first,
     every current document ends with the keys of every Consent (the writes conflict on the
-    record's audit chain and one is retried, so none keeps the sharing its snapshot saw)."""
+    record state's `sharing_rev` and one is retried, so none keeps the sharing its snapshot saw)."""
     child, mum, mum_token = _family(api)
     schools = [_school() for _ in range(8)]
 
