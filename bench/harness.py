@@ -30,6 +30,15 @@ from ehcp_record.store.mongod import free_port, uri_for  # noqa: E402
 from tests.e2e.server_process import connections_per_worker  # noqa: E402
 
 
+def server_env(data_dir: Path) -> dict[str, str]:
+    """The environment `ehcp-record` runs in here: this checkout's code first on the path, the
+    embedded mongod in `data_dir` (never a database from the caller's environment)."""
+    env = {**os.environ, "EHCP_DATA_DIR": str(data_dir), "EHCP_ENV": "local",
+           "PYTHONPATH": os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+    env.pop("EHCP_MONGODB_URI", None)
+    return env
+
+
 class Server:
     """`ehcp-record serve` (gunicorn) with its embedded mongod in `data_dir`, serving this
     checkout's code (ROOT first on the server's PYTHONPATH)."""
@@ -37,9 +46,7 @@ class Server:
     def __init__(self, data_dir: Path, workers: int, launcher: list[str] | None = None) -> None:
         """`launcher`: the command that runs `api.cli` (default `python -m api.cli`)."""
         self.port = free_port()
-        env = {**os.environ, "EHCP_DATA_DIR": str(data_dir), "EHCP_ENV": "local",
-               "PYTHONPATH": os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
-        env.pop("EHCP_MONGODB_URI", None)
+        env = server_env(data_dir)
         command = (launcher or [sys.executable, "-m", "api.cli"]) + ["serve", "--host", "127.0.0.1", "--port", str(self.port),
                    "--workers", str(workers)]
         self.log = open(data_dir / "server.log", "wb")

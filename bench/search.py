@@ -69,7 +69,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import subprocess
 import sys
@@ -89,7 +88,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from api.cli import default_workers  # noqa: E402
-from bench.harness import Client, Server, measure  # noqa: E402
+from bench.harness import Client, Server, measure, server_env  # noqa: E402
 from ehcp_record.store.crypto import FieldCipher, local_master_keys  # noqa: E402
 from ehcp_record.store.sealing import Sealing  # noqa: E402
 from tests.consent_support import grant  # noqa: E402
@@ -329,11 +328,8 @@ def catch_up_analytics(server: Server) -> float:
     spent more time on it than on the searches it served). What is timed is a deployment
     whose extract is current, as a deployment's is between loads."""
     started = time.monotonic()
-    env = {**os.environ, "EHCP_DATA_DIR": str(server.data_dir), "EHCP_ENV": "local",
-           "PYTHONPATH": os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
-    env.pop("EHCP_MONGODB_URI", None)
-    done = subprocess.run([sys.executable, "-m", "api.cli", "analytics", "refresh"], env=env, capture_output=True,
-                          text=True, timeout=1800)
+    done = subprocess.run([sys.executable, "-m", "api.cli", "analytics", "refresh"], env=server_env(server.data_dir),
+                          capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-2000:]
     return time.monotonic() - started
 
