@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test bench bench-search bench-load bench-verify bench-encryption bench-analytics clean
+.PHONY: install serve test bench bench-search bench-floor bench-load bench-verify bench-encryption bench-analytics clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (or set PYTHON=python3)"; exit 1; }
@@ -38,7 +38,7 @@ endif
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py
 
-# Search at 2,000 and 20,000 records beside raw pymongo (~8 min); BENCH_ARGS=--quick for a smoke run.
+# Search at 2,000 and 20,000 records beside raw pymongo (~25 min on 2 cores); BENCH_ARGS=--quick for a smoke run.
 BENCH_ARGS ?=
 bench-search: $(STAMP)
 	$(BIN)/python bench/search.py $(BENCH_ARGS)
@@ -48,6 +48,11 @@ bench-search: $(STAMP)
 LOAD_ARGS ?=
 bench-load: $(STAMP)
 	$(BIN)/python bench/load.py $(LOAD_ARGS)
+
+# The identifier search as served, as a bare app on the same stack (bench/floor_app.py) and as
+# raw pymongo, in turns at 1 and 8 clients (~5 min).
+bench-floor: $(STAMP)
+	$(BIN)/python bench/floor.py
 
 bench-verify: $(STAMP)
 	$(BIN)/python bench/verify.py
