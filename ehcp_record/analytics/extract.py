@@ -57,10 +57,19 @@ class Snapshot(Protocol):
     history: tuple[dict, ...]
 
 
+class Changes(Protocol):
+    """A scan's answer (store/analytics_feed.py `Changes`): records to rebuild, the next
+    resume point, and the versions near it that the next scan may skip."""
+
+    records: list[str]
+    newest: datetime | None
+    window: frozenset[str]
+
+
 class Feed(Protocol):
     """What the extract needs from the store (ehcp_record/store/analytics_feed.py)."""
 
-    def changed_records(self, since: datetime | None) -> tuple[list[str], datetime | None]: ...
+    def changed_records(self, since: datetime | None, seen: frozenset[str] = frozenset()) -> Changes: ...
 
     def custody(self) -> dict[str, str]: ...
 
@@ -143,13 +152,17 @@ class Extract:
             today = self.today()
             full = full or manifest is None or manifest.get("as_of") != today.isoformat()
             since = None if full else datetime.fromisoformat(manifest["resume"]) if manifest.get("resume") else None
-            records, newest = self.feed.changed_records(since)
+            changes = self.feed.changed_records(since, frozenset() if full else self._window())
             custody = {self._own(r): state for r, state in self.feed.custody().items()}
-            records, gone = self._custody_changes(records, custody, full)
+            records, gone = self._custody_changes(changes.records, custody, full)
+            if not (full or records or gone or changes.newest != since):
+                # nothing to rebuild: the generation in use stays (no rewrite of every table)
+                return RefreshReport(manifest["generation"], 0, False, time.perf_counter() - started,
+                                     dict(manifest.get("rows", {})))
             directory = self.feed.directory()
             fresh = self._rows_of(records, directory, today)
             tables = self._merged(fresh, {self._own(r) for r in records} | gone, full)
-            generation = self._write(tables, newest, today, _local_authorities(directory), custody)
+            generation = self._write(tables, changes, today, _local_authorities(directory), custody)
             return RefreshReport(generation, len(records), full, time.perf_counter() - started,
                                  {t: tables[t].num_rows for t in TABLES})
 
@@ -205,7 +218,15 @@ class Extract:
         merged["plan_years"] = _fold_small_settings(merged["plan_years"])
         return merged
 
-    def _write(self, tables: dict[str, pa.Table], resume: datetime | None, today: date, las: dict[str, str],
+    def _window(self) -> frozenset[str]:
+        """The versions the last scan saw near its resume point (`window.json`, internal)."""
+        files = self.files()
+        try:
+            return frozenset(json.loads(files["plan_years"].with_name("window.json").read_text(encoding="utf-8")))
+        except (TypeError, FileNotFoundError, ValueError):
+            return frozenset()  # none kept (an older generation): those versions are rebuilt once more
+
+    def _write(self, tables: dict[str, pa.Table], changes: Changes, today: date, las: dict[str, str],
                custody: dict[str, str]) -> str:
         manifest = self.manifest() or {}
         number = int(str(manifest.get("generation", "gen-0")).split("-")[1]) + 1
@@ -216,6 +237,8 @@ class Extract:
             pq.write_table(data, directory / f"{table}.parquet", compression="zstd")
         pq.write_table(pa.table({"child": list(custody), "state": list(custody.values())}),
                        directory / "custody.parquet", compression="zstd")  # internal: never exported
+        (directory / "window.json").write_text(json.dumps(sorted(changes.window)), encoding="utf-8")  # internal too
+        resume = changes.newest
         body = {"generation": generation, "resume": resume.isoformat() if resume else None,
                 "as_of": today.isoformat(), "built": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "rows": {t: tables[t].num_rows for t in TABLES}, "local_authorities": las}

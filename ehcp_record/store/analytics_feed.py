@@ -43,6 +43,16 @@ class RecordSnapshot:
     history: tuple[dict, ...] = ()  # earlier versions of its Goals: the progress each review recorded
 
 
+@dataclass(frozen=True)
+class Changes:
+    """What a scan found: the records to rebuild, the next resume point, and the versions
+    within `overlap` of it (`<_id>@<vid>`), which the next scan sees again and may skip."""
+
+    records: list[str]
+    newest: datetime | None
+    window: frozenset[str]
+
+
 class AnalyticsFeed:
     """Reads `current`, `records` and the Goals' `history` (majority read concern); never writes."""
 
@@ -52,20 +62,23 @@ class AnalyticsFeed:
         self.overlap = overlap
         self._open = opener
 
-    def changed_records(self, since: datetime | None) -> tuple[list[str], datetime | None]:
+    def changed_records(self, since: datetime | None, seen: frozenset[str] = frozenset()) -> Changes:
         """Records with a current resource of a plan type updated after `since` minus the
-        overlap, and the newest `updated` seen (the next resume point)."""
+        overlap, less the versions the last scan already saw there (`seen`, its `window`): a
+        version is rebuilt once, not at every refresh until newer writes move the resume point
+        (4,850 records, 19 s, at every 5-minute refresh after a bulk load of 20,000)."""
         query: dict = {"record": {"$ne": None}}
         if since is not None:
             query["updated"] = {"$gt": since - self.overlap}
-        records: set[str] = set()
-        newest = since
+        found: list[tuple[str, datetime, str]] = []
         for resource_type in PLAN_TYPES:
-            for doc in self._db.current.find({"type": resource_type, **query}, {"record": 1, "updated": 1}):
-                records.add(doc["record"])
-                updated = _aware(doc["updated"])
-                newest = updated if newest is None or updated > newest else newest
-        return sorted(records), newest
+            for doc in self._db.current.find({"type": resource_type, **query}, {"record": 1, "updated": 1, "vid": 1}):
+                found.append((doc["record"], _aware(doc["updated"]), f"{doc['_id']}@{doc.get('vid')}"))
+        newest = max([since] * (since is not None) + [updated for _, updated, _ in found], default=None)
+        records = sorted({record for record, _, version in found if version not in seen})
+        window = frozenset(version for _, updated, version in found
+                           if newest is not None and updated > newest - self.overlap)
+        return Changes(records, newest, window)
 
     def snapshots(self, records: list[str]) -> Iterator[RecordSnapshot]:
         """Each record's current resources of the plan types, `BATCH` records per query."""
