@@ -74,7 +74,8 @@ class AnalyticsFeed:
         for resource_type in PLAN_TYPES:
             for doc in self._db.current.find({"type": resource_type, **query}, {"record": 1, "updated": 1, "vid": 1}):
                 found.append((doc["record"], _aware(doc["updated"]), f"{doc['_id']}@{doc.get('vid')}"))
-        newest = max([since] * (since is not None) + [updated for _, updated, _ in found], default=None)
+        stamps = [updated for _, updated, _ in found] + ([since] if since is not None else [])
+        newest = max(stamps, default=None)
         records = sorted({record for record, _, version in found if version not in seen})
         window = frozenset(version for _, updated, version in found
                            if newest is not None and updated > newest - self.overlap)
