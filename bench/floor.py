@@ -28,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
@@ -39,9 +38,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from api.cli import default_workers  # noqa: E402
-from bench.harness import Client, Server, measure, server_env  # noqa: E402
-from bench.search import (LA, WARM_CHUNK, WARM_PASSES, WORKING_SET, Seeder, api_worker, catch_up_analytics, identifier_path,  # noqa: E402
-                          raw_worker, settle, warm_up, warm_working_set)
+from bench.harness import Server, measure, server_env  # noqa: E402
+from bench.search import (LA, WORKING_SET, Seeder, api_worker, catch_up_analytics, identifier_path,  # noqa: E402
+                          raw_worker, settle, warm_over_short_connections, warm_up,
+                          warm_working_set)
 from ehcp_record.store.crypto import FieldCipher, local_master_keys  # noqa: E402
 from ehcp_record.store.mongod import free_port  # noqa: E402
 from ehcp_record.store.sealing import Sealing  # noqa: E402
@@ -90,22 +90,6 @@ class _Base:
         self.base = base
 
 
-def warm_identifiers(base: str, token: str, children: list[dict]) -> None:
-    """Every child's identifier search `WARM_PASSES` times over many short connections, so
-    each worker of either server has met each child (bench/search.py `warm_working_set`)."""
-    paths = [identifier_path(child) for child in children]
-    chunks = [paths[i:i + WARM_CHUNK] for i in range(0, len(paths), WARM_CHUNK)] * WARM_PASSES
-    random.Random(len(paths)).shuffle(chunks)
-
-    def run(chunk: list[str]) -> None:
-        client = Client(base, token, timeout=300)
-        for path in chunk:
-            assert client.get(path).status_code == 200
-        client.connection.close()
-    with ThreadPoolExecutor(8) as workers:
-        list(workers.map(run, chunks))
-
-
 def _mean(rows: list[dict]) -> float:
     return sum(r["per_second"] for r in rows) / len(rows)
 
@@ -128,8 +112,9 @@ def run(records: int, seconds: float, workers: int) -> dict:
             token = seeder.tokens[LA]
             pool = random.Random(records).sample(list(seeder.children.values()), min(WORKING_SET, records))
             warm_working_set(server, db, seal, token, pool)
-            warm_identifiers(floor.base, token, pool)
-            warm_identifiers(server.base, token, pool)
+            # the floor meets each child by its search only; the server's warm-up opened the
+            # same Patients (and their keys) already
+            warm_over_short_connections(floor.base, token, [identifier_path(child) for child in pool])
             makers = {
                 "API": lambda i: api_worker(server, token, pool, identifier_path, 1, i),
                 "floor": lambda i: api_worker(_Base(floor.base), token, pool, identifier_path, 1, i),  # type: ignore[arg-type]

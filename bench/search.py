@@ -264,21 +264,27 @@ def warm_working_set(server: Server, db, seal: Sealing, token: str, children: li
     raw twin (one process, everything opened once) paid none. Many short connections, while
     both workers are busy, meet each child in every worker."""
     started = time.monotonic()
-    paths = [path_of(child) for child in children for path_of in (read_path, plan_path)]
+    warm_over_short_connections(server.base, token, [path_of(child) for child in children
+                                                     for path_of in (read_path, plan_path)])
+    for child in children:
+        for name in ("raw read", "raw patient"):
+            raw_query(db, seal, name, child)
+    return time.monotonic() - started
+
+
+def warm_over_short_connections(base: str, token: str, paths: list[str]) -> None:
+    """Each path read `WARM_PASSES` times, each pass over fresh connections (`WARM_CHUNK`
+    reads each, 8 at once, in a shuffled order), so every worker process meets each one."""
     chunks = [paths[i:i + WARM_CHUNK] for i in range(0, len(paths), WARM_CHUNK)] * WARM_PASSES
     random.Random(len(paths)).shuffle(chunks)
 
     def run(chunk: list[str]) -> None:
-        client = Client(server.base, token, timeout=300)
+        client = Client(base, token, timeout=300)
         for path in chunk:
             assert client.get(path).status_code == 200
         client.connection.close()
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(run, chunks))
-    for child in children:
-        for name in ("raw read", "raw patient"):
-            raw_query(db, seal, name, child)
-    return time.monotonic() - started
 
 
 def raw_query(db, seal: Sealing, name: str, child: dict):
